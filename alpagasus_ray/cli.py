@@ -1,0 +1,148 @@
+"""`alpagasus-ray`: a thin command line over the library.
+
+alpagasus-ray filter --config job.yaml [--set judge.model=... ...]
+alpagasus-ray report OUTPUT_URI
+alpagasus-ray demo [--output DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from alpagasus_ray.config import ConfigError, JobConfig, build_config, load_config
+
+DEMO_THRESHOLD = 2.5
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", "-c", required=required, help="YAML job config")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set judge.model=Qwen/Qwen2.5-7B-Instruct",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alpagasus-ray", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_config_args(sub.add_parser("filter", help="score, filter and write a dataset"))
+    rep = sub.add_parser("report", help="regenerate the report of a finished output")
+    rep.add_argument("output_uri")
+    demo = sub.add_parser("demo", help="run the real pipeline offline on a tiny random judge")
+    demo.add_argument("--output", default="demo-output", help="output directory")
+    demo.add_argument("--rows", type=int, default=200, help="synthetic examples to filter")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    return parser
+
+
+def cmd_filter(args: argparse.Namespace) -> dict[str, Any]:
+    from alpagasus_ray.pipeline import run_filter
+
+    cfg = load_config(args.config, args.overrides)
+    manifest = run_filter(cfg)
+    _print_summary(manifest, cfg.output.uri)
+    return manifest
+
+
+def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from alpagasus_ray.report import regenerate
+
+    report = regenerate(args.output_uri)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def demo_rows(n: int) -> list[dict[str, Any]]:
+    """Synthetic examples plus one of each kind of bad row, to show quarantine at work."""
+    from alpagasus_ray.tiny import synthetic_examples
+
+    rows: list[Any] = list(synthetic_examples(n, seed=0))
+    rows += [
+        {"instruction": "Name a colour.", "input": "", "output": None, "category": "bad"},
+        {"instruction": "", "input": "", "output": "Blue.", "category": "bad"},
+        {"instruction": "Count to three.", "input": "", "output": 123, "category": "bad"},
+        {"instruction": "Say hi.", "input": "", "category": "bad"},
+        {
+            "instruction": "Summarise.",
+            "input": "word " * 3000,
+            "output": "Words.",
+            "category": "bad",
+        },
+    ]
+    return rows
+
+
+def demo_config(root: Path, model_dir: Path, data: Path, overrides: list[str]) -> JobConfig:
+    from alpagasus_ray.config import apply_overrides
+
+    base = {
+        "input": {"uri": str(data)},
+        "output": {"uri": str(root / "filtered"), "overwrite": True},
+        "judge": {"model": str(model_dir), "min_score_mass": 0.0, "batch_size": 32},
+        "filter": {"threshold": DEMO_THRESHOLD},
+        "ray": {"num_cpus": 2},
+    }
+    return build_config(JobConfig, apply_overrides(base, overrides))
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from alpagasus_ray.pipeline import run_filter
+    from alpagasus_ray.tiny import build_tiny_model
+
+    root = Path(args.output).resolve()
+    model_dir = build_tiny_model(root / "tiny-judge")
+    data = root / "input" / "examples.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r) for r in demo_rows(args.rows)] + ['{"instruction": "broken line"']
+    data.write_text("\n".join(lines) + "\n")
+    cfg = demo_config(root, model_dir, data, args.overrides)
+    print(
+        f"demo: judge = tiny RANDOM model at {model_dir} (its scores are noise; threshold "
+        f"{cfg.filter.threshold:g} instead of the paper's 4.5 so both partitions fill).\n"
+        "      For real filtering: alpagasus-ray filter --config jobs/configs/local.yaml "
+        "--set judge.model=<instruct model id or path>"
+    )
+    manifest = run_filter(cfg)
+    _print_summary(manifest, cfg.output.uri)
+    return manifest
+
+
+def _print_summary(manifest: dict[str, Any], uri: str) -> None:
+    c = manifest["counts"]
+    print(
+        f"\nrows read {manifest['rows_read']} = kept {c['kept']} + rejected {c['rejected']} + "
+        f"quarantined {c['quarantined']} + failed {c['failed']}\n"
+        f"outputs:  {uri}/data/decision=<kept|rejected|quarantined|failed>/\n"
+        f"report:   {uri}/report.md  (score_histogram.png, report.json)\n"
+        f"manifest: {uri}/manifest.json"
+    )
+
+
+COMMANDS = {"filter": cmd_filter, "report": cmd_report, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"alpagasus-ray {args.command}: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError) as e:
+        print(f"alpagasus-ray {args.command}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

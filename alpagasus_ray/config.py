@@ -1,0 +1,210 @@
+"""Job configuration: pydantic models loadable from YAML, with `key.path=value` overrides.
+
+Every section forbids unknown keys, so a typo fails at start-up with the key's dotted path
+instead of being silently ignored halfway through a multi-hour GPU job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported with the dotted key that caused it."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ColumnMap(StrictModel):
+    """Which input columns hold the triple; they are renamed to the canonical names."""
+
+    instruction: str = "instruction"
+    input: str | None = Field("input", description="None when the data has no input column.")
+    output: str = "output"
+    id: str | None = Field(None, description="Column with a stable row id; default: content hash.")
+
+
+class StorageConfig(StrictModel):
+    """Object-store access. Unset fields fall back to the standard AWS environment/profile."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    anon: bool = False
+
+    def s3_options(self) -> dict[str, Any]:
+        """Keyword arguments for `s3fs.S3FileSystem`, with only the fields that are set."""
+        opts: dict[str, Any] = {"anon": self.anon}
+        if self.endpoint_url:
+            opts["endpoint_url"] = self.endpoint_url
+        if self.region:
+            opts["client_kwargs"] = {"region_name": self.region}
+        if self.profile:
+            opts["profile"] = self.profile
+        for field, key in (
+            ("access_key_id", "key"),
+            ("secret_access_key", "secret"),
+            ("session_token", "token"),
+        ):
+            value = getattr(self, field)
+            if value is not None:
+                opts[key] = value.get_secret_value()
+        return opts
+
+
+class InputConfig(StrictModel):
+    uri: str = Field(..., description="A file, a directory or a glob; local path or s3://.")
+    format: Literal["auto", "parquet", "json", "jsonl"] = "auto"
+    columns: ColumnMap = ColumnMap()
+    limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
+
+
+class OutputConfig(StrictModel):
+    uri: str
+    overwrite: bool = False
+    max_rows_per_file: int | None = Field(None, gt=0)
+
+
+class JudgeConfig(StrictModel):
+    """The LLM judge: which model, how it is prompted, and how it is run."""
+
+    engine: Literal["hf"] = "hf"
+    model: str = Field(..., description="Hub id or local/S3-synced path of the judge.")
+    tokenizer: str | None = None
+    mode: Literal["logprobs", "generate"] = "logprobs"
+    dimension: Literal["accuracy", "helpfulness"] = "accuracy"
+    layout: Literal["prefix", "paper"] = "prefix"
+    chat_template: Literal["auto", "never"] = "auto"
+    max_model_len: int | None = Field(None, gt=8, description="Default: from the tokenizer/model.")
+    max_new_tokens: int = Field(256, gt=0, description="Generate mode only (the paper: 256).")
+    min_score_mass: float = Field(
+        0.5, ge=0.0, le=1.0, description="Logprobs mode: below this mass on '0'..'5', fail the row."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field("auto", description="'auto' picks cuda when present, else cpu.")
+    trust_remote_code: bool = False
+    batch_size: int = Field(64, gt=0, description="Rows per Ray batch handed to one replica.")
+    micro_batch_size: int = Field(8, gt=0, description="Rows per forward pass (HF engine).")
+    replicas: int | tuple[int, int] = Field(
+        1, description="A fixed number of judge replicas, or an autoscaling [min, max] range."
+    )
+    num_gpus_per_replica: float = Field(0.0, ge=0)
+    num_cpus_per_replica: float = Field(1.0, gt=0)
+
+    @field_validator("replicas")
+    @classmethod
+    def _check_replicas(cls, v: int | tuple[int, int]) -> int | tuple[int, int]:
+        lo, hi = (v, v) if isinstance(v, int) else v
+        if lo < 1 or hi < lo:
+            raise ValueError("replicas must be >= 1, or a range [min, max] with 1 <= min <= max")
+        return v
+
+
+class FilterConfig(StrictModel):
+    threshold: float = Field(4.5, ge=0.0, le=5.0, description="Keep when score >= threshold.")
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(None, description="None: RAY_ADDRESS or a new local instance.")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs for a new local instance.")
+    prompt_workers: int | tuple[int, int] = Field(
+        1, description="CPU actors that build and tokenize prompts (fixed or [min, max])."
+    )
+    prompt_worker_cpus: float = Field(0.5, gt=0)
+    task_cpus: float = Field(
+        0.25, gt=0, description="CPUs of the light read/validate/decide/write tasks."
+    )
+
+
+class ReportConfig(StrictModel):
+    category_column: str | None = Field(
+        None, description="Count decisions per value of this column; default: 'category' if any."
+    )
+    histogram_bins: int = Field(21, gt=1)
+
+
+class JobConfig(StrictModel):
+    """The filter job: read -> validate -> prompt -> score -> decide -> write."""
+
+    input: InputConfig
+    output: OutputConfig
+    judge: JudgeConfig
+    filter: FilterConfig = FilterConfig()
+    ray: RayConfig = RayConfig()
+    storage: StorageConfig = StorageConfig()
+    report: ReportConfig = ReportConfig()
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data with secrets masked, safe for manifests and logs."""
+        return self.model_dump(mode="json")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`judge.model=foo` -> (['judge', 'model'], 'foo'); the value is read as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({e})") from e
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"override {item!r}: {where} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {key}: {e['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def build_config(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def load_yaml(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, model: type[BaseModel] = JobConfig
+) -> Any:
+    """Load `model` from a YAML file (optional) and apply `key.path=value` overrides."""
+    return build_config(model, apply_overrides(load_yaml(path), list(overrides or [])))

@@ -1,0 +1,142 @@
+"""The filter job: read -> validate -> prompt -> score -> decide -> write, then report and
+manifest. Streaming end to end on Ray Data: the driver only ever sees counts."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from importlib import metadata
+from typing import Any
+
+from alpagasus_ray.config import JobConfig, RayConfig
+from alpagasus_ray.io import (
+    DATA_DIR,
+    MANIFEST,
+    filesystem,
+    join,
+    prepare_output,
+    read_input,
+    write_json,
+)
+from alpagasus_ray.prompts import prompt_hash
+from alpagasus_ray.report import count_decisions, write_report
+from alpagasus_ray.schema import DECISION, DECISIONS
+from alpagasus_ray.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
+
+log = logging.getLogger(__name__)
+
+_VERSIONED = ("alpagasus-ray", "ray", "torch", "transformers", "pyarrow", "s3fs", "vllm")
+
+
+class InvariantError(RuntimeError):
+    """Rows were lost or duplicated between input and output."""
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join the cluster the job was submitted to, or start a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"address": cfg.address} if cfg.address else {}
+    if cfg.num_cpus and not cfg.address:
+        kwargs["num_cpus"] = cfg.num_cpus
+    ray.init(**kwargs)
+
+
+def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
+    """Ray Data semantics: an int is a fixed pool, a pair an autoscaling (min, max) pool."""
+    return value if isinstance(value, int) else tuple(value)
+
+
+def build_dataset(cfg: JobConfig) -> Any:
+    """The lazy Ray Dataset of decided rows, ready to be written."""
+    judge = cfg.judge
+    ds = read_input(cfg.input, cfg.storage, cfg.ray.task_cpus)
+    light = cfg.ray.task_cpus
+    ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
+    ds = ds.map_batches(
+        PromptStage,
+        fn_constructor_kwargs={"judge": judge},
+        batch_format="pyarrow",
+        batch_size=judge.batch_size,
+        concurrency=_concurrency(cfg.ray.prompt_workers),
+        num_cpus=cfg.ray.prompt_worker_cpus,
+    )
+    ds = ds.map_batches(
+        ScoreStage,
+        fn_constructor_kwargs={"judge": judge},
+        batch_format="pyarrow",
+        batch_size=judge.batch_size,
+        concurrency=_concurrency(judge.replicas),
+        num_gpus=judge.num_gpus_per_replica or None,
+        num_cpus=judge.num_cpus_per_replica,
+    )
+    return ds.map_batches(DecideStage(cfg.filter.threshold), batch_format="pyarrow", num_cpus=light)
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_filter(cfg: JobConfig) -> dict[str, Any]:
+    """Run the whole job; returns the manifest (also written, last, to the output)."""
+    init_ray(cfg.ray)
+    fs, root = filesystem(cfg.output.uri, cfg.storage)
+    prepare_output(fs, root, cfg.output.overwrite)
+    started = time.time()
+
+    ds = build_dataset(cfg)
+    ds.write_parquet(
+        join(root, DATA_DIR),
+        filesystem=fs,
+        partition_cols=[DECISION],
+        max_rows_per_file=cfg.output.max_rows_per_file,
+        ray_remote_args={"num_cpus": cfg.ray.task_cpus},
+    )
+    scored = time.time()
+    stats = ds.stats()
+    log.info("pipeline stats:\n%s", stats)
+
+    rows_read = read_input(cfg.input, cfg.storage, cfg.ray.task_cpus).count()
+    counts = count_decisions(fs, root)
+    report = write_report(fs, root, cfg.report, cfg.filter.threshold)
+    finished = time.time()
+
+    total = sum(counts.values())
+    manifest = {
+        "status": "complete" if rows_read == total else "inconsistent",
+        "rows_read": rows_read,
+        "counts": {d: counts.get(d, 0) for d in DECISIONS},
+        "invariant": f"rows_read ({rows_read}) == kept + rejected + quarantined + failed ({total})",
+        "invariant_ok": rows_read == total,
+        "kept_fraction": report["kept_fraction"],
+        "judge": {
+            "model": cfg.judge.model,
+            "engine": cfg.judge.engine,
+            "mode": cfg.judge.mode,
+            "dimension": cfg.judge.dimension,
+            "layout": cfg.judge.layout,
+        },
+        "prompt_hash": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
+        "threshold": cfg.filter.threshold,
+        "timings_s": {
+            "score_and_write": round(scored - started, 3),
+            "count_and_report": round(finished - scored, 3),
+            "total": round(finished - started, 3),
+        },
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "versions": package_versions(),
+        "config": cfg.redacted(),
+    }
+    write_json(fs, join(root, MANIFEST), manifest)
+    if not manifest["invariant_ok"]:
+        raise InvariantError(manifest["invariant"])
+    return manifest

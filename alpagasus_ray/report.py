@@ -1,0 +1,160 @@
+"""The filter report, computed from the written output alone (so it can be regenerated):
+counts per decision, kept fraction, score quantiles, reasons, per-category counts and the
+score histogram, as report.json, report.md and score_histogram.png."""
+
+from __future__ import annotations
+
+import io as _io
+from collections import Counter
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from alpagasus_ray.config import ReportConfig
+from alpagasus_ray.io import (
+    MANIFEST,
+    join,
+    output_dataset,
+    read_json,
+    read_output_table,
+    write_bytes,
+    write_json,
+)
+from alpagasus_ray.schema import DECISION, DECISIONS, REASON, SCORE
+
+QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+REPORT_JSON, REPORT_MD, HISTOGRAM = "report.json", "report.md", "score_histogram.png"
+
+
+def count_decisions(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, int]:
+    table = read_output_table(fs, root, columns=[DECISION])
+    return dict(Counter(table.column(DECISION).to_pylist()))
+
+
+def _category_column(table_columns: list[str], cfg: ReportConfig) -> str | None:
+    if cfg.category_column:
+        return cfg.category_column if cfg.category_column in table_columns else None
+    return "category" if "category" in table_columns else None
+
+
+def compute_report(table: pa.Table, threshold: float, category: str | None) -> dict[str, Any]:
+    decisions = table.column(DECISION).to_pylist()
+    counts = Counter(decisions)
+    total = len(decisions)
+    scores = pc.drop_null(table.column(SCORE))
+    quantiles = (
+        dict(
+            zip(
+                (f"p{int(q * 100)}" for q in QUANTILES),
+                pc.quantile(scores, q=list(QUANTILES)).to_pylist(),
+                strict=True,
+            )
+        )
+        if len(scores)
+        else {}
+    )
+    report: dict[str, Any] = {
+        "rows": total,
+        "counts": {d: counts.get(d, 0) for d in DECISIONS},
+        "kept_fraction": counts.get("kept", 0) / total if total else 0.0,
+        "threshold": threshold,
+        "scored": len(scores),
+        "score_mean": pc.mean(scores).as_py() if len(scores) else None,
+        "score_quantiles": quantiles,
+        "reasons": dict(Counter(r for r in table.column(REASON).to_pylist() if r)),
+    }
+    if category:
+        per: dict[str, Counter] = {}
+        for cat, dec in zip(table.column(category).to_pylist(), decisions, strict=True):
+            per.setdefault(str(cat), Counter())[dec] += 1
+        report["category_column"] = category
+        report["per_category"] = {
+            cat: {d: c.get(d, 0) for d in DECISIONS} for cat, c in sorted(per.items())
+        }
+    return report
+
+
+def histogram_png(scores: list[float], threshold: float, bins: int) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.hist(scores, bins=bins, range=(0.0, 5.0), color="#4c72b0", edgecolor="white")
+    ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:g}")
+    ax.set_xlabel("judge score (0-5)")
+    ax.set_ylabel("examples")
+    ax.set_title(f"Score distribution ({len(scores)} scored examples)")
+    ax.legend()
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# AlpaGasus filter report",
+        "",
+        f"{report['rows']} rows; threshold {report['threshold']:g}; "
+        f"kept fraction {report['kept_fraction']:.1%}.",
+        "",
+        "| decision | rows |",
+        "|---|---:|",
+        *(f"| {d} | {n} |" for d, n in report["counts"].items()),
+        "",
+    ]
+    if report["score_quantiles"]:
+        qs = report["score_quantiles"]
+        lines += [
+            "| " + " | ".join(qs) + " | mean |",
+            "|" + "---:|" * (len(qs) + 1),
+            "| " + " | ".join(f"{v:.3f}" for v in qs.values()) + f" | {report['score_mean']:.3f} |",
+            "",
+        ]
+    if report["reasons"]:
+        lines += ["| reason | rows |", "|---|---:|"]
+        lines += [f"| {r} | {n} |" for r, n in sorted(report["reasons"].items())] + [""]
+    if "per_category" in report:
+        lines += [
+            f"| {report['category_column']} | " + " | ".join(DECISIONS) + " |",
+            "|---|" + "---:|" * len(DECISIONS),
+        ]
+        for cat, c in report["per_category"].items():
+            lines.append(f"| {cat} | " + " | ".join(str(c[d]) for d in DECISIONS) + " |")
+        lines.append("")
+    lines.append(f"![score histogram]({HISTOGRAM})")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    fs: fsspec.AbstractFileSystem, root: str, cfg: ReportConfig, threshold: float
+) -> dict[str, Any]:
+    schema_names = output_dataset(fs, root).schema.names
+    category = _category_column(schema_names, cfg)
+    columns = [DECISION, SCORE, REASON] + ([category] if category else [])
+    table = read_output_table(fs, root, columns=columns)
+    report = compute_report(table, threshold, category)
+    write_json(fs, join(root, REPORT_JSON), report)
+    with fs.open(join(root, REPORT_MD), "w") as f:
+        f.write(render_markdown(report))
+    scores = pc.drop_null(table.column(SCORE)).to_pylist()
+    write_bytes(fs, join(root, HISTOGRAM), histogram_png(scores, threshold, cfg.histogram_bins))
+    return report
+
+
+def regenerate(uri: str, storage: Any = None) -> dict[str, Any]:
+    """Rebuild the report of a finished output, with the settings recorded in its manifest."""
+    from alpagasus_ray.config import StorageConfig
+    from alpagasus_ray.io import filesystem
+
+    fs, root = filesystem(uri, storage or StorageConfig())
+    if not fs.exists(join(root, MANIFEST)):
+        raise FileNotFoundError(f"{uri} has no {MANIFEST}: not a finished filter output")
+    manifest = read_json(fs, join(root, MANIFEST))
+    cfg = ReportConfig.model_validate(manifest["config"].get("report", {}))
+    return write_report(fs, root, cfg, manifest["threshold"])

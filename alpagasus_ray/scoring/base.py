@@ -1,0 +1,51 @@
+"""The engine interface: token ids in, raw judge outputs out.
+
+An engine knows how to run a model and nothing about decisions; `judgement.py` turns its
+raw outputs into scores, so the decision logic exists once for every engine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from alpagasus_ray.config import JudgeConfig
+
+
+@dataclass
+class JudgeOutput:
+    """What an engine returns for one prompt.
+
+    `logprobs`: token id -> log-probability at the first answer position (logprobs mode).
+    `text`: the generated judgement (generate mode). `error`: why this row alone failed.
+    """
+
+    logprobs: dict[int, float] | None = None
+    text: str | None = None
+    num_output_tokens: int = 0
+    error: str | None = None
+
+
+class JudgeEngine(ABC):
+    """Runs the judge on a batch of tokenized prompts, in input order."""
+
+    def __init__(self, cfg: JudgeConfig):
+        self.cfg = cfg
+
+    @property
+    @abstractmethod
+    def score_tokens(self) -> dict[int, int]:
+        """Token id -> score digit (0..5) for the tokens a judge answers with."""
+
+    @abstractmethod
+    def judge(self, prompts: Sequence[Sequence[int]]) -> list[JudgeOutput]:
+        """One output per prompt. Errors of a single row go in its `error`, not raised."""
+
+
+def make_engine(cfg: JudgeConfig) -> JudgeEngine:
+    if cfg.engine == "hf":
+        from alpagasus_ray.scoring.hf import HFEngine
+
+        return HFEngine(cfg)
+    raise ValueError(f"unknown judge engine {cfg.engine!r}")

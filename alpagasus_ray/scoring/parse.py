@@ -1,0 +1,57 @@
+"""Read a 0-5 score from a judge's free text (generate mode).
+
+The paper's prompt asks for the score alone on the first line, but judges wander:
+"Score: 4", "**Score:** 3.5", "4/5", "I would rate it a 4 ...". We accept those and
+return None for anything else, so that an unreadable judgement is a failed row with its
+text kept, never a silently invented default.
+"""
+
+from __future__ import annotations
+
+import re
+
+MIN_SCORE, MAX_SCORE = 0.0, 5.0
+
+_NUM = r"(-?\d+(?:\.\d+)?)"
+_OUT_OF = rf"\s*(?:/|out\s+of)\s*{_NUM}"
+_BARE_LINE = re.compile(rf"^\s*{_NUM}(?:{_OUT_OF})?\s*(?:points?)?\s*[.!]?\s*$", re.I)
+_LABELLED = re.compile(
+    rf"\b(?:score|rating|rated|rate|grade)\b\s*(?:is|of|would be|:|=|-)?\s*(?:an?\s+)?{_NUM}"
+    rf"(?:{_OUT_OF})?",
+    re.I,
+)
+_FRACTION = re.compile(rf"(?<![\d.]){_NUM}{_OUT_OF}", re.I)
+_CONTEXT = re.compile(r"\b(?:rate|rating|score|give|deserves?|points?|award)\b", re.I)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
+_NUMBERS = re.compile(rf"(?<![\w.]){_NUM}(?![\w]|\.\d)")
+
+
+def _in_range(value: str, denominator: str | None = None) -> float | None:
+    score = float(value)
+    if denominator is not None and float(denominator) != MAX_SCORE:
+        return None  # "8/10" is another scale; rescaling would be a guess.
+    return score if MIN_SCORE <= score <= MAX_SCORE else None
+
+
+def parse_score(text: str) -> float | None:
+    """The judge's 0-5 score, or None when the text holds no unambiguous score in range."""
+    if not isinstance(text, str):
+        return None
+    clean = re.sub(r"[*_`#]+", "", text).strip()
+    if not clean:
+        return None
+
+    first_line = clean.splitlines()[0]
+    if m := _BARE_LINE.match(first_line):
+        return _in_range(m.group(1), m.group(2))
+
+    if m := _LABELLED.search(clean):
+        return _in_range(m.group(1), m.group(2))
+
+    first_sentence = _SENTENCE_END.split(clean, maxsplit=1)[0]
+    if m := _FRACTION.search(first_sentence):
+        return _in_range(m.group(1), m.group(2))
+    numbers = _NUMBERS.findall(first_sentence)
+    if len(numbers) == 1 and _CONTEXT.search(first_sentence):
+        return _in_range(numbers[0])
+    return None

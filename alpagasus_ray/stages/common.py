@@ -1,0 +1,34 @@
+"""Small Arrow helpers shared by the stages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from alpagasus_ray.schema import DECISION, column_type
+
+
+def with_columns(table: pa.Table, columns: dict[str, list[Any]]) -> pa.Table:
+    """Replace or append columns, typed by the schema where the column is ours."""
+    for name, values in columns.items():
+        typ = column_type(name)
+        arr = pa.array(values, type=typ) if typ is not None else pa.array(values)
+        idx = table.schema.get_field_index(name)
+        table = table.set_column(idx, name, arr) if idx >= 0 else table.append_column(name, arr)
+    return table
+
+
+def pending_rows(table: pa.Table) -> list[int]:
+    """Rows no earlier stage has decided (quarantined or failed) yet."""
+    if DECISION not in table.column_names:
+        return list(range(table.num_rows))
+    mask = pc.is_null(table.column(DECISION)).to_pylist()
+    return [i for i, m in enumerate(mask) if m]
+
+
+def column_or_nulls(table: pa.Table, name: str) -> list[Any]:
+    if name in table.column_names:
+        return table.column(name).to_pylist()
+    return [None] * table.num_rows

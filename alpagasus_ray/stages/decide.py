@@ -1,0 +1,32 @@
+"""Keep or reject each scored row by threshold, and give the batch its final schema."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from alpagasus_ray.schema import DECISION, REASON, REASON_DETAIL, SCORE, Decision, conform
+from alpagasus_ray.stages.common import column_or_nulls, with_columns
+
+
+def decide(score: float | None, threshold: float) -> Decision:
+    """The one place a score becomes a decision: keep when score >= threshold."""
+    if score is None:
+        return Decision.FAILED
+    return Decision.KEPT if score >= threshold else Decision.REJECTED
+
+
+class DecideStage:
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        decision = column_or_nulls(table, DECISION)
+        reason = column_or_nulls(table, REASON)
+        detail = column_or_nulls(table, REASON_DETAIL)
+        for i, score in enumerate(column_or_nulls(table, SCORE)):
+            if decision[i] is None:
+                decision[i] = decide(score, self.threshold).value
+                if score is None:  # not reachable through the engines; never a silent drop
+                    reason[i], detail[i] = "not_scored", "no stage produced a score"
+        table = with_columns(table, {DECISION: decision, REASON: reason, REASON_DETAIL: detail})
+        return conform(table, drop_internal=True)

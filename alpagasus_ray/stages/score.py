@@ -1,0 +1,51 @@
+"""Run the judge on the rows still pending and attach its scores (or the row's failure)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.schema import (
+    DECISION,
+    JUDGE_TEXT,
+    NUM_OUTPUT_TOKENS,
+    PROMPT_TOKEN_IDS,
+    REASON,
+    REASON_DETAIL,
+    SCORE,
+    SCORE_MASS,
+    SCORE_PROBS,
+    Decision,
+)
+from alpagasus_ray.scoring import JudgeEngine, judge_output_to_judgement, make_engine
+from alpagasus_ray.stages.common import column_or_nulls, pending_rows, with_columns
+
+
+class ScoreStage:
+    """One instance per judge replica (a Ray actor): the model loads once, then scores batches."""
+
+    def __init__(self, judge: JudgeConfig, engine: JudgeEngine | None = None):
+        self.cfg = judge
+        self.engine = engine or make_engine(judge)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        todo = pending_rows(table)
+        prompts = table.column(PROMPT_TOKEN_IDS).to_pylist()
+        outputs = self.engine.judge([prompts[i] for i in todo]) if todo else []
+
+        n = table.num_rows
+        new: dict[str, list] = {
+            c: [None] * n for c in (SCORE, SCORE_PROBS, SCORE_MASS, JUDGE_TEXT, NUM_OUTPUT_TOKENS)
+        }
+        new.update({c: column_or_nulls(table, c) for c in (DECISION, REASON, REASON_DETAIL)})
+        for i, out in zip(todo, outputs, strict=True):
+            j = judge_output_to_judgement(
+                out, self.cfg.mode, self.engine.score_tokens, self.cfg.min_score_mass
+            )
+            new[SCORE][i], new[SCORE_PROBS][i], new[SCORE_MASS][i] = j.score, j.probs, j.mass
+            new[JUDGE_TEXT][i] = j.text
+            new[NUM_OUTPUT_TOKENS][i] = out.num_output_tokens
+            if j.reason:
+                new[DECISION][i] = Decision.FAILED.value
+                new[REASON][i], new[REASON_DETAIL][i] = j.reason, j.detail
+        return with_columns(table, new)

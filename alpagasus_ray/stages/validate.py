@@ -1,0 +1,156 @@
+"""Validate rows: map columns to the canonical triple, give each row a stable id, and
+quarantine (never drop) every row that cannot be judged, with a machine-readable reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from alpagasus_ray.config import ColumnMap
+from alpagasus_ray.schema import (
+    DECISION,
+    ID,
+    INPUT,
+    INSTRUCTION,
+    OUTPUT,
+    OWN_COLUMNS,
+    RAW_JSON,
+    REASON,
+    REASON_DETAIL,
+    SOURCE,
+    Decision,
+    Reason,
+    conform,
+    rows_to_table,
+)
+
+_MISSING = object()
+_OWN_HEAD = [ID, INSTRUCTION, INPUT, OUTPUT, SOURCE]
+_OWN_TAIL = [DECISION, REASON, REASON_DETAIL]
+
+
+def content_id(*parts: Any) -> str:
+    """Stable across runs, machines and shard layouts: a hash of the content alone."""
+    blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def carried_name(name: str) -> str:
+    """An input column that collides with one we write is kept under a prefixed name."""
+    return f"orig_{name}" if name in OWN_COLUMNS else name
+
+
+class ValidateStage:
+    def __init__(self, columns: ColumnMap):
+        self.columns = columns
+        self.mapped = {INSTRUCTION: columns.instruction, OUTPUT: columns.output}
+        if columns.input:
+            self.mapped[INPUT] = columns.input
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        if RAW_JSON in table.column_names:
+            return self._validate_json(table)
+        return self._validate_columns(table)
+
+    def _validate_json(self, table: pa.Table) -> pa.Table:
+        """JSON input: every record is parsed here, so a broken line is one quarantined row."""
+        rows, extras = [], []
+        for raw, source in zip(
+            table.column(RAW_JSON).to_pylist(), table.column(SOURCE).to_pylist(), strict=True
+        ):
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, TypeError) as e:
+                rows.append(self._quarantine(Reason.MALFORMED_JSON, f"{e}: {raw[:500]}", raw))
+                rows[-1][SOURCE] = source
+                continue
+            if not isinstance(record, dict):
+                detail = f"record is a JSON {type(record).__name__}, not an object"
+                rows.append(self._quarantine(Reason.NOT_AN_OBJECT, detail, raw))
+                rows[-1][SOURCE] = source
+                continue
+            row = self.validate(record)
+            row[SOURCE] = source
+            for key in record:
+                name = carried_name(key)
+                if name not in row:
+                    row[name] = record[key]
+                    if name not in extras:
+                        extras.append(name)
+            rows.append(row)
+        return conform(rows_to_table(rows, _OWN_HEAD + extras + _OWN_TAIL))
+
+    def _validate_columns(self, table: pa.Table) -> pa.Table:
+        """Parquet input: only the mapped columns are read; the rest pass through as Arrow."""
+        present = {src: table.column(src).to_pylist() for src in self._sources(table)}
+        rows = []
+        for i in range(table.num_rows):
+            record = {src: values[i] for src, values in present.items()}
+            rows.append(self.validate(record))
+        own = rows_to_table(rows, [ID, INSTRUCTION, INPUT, OUTPUT, *_OWN_TAIL])
+        consumed = set(present)
+        out = {name: own.column(name) for name in (ID, INSTRUCTION, INPUT, OUTPUT)}
+        for name in table.column_names:
+            if name not in consumed:
+                out[name if name == SOURCE else carried_name(name)] = table.column(name)
+        for name in _OWN_TAIL:
+            out[name] = own.column(name)
+        return conform(pa.table(out))
+
+    def _sources(self, table: pa.Table) -> list[str]:
+        names = [*self.mapped.values()] + ([self.columns.id] if self.columns.id else [])
+        return [n for n in names if n in table.column_names]
+
+    def validate(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Canonical fields and id of one record; a quarantine reason on the first problem."""
+        row: dict[str, Any] = {}
+        problem: tuple[Reason, str] | None = None
+        for canon in (INSTRUCTION, INPUT, OUTPUT):
+            src = self.mapped.get(canon)
+            value = record.get(src, _MISSING) if src else ""
+            if canon == INPUT and (value is _MISSING or value is None):
+                value = ""  # Alpaca-style data may omit an empty input, or null it.
+            row[canon] = value if isinstance(value, str) else None
+            if problem is None:
+                problem = self._check(canon, src, value)
+        if self.columns.id:
+            rid = record.get(self.columns.id, _MISSING)
+            if rid is _MISSING or rid is None:
+                problem = problem or (Reason.MISSING_FIELD, f"id column {self.columns.id!r}")
+                rid = None
+            row[ID] = None if rid is None else str(rid)
+        if row.get(ID) is None:
+            row[ID] = content_id(
+                *(row[c] for c in (INSTRUCTION, INPUT, OUTPUT))
+                if problem is None
+                else ("quarantined", record)
+            )
+        if problem:
+            reason, detail = problem
+            row.update({DECISION: Decision.QUARANTINED.value, REASON: reason.value})
+            row[REASON_DETAIL] = detail
+        return row
+
+    @staticmethod
+    def _check(canon: str, src: str | None, value: Any) -> tuple[Reason, str] | None:
+        label = canon if src == canon else f"{canon} (column {src!r})"
+        if value is _MISSING:
+            return Reason.MISSING_FIELD, f"{label} is missing"
+        if value is None:
+            return Reason.NULL_FIELD, f"{label} is null"
+        if not isinstance(value, str):
+            return Reason.NON_STRING_FIELD, f"{label} is a {type(value).__name__}, not a string"
+        if canon != INPUT and not value.strip():
+            return Reason.EMPTY_FIELD, f"{label} is empty"
+        return None
+
+    def _quarantine(self, reason: Reason, detail: str, raw: str) -> dict[str, Any]:
+        return {
+            ID: content_id("quarantined", raw),
+            DECISION: Decision.QUARANTINED.value,
+            REASON: reason.value,
+            REASON_DETAIL: detail,
+        }

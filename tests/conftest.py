@@ -1,0 +1,60 @@
+"""Shared fixtures: one local Ray for the whole session, a tiny offline judge, and data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alpagasus_ray.config import JobConfig, apply_overrides, build_config
+from alpagasus_ray.tiny import build_tiny_model, synthetic_examples
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Ray is started once per test session (num_cpus=2), never per test."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_judge(tmp_path_factory) -> Path:
+    """A tiny random Llama with a chat template, saved locally."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-judge")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def job_config(input_uri: str, output_uri: str, model: Path, **overrides: Any) -> JobConfig:
+    """A small-batch CPU job config; `overrides` use dotted keys, e.g. judge__mode."""
+    data = {
+        "input": {"uri": input_uri},
+        "output": {"uri": output_uri, "overwrite": True},
+        "judge": {"model": str(model), "min_score_mass": 0.0, "batch_size": 16},
+        "filter": {"threshold": 2.0},
+    }
+    items = [f"{k.replace('__', '.')}={json.dumps(v)}" for k, v in overrides.items()]
+    return build_config(JobConfig, apply_overrides(data, items))
+
+
+@pytest.fixture
+def examples() -> list[dict[str, Any]]:
+    return synthetic_examples(60, seed=3)
