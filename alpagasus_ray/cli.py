@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="output directory")
     demo.add_argument("--rows", type=int, default=200, help="synthetic examples to filter")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    # Further commands (train, evaluate, ...) register here, one line each.
     return parser
 
 
@@ -127,7 +128,11 @@ def _print_summary(manifest: dict[str, Any], uri: str) -> None:
     )
 
 
-COMMANDS = {"filter": cmd_filter, "report": cmd_report, "demo": cmd_demo}
+COMMANDS = {
+    "filter": cmd_filter,
+    "report": cmd_report,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

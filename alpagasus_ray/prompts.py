@@ -97,3 +97,22 @@ def shared_prefix_len(sequences: list[list[int]]) -> int:
         if any(s[i] != tok for s in sequences):
             return i
     return n
+
+
+# Stanford Alpaca's instruction-tuning templates, used to fine-tune and to generate answers.
+ALPACA_PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:"
+)
+
+
+def alpaca_prompt(instruction: str, input: str | None = None) -> str:
+    """The Alpaca prompt for one example; the response follows it directly."""
+    if input:
+        return ALPACA_PROMPT_INPUT.format(instruction=instruction, input=input)
+    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
