@@ -88,9 +88,14 @@ def demo_config(root: Path, model_dir: Path, data: Path, overrides: list[str]) -
     base = {
         "input": {"uri": str(data)},
         "output": {"uri": str(root / "filtered"), "overwrite": True},
-        "judge": {"model": str(model_dir), "min_score_mass": 0.0, "batch_size": 32},
+        # Small actors so the demo also runs on a 2-CPU machine.
+        "judge": {
+            "model": str(model_dir),
+            "min_score_mass": 0.0,
+            "batch_size": 32,
+            "num_cpus_per_replica": 0.5,
+        },
         "filter": {"threshold": DEMO_THRESHOLD},
-        "ray": {"num_cpus": 2},
     }
     return build_config(JobConfig, apply_overrides(base, overrides))
 

@@ -98,7 +98,12 @@ class JudgeConfig(StrictModel):
         1, description="A fixed number of judge replicas, or an autoscaling [min, max] range."
     )
     num_gpus_per_replica: float = Field(0.0, ge=0)
-    num_cpus_per_replica: float = Field(1.0, gt=0)
+    num_cpus_per_replica: float = Field(
+        1.0,
+        gt=0,
+        description="On a machine with few CPUs keep the actors' CPUs a whole CPU below the "
+        "total: Ray Data's Parquet file-listing task asks for one full CPU.",
+    )
 
     @field_validator("replicas")
     @classmethod

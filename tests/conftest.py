@@ -48,7 +48,13 @@ def job_config(input_uri: str, output_uri: str, model: Path, **overrides: Any) -
     data = {
         "input": {"uri": input_uri},
         "output": {"uri": output_uri, "overwrite": True},
-        "judge": {"model": str(model), "min_score_mass": 0.0, "batch_size": 16},
+        # 0.5 CPU actors leave a whole CPU of the 2 for Ray Data's listing and I/O tasks.
+        "judge": {
+            "model": str(model),
+            "min_score_mass": 0.0,
+            "batch_size": 16,
+            "num_cpus_per_replica": 0.5,
+        },
         "filter": {"threshold": 2.0},
     }
     items = [f"{k.replace('__', '.')}={json.dumps(v)}" for k, v in overrides.items()]

@@ -49,6 +49,8 @@ class ValidateStage:
         self.mapped = {INSTRUCTION: columns.instruction, OUTPUT: columns.output}
         if columns.input:
             self.mapped[INPUT] = columns.input
+        # Mapped columns become the canonical ones; the id column is also carried as it is.
+        self.consumed = set(self.mapped.values())
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if RAW_JSON in table.column_names:
@@ -75,6 +77,8 @@ class ValidateStage:
             row = self.validate(record)
             row[SOURCE] = source
             for key in record:
+                if key in self.consumed:
+                    continue
                 name = carried_name(key)
                 if name not in row:
                     row[name] = record[key]
@@ -91,10 +95,9 @@ class ValidateStage:
             record = {src: values[i] for src, values in present.items()}
             rows.append(self.validate(record))
         own = rows_to_table(rows, [ID, INSTRUCTION, INPUT, OUTPUT, *_OWN_TAIL])
-        consumed = set(present)
         out = {name: own.column(name) for name in (ID, INSTRUCTION, INPUT, OUTPUT)}
         for name in table.column_names:
-            if name not in consumed:
+            if name not in self.consumed:
                 out[name if name == SOURCE else carried_name(name)] = table.column(name)
         for name in _OWN_TAIL:
             out[name] = own.column(name)

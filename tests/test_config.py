@@ -1,0 +1,92 @@
+"""Config: YAML + overrides, and errors that name the offending key."""
+
+import pytest
+
+from alpagasus_ray.config import ConfigError, JobConfig, load_config, parse_override
+
+BASE = """
+input: {uri: data.jsonl}
+output: {uri: out}
+judge: {model: some/model}
+"""
+
+
+@pytest.fixture
+def cfg_file(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(BASE)
+    return path
+
+
+def test_defaults_are_the_papers(cfg_file):
+    cfg = load_config(cfg_file)
+    assert isinstance(cfg, JobConfig)
+    assert cfg.filter.threshold == 4.5
+    assert cfg.judge.dimension == "accuracy"
+    assert cfg.judge.mode == "logprobs"
+    assert cfg.judge.layout == "prefix"
+    assert cfg.judge.max_new_tokens == 256
+
+
+def test_overrides_are_typed_from_yaml(cfg_file):
+    cfg = load_config(
+        cfg_file,
+        [
+            "filter.threshold=4.0",
+            "judge.mode=generate",
+            "judge.replicas=[2, 8]",
+            "input.columns.input=context",
+            "input.columns.output=response",
+            "storage.endpoint_url=http://127.0.0.1:9000",
+        ],
+    )
+    assert cfg.filter.threshold == 4.0
+    assert cfg.judge.mode == "generate"
+    assert cfg.judge.replicas == (2, 8)
+    assert cfg.input.columns.input == "context"
+    assert cfg.storage.s3_options()["endpoint_url"] == "http://127.0.0.1:9000"
+
+
+def test_unknown_key_is_named(cfg_file):
+    with pytest.raises(ConfigError, match=r"judge\.modle"):
+        load_config(cfg_file, ["judge.modle=x"])
+
+
+def test_bad_value_is_named(cfg_file):
+    with pytest.raises(ConfigError, match=r"filter\.threshold"):
+        load_config(cfg_file, ["filter.threshold=7"])
+    with pytest.raises(ConfigError, match=r"judge\.mode"):
+        load_config(cfg_file, ["judge.mode=vibes"])
+    with pytest.raises(ConfigError, match=r"judge\.replicas"):
+        load_config(cfg_file, ["judge.replicas=[4, 2]"])
+
+
+def test_missing_required_key_is_named(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("input: {uri: x}\noutput: {uri: y}\n")
+    with pytest.raises(ConfigError, match=r"judge"):
+        load_config(path)
+
+
+def test_malformed_override_and_files(tmp_path, cfg_file):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_override("judge.model")
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(cfg_file, ["judge.model.name=x"])
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_secrets_never_appear_in_the_redacted_config(cfg_file):
+    cfg = load_config(
+        cfg_file,
+        ["storage.access_key_id=AKIAEXAMPLE", "storage.secret_access_key=very-secret-value"],
+    )
+    dumped = str(cfg.redacted())
+    assert "very-secret-value" not in dumped and "AKIAEXAMPLE" not in dumped
+    assert cfg.storage.s3_options()["secret"] == "very-secret-value"
+    assert "very-secret-value" not in repr(cfg)

@@ -1,0 +1,182 @@
+"""The whole filter on local Ray with a tiny judge: invariants, partitions, determinism."""
+
+import json
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from conftest import job_config, write_jsonl
+
+from alpagasus_ray.cli import main
+from alpagasus_ray.pipeline import run_filter
+from alpagasus_ray.tiny import synthetic_examples
+
+BAD_ROWS = [
+    {"instruction": "null output", "input": "", "output": None, "category": "bad"},
+    {"instruction": "", "input": "", "output": "empty instruction", "category": "bad"},
+    {"instruction": "number output", "input": "", "output": 7, "category": "bad"},
+    {"instruction": "missing output", "input": "", "category": "bad"},
+    {"instruction": "too long", "input": "word " * 2500, "output": "x", "category": "bad"},
+    '{"instruction": "broken json line", ',
+    '["not", "an", "object"]',
+]
+EXPECTED_REASONS = {
+    "null_field",
+    "empty_field",
+    "non_string_field",
+    "missing_field",
+    "prompt_too_long",
+    "malformed_json",
+    "not_an_object",
+}
+THRESHOLD = 2.0
+
+
+def output_rows(out_dir) -> list[dict]:
+    table = pads.dataset(out_dir / "data", format="parquet", partitioning="hive").to_table()
+    return table.to_pylist()
+
+
+def decisions(out_dir) -> dict[str, dict]:
+    """By id (duplicate examples share a content id and so a decision)."""
+    return {r["id"]: r for r in output_rows(out_dir)}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    rows = synthetic_examples(48, seed=11)
+    for i, r in enumerate(rows):
+        r["row_no"] = i  # an extra column that must come through untouched
+    path = write_jsonl(tmp_path_factory.mktemp("in") / "shard-0.jsonl", rows + BAD_ROWS)
+    return path, rows
+
+
+@pytest.fixture(scope="module")
+def filtered(ray_session, tiny_judge, source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "run1"
+    cfg = job_config(str(source[0]), str(out), tiny_judge, filter__threshold=THRESHOLD)
+    return out, run_filter(cfg)
+
+
+def test_conservation_invariant(filtered, source):
+    out, manifest = filtered
+    n_in = len(source[1]) + len(BAD_ROWS)
+    assert manifest["rows_read"] == n_in
+    assert sum(manifest["counts"].values()) == n_in
+    assert manifest["invariant_ok"] and manifest["status"] == "complete"
+    assert len(output_rows(out)) == n_in
+    assert manifest["counts"]["quarantined"] == len(BAD_ROWS)
+
+
+def test_threshold_splits_scores(filtered):
+    rows = decisions(filtered[0]).values()
+    kept = [r["score"] for r in rows if r["decision"] == "kept"]
+    rejected = [r["score"] for r in rows if r["decision"] == "rejected"]
+    assert kept and rejected, "the tiny judge's spread should fill both partitions"
+    assert min(kept) >= THRESHOLD > max(rejected)
+    for r in rows:
+        if r["decision"] in ("kept", "rejected"):
+            assert sum(r["score_probs"]) == pytest.approx(1.0, abs=1e-4)
+            assert r["num_prompt_tokens"] > 0
+
+
+def test_partitions_are_plain_parquet(filtered):
+    out = filtered[0]
+    for part in ("kept", "rejected", "quarantined"):
+        table = pq.read_table(out / "data" / f"decision={part}")
+        assert table.num_rows > 0
+        assert {"id", "instruction", "input", "output", "score", "reason"} <= set(
+            table.column_names
+        )
+        assert "_prompt_token_ids" not in table.column_names
+
+
+def test_extra_columns_survive(filtered, source):
+    rows = output_rows(filtered[0])
+    by_row_no = {r["row_no"]: r for r in rows if r["row_no"] is not None}
+    assert sorted(by_row_no) == list(range(len(source[1])))
+    for i, original in enumerate(source[1]):
+        got = by_row_no[i]
+        assert (got["instruction"], got["output"]) == (original["instruction"], original["output"])
+        assert got["category"] == original["category"]
+
+
+def test_every_quarantine_reason_is_recorded(filtered):
+    rows = [r for r in decisions(filtered[0]).values() if r["decision"] == "quarantined"]
+    assert {r["reason"] for r in rows} == EXPECTED_REASONS
+    assert all(r["reason_detail"] and r["score"] is None for r in rows)
+
+
+def test_manifest_report_and_regeneration(filtered, capsys):
+    out, manifest = filtered
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["counts"] == manifest["counts"]
+    assert on_disk["prompt_hash"] and on_disk["versions"]["ray"]
+    assert on_disk["config"]["filter"]["threshold"] == THRESHOLD
+    for name in ("report.json", "report.md", "score_histogram.png"):
+        assert (out / name).stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == manifest["counts"]
+    assert set(report["per_category"]) >= {"math", "geography", "bad"}
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text().startswith("# AlpaGasus filter report")
+
+
+def test_rerun_gives_identical_decisions(filtered, source, tiny_judge, tmp_path):
+    cfg = job_config(
+        str(source[0]), str(tmp_path / "run2"), tiny_judge, filter__threshold=THRESHOLD
+    )
+    run_filter(cfg)
+    first, second = decisions(filtered[0]), decisions(tmp_path / "run2")
+    assert first.keys() == second.keys()
+    for rid, row in first.items():
+        assert second[rid]["decision"] == row["decision"]
+        if row["score"] is not None:
+            assert second[rid]["score"] == pytest.approx(row["score"], abs=1e-6)
+
+
+def test_existing_output_is_not_overwritten_by_default(filtered, source, tiny_judge):
+    cfg = job_config(str(source[0]), str(filtered[0]), tiny_judge, output__overwrite=False)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        run_filter(cfg)
+
+
+def test_parquet_shards_column_mapping_and_generate_mode(ray_session, tiny_judge, tmp_path):
+    import pyarrow as pa
+
+    rows = synthetic_examples(12, seed=2)
+    shards = tmp_path / "dolly"
+    shards.mkdir()
+    for k in range(2):
+        part = rows[k * 6 : (k + 1) * 6]
+        pq.write_table(
+            pa.table(
+                {
+                    "instruction": [r["instruction"] for r in part],
+                    "context": [r["input"] for r in part],
+                    "response": [r["output"] for r in part],
+                    "category": [r["category"] for r in part],
+                }
+            ),
+            shards / f"part-{k}.parquet",
+        )
+    cfg = job_config(
+        str(shards),
+        str(tmp_path / "out"),
+        tiny_judge,
+        input__columns__input="context",
+        input__columns__output="response",
+        judge__mode="generate",
+        judge__max_new_tokens=4,
+    )
+    manifest = run_filter(cfg)
+    assert manifest["rows_read"] == 12 == sum(manifest["counts"].values())
+    got = decisions(tmp_path / "out")
+    assert {r["input"] for r in got.values()} == {r["input"] for r in rows}
+    assert all(r["judge_text"] is not None for r in got.values())
+    # A random judge writes no readable score: such rows fail, with its text kept.
+    for r in got.values():
+        assert r["decision"] in ("failed", "kept", "rejected")
+        if r["decision"] == "failed":
+            assert r["reason"] == "unparseable_judgement"

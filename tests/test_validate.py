@@ -1,0 +1,133 @@
+"""Validation: column mapping, stable ids, and a quarantine reason for every bad row."""
+
+import json
+
+import pyarrow as pa
+
+from alpagasus_ray.config import ColumnMap
+from alpagasus_ray.io import split_json_file
+from alpagasus_ray.schema import OUTPUT_SCHEMA, RAW_JSON, SOURCE
+from alpagasus_ray.stages import ValidateStage
+
+
+def json_table(records: list) -> pa.Table:
+    raws = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    return pa.table({RAW_JSON: raws, SOURCE: ["f.jsonl"] * len(raws)})
+
+
+def by_instruction(table: pa.Table) -> dict:
+    return {r["instruction"]: r for r in table.to_pylist()}
+
+
+def test_every_kind_of_bad_row_is_quarantined_with_its_reason():
+    table = json_table(
+        [
+            {"instruction": "ok", "input": "", "output": "fine"},
+            {"instruction": "missing output", "input": ""},
+            {"instruction": "null output", "output": None},
+            {"instruction": "number output", "output": 42},
+            {"instruction": "blank output", "output": "   "},
+            {"instruction": "", "output": "x"},
+            {"instruction": "list input", "input": ["a"], "output": "x"},
+            '{"instruction": "broken',
+            "[1, 2]",
+        ]
+    )
+    out = ValidateStage(ColumnMap())(table)
+    rows = out.to_pylist()
+    assert len(rows) == 9
+    reasons = [(r["instruction"], r["decision"], r["reason"]) for r in rows]
+    assert reasons == [
+        ("ok", None, None),
+        ("missing output", "quarantined", "missing_field"),
+        ("null output", "quarantined", "null_field"),
+        ("number output", "quarantined", "non_string_field"),
+        ("blank output", "quarantined", "empty_field"),
+        ("", "quarantined", "empty_field"),
+        ("list input", "quarantined", "non_string_field"),
+        (None, "quarantined", "malformed_json"),
+        (None, "quarantined", "not_an_object"),
+    ]
+    assert all(r["reason_detail"] for r in rows[1:])
+    assert "broken" in rows[7]["reason_detail"]
+    assert all(r["id"] and r["source"] == "f.jsonl" for r in rows)
+
+
+def test_missing_or_null_input_means_empty_input():
+    out = ValidateStage(ColumnMap())(
+        json_table(
+            [
+                {"instruction": "a", "output": "b"},
+                {"instruction": "c", "input": None, "output": "d"},
+            ]
+        )
+    )
+    assert [(r["input"], r["decision"]) for r in out.to_pylist()] == [("", None), ("", None)]
+
+
+def test_column_mapping_extras_and_collisions():
+    cols = ColumnMap(instruction="instruction", input="context", output="response")
+    rec = {
+        "instruction": "Q",
+        "context": "C",
+        "response": "R",
+        "category": "qa",
+        "score": 9,
+        "meta": {"k": [1, 2]},
+    }
+    row = ValidateStage(cols)(json_table([rec])).to_pylist()[0]
+    assert (row["instruction"], row["input"], row["output"]) == ("Q", "C", "R")
+    assert row["category"] == "qa" and row["meta"] == {"k": [1, 2]}
+    assert row["orig_score"] == 9  # an input column named like one of ours is kept, renamed
+    assert "context" not in row and "response" not in row
+
+
+def test_ids_are_content_hashes_or_the_configured_column():
+    rec = {"instruction": "a", "input": "", "output": "b"}
+    first = ValidateStage(ColumnMap())(json_table([rec, rec])).column("id").to_pylist()
+    again = ValidateStage(ColumnMap())(json_table([rec])).column("id").to_pylist()
+    assert first[0] == first[1] == again[0] and len(first[0]) == 32
+    other = ValidateStage(ColumnMap())(json_table([{**rec, "output": "c"}])).column("id")
+    assert other.to_pylist()[0] != first[0]
+
+    cols = ColumnMap(id="uid")
+    out = ValidateStage(cols)(json_table([{**rec, "uid": 7}, rec])).to_pylist()
+    assert out[0]["id"] == "7" and out[0]["decision"] is None and out[0]["uid"] == 7
+    assert out[1]["decision"] == "quarantined" and out[1]["reason"] == "missing_field"
+
+
+def test_parquet_rows_keep_their_arrow_columns_untouched():
+    table = pa.table(
+        {
+            "instruction": ["a", None],
+            "input": ["", ""],
+            "output": ["b", "c"],
+            "when": pa.array([1, 2], type=pa.timestamp("ms")),
+            "tags": [["x"], []],
+            SOURCE: ["p.parquet", "p.parquet"],
+        }
+    )
+    out = ValidateStage(ColumnMap())(table)
+    assert out.schema.field("when").type == pa.timestamp("ms")
+    assert out.column("tags").to_pylist() == [["x"], []]
+    assert out.column("decision").to_pylist() == [None, "quarantined"]
+    assert out.column("reason").to_pylist() == [None, "null_field"]
+    for field in OUTPUT_SCHEMA:
+        if field.name in out.column_names:
+            assert out.schema.field(field.name).type == field.type
+
+
+def test_parquet_with_a_non_string_column_quarantines_each_row():
+    table = pa.table({"instruction": [1, 2], "input": ["", ""], "output": ["b", "c"]})
+    out = ValidateStage(ColumnMap())(table).to_pylist()
+    assert [r["reason"] for r in out] == ["non_string_field"] * 2
+
+
+def test_json_files_are_split_into_records():
+    array = json.dumps([{"a": 1}, {"a": 2}]).encode()
+    assert len(list(split_json_file({"bytes": array, "path": "x.json"}))) == 2
+    lines = b'{"a": 1}\n\n{"a": 2\n{"a": 3}\n'
+    rows = list(split_json_file({"bytes": lines, "path": "x.jsonl"}))
+    assert [r[RAW_JSON] for r in rows] == ['{"a": 1}', '{"a": 2', '{"a": 3}']
+    broken = list(split_json_file({"bytes": b'[{"a": 1},', "path": "y.json"}))
+    assert len(broken) == 1 and "unparseable JSON array" in broken[0][RAW_JSON]
