@@ -1,0 +1,26 @@
+"""The README's first command: the demo runs offline on a fresh machine."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+
+def test_demo_command(tmp_path):
+    exe = shutil.which("alpagasus-ray", path=os.path.dirname(sys.executable))
+    cmd = [exe] if exe else [sys.executable, "-m", "alpagasus_ray.cli"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [*cmd, "demo", "--output", str(tmp_path / "demo"), "--rows", "40"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rows read 46 = kept" in proc.stdout  # 40 synthetic + 6 bad rows
+    assert "RANDOM" in proc.stdout
+    manifest = json.loads((tmp_path / "demo" / "filtered" / "manifest.json").read_text())
+    assert manifest["invariant_ok"] and manifest["counts"]["quarantined"] == 6
+    assert (tmp_path / "demo" / "filtered" / "score_histogram.png").stat().st_size > 0
