@@ -127,6 +127,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         },
         "prompt_hash": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
         "threshold": cfg.filter.threshold,
+        "rows_per_s": round(rows_read / max(scored - started, 1e-9), 3),
         "timings_s": {
             "score_and_write": round(scored - started, 3),
             "count_and_report": round(finished - scored, 3),

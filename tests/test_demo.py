@@ -6,6 +6,10 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end to end; deselect with -m 'not slow'
+
 
 def test_demo_command(tmp_path):
     exe = shutil.which("alpagasus-ray", path=os.path.dirname(sys.executable))

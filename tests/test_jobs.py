@@ -26,6 +26,8 @@ from conftest import write_jsonl
 
 from alpagasus_ray.tiny import synthetic_examples
 
+pytestmark = pytest.mark.slow  # end to end; deselect with -m 'not slow'
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -3,9 +3,12 @@
 import json
 
 import pyarrow.dataset as pads
+import pytest
 from conftest import job_config
 
 from alpagasus_ray.pipeline import run_filter
+
+pytestmark = pytest.mark.slow  # end to end; deselect with -m 'not slow'
 
 N = 300
 
