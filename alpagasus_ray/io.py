@@ -66,8 +66,8 @@ def read_input(cfg: InputConfig, storage: StorageConfig, num_cpus: float = 1.0) 
 
     fs, files, fmt = list_input_files(cfg, storage)
     if fmt == "parquet":
+        # Ray adds the file path as `path`; validation turns it into our `source` column.
         ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True, num_cpus=num_cpus)
-        ds = ds.rename_columns({"path": SOURCE})
     else:
         ds = ray.data.read_binary_files(files, filesystem=fs, include_paths=True, num_cpus=num_cpus)
         ds = ds.flat_map(split_json_file, num_cpus=num_cpus)

@@ -104,10 +104,14 @@ def test_parquet_rows_keep_their_arrow_columns_untouched():
             "output": ["b", "c"],
             "when": pa.array([1, 2], type=pa.timestamp("ms")),
             "tags": [["x"], []],
-            SOURCE: ["p.parquet", "p.parquet"],
+            "source": ["alpaca", "dolly"],  # a data column named like ours
+            "path": ["p.parquet", "p.parquet"],  # the file path Ray's reader adds
         }
     )
     out = ValidateStage(ColumnMap())(table)
+    assert out.column("source").to_pylist() == ["p.parquet", "p.parquet"]
+    assert out.column("orig_source").to_pylist() == ["alpaca", "dolly"]
+    assert "path" not in out.column_names
     assert out.schema.field("when").type == pa.timestamp("ms")
     assert out.column("tags").to_pylist() == [["x"], []]
     assert out.column("decision").to_pylist() == [None, "quarantined"]

@@ -28,6 +28,7 @@ from alpagasus_ray.schema import (
 )
 
 _MISSING = object()
+RAY_PATH = "path"  # the file-path column Ray Data's Parquet reader adds
 _OWN_HEAD = [ID, INSTRUCTION, INPUT, OUTPUT, SOURCE]
 _OWN_TAIL = [DECISION, REASON, REASON_DETAIL]
 
@@ -41,6 +42,17 @@ def content_id(*parts: Any) -> str:
 def carried_name(name: str) -> str:
     """An input column that collides with one we write is kept under a prefixed name."""
     return f"orig_{name}" if name in OWN_COLUMNS else name
+
+
+def quarantined(reason: Reason, detail: str, raw: str, source: str | None) -> dict[str, Any]:
+    """A record that could not even be parsed: quarantined with its raw text's hash as id."""
+    return {
+        ID: content_id("quarantined", raw),
+        SOURCE: source,
+        DECISION: Decision.QUARANTINED.value,
+        REASON: reason.value,
+        REASON_DETAIL: detail,
+    }
 
 
 class ValidateStage:
@@ -66,13 +78,11 @@ class ValidateStage:
             try:
                 record = json.loads(raw)
             except (json.JSONDecodeError, TypeError) as e:
-                rows.append(self._quarantine(Reason.MALFORMED_JSON, f"{e}: {raw[:500]}", raw))
-                rows[-1][SOURCE] = source
+                rows.append(quarantined(Reason.MALFORMED_JSON, f"{e}: {raw[:500]}", raw, source))
                 continue
             if not isinstance(record, dict):
                 detail = f"record is a JSON {type(record).__name__}, not an object"
-                rows.append(self._quarantine(Reason.NOT_AN_OBJECT, detail, raw))
-                rows[-1][SOURCE] = source
+                rows.append(quarantined(Reason.NOT_AN_OBJECT, detail, raw, source))
                 continue
             row = self.validate(record)
             row[SOURCE] = source
@@ -96,9 +106,11 @@ class ValidateStage:
             rows.append(self.validate(record))
         own = rows_to_table(rows, [ID, INSTRUCTION, INPUT, OUTPUT, *_OWN_TAIL])
         out = {name: own.column(name) for name in (ID, INSTRUCTION, INPUT, OUTPUT)}
+        if RAY_PATH in table.column_names:
+            out[SOURCE] = table.column(RAY_PATH)
         for name in table.column_names:
-            if name not in self.consumed:
-                out[name if name == SOURCE else carried_name(name)] = table.column(name)
+            if name not in self.consumed and name != RAY_PATH:
+                out[carried_name(name)] = table.column(name)
         for name in _OWN_TAIL:
             out[name] = own.column(name)
         return conform(pa.table(out))
@@ -149,11 +161,3 @@ class ValidateStage:
         if canon != INPUT and not value.strip():
             return Reason.EMPTY_FIELD, f"{label} is empty"
         return None
-
-    def _quarantine(self, reason: Reason, detail: str, raw: str) -> dict[str, Any]:
-        return {
-            ID: content_id("quarantined", raw),
-            DECISION: Decision.QUARANTINED.value,
-            REASON: reason.value,
-            REASON_DETAIL: detail,
-        }
