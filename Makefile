@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,lora]'
+	# vLLM for the CPU contract tests: --no-deps, since its own pins (torch, transformers)
+	# would replace ours; then the small pure-Python modules `import vllm` needs.
+	$(BIN)/pip install -q --no-deps vllm==0.33.0
+	$(BIN)/pip install -q msgspec cbor2 blake3 cachetools pybase64 psutil pyzmq \
+		openai-harmony openai cloudpickle pillow uvloop py-cpuinfo prometheus_client
 	touch $(STAMP)
 
 demo: setup

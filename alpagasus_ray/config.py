@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -74,10 +82,75 @@ class OutputConfig(StrictModel):
     max_rows_per_file: int | None = Field(None, gt=0)
 
 
+# Engine kwargs that have their own field: set them there, so the prompt stage's length check,
+# the GPU placement and the engine cannot disagree.
+_VLLM_OWN_KWARGS = {
+    "model": "judge.model",
+    "tokenizer": "judge.tokenizer",
+    "max_model_len": "judge.max_model_len",
+    "dtype": "judge.dtype",
+    "trust_remote_code": "judge.trust_remote_code",
+    "task_type": "(always 'generate')",
+    "tensor_parallel_size": "judge.vllm.tensor_parallel_size",
+    "pipeline_parallel_size": "judge.vllm.pipeline_parallel_size",
+    "enable_prefix_caching": "judge.vllm.enable_prefix_caching",
+    "gpu_memory_utilization": "judge.vllm.gpu_memory_utilization",
+    "max_num_batched_tokens": "judge.vllm.max_num_batched_tokens",
+    "max_num_seqs": "judge.vllm.max_num_seqs",
+    "quantization": "judge.vllm.quantization",
+    "max_logprobs": "judge.vllm.top_logprobs",
+}
+
+
+class VLLMConfig(StrictModel):
+    """vLLM replicas on GPU actors (`judge.engine: vllm`), run through `ray.data.llm`.
+
+    Model, tokenizer, dtype, max_model_len, batch size and replicas live in `judge` itself,
+    shared with the HF engine; this section holds what only vLLM has.
+    """
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs a replica shards across.")
+    pipeline_parallel_size: int = Field(1, ge=1)
+    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="Placement group of a replica's GPUs (tensor/pipeline parallel > 1)."
+    )
+    accelerator_type: str | None = Field(None, description="e.g. H100, A100, L4; None: any GPU.")
+    max_concurrent_batches: int = Field(
+        8, ge=1, description="Batches in flight per replica, so the engine queue never drains."
+    )
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of the shared prompt head across rows."
+    )
+    gpu_memory_utilization: float = Field(0.90, gt=0.0, le=1.0)
+    max_num_batched_tokens: int | None = Field(None, gt=0, description="None: vLLM's default.")
+    max_num_seqs: int | None = Field(None, gt=0, description="None: vLLM's default.")
+    quantization: str | None = Field(None, description="e.g. fp8, awq, gptq; None: as stored.")
+    top_logprobs: int = Field(
+        20, ge=1, le=20, description="Logprobs mode: top-k log-probs read (vLLM caps k at 20)."
+    )
+    log_engine_metrics: bool = Field(
+        True, description="Export vLLM metrics (prefix-cache hits, KV use) to Ray's Prometheus."
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Any other vllm.EngineArgs field, passed through."
+    )
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _check_engine_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        own = sorted(k for k in v if k in _VLLM_OWN_KWARGS)
+        if own:
+            where = ", ".join(f"{k} -> {_VLLM_OWN_KWARGS[k]}" for k in own)
+            raise ValueError(f"set these through their own fields, not engine_kwargs: {where}")
+        return v
+
+
 class JudgeConfig(StrictModel):
     """The LLM judge: which model, how it is prompted, and how it is run."""
 
-    engine: Literal["hf"] = "hf"
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers on CPU/GPU actors; vllm: vLLM replicas (GPU)."
+    )
     model: str = Field(..., description="Hub id or local/S3-synced path of the judge.")
     tokenizer: str | None = None
     mode: Literal["logprobs", "generate"] = "logprobs"
@@ -95,15 +168,21 @@ class JudgeConfig(StrictModel):
     batch_size: int = Field(64, gt=0, description="Rows per Ray batch handed to one replica.")
     micro_batch_size: int = Field(8, gt=0, description="Rows per forward pass (HF engine).")
     replicas: int | tuple[int, int] = Field(
-        1, description="A fixed number of judge replicas, or an autoscaling [min, max] range."
+        1,
+        description="An int n is a fixed pool of n replicas (for vllm too, where it becomes "
+        "ray.data.llm concurrency (n, n): a bare int there would mean autoscaling 1..n); "
+        "[min, max] is an autoscaling range.",
     )
-    num_gpus_per_replica: float = Field(0.0, ge=0)
+    num_gpus_per_replica: float = Field(
+        0.0, ge=0, description="vllm: 0 or tensor_parallel_size x pipeline_parallel_size."
+    )
     num_cpus_per_replica: float = Field(
         1.0,
         gt=0,
         description="On a machine with few CPUs keep the actors' CPUs a whole CPU below the "
         "total: Ray Data's Parquet file-listing task asks for one full CPU.",
     )
+    vllm: VLLMConfig = VLLMConfig()
 
     @field_validator("replicas")
     @classmethod
@@ -112,6 +191,16 @@ class JudgeConfig(StrictModel):
         if lo < 1 or hi < lo:
             raise ValueError("replicas must be >= 1, or a range [min, max] with 1 <= min <= max")
         return v
+
+    @model_validator(mode="after")
+    def _check_vllm_gpus(self) -> JudgeConfig:
+        gpus = self.vllm.tensor_parallel_size * self.vllm.pipeline_parallel_size
+        if self.engine == "vllm" and self.num_gpus_per_replica not in (0, gpus):
+            raise ValueError(
+                f"num_gpus_per_replica={self.num_gpus_per_replica:g} but a vllm replica uses "
+                f"tensor_parallel_size x pipeline_parallel_size = {gpus} GPUs; leave it at 0"
+            )
+        return self
 
 
 class FilterConfig(StrictModel):

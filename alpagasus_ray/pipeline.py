@@ -17,11 +17,13 @@ from alpagasus_ray.io import (
     join,
     prepare_output,
     read_input,
+    read_output_table,
     write_json,
 )
+from alpagasus_ray.metrics import engine_metrics
 from alpagasus_ray.prompts import prompt_hash
 from alpagasus_ray.report import count_decisions, write_report
-from alpagasus_ray.schema import DECISION, DECISIONS
+from alpagasus_ray.schema import DECISION, DECISIONS, NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 from alpagasus_ray.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 
 log = logging.getLogger(__name__)
@@ -64,15 +66,20 @@ def build_dataset(cfg: JobConfig) -> Any:
         concurrency=_concurrency(cfg.ray.prompt_workers),
         num_cpus=cfg.ray.prompt_worker_cpus,
     )
-    ds = ds.map_batches(
-        ScoreStage,
-        fn_constructor_kwargs={"judge": judge},
-        batch_format="pyarrow",
-        batch_size=judge.batch_size,
-        concurrency=_concurrency(judge.replicas),
-        num_gpus=judge.num_gpus_per_replica or None,
-        num_cpus=judge.num_cpus_per_replica,
-    )
+    if judge.engine == "vllm":
+        from alpagasus_ray.stages.vllm_score import score_with_vllm
+
+        ds = score_with_vllm(ds, judge, light)
+    else:
+        ds = ds.map_batches(
+            ScoreStage,
+            fn_constructor_kwargs={"judge": judge},
+            batch_format="pyarrow",
+            batch_size=judge.batch_size,
+            concurrency=_concurrency(judge.replicas),
+            num_gpus=judge.num_gpus_per_replica or None,
+            num_cpus=judge.num_cpus_per_replica,
+        )
     return ds.map_batches(DecideStage(cfg.filter.threshold), batch_format="pyarrow", num_cpus=light)
 
 
@@ -107,6 +114,8 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
 
     rows_read = read_input(cfg.input, cfg.storage, cfg.ray.task_cpus).count()
     counts = count_decisions(fs, root)
+    tokens = read_output_table(fs, root, columns=[NUM_PROMPT_TOKENS, NUM_OUTPUT_TOKENS])
+    throughput = engine_metrics(tokens, scored - started, cfg.judge)
     report = write_report(fs, root, cfg.report, cfg.filter.threshold)
     finished = time.time()
 
@@ -126,6 +135,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
             "layout": cfg.judge.layout,
         },
         "prompt_hash": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
+        "engine_metrics": throughput,
         "threshold": cfg.filter.threshold,
         "rows_per_s": round(rows_read / max(scored - started, 1e-9), 3),
         "timings_s": {

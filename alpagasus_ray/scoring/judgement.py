@@ -6,7 +6,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from alpagasus_ray.schema import Reason
+from alpagasus_ray.schema import (
+    DECISION,
+    JUDGE_TEXT,
+    NUM_OUTPUT_TOKENS,
+    REASON,
+    REASON_DETAIL,
+    SCORE,
+    SCORE_MASS,
+    SCORE_PROBS,
+    Decision,
+    Reason,
+)
 from alpagasus_ray.scoring.base import JudgeOutput
 from alpagasus_ray.scoring.parse import parse_score
 
@@ -58,6 +69,27 @@ def judge_output_to_judgement(
             detail="no 0-5 score found in the judge's text",
         )
     return Judgement(score=score, text=out.text)
+
+
+def judgement_fields(
+    out: JudgeOutput, mode: str, score_tokens: dict[int, int], min_score_mass: float
+) -> dict[str, Any]:
+    """One judged row's output columns, for every engine (HF stage and vLLM postprocess).
+
+    A failed judgement also sets the row's decision and reason here, so that no engine has
+    its own idea of what a failure looks like.
+    """
+    j = judge_output_to_judgement(out, mode, score_tokens, min_score_mass)
+    fields: dict[str, Any] = {
+        SCORE: j.score,
+        SCORE_PROBS: j.probs,
+        SCORE_MASS: j.mass,
+        JUDGE_TEXT: j.text,
+        NUM_OUTPUT_TOKENS: out.num_output_tokens,
+    }
+    if j.reason:
+        fields.update({DECISION: Decision.FAILED.value, REASON: j.reason, REASON_DETAIL: j.detail})
+    return fields
 
 
 def _from_logprobs(

@@ -15,9 +15,9 @@ from alpagasus_ray.schema import (
     SCORE,
     SCORE_MASS,
     SCORE_PROBS,
-    Decision,
 )
-from alpagasus_ray.scoring import JudgeEngine, judge_output_to_judgement, make_engine
+from alpagasus_ray.scoring import JudgeEngine, make_engine
+from alpagasus_ray.scoring.judgement import judgement_fields
 from alpagasus_ray.stages.common import column_or_nulls, pending_rows, with_columns
 
 
@@ -39,13 +39,9 @@ class ScoreStage:
         }
         new.update({c: column_or_nulls(table, c) for c in (DECISION, REASON, REASON_DETAIL)})
         for i, out in zip(todo, outputs, strict=True):
-            j = judge_output_to_judgement(
+            fields = judgement_fields(
                 out, self.cfg.mode, self.engine.score_tokens, self.cfg.min_score_mass
             )
-            new[SCORE][i], new[SCORE_PROBS][i], new[SCORE_MASS][i] = j.score, j.probs, j.mass
-            new[JUDGE_TEXT][i] = j.text
-            new[NUM_OUTPUT_TOKENS][i] = out.num_output_tokens
-            if j.reason:
-                new[DECISION][i] = Decision.FAILED.value
-                new[REASON][i], new[REASON_DETAIL][i] = j.reason, j.detail
+            for name, value in fields.items():
+                new[name][i] = value
         return with_columns(table, new)

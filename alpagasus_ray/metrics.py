@@ -1,0 +1,59 @@
+"""Engine-side throughput for the manifest, computed from the written output alone.
+
+Every row the engine judged carries `num_prompt_tokens` and `num_output_tokens`, so token
+counts need no side channel from the GPU actors. What the output cannot tell is said so,
+never guessed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
+
+PREFIX_CACHE_NOT_REPORTED = (
+    "not reported: ray.data.llm 2.60's vLLM stage drops vLLM's per-request num_cached_tokens; "
+    "with judge.vllm.log_engine_metrics the replicas export vllm:prefix_cache_hits and "
+    "vllm:prefix_cache_queries to Ray's Prometheus endpoint (ray.init(_metrics_export_port=...))"
+)
+
+
+def _rate(amount: float, seconds: float) -> float | None:
+    return round(amount / seconds, 3) if seconds > 0 else None
+
+
+def engine_metrics(table: pa.Table, seconds: float, judge: JudgeConfig) -> dict[str, Any]:
+    """Tokens in and out, examples/s and tokens/s over the streaming job's wall time.
+
+    The wall time covers read, prompt, score and write together (they overlap in a stream),
+    so the rates are a floor on what the engine alone sustained.
+    """
+    judged = table.filter(pc.is_valid(table.column(NUM_OUTPUT_TOKENS)))
+    rows = judged.num_rows
+    tokens_in = int(pc.sum(judged.column(NUM_PROMPT_TOKENS)).as_py() or 0)
+    tokens_out = int(pc.sum(judged.column(NUM_OUTPUT_TOKENS)).as_py() or 0)
+    metrics: dict[str, Any] = {
+        "engine": judge.engine,
+        "examples_judged": rows,
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "wall_seconds": round(seconds, 3),
+        "examples_per_s": _rate(rows, seconds),
+        "input_tokens_per_s": _rate(tokens_in, seconds),
+        "output_tokens_per_s": _rate(tokens_out, seconds),
+    }
+    if judge.engine == "vllm":
+        metrics["gpus_per_replica"] = (
+            judge.vllm.tensor_parallel_size * judge.vllm.pipeline_parallel_size
+        )
+        metrics["prefix_caching"] = judge.vllm.enable_prefix_caching
+        metrics["prefix_cache_hit_rate"] = None
+        metrics["prefix_cache_note"] = PREFIX_CACHE_NOT_REPORTED
+    else:
+        metrics["prefix_cache_hit_rate"] = None
+        metrics["prefix_cache_note"] = "not applicable: the HF engine has no prefix cache"
+    return metrics

@@ -1,0 +1,114 @@
+"""Scoring with vLLM replicas on GPU actors: our request stage -> Ray's `ray.data.llm`
+processor (its vLLM engine stage alone) -> our result stage, on the prompt stage's output.
+
+Single pass. Rows already decided upstream (quarantined) stay in the same stream instead of
+being split off and unioned back, which would make Ray run read/validate/prompt twice (once
+per branch) unless the data were materialized. They enter the processor marked with
+`__inference_error__` = SKIPPED: Ray's stages and postprocess let such rows through
+untouched, so they never reach the engine, and the result stage clears the marker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.models import load_tokenizer
+from alpagasus_ray.schema import DECISION, PROMPT_TOKEN_IDS, conform
+from alpagasus_ray.scoring.base import JudgeOutput
+from alpagasus_ray.scoring.judgement import judgement_fields, score_token_ids
+from alpagasus_ray.scoring.vllm import (
+    ENGINE_COLUMNS,
+    ERROR_COLUMN,
+    RESERVED_COLUMNS,
+    VLLMPostprocess,
+    processor_config,
+    require_vllm,
+    sampling_params,
+)
+from alpagasus_ray.stages.common import column_or_nulls, pending_rows, with_columns
+
+SKIPPED = "alpagasus-ray: decided before scoring"
+CARRIED_PREFIX = "__carried__"
+
+
+class VLLMRequestStage:
+    """Engine input for pending rows (the prompt stage's token ids and the sampling params);
+    the skip marker for decided rows; input columns that the engine stage would read or
+    overwrite are moved aside."""
+
+    def __init__(self, judge: JudgeConfig):
+        self.params = sampling_params(judge)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        table = table.rename_columns(
+            [CARRIED_PREFIX + c if c in RESERVED_COLUMNS else c for c in table.column_names]
+        )
+        todo = set(pending_rows(table))
+        ids = column_or_nulls(table, PROMPT_TOKEN_IDS)
+        n = table.num_rows
+        pending = [i in todo and ids[i] is not None for i in range(n)]
+        tokenized = [ids[i] if pending[i] else None for i in range(n)]
+        params = [dict(self.params) if pending[i] else None for i in range(n)]
+        errors = ["" if pending[i] else SKIPPED for i in range(n)]
+        # The engine input carries the token ids; do not ship them through it twice.
+        table = with_columns(table, {PROMPT_TOKEN_IDS: [None] * n})
+        return (
+            table.append_column("tokenized_prompt", pa.array(tokenized, type=pa.list_(pa.int64())))
+            .append_column("sampling_params", pa.array(params))
+            .append_column(ERROR_COLUMN, pa.array(errors, type=pa.string()))
+        )
+
+
+class VLLMResultStage:
+    """Rows that failed in the engine become `failed` (engine_error) through the shared
+    judgement code; engine columns go; moved-aside columns come back; types are fixed, so
+    every block has the same schema whether it held successes, failures or both."""
+
+    def __init__(self, judge: JudgeConfig):
+        self.cfg = judge
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        errors = column_or_nulls(table, ERROR_COLUMN)
+        decided = column_or_nulls(table, DECISION)
+        failed: dict[int, dict[str, Any]] = {}
+        for i, err in enumerate(errors):
+            if err and err != SKIPPED and decided[i] is None:
+                out = JudgeOutput(error=str(err))
+                failed[i] = judgement_fields(out, self.cfg.mode, {}, self.cfg.min_score_mass)
+        if failed:
+            names = next(iter(failed.values())).keys()
+            cols = {name: column_or_nulls(table, name) for name in names}
+            for i, fields in failed.items():
+                for name, value in fields.items():
+                    cols[name][i] = value
+            table = with_columns(table, cols)
+        table = table.drop_columns([c for c in table.column_names if c in ENGINE_COLUMNS])
+        table = table.rename_columns([c.removeprefix(CARRIED_PREFIX) for c in table.column_names])
+        return conform(table)
+
+
+def build_judge_processor(judge: JudgeConfig, task_cpus: float) -> Any:
+    """The `ray.data.llm` processor of a job (no vLLM import; it builds the plan only)."""
+    from ray.data.llm import build_processor
+
+    tokenizer = load_tokenizer(judge.tokenizer or judge.model, judge.trust_remote_code)
+    post = VLLMPostprocess(judge.mode, score_token_ids(tokenizer), judge.min_score_mass)
+    light = {"num_cpus": task_cpus}
+    return build_processor(
+        processor_config(judge),
+        postprocess=post,
+        preprocess_map_kwargs=light,
+        postprocess_map_kwargs=light,
+    )
+
+
+def score_with_vllm(ds: Any, judge: JudgeConfig, task_cpus: float) -> Any:
+    """The prompt stage's dataset -> scored rows, ready for the decide stage."""
+    require_vllm()
+    processor = build_judge_processor(judge, task_cpus)
+    ds = ds.map_batches(VLLMRequestStage(judge), batch_format="pyarrow", num_cpus=task_cpus)
+    ds = processor(ds)
+    return ds.map_batches(VLLMResultStage(judge), batch_format="pyarrow", num_cpus=task_cpus)
