@@ -9,6 +9,7 @@ fences the example so its text cannot pose as the rubric.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 SYSTEM_PROMPT = (
@@ -77,6 +78,29 @@ def render(messages: list[dict[str, str]], tokenizer: Any | None, use_chat_templ
     if use_chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return "\n\n".join(m["content"].rstrip("\n") for m in messages) + "\n\n"
+
+
+def rating_prompt_ids(
+    tokenizer: Any,
+    rows: Iterable[Mapping[str, Any]],
+    dimension: Dimension,
+    layout: Layout,
+    use_chat_template: bool = True,
+) -> list[list[int]]:
+    """Token ids of each row's rating prompt, exactly as the judge receives them."""
+    use = use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+    texts = [
+        render(
+            rating_messages(r["instruction"], r.get("input"), r["output"], dimension, layout),
+            tokenizer,
+            use,
+        )
+        for r in rows
+    ]
+    if not texts:
+        return []
+    # A chat template already writes the special tokens it wants.
+    return tokenizer(texts, add_special_tokens=not use)["input_ids"]
 
 
 def prompt_hash(dimension: Dimension, layout: Layout) -> str:

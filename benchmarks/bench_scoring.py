@@ -23,7 +23,7 @@ import torch
 
 from alpagasus_ray.config import JudgeConfig
 from alpagasus_ray.models import load_tokenizer
-from alpagasus_ray.prompts import rating_messages, render, shared_prefix_len
+from alpagasus_ray.prompts import rating_prompt_ids, shared_prefix_len
 from alpagasus_ray.scoring.hf import HFEngine
 from alpagasus_ray.tiny import build_tiny_model, synthetic_examples
 
@@ -61,20 +61,6 @@ def load_examples(path: Path, n: int) -> tuple[list[dict], str]:
     if path.exists():
         return json.loads(path.read_text())[:n], f"Alpaca sample ({path.name})"
     return synthetic_examples(n, seed=0), "synthetic examples"
-
-
-def tokenize(tok, rows: list[dict], layout: str) -> list[list[int]]:
-    return [
-        tok(
-            render(
-                rating_messages(r["instruction"], r["input"], r["output"], "accuracy", layout),
-                tok,
-                True,
-            ),
-            add_special_tokens=False,
-        )["input_ids"]
-        for r in rows
-    ]
 
 
 def timed(
@@ -119,7 +105,7 @@ def main() -> None:
     )
     tok = load_tokenizer(str(model_dir))
     rows, source = load_examples(args.data, args.examples)
-    prompts = tokenize(tok, rows, "prefix")
+    prompts = rating_prompt_ids(tok, rows, "accuracy", "prefix")
     params = sum(p.numel() for p in load_params(model_dir))
     print(
         f"judge: tiny random Llama, {params / 1e6:.1f}M params, hidden {args.hidden_size}, "
@@ -156,7 +142,7 @@ def main() -> None:
     print("| layout | mean prompt tokens | shared-prefix tokens | shared fraction |")
     print("|---|---:|---:|---:|")
     for layout in ("paper", "prefix"):
-        seqs = tokenize(tok, rows, layout)
+        seqs = rating_prompt_ids(tok, rows, "accuracy", layout)
         shared = shared_prefix_len(seqs)
         mean = sum(len(s) for s in seqs) / len(seqs)
         print(f"| {layout} | {mean:.1f} | {shared} | {shared / mean:.1%} |")

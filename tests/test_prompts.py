@@ -10,6 +10,7 @@ from alpagasus_ray.prompts import (
     alpaca_prompt,
     prompt_hash,
     rating_messages,
+    rating_prompt_ids,
     render,
     shared_prefix_len,
 )
@@ -78,18 +79,7 @@ def test_prefix_layout_shares_a_longer_prefix_than_paper(tiny_judge):
     rows = synthetic_examples(20, seed=5)
 
     def shared(layout: str) -> int:
-        seqs = [
-            tok(
-                render(
-                    rating_messages(r["instruction"], r["input"], r["output"], "accuracy", layout),
-                    tok,
-                    True,
-                ),
-                add_special_tokens=False,
-            )["input_ids"]
-            for r in rows
-        ]
-        return shared_prefix_len(seqs)
+        return shared_prefix_len(rating_prompt_ids(tok, rows, "accuracy", layout))
 
     paper, prefix = shared("paper"), shared("prefix")
     assert prefix > paper

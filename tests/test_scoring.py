@@ -6,7 +6,7 @@ import pytest
 
 from alpagasus_ray.config import JudgeConfig
 from alpagasus_ray.models import load_tokenizer
-from alpagasus_ray.prompts import rating_messages, render
+from alpagasus_ray.prompts import rating_prompt_ids
 from alpagasus_ray.schema import Reason
 from alpagasus_ray.scoring import JudgeOutput, judge_output_to_judgement, score_token_ids
 from alpagasus_ray.scoring.hf import HFEngine
@@ -70,16 +70,7 @@ def test_score_tokens_of_a_real_tokenizer(tiny_judge):
 @pytest.fixture(scope="module")
 def prompts(tiny_judge):
     tok = load_tokenizer(str(tiny_judge))
-    rows = synthetic_examples(12, seed=7)
-    texts = [
-        render(
-            rating_messages(r["instruction"], r["input"], r["output"], "accuracy", "prefix"),
-            tok,
-            True,
-        )
-        for r in rows
-    ]
-    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return rating_prompt_ids(tok, synthetic_examples(12, seed=7), "accuracy", "prefix")
 
 
 def test_hf_batched_equals_one_at_a_time(tiny_judge, prompts):

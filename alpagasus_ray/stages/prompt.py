@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from alpagasus_ray.config import JudgeConfig
 from alpagasus_ray.models import load_tokenizer, model_max_len
-from alpagasus_ray.prompts import rating_messages, render
+from alpagasus_ray.prompts import rating_prompt_ids
 from alpagasus_ray.schema import (
     DECISION,
     INPUT,
@@ -38,18 +38,13 @@ class PromptStage:
         # Room the answer needs: one token to read log-probs from, or the whole generation.
         self.reserve = 1 if judge.mode == "logprobs" else judge.max_new_tokens
 
-    def prompt_text(self, instruction: str, input: str, output: str) -> str:
-        messages = rating_messages(instruction, input, output, self.cfg.dimension, self.cfg.layout)
-        return render(messages, self.tokenizer, self.use_template)
-
     def __call__(self, table: pa.Table) -> pa.Table:
         todo = pending_rows(table)
         cols = {c: table.column(c).to_pylist() for c in (INSTRUCTION, INPUT, OUTPUT)}
-        texts = [
-            self.prompt_text(*(cols[c][i] for c in (INSTRUCTION, INPUT, OUTPUT))) for i in todo
-        ]
-        # The chat template already wrote the special tokens it wants.
-        encoded = self.tokenizer(texts, add_special_tokens=not self.use_template)["input_ids"]
+        rows = [{c: cols[c][i] for c in cols} for i in todo]
+        encoded = rating_prompt_ids(
+            self.tokenizer, rows, self.cfg.dimension, self.cfg.layout, self.use_template
+        )
 
         n = table.num_rows
         token_ids: list[list[int] | None] = [None] * n
