@@ -33,3 +33,4 @@ test: lint
 
 bench: setup
 	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_train.py

@@ -3,6 +3,7 @@
 alpagasus-ray filter --config job.yaml [--set judge.model=... ...]
 alpagasus-ray report OUTPUT_URI
 alpagasus-ray demo [--output DIR]
+alpagasus-ray train --config train.yaml
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="output directory")
     demo.add_argument("--rows", type=int, default=200, help="synthetic examples to filter")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
-    # Further commands (train, evaluate, ...) register here, one line each.
+    _add_config_args(sub.add_parser("train", help="fine-tune a causal LM on the kept rows"))
     return parser
 
 
@@ -133,10 +134,25 @@ def _print_summary(manifest: dict[str, Any], uri: str) -> None:
     )
 
 
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from alpagasus_ray.train import TrainConfig, run_train
+
+    summary = run_train(load_config(args.config, args.overrides, model=TrainConfig))
+    print(
+        f"\ntrained {summary['epochs_done']} epochs, {summary['steps']} steps on "
+        f"{summary['examples']} examples ({summary['skipped_rows']} rows skipped); "
+        f"loss {summary['first_epoch_loss']:.4f} -> {summary['last_epoch_loss']:.4f}; "
+        f"{summary['tokens_per_s']:.0f} tokens/s, {summary['train_seconds']:.1f} s training\n"
+        f"model:   {summary['export']}\nmetrics: {summary['run_dir']}/metrics.jsonl"
+    )
+    return summary
+
+
 COMMANDS = {
     "filter": cmd_filter,
     "report": cmd_report,
     "demo": cmd_demo,
+    "train": cmd_train,
 }
 
 

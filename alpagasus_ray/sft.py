@@ -1,0 +1,182 @@
+"""Supervised fine-tuning data: read a filter output's kept rows (or canonical rows), turn
+Alpaca prompt + response into token ids with the loss on the response only, and collate
+batches padded only to their own longest row.
+
+Reading, validation and tokenisation run as Ray Data stages before the shards reach the
+Ray Train workers, so the driver never holds the rows and the workers see ready token ids.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from alpagasus_ray.io import DATA_DIR, MANIFEST, filesystem, join
+from alpagasus_ray.prompts import alpaca_prompt
+from alpagasus_ray.schema import DECISION, INPUT, INSTRUCTION, OUTPUT, REASON, Decision
+from alpagasus_ray.train_config import TrainConfig, TrainData
+
+IGNORE_INDEX = -100  # labels torch's cross-entropy skips: the prompt is context, not target
+INPUT_IDS, LABELS, ATTENTION_MASK = "input_ids", "labels", "attention_mask"
+SKIP = "skip"  # why a row cannot be trained on; null for trainable rows
+NO_RESPONSE_TOKENS = "no_response_tokens"
+
+
+def encode_example(
+    tokenizer: Any, instruction: str, input: str | None, output: str, max_length: int
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one example, truncated to `max_length` tokens.
+
+    The prompt is tokenized on its own so that its length, and so the mask, is exact (as in
+    Stanford Alpaca's train.py); the response ends with EOS so the model learns to stop.
+    Both lists are empty when truncation leaves no response token: such a row teaches
+    nothing and is skipped by the caller.
+    """
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompt = bos + tokenizer.encode(alpaca_prompt(instruction, input), add_special_tokens=False)
+    response = tokenizer.encode(output, add_special_tokens=False) + [tokenizer.eos_token_id]
+    ids = (prompt + response)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt) + response)[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        return [], []
+    return ids, labels
+
+
+class EncodeStage:
+    """Ray Data stage: validated rows -> (input_ids, labels, skip).
+
+    A row validation quarantined, or one with no response left after truncation, gets
+    empty ids and a `skip` reason instead of failing the job; the driver counts them.
+    """
+
+    def __init__(self, tokenizer_name: str, max_length: int, trust_remote_code: bool = False):
+        from alpagasus_ray.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(tokenizer_name, trust_remote_code, padding_side="right")
+        self.max_length = max_length
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        n = table.num_rows
+        cols = {c: table.column(c).to_pylist() for c in (INSTRUCTION, INPUT, OUTPUT)}
+        decision = table.column(DECISION).to_pylist() if DECISION in table.column_names else []
+        reason = table.column(REASON).to_pylist() if REASON in table.column_names else []
+        ids, labels, skip = [], [], []
+        for i in range(n):
+            a: list[int] = []
+            b: list[int] = []
+            why = None
+            if decision and decision[i] not in (None, Decision.KEPT.value):
+                why = (reason[i] if reason else None) or str(decision[i])
+            else:
+                a, b = encode_example(
+                    self.tokenizer,
+                    cols[INSTRUCTION][i],
+                    cols[INPUT][i],
+                    cols[OUTPUT][i],
+                    self.max_length,
+                )
+                why = None if a else NO_RESPONSE_TOKENS
+            ids.append(a)
+            labels.append(b)
+            skip.append(why)
+        return pa.table(
+            {
+                INPUT_IDS: pa.array(ids, type=pa.list_(pa.int32())),
+                LABELS: pa.array(labels, type=pa.list_(pa.int32())),
+                SKIP: pa.array(skip, type=pa.string()),
+            }
+        )
+
+
+def tally_skips(table: pa.Table) -> pa.Table:
+    """One row per skip reason (`""` for trainable rows) with its count, for the driver."""
+    counts = Counter(r or "" for r in table.column(SKIP).to_pylist())
+    return pa.table({SKIP: list(counts), "n": list(counts.values())})
+
+
+def trainable_only(table: pa.Table) -> pa.Table:
+    """Drop skipped rows and the `skip` column: what the workers iterate over."""
+    keep = pc.is_null(table.column(SKIP))
+    return table.filter(keep).select([INPUT_IDS, LABELS])
+
+
+class PadCollate(NumpyBatchCollateFn):
+    """Right-pads a batch to its own longest row (input_ids with pad, labels with -100),
+    not to max_length: on instruction data most rows are far shorter than the limit."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        rows = [np.asarray(r, dtype=np.int64) for r in batch[INPUT_IDS]]
+        labels = [np.asarray(r, dtype=np.int64) for r in batch[LABELS]]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        lab = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (r, y) in enumerate(zip(rows, labels, strict=True)):
+            ids[i, : len(r)] = torch.from_numpy(r)
+            lab[i, : len(y)] = torch.from_numpy(y)
+            mask[i, : len(r)] = 1
+        return {INPUT_IDS: ids, ATTENTION_MASK: mask, LABELS: lab}
+
+
+def kept_input(cfg: TrainConfig) -> TrainData:
+    """A filter output (manifest.json present) trains on its kept partition only."""
+    fs, root = filesystem(cfg.data.uri, cfg.storage)
+    if fs.exists(join(root, MANIFEST)):
+        uri = join(cfg.data.uri, DATA_DIR, "decision=kept")
+        return cfg.data.model_copy(update={"uri": uri, "format": "parquet"})
+    return cfg.data
+
+
+def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
+    """(dataset of input_ids/labels, counts). Rows live in Ray; only counts reach the driver.
+
+    Unusable rows (missing or non-string fields, broken JSON, nothing left to learn after
+    truncation) are skipped and counted by reason rather than failing the job. The count of
+    trainable rows fixes the schedule's length before training starts.
+    """
+    import ray.data
+
+    from alpagasus_ray.io import read_input
+    from alpagasus_ray.stages import ValidateStage
+
+    data, light = kept_input(cfg), cfg.ray.task_cpus
+    ds = read_input(data, cfg.storage, light)
+    ds = ds.map_batches(ValidateStage(data.columns), batch_format="pyarrow", num_cpus=light)
+    ds = ds.map_batches(
+        EncodeStage,
+        fn_constructor_args=(
+            cfg.model.tokenizer or cfg.model.name,
+            cfg.train.max_length,
+            cfg.model.trust_remote_code,
+        ),
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=1),  # the tokenizer loads once
+        num_cpus=light,
+    )
+    if data.cache_tokenized:
+        ds = ds.materialize()
+    skipped: dict[str, int] = {}
+    for row in ds.map_batches(tally_skips, batch_format="pyarrow", num_cpus=light).iter_rows():
+        skipped[row[SKIP]] = skipped.get(row[SKIP], 0) + int(row["n"])
+    examples = skipped.pop("", 0)
+    train = ds.map_batches(trainable_only, batch_format="pyarrow", num_cpus=light)
+    if data.cache_tokenized:
+        # Also cached: a lazy step left here would need CPUs the workers already hold.
+        train = train.materialize()
+    counts = {
+        "rows_read": examples + sum(skipped.values()),
+        "examples": examples,
+        "skipped_rows": sum(skipped.values()),
+        "skipped_by_reason": dict(sorted(skipped.items())),
+    }
+    return train, counts

@@ -1,0 +1,399 @@
+"""Instruction-tune a causal LM on the filter's kept rows with Ray Train (v2).
+
+Each worker runs a plain torch loop, not HF `Trainer`: the data already arrives as Ray Data
+shards (Trainer wants its own DataLoader and sampler), Ray Train already owns the process
+group, checkpoints and retries (Trainer would duplicate them), and the whole loop (gradient
+accumulation, cosine schedule, checkpoints, resume, metrics, export) fits on a screen, so
+what every step does is plain to read. Defaults are the paper's (Alpaca's) recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from alpagasus_ray.io import filesystem, join, write_json
+from alpagasus_ray.sft import training_dataset
+from alpagasus_ray.train_config import (
+    TrainConfig,
+    export_uri,
+    grad_accumulation,
+    run_dir,
+)
+
+__all__ = ["TrainConfig", "grad_accumulation", "run_train"]
+
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE, MODEL_FILE, OPTIM_FILE = "state.json", "model.pt", "optimizer.pt"
+METRICS_FILE, SUMMARY_FILE = "metrics.jsonl", "summary.json"
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(cfg: TrainConfig) -> Any:
+    """fp32 weights (bf16 compute comes from autocast), LoRA-wrapped when configured."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.model.name, dtype=torch.float32, trust_remote_code=cfg.model.trust_remote_code
+    )
+    if cfg.train.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = cfg.train.lora
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    return model
+
+
+def fsdp_kwargs(model: Any, strategy: str) -> dict[str, Any] | None:
+    """FSDP units per decoder layer (the model's `_no_split_modules`); orig params for LoRA."""
+    if strategy != "fsdp":
+        return None
+    import functools
+
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = {type(m) for m in model.modules() if type(m).__name__ in names}
+    kwargs: dict[str, Any] = {"use_orig_params": True}
+    if layers:
+        kwargs["auto_wrap_policy"] = functools.partial(
+            transformer_auto_wrap_policy, transformer_layer_cls=layers
+        )
+    return kwargs
+
+
+def lr_lambda(kind: str, warmup: int, total: int, offset: int = 0) -> Any:
+    """Linear warmup then cosine/linear decay to 0 (HF's schedules); `offset` resumes it."""
+
+    def fn(local_step: int) -> float:
+        step = local_step + offset
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1.0 - progress) if kind == "linear" else 1.0
+
+    return fn
+
+
+# ---------------------------------------------------------------- the worker loop
+
+
+class Meter:
+    """Sums over a window, all-reduced across workers so every logged number is global."""
+
+    FIELDS = ("loss_sum", "micro_batches", "tokens", "examples", "padded_tokens")
+
+    def __init__(self, device: Any):
+        import torch
+
+        self.device = device
+        self.sums = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, tokens: int, examples: int, padded: int) -> None:
+        import torch
+
+        values = [loss, 1, tokens, examples, padded]
+        self.sums += torch.tensor(values, dtype=torch.float64, device=self.device)
+
+    def row(self) -> dict[str, Any]:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.sums)  # every worker reaches the same log points
+        loss_sum, micro, tokens, examples, padded = self.sums.tolist()
+        seconds = time.perf_counter() - self.start
+        return {
+            "loss": loss_sum / max(micro, 1),
+            "tokens": int(tokens),
+            "examples": int(examples),
+            "tokens_per_s": tokens / seconds,
+            "examples_per_s": examples / seconds,
+            "pad_fraction": 1 - tokens / max(padded, 1),
+            "seconds": seconds,
+        }
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker: resume, train, checkpoint each epoch, export."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    from alpagasus_ray.models import load_tokenizer
+    from alpagasus_ray.sft import ATTENTION_MASK, LABELS, PadCollate
+
+    cfg = TrainConfig.model_validate(config["cfg"])
+    t, ctx = cfg.train, ray.train.get_context()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    torch.manual_seed(t.seed)
+    device = ray.train.torch.get_device()
+    tok = load_tokenizer(
+        cfg.model.tokenizer or cfg.model.name, cfg.model.trust_remote_code, "right"
+    )
+    model = build_model(cfg)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "elapsed_s": 0.0}
+    history: list[dict[str, Any]] = []
+    optim_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # weights before wrapping, so DDP and FSDP load them alike
+        with checkpoint.as_directory() as d:
+            model.load_state_dict(torch.load(os.path.join(d, MODEL_FILE)), strict=not t.lora)
+            optim_state = torch.load(os.path.join(d, OPTIM_FILE), weights_only=False)
+            state = json.loads(Path(d, STATE_FILE).read_text())
+            history = read_jsonl(os.path.join(d, METRICS_FILE))
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy=t.strategy, parallel_strategy_kwargs=fsdp_kwargs(model, t.strategy)
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    for group in optimizer.param_groups:  # the schedule restarts from the base lr + offset
+        group["initial_lr"] = t.learning_rate  # (and the saved groups have this key too)
+    if optim_state is not None:
+        set_optimizer_state_dict(model, optimizer, optim_state, options=full)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = t.learning_rate
+
+    accum = grad_accumulation(t.global_batch_size, world, t.per_device_batch_size)
+    micro_per_epoch = math.ceil(config["examples"] // world / t.per_device_batch_size)
+    total = math.ceil(micro_per_epoch / accum) * t.epochs
+    step = start_step = state["step"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(t.lr_scheduler, math.ceil(t.warmup_ratio * total), total, step)
+    )
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+    shard = ray.train.get_dataset_shard("train")
+    collate = PadCollate(tok.pad_token_id)
+    started = time.perf_counter()
+    context = {
+        "resumed_from_epoch": state["epoch"],
+        "resumed_from_step": start_step,
+        "skipped_rows": config["skipped_rows"],
+        "total_steps": total,
+    }
+
+    def record(kind: str, meter: Meter, epoch: int) -> dict[str, Any]:
+        elapsed = state["elapsed_s"] + time.perf_counter() - started
+        row = {"kind": kind, "epoch": epoch, "step": step, **meter.row(), "elapsed_s": elapsed}
+        row.update(lr=scheduler.get_last_lr()[0], **context)
+        history.append(row)
+        return row
+
+    for epoch in range(state["epoch"], t.epochs):
+        model.train()
+        epoch_meter, step_meter = Meter(device), Meter(device)
+        batches = shard.iter_torch_batches(
+            batch_size=t.per_device_batch_size,
+            collate_fn=collate,
+            device=device,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+            local_shuffle_seed=t.seed + epoch if cfg.data.shuffle_buffer else None,
+        )
+        for micro, batch in enumerate(batches, start=1):
+            boundary = micro % accum == 0 or micro == micro_per_epoch
+            # Gradients are all-reduced only on the micro-batch that steps the optimizer.
+            sync = getattr(model, "no_sync", None)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                if boundary or sync is None:
+                    loss = model(**batch).loss
+                    (loss / accum).backward()
+                else:
+                    with sync():
+                        loss = model(**batch).loss
+                        (loss / accum).backward()
+            mask = batch[ATTENTION_MASK]
+            for m in (epoch_meter, step_meter):
+                m.add(loss.item(), int(mask.sum()), len(batch[LABELS]), mask.numel())
+            if boundary:
+                if hasattr(model, "clip_grad_norm_"):  # FSDP: the norm spans every shard
+                    model.clip_grad_norm_(t.max_grad_norm)
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step % t.log_every_steps == 0:
+                    ray.train.report(record("step", step_meter, epoch))
+                    step_meter = Meter(device)
+        row = record("epoch", epoch_meter, epoch)
+        model_state = get_model_state_dict(model, options=full)  # collective under FSDP
+        optim_full = get_optimizer_state_dict(model, optimizer, options=full)
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                if t.lora:  # the frozen base is reloaded from the hub; keep only adapters
+                    model_state = {k: v for k, v in model_state.items() if k in trainable}
+                torch.save(model_state, os.path.join(d, MODEL_FILE))
+                torch.save(optim_full, os.path.join(d, OPTIM_FILE))
+                done = {"epoch": epoch + 1, "step": step, "elapsed_s": row["elapsed_s"]}
+                with open(os.path.join(d, STATE_FILE), "w") as f:
+                    json.dump(done, f)
+                write_jsonl(os.path.join(d, METRICS_FILE), history)
+                write_run_metrics(cfg, history)
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(row, checkpoint=ckpt)
+
+    model_state = get_model_state_dict(model, options=full)
+    if rank == 0:
+        export(cfg, model_state, tok, bf16)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def write_run_metrics(cfg: TrainConfig, rows: list[dict[str, Any]]) -> None:
+    """The metrics history next to the run's checkpoints, so runs can be compared later."""
+    fs, path = filesystem(join(run_dir(cfg), METRICS_FILE), cfg.storage)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def read_run_metrics(cfg: TrainConfig) -> list[dict[str, Any]]:
+    fs, path = filesystem(join(run_dir(cfg), METRICS_FILE), cfg.storage)
+    if not fs.exists(path):
+        return []
+    with fs.open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def export(cfg: TrainConfig, state: dict[str, Any], tokenizer: Any, bf16: bool) -> None:
+    """Hugging Face format (LoRA merged in) that transformers and vLLM load as they are."""
+    import torch
+
+    model = build_model(cfg)
+    model.load_state_dict(state, strict=not cfg.train.lora)
+    if cfg.train.lora:
+        model = model.merge_and_unload()
+    if bf16:
+        model = model.to(torch.bfloat16)
+    fs, dest = filesystem(export_uri(cfg), cfg.storage)
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        if fs.exists(dest):
+            fs.rm(dest, recursive=True)
+        fs.makedirs(dest, exist_ok=True)
+        fs.put(d.rstrip("/") + "/", dest, recursive=True)
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over the epoch rows: what a comparison of two runs needs."""
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    seconds = sum(r["seconds"] for r in epochs)
+    tokens = sum(r["tokens"] for r in epochs)
+    examples = sum(r["examples"] for r in epochs)
+    return {
+        "epochs_done": len(epochs),
+        "steps": epochs[-1]["step"] if epochs else 0,
+        "train_seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds if seconds else 0.0,
+        "examples_per_s": examples / seconds if seconds else 0.0,
+        "first_epoch_loss": epochs[0]["loss"] if epochs else None,
+        "last_epoch_loss": epochs[-1]["loss"] if epochs else None,
+    }
+
+
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train; a rerun with the same run name and storage path resumes from its checkpoint."""
+    import ray.train
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+    from ray.train.torch import TorchTrainer
+
+    from alpagasus_ray.pipeline import init_ray
+
+    init_ray(cfg.ray)
+    started = time.time()
+    ds, counts = training_dataset(cfg)
+    if counts["skipped_rows"]:
+        logger.warning(
+            "skipping %d of %d rows that cannot be trained on: %s",
+            counts["skipped_rows"],
+            counts["rows_read"],
+            counts["skipped_by_reason"],
+        )
+    if counts["examples"] < cfg.run.num_workers:
+        raise ValueError(f"{counts['examples']} trainable rows for {cfg.run.num_workers} workers")
+    fs, storage = filesystem(cfg.run.storage_path, cfg.storage)
+    remote = cfg.run.storage_path.startswith(("s3://", "s3a://"))
+    resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "cfg": cfg.model_dump(),  # SecretStr values stay secret in transit
+            "examples": counts["examples"],
+            "skipped_rows": counts["skipped_rows"],
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.run.num_workers,
+            use_gpu=cfg.run.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=storage if remote else os.path.abspath(storage),
+            storage_filesystem=PyFileSystem(FSSpecHandler(fs)) if remote else None,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+        ),
+        datasets={"train": ds},
+    )
+    result = trainer.fit()
+    metrics = read_run_metrics(cfg)
+    last = result.metrics or {}
+    summary = {
+        "run_dir": run_dir(cfg),
+        "export": export_uri(cfg),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        **counts,
+        "resumed_from_epoch": last.get("resumed_from_epoch", 0),
+        "resumed_from_step": last.get("resumed_from_step", 0),
+        **summarize(metrics),
+        "wall_seconds": round(time.time() - started, 3),
+        "config": cfg.model_dump(mode="json"),
+    }
+    fs_run, path = filesystem(join(run_dir(cfg), SUMMARY_FILE), cfg.storage)
+    write_json(fs_run, path, summary)
+    return {**summary, "metrics": metrics}

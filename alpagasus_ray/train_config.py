@@ -1,0 +1,106 @@
+"""Configuration of the fine-tune stage (`alpagasus-ray train`), in the filter's config style:
+strict sections, loadable from YAML with `key.path=value` overrides."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from alpagasus_ray.config import InputConfig, RayConfig, StorageConfig, StrictModel
+from alpagasus_ray.io import join
+
+EXPORT_DIR = "export"
+
+
+class ModelSpec(StrictModel):
+    name: str = Field(..., description="Hub id or path of any AutoModelForCausalLM.")
+    tokenizer: str | None = None
+    trust_remote_code: bool = False
+
+
+class LoraSpec(StrictModel):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class TrainData(InputConfig):
+    """A filter output (its `kept` partition is read) or Parquet/JSON(L) canonical rows."""
+
+    cache_tokenized: bool = Field(
+        True,
+        description="Tokenize once into Ray's object store (spilled to disk when large); "
+        "false re-reads and re-tokenizes every epoch and needs CPUs beside the workers'.",
+    )
+    shuffle_buffer: int = Field(1000, ge=0, description="Rows shuffled locally; 0: no shuffle.")
+
+
+class TrainParams(StrictModel):
+    """The paper's recipe (Alpaca's): 3 epochs, lr 2e-5, cosine, warmup 3%, batch 128."""
+
+    epochs: int = Field(3, gt=0)
+    learning_rate: float = Field(2e-5, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    global_batch_size: int = Field(128, gt=0)
+    per_device_batch_size: int = Field(4, gt=0)
+    max_length: int = Field(512, gt=8)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast (fp32 master weights) on GPU, fp32 on CPU."
+    )
+    seed: int = 42
+    log_every_steps: int = Field(10, gt=0)
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="fsdp shards full fine-tuning.")
+    lora: LoraSpec | None = Field(None, description="Train LoRA adapters (peft) instead.")
+
+
+class RunSpec(StrictModel):
+    name: str = "alpagasus-sft"
+    storage_path: str = Field(..., description="Run storage: local dir or s3://bucket/prefix.")
+    num_workers: int = Field(2, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(0, ge=-1, description="Restarts from the latest checkpoint.")
+    keep_checkpoints: int = Field(2, gt=0)
+    export_uri: str | None = Field(None, description="Default: <storage_path>/<name>/export.")
+
+
+class TrainConfig(StrictModel):
+    """`alpagasus-ray train`: a filter output (or canonical rows) -> a fine-tuned HF model."""
+
+    data: TrainData
+    model: ModelSpec
+    train: TrainParams = TrainParams()
+    run: RunSpec
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _check_batch(self) -> TrainConfig:
+        grad_accumulation(
+            self.train.global_batch_size, self.run.num_workers, self.train.per_device_batch_size
+        )
+        return self
+
+
+def grad_accumulation(global_batch: int, workers: int, per_device: int) -> int:
+    """Micro-batches per optimizer step so that workers x per_device x accum = global batch."""
+    per_step = workers * per_device
+    if global_batch % per_step:
+        raise ValueError(
+            f"train.global_batch_size {global_batch} is not a multiple of "
+            f"run.num_workers x train.per_device_batch_size = {per_step}"
+        )
+    return global_batch // per_step
+
+
+def run_dir(cfg: TrainConfig) -> str:
+    return join(cfg.run.storage_path, cfg.run.name)
+
+
+def export_uri(cfg: TrainConfig) -> str:
+    return cfg.run.export_uri or join(run_dir(cfg), EXPORT_DIR)

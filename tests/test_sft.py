@@ -1,0 +1,148 @@
+"""SFT encoding: the Alpaca templates, loss only on response tokens, truncation, padding."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from alpagasus_ray.models import load_tokenizer
+from alpagasus_ray.prompts import alpaca_prompt
+from alpagasus_ray.sft import (
+    IGNORE_INDEX,
+    EncodeStage,
+    PadCollate,
+    encode_example,
+    tally_skips,
+    trainable_only,
+)
+from alpagasus_ray.train import grad_accumulation, lr_lambda
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_judge):
+    return load_tokenizer(str(tiny_judge), padding_side="right")
+
+
+def test_labels_mask_exactly_the_prompt(tok):
+    ids, labels = encode_example(tok, "Add the numbers.", "2 and 3", "5", max_length=512)
+    prompt = [tok.bos_token_id] + tok.encode(
+        alpaca_prompt("Add the numbers.", "2 and 3"), add_special_tokens=False
+    )
+    response = tok.encode("5", add_special_tokens=False) + [tok.eos_token_id]
+    assert ids == prompt + response
+    assert labels == [IGNORE_INDEX] * len(prompt) + response
+    assert tok.decode(ids[len(prompt) :], skip_special_tokens=True) == "5"
+
+
+def test_no_input_template(tok):
+    ids, labels = encode_example(tok, "Say hi.", "", "Hi!", max_length=512)
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert "### Input:" not in text and text.endswith("### Response:Hi!")
+    n_prompt = sum(1 for label in labels if label == IGNORE_INDEX)
+    assert tok.decode(ids[n_prompt:], skip_special_tokens=True) == "Hi!"
+
+
+def test_truncation_keeps_the_mask_and_drops_response_less_rows(tok):
+    n_prompt = 1 + len(tok.encode(alpaca_prompt("Say hi.", ""), add_special_tokens=False))
+    limit = n_prompt + 10
+    ids, labels = encode_example(tok, "Say hi.", "", "word " * 200, max_length=limit)
+    assert len(ids) == len(labels) == limit
+    assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert all(label != IGNORE_INDEX for label in labels[n_prompt:])
+    assert encode_example(tok, "Say hi.", "", "x", max_length=n_prompt) == ([], [])
+
+
+def test_collate_pads_to_the_longest_row_only():
+    batch = {
+        "input_ids": np.array([[5, 6, 7], [8]], dtype=object),
+        "labels": np.array([[-100, 6, 7], [8]], dtype=object),
+    }
+    out = PadCollate(pad_token_id=0)(batch)
+    assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert out["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_gradient_accumulation_is_derived_from_the_global_batch():
+    assert grad_accumulation(128, workers=2, per_device=4) == 16
+    assert grad_accumulation(128, workers=8, per_device=16) == 1
+    with pytest.raises(ValueError, match="multiple"):
+        grad_accumulation(128, workers=3, per_device=4)
+
+
+def test_templates_exact_text_and_label_boundary(tok):
+    """The exact Alpaca wording, BOS first, and the first label is the response's first token."""
+    ids, labels = encode_example(tok, "Name a colour.", "", "Blue.", max_length=512)
+    n_prompt = labels.index(next(label for label in labels if label != IGNORE_INDEX))
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids[1:n_prompt]) == (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nName a colour.\n\n### Response:"
+    )
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert tok.decode(labels[n_prompt:]) == "Blue.</s>"
+    ids, labels = encode_example(tok, "Add.", "2 and 3", "5", max_length=512)
+    n_prompt = sum(1 for label in labels if label == IGNORE_INDEX)
+    assert tok.decode(ids[1:n_prompt]) == (
+        "Below is an instruction that describes a task, paired with an input that provides "
+        "further context. Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nAdd.\n\n### Input:\n2 and 3\n\n### Response:"
+    )
+    assert tok.decode(labels[n_prompt:]) == "5</s>"
+
+
+def test_encode_stage_skips_quarantined_and_response_less_rows(tiny_judge):
+    table = pa.table(
+        {
+            "instruction": ["Say hi.", None, "Say hi."],
+            "input": ["", "", "word " * 400],
+            "output": ["Hi!", None, "Hi!"],
+            "decision": [None, "quarantined", None],
+            "reason": [None, "missing_field", None],
+        }
+    )
+    out = EncodeStage(str(tiny_judge), max_length=160)(table)
+    assert out.column("skip").to_pylist() == [None, "missing_field", "no_response_tokens"]
+    assert [len(r) for r in out.column("input_ids").to_pylist()][1:] == [0, 0]
+    counts = tally_skips(out)
+    tally = dict(zip(counts["skip"].to_pylist(), counts["n"].to_pylist(), strict=True))
+    assert tally == {"": 1, "missing_field": 1, "no_response_tokens": 1}
+    kept = trainable_only(out)
+    assert kept.column_names == ["input_ids", "labels"] and kept.num_rows == 1
+
+
+def test_cosine_schedule_with_warmup_and_resume_offset():
+    fn = lr_lambda("cosine", warmup=2, total=10)
+    assert [round(fn(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    assert lr_lambda("cosine", 2, 10, offset=6)(0) == fn(6)
+
+
+def test_lora_checkpoint_keeps_adapters_and_export_merges_them(tiny_judge, tmp_path, tok):
+    """The LoRA path without Ray: adapters only in the checkpoint, merged in the export."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alpagasus_ray.config import build_config
+    from alpagasus_ray.train import TrainConfig, build_model, export
+
+    cfg = build_config(
+        TrainConfig,
+        {
+            "data": {"uri": "x.jsonl"},
+            "model": {"name": str(tiny_judge)},
+            "train": {"lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}},
+            "run": {"storage_path": str(tmp_path), "export_uri": str(tmp_path / "merged")},
+        },
+    )
+    model = build_model(cfg)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    state = {k: v for k, v in model.state_dict().items() if k in trainable}
+    for k in state:
+        if "lora_B" in k:
+            state[k] = torch.full_like(state[k], 0.01)  # B = 0 at init: make the merge visible
+    export(cfg, state, tok, bf16=False)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    base = AutoModelForCausalLM.from_pretrained(tiny_judge)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])
+    assert not any("lora" in k for k in merged.state_dict())

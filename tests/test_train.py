@@ -1,0 +1,159 @@
+"""Ray Train fine-tuning on CPU, 2 workers x 1 CPU: loss falls, checkpoints, resume, export,
+and training straight from a filter output's kept partition."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import job_config, write_jsonl
+
+from alpagasus_ray.config import ConfigError, build_config
+from alpagasus_ray.pipeline import run_filter
+from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.train import TrainConfig, run_train
+
+pytestmark = pytest.mark.slow
+EPOCHS = 8
+
+
+def train_config(data_uri: str, model, storage, **train) -> TrainConfig:
+    return build_config(
+        TrainConfig,
+        {
+            "data": {"uri": data_uri},
+            "model": {"name": str(model)},
+            "train": {
+                "epochs": EPOCHS,
+                "learning_rate": 5e-3,
+                "global_batch_size": 8,
+                "per_device_batch_size": 2,
+                "max_length": 256,
+                "warmup_ratio": 0.0,
+                "log_every_steps": 2,
+                **train,
+            },
+            "run": {"name": "sft", "storage_path": str(storage), "num_workers": 2},
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, tiny_judge, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    bad = ["{broken", {"instruction": "No output here."}, {"instruction": "x", "output": 7}]
+    data = write_jsonl(root / "train.jsonl", synthetic_examples(16, seed=1) + bad)
+    cfg = train_config(str(data), tiny_judge, root / "runs")
+    return cfg, run_train(cfg)
+
+
+def test_loss_falls_clearly(trained):
+    _, summary = trained
+    losses = [m["loss"] for m in summary["metrics"] if m["kind"] == "epoch"]
+    assert len(losses) == EPOCHS
+    print("epoch losses", [round(x, 3) for x in losses])
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_bad_rows_are_skipped_and_counted(trained):
+    _, summary = trained
+    assert summary["rows_read"] == 19 and summary["examples"] == 16
+    assert summary["skipped_rows"] == 3
+    assert summary["skipped_by_reason"] == {
+        "malformed_json": 1,
+        "missing_field": 1,
+        "non_string_field": 1,
+    }
+    assert all(m["skipped_rows"] == 3 for m in summary["metrics"])
+
+
+def test_metrics_are_reported_and_written_with_the_run(trained):
+    cfg, summary = trained
+    rows = summary["metrics"]
+    keys = {"loss", "tokens_per_s", "examples_per_s", "seconds", "elapsed_s", "step", "epoch"}
+    assert keys <= set(rows[0])
+    epochs = [m for m in rows if m["kind"] == "epoch"]
+    # 16 rows, global batch 8: 2 optimizer steps and 16 examples per epoch over both workers.
+    assert [m["step"] for m in epochs] == list(range(2, 2 * EPOCHS + 1, 2))
+    assert all(m["examples"] == 16 and m["tokens_per_s"] > 0 for m in epochs)
+    assert [m["step"] for m in rows if m["kind"] == "step"] == [m["step"] for m in epochs]
+    run = Path(summary["run_dir"])
+    written = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert written == rows
+    assert json.loads((run / "summary.json").read_text())["epochs_done"] == EPOCHS
+
+
+def test_checkpoint_and_export_load_and_generate(trained):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alpagasus_ray.prompts import alpaca_prompt
+
+    _, summary = trained
+    assert summary["checkpoint"] and Path(summary["checkpoint"], "model.pt").exists()
+    model = AutoModelForCausalLM.from_pretrained(summary["export"])
+    tok = AutoTokenizer.from_pretrained(summary["export"])
+    ids = tok(alpaca_prompt("Add the two numbers.", "2 and 3"), return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(
+            **ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_rerun_resumes_from_the_checkpoint(trained):
+    cfg, first = trained
+    more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": EPOCHS + 2})})
+    second = run_train(more)
+    assert second["resumed_from_epoch"] == EPOCHS
+    assert second["resumed_from_step"] == 2 * EPOCHS
+    new = [m for m in second["metrics"] if m["resumed_from_step"] == 2 * EPOCHS]
+    assert [m["epoch"] for m in new if m["kind"] == "epoch"] == [EPOCHS, EPOCHS + 1]
+    assert max(m["step"] for m in new) == 2 * EPOCHS + 4
+    # The history before the resume travels with the checkpoint.
+    assert second["metrics"][: len(first["metrics"])] == first["metrics"]
+    # The resumed model starts from the trained one, not from scratch.
+    first_epoch_loss = next(m["loss"] for m in first["metrics"] if m["kind"] == "epoch")
+    assert new[0]["loss"] < 0.5 * first_epoch_loss
+
+
+def test_trains_on_a_filter_outputs_kept_partition(ray_session, tiny_judge, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(24, seed=2) + [{"x": 1}])
+    out = tmp_path / "filtered"
+    manifest = run_filter(job_config(str(src), str(out), tiny_judge, filter__threshold=2.0))
+    kept = manifest["counts"]["kept"]
+    assert kept >= 2
+    cfg = train_config(
+        str(out),
+        tiny_judge,
+        tmp_path / "runs",
+        epochs=1,
+        global_batch_size=2,
+        per_device_batch_size=1,
+    )
+    summary = run_train(cfg)
+    assert summary["rows_read"] == kept == summary["examples"]
+    assert summary["skipped_rows"] == 0 and summary["epochs_done"] == 1
+    assert summary["steps"] == kept // 2
+
+
+def test_config_rejects_a_global_batch_the_workers_cannot_split(tiny_judge, tmp_path):
+    with pytest.raises(ConfigError, match="multiple"):
+        train_config("x.jsonl", tiny_judge, tmp_path, global_batch_size=6)
+
+
+def test_example_train_config_validates():
+    from alpagasus_ray.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "jobs" / "configs" / "train.yaml", model=TrainConfig)
+    assert cfg.train.learning_rate == 2e-5 and cfg.train.global_batch_size == 128
+    assert cfg.run.storage_path.startswith("s3://")
+
+
+def test_cli_train_reports_a_config_error(capsys):
+    from alpagasus_ray.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    config = str(root / "jobs" / "configs" / "train.yaml")
+    assert main(["train", "--config", config, "--set", "train.global_batch_size=100"]) == 2
+    assert "multiple" in capsys.readouterr().err
