@@ -4,6 +4,7 @@ alpagasus-ray filter --config job.yaml [--set judge.model=... ...]
 alpagasus-ray report OUTPUT_URI
 alpagasus-ray demo [--output DIR]
 alpagasus-ray train --config train.yaml
+alpagasus-ray evaluate --config evaluate.yaml
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="output directory")
     demo.add_argument("--rows", type=int, default=200, help="synthetic examples to filter")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    _add_config_args(sub.add_parser("evaluate", help="answer the test sets, judge pairwise"))
     _add_config_args(sub.add_parser("train", help="fine-tune a causal LM on the kept rows"))
     return parser
 
@@ -134,6 +136,17 @@ def _print_summary(manifest: dict[str, Any], uri: str) -> None:
     )
 
 
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from alpagasus_ray.eval_report import render_markdown
+    from alpagasus_ray.evaluate import EvalConfig, run_evaluate
+
+    cfg = load_config(args.config, args.overrides, model=EvalConfig)
+    manifest = run_evaluate(cfg)
+    print("\n" + render_markdown(manifest["results"]))
+    print(f"report: {cfg.output.uri}/report.md (charts, report.json, outcomes.parquet)")
+    return manifest
+
+
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from alpagasus_ray.train import TrainConfig, run_train
 
@@ -149,6 +162,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 COMMANDS = {
+    "evaluate": cmd_evaluate,
     "filter": cmd_filter,
     "report": cmd_report,
     "demo": cmd_demo,
