@@ -4,6 +4,7 @@ alpagasus-ray filter --config job.yaml [--set judge.model=... ...]
 alpagasus-ray report OUTPUT_URI
 alpagasus-ray demo [--output DIR]
 alpagasus-ray train --config train.yaml
+alpagasus-ray pipeline --config pipeline.yaml   (filter, then train on the kept rows)
 alpagasus-ray evaluate --config evaluate.yaml
 """
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     _add_config_args(sub.add_parser("evaluate", help="answer the test sets, judge pairwise"))
     _add_config_args(sub.add_parser("train", help="fine-tune a causal LM on the kept rows"))
+    _add_config_args(sub.add_parser("pipeline", help="filter, then fine-tune on the kept rows"))
     return parser
 
 
@@ -151,6 +153,21 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from alpagasus_ray.train import TrainConfig, run_train
 
     summary = run_train(load_config(args.config, args.overrides, model=TrainConfig))
+    _print_train_summary(summary)
+    return summary
+
+
+def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    from alpagasus_ray.workflow import PipelineConfig, run_pipeline
+
+    cfg = load_config(args.config, args.overrides, model=PipelineConfig)
+    result = run_pipeline(cfg)
+    _print_summary(result["filter"], cfg.output.uri)
+    _print_train_summary(result["finetune"])
+    return result
+
+
+def _print_train_summary(summary: dict[str, Any]) -> None:
     print(
         f"\ntrained {summary['epochs_done']} epochs, {summary['steps']} steps on "
         f"{summary['examples']} examples ({summary['skipped_rows']} rows skipped); "
@@ -158,12 +175,12 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         f"{summary['tokens_per_s']:.0f} tokens/s, {summary['train_seconds']:.1f} s training\n"
         f"model:   {summary['export']}\nmetrics: {summary['run_dir']}/metrics.jsonl"
     )
-    return summary
 
 
 COMMANDS = {
     "evaluate": cmd_evaluate,
     "filter": cmd_filter,
+    "pipeline": cmd_pipeline,
     "report": cmd_report,
     "demo": cmd_demo,
     "train": cmd_train,

@@ -1,0 +1,65 @@
+"""The paper's two steps as one job: filter a dataset, then fine-tune on what was kept.
+
+The config is a filter job config with a `finetune` section (a train config without its
+`data`): the fine-tune reads the filter's output, so the two can never disagree on where the
+kept rows are. One Ray instance serves both steps; the judge's actors are released when the
+filter ends, so on a cluster the same GPU nodes can then train.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import model_validator
+
+from alpagasus_ray.config import JobConfig
+from alpagasus_ray.train_config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+class PipelineConfig(JobConfig):
+    """`alpagasus-ray pipeline`: the filter job's sections plus `finetune`."""
+
+    finetune: TrainConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finetune_reads_the_filter_output(cls, data: Any) -> Any:
+        """finetune.data.uri is output.uri; storage and ray are the filter's unless given."""
+        if not isinstance(data, dict) or not isinstance(data.get("finetune"), dict):
+            return data
+        ft = dict(data["finetune"])
+        output, ft_data = data.get("output"), ft.get("data") or {}
+        out = output.get("uri") if isinstance(output, dict) else None
+        if not isinstance(ft_data, dict):
+            return data  # validation reports the bad section
+        given = ft_data.get("uri")
+        if given is not None and given != out:
+            raise ValueError(
+                f"finetune.data.uri ({given}) must be left unset: the fine-tune reads the "
+                f"filter's output ({out}); use `alpagasus-ray train` to train on other data"
+            )
+        ft["data"] = {**ft_data, "uri": out}
+        for section in ("storage", "ray"):
+            if section in data and section not in ft:
+                ft[section] = data[section]
+        return {**data, "finetune": ft}
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Filter, then train on the kept partition; returns both steps' summaries."""
+    from alpagasus_ray.pipeline import run_filter
+    from alpagasus_ray.train import run_train
+
+    manifest = run_filter(cfg)
+    kept = manifest["counts"]["kept"]
+    if kept < cfg.finetune.run.num_workers:
+        raise ValueError(
+            f"the filter kept {kept} of {manifest['rows_read']} rows, too few for "
+            f"{cfg.finetune.run.num_workers} training workers (filter.threshold is "
+            f"{cfg.filter.threshold}); see {cfg.output.uri}/report.md"
+        )
+    log.info("filter kept %d of %d rows; fine-tuning on them", kept, manifest["rows_read"])
+    return {"filter": manifest, "finetune": run_train(cfg.finetune)}
