@@ -26,6 +26,16 @@ from alpagasus_ray.train_config import (
     grad_accumulation,
     run_dir,
 )
+from alpagasus_ray.train_metrics import (
+    METRICS_FILE,
+    SUMMARY_FILE,
+    Meter,
+    read_jsonl,
+    read_run_metrics,
+    summarize,
+    write_jsonl,
+    write_run_metrics,
+)
 
 __all__ = ["TrainConfig", "grad_accumulation", "run_train"]
 
@@ -33,7 +43,6 @@ __all__ = ["TrainConfig", "grad_accumulation", "run_train"]
 logger = logging.getLogger(__name__)
 
 STATE_FILE, MODEL_FILE, OPTIM_FILE = "state.json", "model.pt", "optimizer.pt"
-METRICS_FILE, SUMMARY_FILE = "metrics.jsonl", "summary.json"
 
 # ---------------------------------------------------------------- model
 
@@ -95,42 +104,6 @@ def lr_lambda(kind: str, warmup: int, total: int, offset: int = 0) -> Any:
 
 
 # ---------------------------------------------------------------- the worker loop
-
-
-class Meter:
-    """Sums over a window, all-reduced across workers so every logged number is global."""
-
-    FIELDS = ("loss_sum", "micro_batches", "tokens", "examples", "padded_tokens")
-
-    def __init__(self, device: Any):
-        import torch
-
-        self.device = device
-        self.sums = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
-        self.start = time.perf_counter()
-
-    def add(self, loss: float, tokens: int, examples: int, padded: int) -> None:
-        import torch
-
-        values = [loss, 1, tokens, examples, padded]
-        self.sums += torch.tensor(values, dtype=torch.float64, device=self.device)
-
-    def row(self) -> dict[str, Any]:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.sums)  # every worker reaches the same log points
-        loss_sum, micro, tokens, examples, padded = self.sums.tolist()
-        seconds = time.perf_counter() - self.start
-        return {
-            "loss": loss_sum / max(micro, 1),
-            "tokens": int(tokens),
-            "examples": int(examples),
-            "tokens_per_s": tokens / seconds,
-            "examples_per_s": examples / seconds,
-            "pad_fraction": 1 - tokens / max(padded, 1),
-            "seconds": seconds,
-        }
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -270,34 +243,6 @@ def train_loop(config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- outputs
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-
-
-def write_run_metrics(cfg: TrainConfig, rows: list[dict[str, Any]]) -> None:
-    """The metrics history next to the run's checkpoints, so runs can be compared later."""
-    fs, path = filesystem(join(run_dir(cfg), METRICS_FILE), cfg.storage)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-
-
-def read_run_metrics(cfg: TrainConfig) -> list[dict[str, Any]]:
-    fs, path = filesystem(join(run_dir(cfg), METRICS_FILE), cfg.storage)
-    if not fs.exists(path):
-        return []
-    with fs.open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def export(cfg: TrainConfig, state: dict[str, Any], tokenizer: Any, bf16: bool) -> None:
     """Hugging Face format (LoRA merged in) that transformers and vLLM load as they are."""
     import torch
@@ -316,24 +261,6 @@ def export(cfg: TrainConfig, state: dict[str, Any], tokenizer: Any, bf16: bool) 
             fs.rm(dest, recursive=True)
         fs.makedirs(dest, exist_ok=True)
         fs.put(d.rstrip("/") + "/", dest, recursive=True)
-
-
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over the epoch rows: what a comparison of two runs needs."""
-    epochs = [r for r in rows if r["kind"] == "epoch"]
-    seconds = sum(r["seconds"] for r in epochs)
-    tokens = sum(r["tokens"] for r in epochs)
-    examples = sum(r["examples"] for r in epochs)
-    return {
-        "epochs_done": len(epochs),
-        "steps": epochs[-1]["step"] if epochs else 0,
-        "train_seconds": seconds,
-        "tokens": tokens,
-        "tokens_per_s": tokens / seconds if seconds else 0.0,
-        "examples_per_s": examples / seconds if seconds else 0.0,
-        "first_epoch_loss": epochs[0]["loss"] if epochs else None,
-        "last_epoch_loss": epochs[-1]["loss"] if epochs else None,
-    }
 
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:

@@ -107,18 +107,19 @@ def main() -> None:
         f"\nsource: {origin}; filter (tiny random judge, threshold {args.threshold:g}) kept "
         f"{manifest['counts']['kept']} of {manifest['rows_read']} in {filter_s:.1f} s\n"
         f"train: tiny Llama (hidden {args.hidden_size}), {args.epochs} epochs, 2 workers x 1 CPU, "
-        f"global batch 16, max length 512\n"
+        f"global batch 16, max length 512; peak RSS: the largest worker's\n"
     )
     head = (
         "| data | rows | tokens/epoch | steps | train s | wall s | tokens/s | examples/s "
-        "| last loss |"
+        "| peak RSS MiB | last loss |"
     )
-    print(head + "\n" + "|---" * 9 + "|")
+    print(head + "\n" + "|---" * 10 + "|")
     for name, r in runs.items():
         print(
             f"| {name} | {r['examples']} | {r['tokens'] // max(r['epochs_done'], 1)} "
             f"| {r['steps']} | {r['train_seconds']:.1f} | {r['wall_seconds']:.1f} "
-            f"| {r['tokens_per_s']:.0f} | {r['examples_per_s']:.1f} | {r['last_epoch_loss']:.3f} |"
+            f"| {r['tokens_per_s']:.0f} | {r['examples_per_s']:.1f} | {r['peak_rss_mib']:.0f} "
+            f"| {r['last_epoch_loss']:.3f} |"
         )
     print(
         f"\nkept / full: rows {kept['examples'] / full['examples']:.3f}, "

@@ -75,6 +75,9 @@ def test_metrics_are_reported_and_written_with_the_run(trained):
     # 16 rows, global batch 8: 2 optimizer steps and 16 examples per epoch over both workers.
     assert [m["step"] for m in epochs] == list(range(2, 2 * EPOCHS + 1, 2))
     assert all(m["examples"] == 16 and m["tokens_per_s"] > 0 for m in epochs)
+    # Peak memory is the largest worker's RSS (a torch process: well over 100 MiB); no GPU.
+    assert all(m["peak_rss_mib"] > 100 and m["peak_gpu_mib"] is None for m in epochs)
+    assert summary["peak_rss_mib"] == max(m["peak_rss_mib"] for m in epochs)
     assert [m["step"] for m in rows if m["kind"] == "step"] == [m["step"] for m in epochs]
     run = Path(summary["run_dir"])
     written = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

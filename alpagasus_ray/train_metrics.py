@@ -1,0 +1,118 @@
+"""Training metrics: a meter summed over the workers, the metrics history written with the
+run (so two runs can be compared afterwards), and the totals of a run's summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from typing import Any
+
+from alpagasus_ray.io import filesystem, join
+from alpagasus_ray.train_config import TrainConfig, run_dir
+
+METRICS_FILE, SUMMARY_FILE = "metrics.jsonl", "summary.json"
+
+
+def peak_memory_mib(device: Any) -> list[float]:
+    """[peak RSS of this process, peak GPU memory allocated by torch], in MiB."""
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    return [rss, gpu]
+
+
+class Meter:
+    """Sums over a window, all-reduced across workers so every logged number is global."""
+
+    FIELDS = ("loss_sum", "micro_batches", "tokens", "examples", "padded_tokens")
+
+    def __init__(self, device: Any):
+        import torch
+
+        self.device = device
+        self.sums = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, tokens: int, examples: int, padded: int) -> None:
+        import torch
+
+        values = [loss, 1, tokens, examples, padded]
+        self.sums += torch.tensor(values, dtype=torch.float64, device=self.device)
+
+    def row(self) -> dict[str, Any]:
+        import torch
+        import torch.distributed as dist
+
+        peaks = torch.tensor(peak_memory_mib(self.device), dtype=torch.float64, device=self.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.sums)  # every worker reaches the same log points
+            dist.all_reduce(peaks, op=dist.ReduceOp.MAX)  # the worker that needed the most
+        loss_sum, micro, tokens, examples, padded = self.sums.tolist()
+        seconds = time.perf_counter() - self.start
+        return {
+            "loss": loss_sum / max(micro, 1),
+            "tokens": int(tokens),
+            "examples": int(examples),
+            "tokens_per_s": tokens / seconds,
+            "examples_per_s": examples / seconds,
+            "pad_fraction": 1 - tokens / max(padded, 1),
+            "seconds": seconds,
+            "peak_rss_mib": peaks[0].item(),
+            "peak_gpu_mib": peaks[1].item() if self.device.type == "cuda" else None,
+        }
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def write_run_metrics(cfg: TrainConfig, rows: list[dict[str, Any]]) -> None:
+    """The metrics history next to the run's checkpoints, so runs can be compared later."""
+    fs, path = filesystem(join(run_dir(cfg), METRICS_FILE), cfg.storage)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def read_run_metrics(cfg: TrainConfig) -> list[dict[str, Any]]:
+    fs, path = filesystem(join(run_dir(cfg), METRICS_FILE), cfg.storage)
+    if not fs.exists(path):
+        return []
+    with fs.open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over the epoch rows: what a comparison of two runs needs."""
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    seconds = sum(r["seconds"] for r in epochs)
+    tokens = sum(r["tokens"] for r in epochs)
+    examples = sum(r["examples"] for r in epochs)
+    return {
+        "epochs_done": len(epochs),
+        "steps": epochs[-1]["step"] if epochs else 0,
+        "train_seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds if seconds else 0.0,
+        "examples_per_s": examples / seconds if seconds else 0.0,
+        "peak_rss_mib": _max(epochs, "peak_rss_mib"),
+        "peak_gpu_mib": _max(epochs, "peak_gpu_mib"),
+        "first_epoch_loss": epochs[0]["loss"] if epochs else None,
+        "last_epoch_loss": epochs[-1]["loss"] if epochs else None,
+    }
+
+
+def _max(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return max(values) if values else None
