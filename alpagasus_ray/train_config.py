@@ -3,6 +3,8 @@ strict sections, loadable from YAML with `key.path=value` overrides."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -85,6 +87,23 @@ class TrainConfig(StrictModel):
             self.train.global_batch_size, self.run.num_workers, self.train.per_device_batch_size
         )
         return self
+
+    @model_validator(mode="after")
+    def _absolute_local_paths(self) -> TrainConfig:
+        """Ray Train workers run in their own directory: relative paths must not reach them."""
+        self.data.uri = _absolute(self.data.uri)
+        self.run.storage_path = _absolute(self.run.storage_path)
+        if self.run.export_uri:
+            self.run.export_uri = _absolute(self.run.export_uri)
+        for field in ("name", "tokenizer"):  # a hub id stays one; an existing path is made whole
+            value = getattr(self.model, field)
+            if value and Path(value).exists():
+                setattr(self.model, field, str(Path(value).resolve()))
+        return self
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
 def grad_accumulation(global_batch: int, workers: int, per_device: int) -> int:

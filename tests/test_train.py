@@ -144,6 +144,17 @@ def test_config_rejects_a_global_batch_the_workers_cannot_split(tiny_judge, tmp_
         train_config("x.jsonl", tiny_judge, tmp_path, global_batch_size=6)
 
 
+def test_local_paths_are_made_absolute_for_the_workers(tiny_judge, tmp_path, monkeypatch):
+    # Ray Train workers run in their own directory, where relative paths point elsewhere.
+    monkeypatch.chdir(tiny_judge.parent)
+    cfg = train_config("data/in.jsonl", tiny_judge.name, "runs")
+    assert cfg.data.uri == str(tiny_judge.parent / "data" / "in.jsonl")
+    assert cfg.model.name == str(tiny_judge)
+    assert cfg.run.storage_path == str(tiny_judge.parent / "runs")
+    hub = train_config("s3://b/out", "org/not-a-local-dir", "s3://b/runs")
+    assert (hub.data.uri, hub.model.name) == ("s3://b/out", "org/not-a-local-dir")
+
+
 def test_example_train_config_validates():
     from alpagasus_ray.config import load_config
 
