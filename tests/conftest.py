@@ -31,6 +31,18 @@ def tiny_judge(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1, on a free port: real HTTP, no traffic elsewhere."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
@@ -43,9 +55,9 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
     return path
 
 
-def job_config(input_uri: str, output_uri: str, model: Path, **overrides: Any) -> JobConfig:
-    """A small-batch CPU job config; `overrides` use dotted keys, e.g. judge__mode."""
-    data = {
+def job_data(input_uri: str, output_uri: str, model: Path) -> dict[str, Any]:
+    """The sections of a small-batch CPU filter job."""
+    return {
         "input": {"uri": input_uri},
         "output": {"uri": output_uri, "overwrite": True},
         # 0.5 CPU actors leave a whole CPU of the 2 for Ray Data's listing and I/O tasks.
@@ -57,6 +69,11 @@ def job_config(input_uri: str, output_uri: str, model: Path, **overrides: Any) -
         },
         "filter": {"threshold": 2.0},
     }
+
+
+def job_config(input_uri: str, output_uri: str, model: Path, **overrides: Any) -> JobConfig:
+    """A small-batch CPU job config; `overrides` use dotted keys, e.g. judge__mode."""
+    data = job_data(input_uri, output_uri, model)
     items = [f"{k.replace('__', '.')}={json.dumps(v)}" for k, v in overrides.items()]
     return build_config(JobConfig, apply_overrides(data, items))
 

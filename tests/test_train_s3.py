@@ -14,17 +14,6 @@ pytestmark = pytest.mark.slow
 BUCKET = "alpagasus-train"
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def test_train_reads_checkpoints_and_exports_on_s3(ray_session, tiny_judge, s3_endpoint, tmp_path):
     from transformers import AutoModelForCausalLM
 

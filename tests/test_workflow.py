@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from conftest import job_data, write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.config import ConfigError, build_config, load_config
@@ -18,14 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pipeline_data(input_uri: str, output_uri: str, model, runs, threshold=2.0) -> dict:
     return {
-        "input": {"uri": input_uri},
-        "output": {"uri": output_uri, "overwrite": True},
-        "judge": {
-            "model": str(model),
-            "min_score_mass": 0.0,
-            "batch_size": 16,
-            "num_cpus_per_replica": 0.5,
-        },
+        **job_data(input_uri, output_uri, model),
         "filter": {"threshold": threshold},
         "storage": {"region": "eu-west-1"},
         "finetune": {
