@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import fsspec
+
 from alpagasus_ray.io import filesystem, join, write_json
 from alpagasus_ray.sft import training_dataset
 from alpagasus_ray.train_config import (
@@ -43,6 +45,7 @@ __all__ = ["TrainConfig", "grad_accumulation", "run_train"]
 logger = logging.getLogger(__name__)
 
 STATE_FILE, MODEL_FILE, OPTIM_FILE = "state.json", "model.pt", "optimizer.pt"
+LOCAL = fsspec.filesystem("file")  # where a checkpoint is assembled before Ray uploads it
 
 # ---------------------------------------------------------------- model
 
@@ -141,7 +144,7 @@ def train_loop(config: dict[str, Any]) -> None:
             model.load_state_dict(torch.load(os.path.join(d, MODEL_FILE)), strict=not t.lora)
             optim_state = torch.load(os.path.join(d, OPTIM_FILE), weights_only=False)
             state = json.loads(Path(d, STATE_FILE).read_text())
-            history = read_jsonl(os.path.join(d, METRICS_FILE))
+            history = read_jsonl(LOCAL, os.path.join(d, METRICS_FILE))
     model = ray.train.torch.prepare_model(
         model, parallel_strategy=t.strategy, parallel_strategy_kwargs=fsdp_kwargs(model, t.strategy)
     )
@@ -230,7 +233,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 done = {"epoch": epoch + 1, "step": step, "elapsed_s": row["elapsed_s"]}
                 with open(os.path.join(d, STATE_FILE), "w") as f:
                     json.dump(done, f)
-                write_jsonl(os.path.join(d, METRICS_FILE), history)
+                write_jsonl(LOCAL, os.path.join(d, METRICS_FILE), history)
                 write_run_metrics(cfg, history)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(row, checkpoint=ckpt)
@@ -300,7 +303,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
-            storage_path=storage if remote else os.path.abspath(storage),
+            storage_path=storage,  # absolute: the config made it so
             storage_filesystem=PyFileSystem(FSSpecHandler(fs)) if remote else None,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),

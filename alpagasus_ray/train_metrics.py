@@ -4,7 +4,6 @@ run (so two runs can be compared afterwards), and the totals of a run's summary.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from typing import Any
@@ -65,32 +64,27 @@ class Meter:
         }
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    if not os.path.exists(path):
+def read_jsonl(fs: Any, path: str) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file on `fs`; none when it does not exist yet."""
+    if not fs.exists(path):
         return []
-    with open(path) as f:
+    with fs.open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-
-
-def write_run_metrics(cfg: TrainConfig, rows: list[dict[str, Any]]) -> None:
-    """The metrics history next to the run's checkpoints, so runs can be compared later."""
-    fs, path = filesystem(join(run_dir(cfg), METRICS_FILE), cfg.storage)
+def write_jsonl(fs: Any, path: str, rows: list[dict[str, Any]]) -> None:
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
+def write_run_metrics(cfg: TrainConfig, rows: list[dict[str, Any]]) -> None:
+    """The metrics history next to the run's checkpoints, so runs can be compared later."""
+    write_jsonl(*filesystem(join(run_dir(cfg), METRICS_FILE), cfg.storage), rows)
+
+
 def read_run_metrics(cfg: TrainConfig) -> list[dict[str, Any]]:
-    fs, path = filesystem(join(run_dir(cfg), METRICS_FILE), cfg.storage)
-    if not fs.exists(path):
-        return []
-    with fs.open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(*filesystem(join(run_dir(cfg), METRICS_FILE), cfg.storage))
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
