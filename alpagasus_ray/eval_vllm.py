@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.evaluate import _ERR, _IDS, _NTOK, _TEXT
 from alpagasus_ray.scoring.vllm import (
     ENGINE_COLUMNS,
     ERROR_COLUMN,
@@ -22,7 +23,6 @@ from alpagasus_ray.scoring.vllm import (
 )
 
 SKIPPED = "alpagasus-ray: no prompt"
-_IDS, _TEXT, _NTOK, _ERR = "_ids", "_gen_text", "_gen_tokens", "_gen_error"
 
 
 class VLLMRequest:

@@ -22,13 +22,21 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from alpagasus_ray.config import InputConfig, JudgeConfig
 from alpagasus_ray.eval_config import EvalConfig, TestSetConfig
-from alpagasus_ray.io import filesystem, join, prepare_output, read_input, write_json
+from alpagasus_ray.io import (
+    filesystem,
+    join,
+    parquet_dataset,
+    prepare_output,
+    read_input,
+    write_json,
+)
 from alpagasus_ray.models import load_tokenizer, model_max_len
 from alpagasus_ray.pairwise import pair_messages, parse_pair
-from alpagasus_ray.prompts import alpaca_prompt, render
+from alpagasus_ray.prompts import alpaca_prompt, encode_prompts, render
 from alpagasus_ray.schema import RAW_JSON
 
 log = logging.getLogger(__name__)
@@ -159,11 +167,7 @@ class PromptStage:
                 texts.append(render(msgs, tok, use_chat))
                 errors.append(None)
         todo = [i for i, t in enumerate(texts) if t is not None]
-        enc = (
-            tok([texts[i] for i in todo], add_special_tokens=not use_chat)["input_ids"]
-            if todo
-            else []
-        )
+        enc = encode_prompts(tok, [texts[i] for i in todo], use_chat)
         ids: list[list[int] | None] = [None] * len(rows)
         limit = _max_len(cfg) - cfg.max_new_tokens
         for i, e in zip(todo, enc, strict=True):
@@ -309,15 +313,6 @@ def finish_judgments(table: pa.Table) -> pa.Table:
 # ---- the job ------------------------------------------------------------------------------
 
 
-def read_table(fs: Any, path: str) -> pa.Table:
-    import pyarrow.dataset as pads
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    return pads.dataset(
-        path, filesystem=PyFileSystem(FSSpecHandler(fs)), format="parquet"
-    ).to_table()
-
-
 def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Answers, judgements, outcomes and report; returns the manifest (written last)."""
     import ray.data
@@ -346,15 +341,13 @@ def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
     ds.write_parquet(join(root, JUDGMENTS), filesystem=fs, ray_remote_args={"num_cpus": light})
     judged = time.time()
 
-    answers = read_table(fs, join(root, ANSWERS))
-    judgments = read_table(fs, join(root, JUDGMENTS))
+    answers = parquet_dataset(fs, join(root, ANSWERS)).to_table()
+    judgments = parquet_dataset(fs, join(root, JUDGMENTS)).to_table()
     questions_read = read_questions(cfg).count()
     outcomes, checks = combine_judgments(judgments, pairs, questions_read)
     checks["questions_read"], checks["questions_answered"] = questions_read, answers.num_rows
     checks["ok"] = checks["ok"] and answers.num_rows == questions_read
     with fs.open(join(root, OUTCOMES_FILE), "wb") as f:
-        import pyarrow.parquet as pq
-
         pq.write_table(outcomes, f)
     set_order = [t.name for t in cfg.all_test_sets()]
     report = write_eval_report(fs, root, outcomes, judgments, pairs, set_order)

@@ -121,17 +121,20 @@ def prepare_output(fs: fsspec.AbstractFileSystem, root: str, overwrite: bool) ->
     fs.makedirs(root, exist_ok=True)
 
 
-def output_dataset(fs: fsspec.AbstractFileSystem, root: str) -> Any:
-    """The written partitions as a pyarrow dataset (hive `decision=` folders)."""
+def parquet_dataset(
+    fs: fsspec.AbstractFileSystem, path: str, partitioning: str | None = None
+) -> Any:
+    """The Parquet files under `path` (local or S3) as one pyarrow dataset."""
     import pyarrow.dataset as pads
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    return pads.dataset(
-        join(root, DATA_DIR),
-        filesystem=PyFileSystem(FSSpecHandler(fs)),
-        format="parquet",
-        partitioning="hive",
-    )
+    pafs = PyFileSystem(FSSpecHandler(fs))
+    return pads.dataset(path, filesystem=pafs, format="parquet", partitioning=partitioning)
+
+
+def output_dataset(fs: fsspec.AbstractFileSystem, root: str) -> Any:
+    """The written partitions as a pyarrow dataset (hive `decision=` folders)."""
+    return parquet_dataset(fs, join(root, DATA_DIR), partitioning="hive")
 
 
 def read_output_table(

@@ -97,10 +97,15 @@ def rating_prompt_ids(
         )
         for r in rows
     ]
+    return encode_prompts(tokenizer, texts, use)
+
+
+def encode_prompts(tokenizer: Any, texts: list[str], chat_rendered: bool) -> list[list[int]]:
+    """Token ids of rendered prompts. A chat template already wrote the special tokens it
+    wants, so only plain-text prompts get the tokenizer's own (BOS and the like)."""
     if not texts:
         return []
-    # A chat template already writes the special tokens it wants.
-    return tokenizer(texts, add_special_tokens=not use)["input_ids"]
+    return tokenizer(texts, add_special_tokens=not chat_rendered)["input_ids"]
 
 
 def prompt_hash(dimension: Dimension, layout: Layout) -> str:

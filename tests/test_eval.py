@@ -20,8 +20,8 @@ from alpagasus_ray.eval_report import (
     combine_judgments,
     write_eval_report,
 )
-from alpagasus_ray.evaluate import NormalizeStage, PromptStage, read_table
-from alpagasus_ray.io import filesystem
+from alpagasus_ray.evaluate import NormalizeStage, PromptStage
+from alpagasus_ray.io import filesystem, parquet_dataset
 from alpagasus_ray.schema import RAW_JSON
 from alpagasus_ray.tiny import build_tiny_model
 
@@ -193,14 +193,14 @@ def test_evaluate_end_to_end(ray_session, tiny_judge, tiny_candidates, shared_da
     n_questions = limit * len(SIZES)
 
     fs, root = filesystem(str(out), StorageConfig())
-    answers = read_table(fs, f"{root}/answers")
+    answers = parquet_dataset(fs, f"{root}/answers").to_table()
     assert answers.num_rows == n_questions
     assert sorted(set(answers.column("test_set").to_pylist())) == sorted(SIZES)
     for name in ("filtered", "full"):
         assert answers.column(f"answer__{name}").null_count == 0
         assert max(answers.column(f"answer_tokens__{name}").to_pylist()) <= 16
 
-    judgments = read_table(fs, f"{root}/judgments")
+    judgments = parquet_dataset(fs, f"{root}/judgments").to_table()
     assert judgments.num_rows == 2 * n_questions  # every question judged twice
     keys = list(
         zip(
