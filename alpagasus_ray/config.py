@@ -98,7 +98,7 @@ _VLLM_OWN_KWARGS = {
     "max_num_batched_tokens": "judge.vllm.max_num_batched_tokens",
     "max_num_seqs": "judge.vllm.max_num_seqs",
     "quantization": "judge.vllm.quantization",
-    "max_logprobs": "judge.vllm.top_logprobs",
+    "served_model_name": "(set by the job, to find its replicas' metrics)",
 }
 
 
@@ -125,11 +125,10 @@ class VLLMConfig(StrictModel):
     max_num_batched_tokens: int | None = Field(None, gt=0, description="None: vLLM's default.")
     max_num_seqs: int | None = Field(None, gt=0, description="None: vLLM's default.")
     quantization: str | None = Field(None, description="e.g. fp8, awq, gptq; None: as stored.")
-    top_logprobs: int = Field(
-        20, ge=1, le=20, description="Logprobs mode: top-k log-probs read (vLLM caps k at 20)."
-    )
     log_engine_metrics: bool = Field(
-        True, description="Export vLLM metrics (prefix-cache hits, KV use) to Ray's Prometheus."
+        True,
+        description="Export vLLM metrics (prefix-cache hits, KV use) to Ray's Prometheus; "
+        "the manifest's prefix-cache hit rate is read from there. Needs ray[serve].",
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Any other vllm.EngineArgs field, passed through."

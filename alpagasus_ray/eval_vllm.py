@@ -76,7 +76,7 @@ def generate_with_vllm(ds: Any, cfg: JudgeConfig, task_cpus: float) -> Any:
     """The prompt stage's rows -> rows with _gen_text / _gen_tokens / _gen_error."""
     from ray.data.llm import build_processor
 
-    require_vllm()
+    require_vllm(cfg)
     light = {"num_cpus": task_cpus}
     processor = build_processor(
         processor_config(cfg),

@@ -1,8 +1,9 @@
 """Engine-side throughput for the manifest, computed from the written output alone.
 
 Every row the engine judged carries `num_prompt_tokens` and `num_output_tokens`, so token
-counts need no side channel from the GPU actors. What the output cannot tell is said so,
-never guessed.
+counts need no side channel from the GPU actors. The prefix-cache hit rate, which the output
+cannot tell, comes from vLLM's own counters (`scoring/vllm_metrics.py`); when those cannot be
+read it is said so, never guessed.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import pyarrow.compute as pc
 
 from alpagasus_ray.config import JudgeConfig
 from alpagasus_ray.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
+from alpagasus_ray.scoring.vllm_metrics import PrefixCacheReading
 
-PREFIX_CACHE_NOT_REPORTED = (
-    "not reported: ray.data.llm 2.60's vLLM stage drops vLLM's per-request num_cached_tokens; "
-    "with judge.vllm.log_engine_metrics the replicas export vllm:prefix_cache_hits and "
-    "vllm:prefix_cache_queries to Ray's Prometheus endpoint (ray.init(_metrics_export_port=...))"
+PREFIX_CACHE_NOTE = (
+    "tokens whose KV came from the prefix cache / prompt tokens looked up, per replica, from "
+    "vLLM's counters on Ray's metrics endpoints"
+)
+PREFIX_CACHE_NOT_READ = (
+    "not read: judge.vllm.log_engine_metrics is off, or no node's metrics endpoint had this "
+    "job's replicas (see the job log)"
 )
 
 
@@ -26,7 +31,12 @@ def _rate(amount: float, seconds: float) -> float | None:
     return round(amount / seconds, 3) if seconds > 0 else None
 
 
-def engine_metrics(table: pa.Table, seconds: float, judge: JudgeConfig) -> dict[str, Any]:
+def engine_metrics(
+    table: pa.Table,
+    seconds: float,
+    judge: JudgeConfig,
+    prefix_cache: PrefixCacheReading | None = None,
+) -> dict[str, Any]:
     """Tokens in and out, examples/s and tokens/s over the streaming job's wall time.
 
     The wall time covers read, prompt, score and write together (they overlap in a stream),
@@ -51,8 +61,15 @@ def engine_metrics(table: pa.Table, seconds: float, judge: JudgeConfig) -> dict[
             judge.vllm.tensor_parallel_size * judge.vllm.pipeline_parallel_size
         )
         metrics["prefix_caching"] = judge.vllm.enable_prefix_caching
-        metrics["prefix_cache_hit_rate"] = None
-        metrics["prefix_cache_note"] = PREFIX_CACHE_NOT_REPORTED
+        if prefix_cache is None:
+            metrics["prefix_cache_hit_rate"] = None
+            metrics["prefix_cache_note"] = PREFIX_CACHE_NOT_READ
+        else:
+            metrics["prefix_cache_hit_rate"] = prefix_cache.hit_rate
+            metrics["prefix_cache_hit_tokens"] = prefix_cache.hits
+            metrics["prefix_cache_query_tokens"] = prefix_cache.queries
+            metrics["prefix_cache_replicas"] = prefix_cache.replicas
+            metrics["prefix_cache_note"] = PREFIX_CACHE_NOTE
     else:
         metrics["prefix_cache_hit_rate"] = None
         metrics["prefix_cache_note"] = "not applicable: the HF engine has no prefix cache"

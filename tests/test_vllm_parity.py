@@ -26,6 +26,7 @@ from alpagasus_ray.stages.vllm_score import (  # noqa: E402
     VLLMRequestStage,
     VLLMResultStage,
     build_judge_processor,
+    judge_score_tokens,
 )
 from alpagasus_ray.tiny import synthetic_examples  # noqa: E402
 
@@ -67,8 +68,9 @@ def vllm_output(prompt_ids: list[int], out: JudgeOutput) -> RequestOutput:
 
 def through_vllm(ray_session, judge: JudgeConfig, prompted: pa.Table, outs, threshold):
     """Request stage -> Ray's preprocess -> (engine output) -> Ray's postprocess -> result."""
-    processor = build_judge_processor(judge, task_cpus=0.25)
-    requests = VLLMRequestStage(judge)(prompted).to_pylist()
+    tokens = judge_score_tokens(judge)
+    processor = build_judge_processor(judge, 0.25, tokens)
+    requests = VLLMRequestStage(judge, tokens)(prompted).to_pylist()
     rows = []
     for out, request in zip(outs, requests, strict=True):
         data = processor.preprocess(request)["__data"]

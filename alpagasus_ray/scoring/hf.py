@@ -113,5 +113,6 @@ class HFEngine(JudgeEngine):
         for row in new.tolist():
             n = next((i for i, t in enumerate(row) if t == eos), len(row))
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
-            results.append(JudgeOutput(text=text, num_output_tokens=n))
+            # Tokens generated, the end-of-sequence token included, as vLLM counts them.
+            results.append(JudgeOutput(text=text, num_output_tokens=min(n + 1, len(row))))
         return results

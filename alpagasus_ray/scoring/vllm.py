@@ -3,16 +3,17 @@ params and engine kwargs, and the engine stage's raw rows -> `JudgeOutput`.
 
 We use Ray's maintained vLLM stage (batching, async engine, actor pools, TP placement
 groups, per-row error capture, engine restarts) rather than an actor of our own over
-`vllm.LLM`: it accepts pre-tokenized prompts and returns per-token top-k logprobs, which is
-all the judge needs. Neither `vllm` nor `ray.data.llm` is imported at module level, so the HF
-path never needs them; the engine actor imports vllm when it starts.
+`vllm.LLM`: it accepts pre-tokenized prompts and returns the log-probabilities of the token
+ids asked for, which is all the judge needs. Neither `vllm` nor `ray.data.llm` is imported at
+module level, so the HF path never needs them; the engine actor imports vllm when it starts.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from alpagasus_ray.config import JudgeConfig
@@ -20,6 +21,13 @@ from alpagasus_ray.scoring.base import JudgeOutput
 from alpagasus_ray.scoring.judgement import judgement_fields
 
 INSTALL_HINT = "pip install 'alpagasus-ray[vllm]'"
+SERVED_NAME_PREFIX = "alpagasus-ray-"
+
+
+def served_model_name() -> str:
+    """A name of its own for one job's replicas (vLLM labels its metrics with it)."""
+    return SERVED_NAME_PREFIX + uuid.uuid4().hex[:12]
+
 
 # What ray.data.llm 2.60's vLLM stage reads from or writes into a row (vLLMOutputData's fields,
 # the stage's bookkeeping, its input keys, the processor's own columns). Input columns with
@@ -60,13 +68,24 @@ ENGINE_COLUMNS = ENGINE_OUTPUT_COLUMNS | ENGINE_INPUT_COLUMNS | {ERROR_COLUMN}
 RESERVED_COLUMNS = ENGINE_COLUMNS | {"__data", "__idx_in_batch"}
 
 
-def require_vllm(module: str = "vllm") -> None:
-    """Fail at job start, not hours later in a GPU actor, when vLLM is missing."""
+def require_vllm(judge: JudgeConfig, module: str = "vllm") -> None:
+    """Fail at job start, not hours later in a GPU actor, when vLLM is missing, or when the
+    engine-metrics export would kill every replica (vLLM's Ray metrics wrapper imports Ray
+    Serve, which `ray[data,default]` does not install)."""
     if importlib.util.find_spec(module) is None:
         raise ImportError(
             f"judge.engine=vllm needs the {module!r} package, which is not installed here. "
             f"Install it with `{INSTALL_HINT}` (in the cluster image, so every GPU node has it)."
         )
+    if judge.vllm.log_engine_metrics:
+        try:
+            import ray.serve  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                f"judge.vllm.log_engine_metrics needs Ray Serve, which does not import here "
+                f"({e}). Install it with `{INSTALL_HINT}` (it brings ray[serve]), or set "
+                f"judge.vllm.log_engine_metrics=false (no prefix-cache hit rate then)."
+            ) from None
 
 
 def gpus_per_replica(judge: JudgeConfig) -> int:
@@ -80,16 +99,24 @@ def concurrency(judge: JudgeConfig) -> tuple[int, int]:
     return (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
 
 
-def sampling_params(judge: JudgeConfig) -> dict[str, Any]:
-    """Greedy in both modes. Logprobs mode reads the first answer token's top-k log-probs
-    (vLLM's default logprobs_mode is raw_logprobs: before temperature or penalties)."""
+def sampling_params(judge: JudgeConfig, score_tokens: Iterable[int] = ()) -> dict[str, Any]:
+    """Greedy in both modes. Logprobs mode asks for the log-probabilities of exactly the
+    score tokens (`logprob_token_ids`), not a top-k: a top-k can miss digits, and a
+    distribution renormalised over the few that came back is a wrong score. This gives what
+    the HF engine computes, P(token) under the full softmax (vLLM's default logprobs_mode is
+    raw_logprobs: before temperature or penalties)."""
     if judge.mode == "logprobs":
-        return {"temperature": 0.0, "max_tokens": 1, "logprobs": judge.vllm.top_logprobs}
+        ids = sorted(int(t) for t in score_tokens)
+        if not ids:
+            raise ValueError("logprobs mode needs the judge tokenizer's score token ids")
+        return {"temperature": 0.0, "max_tokens": 1, "logprob_token_ids": ids}
     return {"temperature": 0.0, "max_tokens": judge.max_new_tokens}
 
 
-def engine_kwargs(judge: JudgeConfig) -> dict[str, Any]:
-    """`vllm.AsyncEngineArgs` fields for one replica; `judge.vllm.engine_kwargs` pass through."""
+def engine_kwargs(judge: JudgeConfig, served_name: str | None = None) -> dict[str, Any]:
+    """`vllm.AsyncEngineArgs` fields for one replica; `judge.vllm.engine_kwargs` pass through.
+
+    `served_name` labels the replicas' exported metrics, so a job can find its own."""
     v = judge.vllm
     kwargs: dict[str, Any] = {
         "dtype": judge.dtype,
@@ -106,6 +133,7 @@ def engine_kwargs(judge: JudgeConfig) -> dict[str, Any]:
         "max_num_batched_tokens": v.max_num_batched_tokens,
         "max_num_seqs": v.max_num_seqs,
         "quantization": v.quantization,
+        "served_model_name": served_name,
     }
     kwargs.update({k: val for k, val in optional.items() if val is not None})
     kwargs.update(v.engine_kwargs)
@@ -119,7 +147,7 @@ def placement_group_config(judge: JudgeConfig) -> dict[str, Any] | None:
     return {"bundle_per_worker": {"GPU": 1, "CPU": 1}, "strategy": judge.vllm.placement_strategy}
 
 
-def processor_config(judge: JudgeConfig) -> Any:
+def processor_config(judge: JudgeConfig, served_name: str | None = None) -> Any:
     """The `vLLMEngineProcessorConfig` of a job: the engine stage alone.
 
     Chat template and tokenization are off because our prompt stage already tokenized with
@@ -131,7 +159,7 @@ def processor_config(judge: JudgeConfig) -> Any:
     v = judge.vllm
     return vLLMEngineProcessorConfig(
         model_source=judge.model,
-        engine_kwargs=engine_kwargs(judge),
+        engine_kwargs=engine_kwargs(judge, served_name),
         batch_size=judge.batch_size,
         concurrency=concurrency(judge),
         max_concurrent_batches=v.max_concurrent_batches,
@@ -146,7 +174,7 @@ def processor_config(judge: JudgeConfig) -> Any:
 
 
 def _logprob_value(info: Any) -> float | None:
-    """A top-k entry as Ray's stage writes it ({logprob, rank, decoded_token}), or a bare
+    """A logprobs entry as Ray's stage writes it ({logprob, rank, decoded_token}), or a bare
     float / vllm.logprobs.Logprob."""
     raw = info.get("logprob") if isinstance(info, Mapping) else getattr(info, "logprob", info)
     if raw is None:
@@ -158,7 +186,7 @@ def _logprob_value(info: Any) -> float | None:
 def to_judge_output(row: Mapping[str, Any], mode: str) -> JudgeOutput:
     """The engine stage's output row -> the engine-neutral `JudgeOutput`.
 
-    Logprobs mode keeps the first generated position's top-k as {token id: logprob}: the
+    Logprobs mode keeps the first generated position's entries as {token id: logprob}: the
     int-keyed dicts Arrow cannot store stop here, and plain score columns leave.
     """
     error = row.get(ERROR_COLUMN) or None

