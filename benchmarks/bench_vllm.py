@@ -1,0 +1,123 @@
+"""HF engine vs the real vLLM engine (CPU build) through the whole filter job; prints a table.
+
+    .venv-vllm/bin/python benchmarks/bench_vllm.py [--rows 512] [--model tiny|smollm2]
+
+Runs in the vLLM lane's virtualenv (`make setup-vllm`), on local Ray with one logical GPU
+(all a vLLM replica needs to be placed; the CPU build runs it). One replica per engine,
+float32, logprobs mode. Each configuration runs twice, on a few rows and on all of them:
+the difference removes replica start-up (model load, vLLM's profiling run) and gives the
+steady rate, which is what a long job sees. The prefix-cache hit rate is the job's own
+manifest figure, read from vLLM's counters. CPU numbers: they check the path, not GPU speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from alpagasus_ray.config import JobConfig
+from alpagasus_ray.pipeline import run_filter
+from alpagasus_ray.tiny import build_tiny_model, export_smollm2, synthetic_examples, write_jsonl
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_random_9k.json"
+RUNS = [("hf", "prefix"), ("vllm", "paper"), ("vllm", "prefix")]
+
+
+def load_rows(path: Path, n: int) -> tuple[list[dict], str]:
+    if path.exists():
+        return json.loads(path.read_text())[:n], f"Alpaca sample ({path.name})"
+    return synthetic_examples(n, seed=0), "synthetic examples"
+
+
+def job(src: Path, out: Path, model: Path, engine: str, layout: str, limit: int) -> JobConfig:
+    return JobConfig.model_validate(
+        {
+            "input": {"uri": str(src), "limit": limit},
+            "output": {"uri": str(out), "overwrite": True},
+            "judge": {
+                "engine": engine,
+                "model": str(model),
+                "layout": layout,
+                "dtype": "float32",
+                "max_model_len": 2048,
+                "min_score_mass": 0.0,
+                "batch_size": 32,
+                "micro_batch_size": 8,
+                "num_cpus_per_replica": 1,
+                "vllm": {"engine_kwargs": {"enforce_eager": True}},
+            },
+            "filter": {"threshold": 4.5},
+            "ray": {"prompt_worker_cpus": 0.25},
+        }
+    )
+
+
+def measure(src: Path, tmp: Path, model: Path, engine: str, layout: str, rows: int, few: int):
+    """Job wall times on `few` and on `rows` rows; steady rates from the difference."""
+    walls, last = {}, None
+    for n in (few, rows):
+        manifest = run_filter(job(src, tmp / f"{engine}-{layout}-{n}", model, engine, layout, n))
+        walls[n] = manifest["timings_s"]["score_and_write"]
+        last = manifest
+    metrics = last["engine_metrics"]
+    few_tokens = metrics["input_tokens"] * few / rows  # prompt lengths are alike: pro rata
+    extra = max(walls[rows] - walls[few], 1e-9)
+    return {
+        "wall s": walls[rows],
+        "start-up s": walls[few],
+        "examples/s": (rows - few) / extra,
+        "prompt tok/s": (metrics["input_tokens"] - few_tokens) / extra,
+        "hit rate": metrics.get("prefix_cache_hit_rate"),
+        "kept": last["counts"]["kept"],
+        "failed": last["counts"]["failed"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--few", type=int, default=16, help="rows of the start-up run")
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    import ray
+
+    tmp = Path(tempfile.mkdtemp())
+    if args.model == "tiny":
+        model = build_tiny_model(tmp / "tiny", hidden_size=256, num_layers=4)
+        name = "tiny random Llama (hidden 256, 4 layers, head_dim 64)"
+    else:
+        model, name = export_smollm2(tmp / "smollm2"), "SmolLM2-135M-Instruct"
+    rows, source = load_rows(args.data, args.rows)
+    src = write_jsonl(rows, tmp / "rows.jsonl")
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    print(f"model: {name}, float32, logprobs mode; data: {source}, {len(rows)} rows")
+
+    results: dict[str, dict[str, Any]] = {}
+    for engine, layout in RUNS:
+        results[f"{engine}, layout {layout}"] = measure(
+            src, tmp, model, engine, layout, len(rows), args.few
+        )
+    base = results["hf, layout prefix"]
+    print()
+    print(
+        "| engine, layout | wall s | start-up s | examples/s | prompt tok/s | prefix-cache hit "
+        "rate | kept | failed | examples/s vs HF |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, r in results.items():
+        hit = "n/a" if r["hit rate"] is None else f"{r['hit rate']:.1%}"
+        print(
+            f"| {label} | {r['wall s']:.1f} | {r['start-up s']:.1f} | {r['examples/s']:.2f} | "
+            f"{r['prompt tok/s']:,.0f} | {hit} | {r['kept']} | {r['failed']} | "
+            f"{r['examples/s'] / base['examples/s']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
