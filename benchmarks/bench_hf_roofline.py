@@ -94,7 +94,7 @@ def main() -> None:
     mean_tokens = statistics.mean(len(p) for p in prompts)
     flop_per_example = 2 * params * mean_tokens
     print(
-        f"model: {args.shape} random weights, {params / 1e9:.2f}B params, {dtype}; device: {gpu}"
+        f"model: {args.shape} random weights, {params / 1e6:,.1f}M params, {dtype}; device: {gpu}"
         f"; {len(prompts)} prompts, {mean_tokens:.0f} tokens on average"
     )
     print()
