@@ -13,14 +13,14 @@ from typing import Any
 import pyarrow as pa
 
 from alpagasus_ray.config import JudgeConfig
-from alpagasus_ray.evaluate import _ERR, _IDS, _NTOK, _TEXT
-from alpagasus_ray.scoring.vllm import (
+from alpagasus_ray.engines.vllm import (
     ENGINE_COLUMNS,
     ERROR_COLUMN,
     processor_config,
     require_vllm,
     sampling_params,
 )
+from alpagasus_ray.evaluate import _ERR, _IDS, _NTOK, _TEXT
 
 SKIPPED = "alpagasus-ray: no prompt"
 

@@ -187,7 +187,7 @@ class HFGenerateStage:
     """One actor per replica: the model loads once, then generates greedily for each batch."""
 
     def __init__(self, cfg: JudgeConfig):
-        from alpagasus_ray.scoring import make_engine
+        from alpagasus_ray.engines import make_engine
 
         self.engine = make_engine(cfg)
 

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.engines.vllm_metrics import PrefixCacheReading
 from alpagasus_ray.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
-from alpagasus_ray.scoring.vllm_metrics import PrefixCacheReading
 
 PREFIX_CACHE_NOTE = (
     "tokens whose KV came from the prefix cache / prompt tokens looked up, per replica, from "

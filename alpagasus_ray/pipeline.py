@@ -10,6 +10,8 @@ from importlib import metadata
 from typing import Any
 
 from alpagasus_ray.config import JobConfig, RayConfig
+from alpagasus_ray.engines.vllm import served_model_name
+from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
 from alpagasus_ray.io import (
     DATA_DIR,
     MANIFEST,
@@ -24,8 +26,6 @@ from alpagasus_ray.metrics import engine_metrics
 from alpagasus_ray.prompts import prompt_hash
 from alpagasus_ray.report import count_decisions, write_report
 from alpagasus_ray.schema import DECISION, DECISIONS, NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
-from alpagasus_ray.scoring.vllm import served_model_name
-from alpagasus_ray.scoring.vllm_metrics import read_prefix_cache
 from alpagasus_ray.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 
 log = logging.getLogger(__name__)

@@ -5,11 +5,11 @@ import math
 import pytest
 
 from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.engines import JudgeOutput, judge_output_to_judgement, score_token_ids
+from alpagasus_ray.engines.hf import HFEngine
 from alpagasus_ray.models import load_tokenizer
 from alpagasus_ray.prompts import rating_prompt_ids
 from alpagasus_ray.schema import Reason
-from alpagasus_ray.scoring import JudgeOutput, judge_output_to_judgement, score_token_ids
-from alpagasus_ray.scoring.hf import HFEngine
 from alpagasus_ray.stages.decide import decide
 from alpagasus_ray.tiny import synthetic_examples
 

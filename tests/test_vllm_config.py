@@ -9,9 +9,7 @@ import pyarrow as pa
 import pytest
 
 from alpagasus_ray.config import ConfigError, JobConfig, JudgeConfig, build_config
-from alpagasus_ray.metrics import PREFIX_CACHE_NOT_READ, engine_metrics
-from alpagasus_ray.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
-from alpagasus_ray.scoring.vllm import (
+from alpagasus_ray.engines.vllm import (
     INSTALL_HINT,
     concurrency,
     engine_kwargs,
@@ -19,7 +17,9 @@ from alpagasus_ray.scoring.vllm import (
     require_vllm,
     sampling_params,
 )
-from alpagasus_ray.scoring.vllm_metrics import PrefixCacheReading, parse_prefix_cache
+from alpagasus_ray.engines.vllm_metrics import PrefixCacheReading, parse_prefix_cache
+from alpagasus_ray.metrics import PREFIX_CACHE_NOT_READ, engine_metrics
+from alpagasus_ray.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 from alpagasus_ray.stages.vllm_score import build_judge_processor, judge_score_tokens
 
 

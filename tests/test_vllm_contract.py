@@ -27,6 +27,12 @@ from vllm.outputs import CompletionOutput, RequestOutput  # noqa: E402
 from vllm.sampling_params import SamplingType  # noqa: E402
 
 from alpagasus_ray.config import JudgeConfig  # noqa: E402
+from alpagasus_ray.engines import score_token_ids  # noqa: E402
+from alpagasus_ray.engines.vllm import (  # noqa: E402
+    ENGINE_OUTPUT_COLUMNS,
+    engine_kwargs,
+    sampling_params,
+)
 from alpagasus_ray.models import load_tokenizer  # noqa: E402
 from alpagasus_ray.pipeline import build_dataset  # noqa: E402
 from alpagasus_ray.schema import (  # noqa: E402
@@ -42,12 +48,6 @@ from alpagasus_ray.schema import (  # noqa: E402
     SCORE_MASS,
     SCORE_PROBS,
     conform,
-)
-from alpagasus_ray.scoring import score_token_ids  # noqa: E402
-from alpagasus_ray.scoring.vllm import (  # noqa: E402
-    ENGINE_OUTPUT_COLUMNS,
-    engine_kwargs,
-    sampling_params,
 )
 from alpagasus_ray.stages.decide import DecideStage  # noqa: E402
 from alpagasus_ray.stages.vllm_score import (  # noqa: E402

@@ -15,11 +15,9 @@ from typing import Any
 import pyarrow as pa
 
 from alpagasus_ray.config import JudgeConfig
-from alpagasus_ray.models import load_tokenizer
-from alpagasus_ray.schema import DECISION, PROMPT_TOKEN_IDS, conform
-from alpagasus_ray.scoring.base import JudgeOutput
-from alpagasus_ray.scoring.judgement import judgement_fields, score_token_ids
-from alpagasus_ray.scoring.vllm import (
+from alpagasus_ray.engines.base import JudgeOutput
+from alpagasus_ray.engines.judgement import judgement_fields, score_token_ids
+from alpagasus_ray.engines.vllm import (
     ENGINE_COLUMNS,
     ERROR_COLUMN,
     RESERVED_COLUMNS,
@@ -28,6 +26,8 @@ from alpagasus_ray.scoring.vllm import (
     require_vllm,
     sampling_params,
 )
+from alpagasus_ray.models import load_tokenizer
+from alpagasus_ray.schema import DECISION, PROMPT_TOKEN_IDS, conform
 from alpagasus_ray.stages.common import column_or_nulls, pending_rows, with_columns
 
 SKIPPED = "alpagasus-ray: decided before scoring"

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from alpagasus_ray.config import JudgeConfig
-from alpagasus_ray.scoring.base import JudgeOutput
-from alpagasus_ray.scoring.judgement import judgement_fields
+from alpagasus_ray.engines.base import JudgeOutput
+from alpagasus_ray.engines.judgement import judgement_fields
 
 INSTALL_HINT = "pip install 'alpagasus-ray[vllm]'"
 SERVED_NAME_PREFIX = "alpagasus-ray-"
