@@ -318,7 +318,7 @@ def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
     import ray.data
 
     from alpagasus_ray.eval_report import combine_judgments, write_eval_report
-    from alpagasus_ray.pipeline import init_ray, package_versions
+    from alpagasus_ray.runtime import init_ray, package_versions
 
     init_ray(cfg.ray)
     fs, root = filesystem(cfg.output.uri, cfg.storage)

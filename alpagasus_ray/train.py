@@ -272,7 +272,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     from pyarrow.fs import FSSpecHandler, PyFileSystem
     from ray.train.torch import TorchTrainer
 
-    from alpagasus_ray.pipeline import init_ray
+    from alpagasus_ray.runtime import init_ray
 
     init_ray(cfg.ray)
     started = time.time()
