@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_filter(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.pipeline import run_filter
+    from alpagasus_ray.filter.pipeline import run_filter
 
     cfg = load_config(args.config, args.overrides)
     manifest = run_filter(cfg)
@@ -60,7 +60,7 @@ def cmd_filter(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.report import regenerate
+    from alpagasus_ray.filter.report import regenerate
 
     report = regenerate(args.output_uri)
     print(json.dumps(report, indent=2))
@@ -106,7 +106,7 @@ def demo_config(root: Path, model_dir: Path, data: Path, overrides: list[str]) -
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.pipeline import run_filter
+    from alpagasus_ray.filter.pipeline import run_filter
     from alpagasus_ray.tiny import build_tiny_model
 
     root = Path(args.output).resolve()

@@ -1,7 +1,7 @@
 """Free-text generation (answers, pairwise judgements) on the filter's vLLM engine stage.
 
 The engine config, sampling params (greedy, `max_new_tokens`) and column contract are the
-ones `scoring/vllm.py` builds for the judge; this only adapts rows in and text out, so the
+ones `engines/vllm.py` builds for the judge; this only adapts rows in and text out, so the
 evaluation runs on exactly the vLLM setup the filter uses. vllm is imported by Ray's stage on
 the GPU actors, never here.
 """

@@ -146,8 +146,8 @@ def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
     """
     import ray.data
 
+    from alpagasus_ray.filter.stages import ValidateStage
     from alpagasus_ray.io import read_input
-    from alpagasus_ray.stages import ValidateStage
 
     data, light = kept_input(cfg), cfg.ray.task_cpus
     ds = read_input(data, cfg.storage, light)

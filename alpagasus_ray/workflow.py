@@ -50,7 +50,7 @@ class PipelineConfig(JobConfig):
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Filter, then train on the kept partition; returns both steps' summaries."""
-    from alpagasus_ray.pipeline import run_filter
+    from alpagasus_ray.filter.pipeline import run_filter
     from alpagasus_ray.train import run_train
 
     manifest = run_filter(cfg)

@@ -10,6 +10,9 @@ from typing import Any
 from alpagasus_ray.config import JobConfig
 from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
+from alpagasus_ray.filter.metrics import engine_metrics
+from alpagasus_ray.filter.report import count_decisions, write_report
+from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 from alpagasus_ray.io import (
     DATA_DIR,
     MANIFEST,
@@ -20,12 +23,9 @@ from alpagasus_ray.io import (
     read_output_table,
     write_json,
 )
-from alpagasus_ray.metrics import engine_metrics
 from alpagasus_ray.prompts import prompt_hash
-from alpagasus_ray.report import count_decisions, write_report
 from alpagasus_ray.runtime import init_ray, package_versions
 from alpagasus_ray.schema import DECISION, DECISIONS, NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
-from alpagasus_ray.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def build_dataset(cfg: JobConfig, served_name: str | None = None) -> Any:
         num_cpus=cfg.ray.prompt_worker_cpus,
     )
     if judge.engine == "vllm":
-        from alpagasus_ray.stages.vllm_score import score_with_vllm
+        from alpagasus_ray.filter.stages.vllm_score import score_with_vllm
 
         ds = score_with_vllm(ds, judge, light, served_name)
     else:

@@ -2,7 +2,7 @@
 
 Every row the engine judged carries `num_prompt_tokens` and `num_output_tokens`, so token
 counts need no side channel from the GPU actors. The prefix-cache hit rate, which the output
-cannot tell, comes from vLLM's own counters (`scoring/vllm_metrics.py`); when those cannot be
+cannot tell, comes from vLLM's own counters (`engines/vllm_metrics.py`); when those cannot be
 read it is said so, never guessed.
 """
 

@@ -26,9 +26,9 @@ from alpagasus_ray.engines.vllm import (
     require_vllm,
     sampling_params,
 )
+from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
 from alpagasus_ray.models import load_tokenizer
 from alpagasus_ray.schema import DECISION, PROMPT_TOKEN_IDS, conform
-from alpagasus_ray.stages.common import column_or_nulls, pending_rows, with_columns
 
 SKIPPED = "alpagasus-ray: decided before scoring"
 CARRIED_PREFIX = "__carried__"

@@ -1,0 +1,5 @@
+"""The paper's first step: score every row with the judge and keep the good ones.
+
+`pipeline.py` runs the job (read -> stages/ -> write), `stages/` holds one Ray Data stage
+per file, and `report.py` and `metrics.py` describe what the written output holds.
+"""
