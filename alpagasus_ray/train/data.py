@@ -19,7 +19,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from alpagasus_ray.io import DATA_DIR, MANIFEST, filesystem, join
 from alpagasus_ray.prompts import alpaca_prompt
 from alpagasus_ray.schema import DECISION, INPUT, INSTRUCTION, OUTPUT, REASON, Decision
-from alpagasus_ray.train_config import TrainConfig, TrainData
+from alpagasus_ray.train.config import TrainConfig, TrainData
 
 IGNORE_INDEX = -100  # labels torch's cross-entropy skips: the prompt is context, not target
 INPUT_IDS, LABELS, ATTENTION_MASK = "input_ids", "labels", "attention_mask"
