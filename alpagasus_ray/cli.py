@@ -139,8 +139,9 @@ def _print_summary(manifest: dict[str, Any], uri: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.eval_report import render_markdown
-    from alpagasus_ray.evaluate import EvalConfig, run_evaluate
+    from alpagasus_ray.evaluate.config import EvalConfig
+    from alpagasus_ray.evaluate.job import run_evaluate
+    from alpagasus_ray.evaluate.report import render_markdown
 
     cfg = load_config(args.config, args.overrides, model=EvalConfig)
     manifest = run_evaluate(cfg)

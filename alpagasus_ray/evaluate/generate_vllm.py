@@ -20,7 +20,7 @@ from alpagasus_ray.engines.vllm import (
     require_vllm,
     sampling_params,
 )
-from alpagasus_ray.evaluate import _ERR, _IDS, _NTOK, _TEXT
+from alpagasus_ray.evaluate.job import _ERR, _IDS, _NTOK, _TEXT
 
 SKIPPED = "alpagasus-ray: no prompt"
 

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alpagasus_ray.config import InputConfig, JudgeConfig
-from alpagasus_ray.eval_config import EvalConfig, TestSetConfig
+from alpagasus_ray.evaluate.config import EvalConfig, TestSetConfig
+from alpagasus_ray.evaluate.pairwise import pair_messages, parse_pair
 from alpagasus_ray.io import (
     filesystem,
     join,
@@ -35,7 +36,6 @@ from alpagasus_ray.io import (
     write_json,
 )
 from alpagasus_ray.models import load_tokenizer, model_max_len
-from alpagasus_ray.pairwise import pair_messages, parse_pair
 from alpagasus_ray.prompts import alpaca_prompt, encode_prompts, render
 from alpagasus_ray.schema import RAW_JSON
 
@@ -218,7 +218,7 @@ def generate(ds: Any, cfg: JudgeConfig, kind: Literal["answer", "judge"], task_c
         num_cpus=task_cpus,
     )
     if cfg.engine == "vllm":
-        from alpagasus_ray.eval_vllm import generate_with_vllm
+        from alpagasus_ray.evaluate.generate_vllm import generate_with_vllm
 
         return generate_with_vllm(ds, cfg, task_cpus)
     replicas = cfg.replicas if isinstance(cfg.replicas, int) else tuple(cfg.replicas)
@@ -317,7 +317,7 @@ def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Answers, judgements, outcomes and report; returns the manifest (written last)."""
     import ray.data
 
-    from alpagasus_ray.eval_report import combine_judgments, write_eval_report
+    from alpagasus_ray.evaluate.report import combine_judgments, write_eval_report
     from alpagasus_ray.runtime import init_ray, package_versions
 
     init_ray(cfg.ray)
