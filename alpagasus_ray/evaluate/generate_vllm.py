@@ -16,7 +16,7 @@ from alpagasus_ray.config import JudgeConfig
 from alpagasus_ray.engines.vllm import (
     ENGINE_COLUMNS,
     ERROR_COLUMN,
-    processor_config,
+    build_vllm_processor,
     require_vllm,
     sampling_params,
 )
@@ -77,15 +77,7 @@ def vllm_result(table: pa.Table) -> pa.Table:
 
 def generate_with_vllm(ds: Any, cfg: JudgeConfig, task_cpus: float) -> Any:
     """The prompt stage's rows -> rows with _gen_text / _gen_tokens / _gen_error."""
-    from ray.data.llm import build_processor
-
     require_vllm(cfg)
-    light = {"num_cpus": task_cpus}
-    processor = build_processor(
-        processor_config(cfg),
-        postprocess=postprocess,
-        preprocess_map_kwargs=light,
-        postprocess_map_kwargs=light,
-    )
+    processor = build_vllm_processor(cfg, task_cpus, postprocess)
     ds = ds.map_batches(VLLMRequest(cfg), batch_format="pyarrow", num_cpus=task_cpus)
     return processor(ds).map_batches(vllm_result, batch_format="pyarrow", num_cpus=task_cpus)

@@ -22,7 +22,7 @@ from alpagasus_ray.engines.vllm import (
     ERROR_COLUMN,
     RESERVED_COLUMNS,
     VLLMPostprocess,
-    processor_config,
+    build_vllm_processor,
     require_vllm,
     sampling_params,
 )
@@ -103,16 +103,8 @@ def build_judge_processor(
     served_name: str | None = None,
 ) -> Any:
     """The `ray.data.llm` processor of a job (no vLLM import; it builds the plan only)."""
-    from ray.data.llm import build_processor
-
     post = VLLMPostprocess(judge.mode, score_tokens, judge.min_score_mass)
-    light = {"num_cpus": task_cpus}
-    return build_processor(
-        processor_config(judge, served_name),
-        postprocess=post,
-        preprocess_map_kwargs=light,
-        postprocess_map_kwargs=light,
-    )
+    return build_vllm_processor(judge, task_cpus, post, served_name)
 
 
 def score_with_vllm(
