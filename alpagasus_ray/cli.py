@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_filter(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.pipeline import run_filter
+    from alpagasus_ray.filter.pipeline import run_filter
 
     cfg = load_config(args.config, args.overrides)
     manifest = run_filter(cfg)
@@ -60,7 +60,7 @@ def cmd_filter(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.report import regenerate
+    from alpagasus_ray.filter.report import regenerate
 
     report = regenerate(args.output_uri)
     print(json.dumps(report, indent=2))
@@ -106,7 +106,7 @@ def demo_config(root: Path, model_dir: Path, data: Path, overrides: list[str]) -
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.pipeline import run_filter
+    from alpagasus_ray.filter.pipeline import run_filter
     from alpagasus_ray.tiny import build_tiny_model
 
     root = Path(args.output).resolve()
@@ -139,8 +139,9 @@ def _print_summary(manifest: dict[str, Any], uri: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.eval_report import render_markdown
-    from alpagasus_ray.evaluate import EvalConfig, run_evaluate
+    from alpagasus_ray.evaluate.config import EvalConfig
+    from alpagasus_ray.evaluate.job import run_evaluate
+    from alpagasus_ray.evaluate.report import render_markdown
 
     cfg = load_config(args.config, args.overrides, model=EvalConfig)
     manifest = run_evaluate(cfg)
@@ -150,7 +151,8 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.train import TrainConfig, run_train
+    from alpagasus_ray.train.config import TrainConfig
+    from alpagasus_ray.train.loop import run_train
 
     summary = run_train(load_config(args.config, args.overrides, model=TrainConfig))
     _print_train_summary(summary)

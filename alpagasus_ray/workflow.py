@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import model_validator
 
 from alpagasus_ray.config import JobConfig
-from alpagasus_ray.train_config import TrainConfig
+from alpagasus_ray.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ class PipelineConfig(JobConfig):
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Filter, then train on the kept partition; returns both steps' summaries."""
-    from alpagasus_ray.pipeline import run_filter
-    from alpagasus_ray.train import run_train
+    from alpagasus_ray.filter.pipeline import run_filter
+    from alpagasus_ray.train.loop import run_train
 
     manifest = run_filter(cfg)
     kept = manifest["counts"]["kept"]

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from alpagasus_ray.config import JobConfig, build_config
-from alpagasus_ray.pipeline import run_filter
+from alpagasus_ray.filter.pipeline import run_filter
 from alpagasus_ray.tiny import build_tiny_model, synthetic_examples, write_jsonl
-from alpagasus_ray.train import TrainConfig, run_train
+from alpagasus_ray.train.config import TrainConfig
+from alpagasus_ray.train.loop import run_train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_random_9k.json"
 

@@ -12,15 +12,11 @@ import pytest
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.config import ConfigError, StorageConfig, build_config, load_config
-from alpagasus_ray.eval_config import PAPER_TEST_SETS, EvalConfig, ModelSpec, TestSetConfig
-from alpagasus_ray.eval_report import (
-    BIAS_PNG,
-    REPORT_MD,
-    chart_name,
-    combine_judgments,
-    write_eval_report,
-)
-from alpagasus_ray.evaluate import NormalizeStage, PromptStage
+from alpagasus_ray.evaluate.config import PAPER_TEST_SETS, EvalConfig, ModelSpec, TestSetConfig
+from alpagasus_ray.evaluate.generate import PromptStage
+from alpagasus_ray.evaluate.outcomes import combine_judgments
+from alpagasus_ray.evaluate.questions import NormalizeStage
+from alpagasus_ray.evaluate.report import BIAS_PNG, REPORT_MD, chart_name, write_eval_report
 from alpagasus_ray.io import filesystem, parquet_dataset
 from alpagasus_ray.schema import RAW_JSON
 from alpagasus_ray.tiny import build_tiny_model

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from alpagasus_ray.config import JudgeConfig
-from alpagasus_ray.eval_vllm import SKIPPED, VLLMRequest, postprocess, vllm_result
-from alpagasus_ray.scoring.vllm import ENGINE_COLUMNS, ERROR_COLUMN
+from alpagasus_ray.engines.vllm import ENGINE_COLUMNS, ERROR_COLUMN
+from alpagasus_ray.evaluate.generate_vllm import SKIPPED, VLLMRequest, postprocess, vllm_result
 
 
 def _cfg(model: str) -> JudgeConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alpagasus_ray.pairwise import (
+from alpagasus_ray.evaluate.pairwise import (
     PAIR_CRITERIA,
     PAIR_SYSTEM_PROMPT,
     a_scores,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from alpagasus_ray.scoring import parse_score
+from alpagasus_ray.engines import parse_score
 
 READABLE = [
     ("4.5", 4.5),

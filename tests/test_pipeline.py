@@ -8,7 +8,7 @@ import pytest
 from conftest import job_config, write_jsonl
 
 from alpagasus_ray.cli import main
-from alpagasus_ray.pipeline import run_filter
+from alpagasus_ray.filter.pipeline import run_filter
 from alpagasus_ray.tiny import synthetic_examples
 
 BAD_ROWS = [

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import job_config
 
+from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.filter.report import regenerate
 from alpagasus_ray.io import filesystem
-from alpagasus_ray.pipeline import run_filter
-from alpagasus_ray.report import regenerate
 from alpagasus_ray.tiny import synthetic_examples
 
 BUCKET = "alpagasus-test"

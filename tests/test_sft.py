@@ -6,7 +6,8 @@ import pytest
 
 from alpagasus_ray.models import load_tokenizer
 from alpagasus_ray.prompts import alpaca_prompt
-from alpagasus_ray.sft import (
+from alpagasus_ray.train.config import grad_accumulation
+from alpagasus_ray.train.data import (
     IGNORE_INDEX,
     EncodeStage,
     PadCollate,
@@ -14,7 +15,7 @@ from alpagasus_ray.sft import (
     tally_skips,
     trainable_only,
 )
-from alpagasus_ray.train import grad_accumulation, lr_lambda
+from alpagasus_ray.train.loop import lr_lambda
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,8 @@ def test_lora_checkpoint_keeps_adapters_and_export_merges_them(tiny_judge, tmp_p
     from transformers import AutoModelForCausalLM
 
     from alpagasus_ray.config import build_config
-    from alpagasus_ray.train import TrainConfig, build_model, export
+    from alpagasus_ray.train.config import TrainConfig
+    from alpagasus_ray.train.loop import build_model, export
 
     cfg = build_config(
         TrainConfig,

@@ -8,9 +8,10 @@ import pytest
 from conftest import job_config, write_jsonl
 
 from alpagasus_ray.config import ConfigError, build_config
-from alpagasus_ray.pipeline import run_filter
+from alpagasus_ray.filter.pipeline import run_filter
 from alpagasus_ray.tiny import synthetic_examples
-from alpagasus_ray.train import TrainConfig, run_train
+from alpagasus_ray.train.config import TrainConfig
+from alpagasus_ray.train.loop import run_train
 
 pytestmark = pytest.mark.slow
 EPOCHS = 8

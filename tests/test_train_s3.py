@@ -8,7 +8,8 @@ from conftest import write_jsonl
 from alpagasus_ray.config import build_config
 from alpagasus_ray.io import filesystem
 from alpagasus_ray.tiny import synthetic_examples
-from alpagasus_ray.train import TrainConfig, run_train
+from alpagasus_ray.train.config import TrainConfig
+from alpagasus_ray.train.loop import run_train
 
 pytestmark = pytest.mark.slow
 BUCKET = "alpagasus-train"

@@ -5,9 +5,9 @@ import json
 import pyarrow as pa
 
 from alpagasus_ray.config import ColumnMap
+from alpagasus_ray.filter.stages import ValidateStage
 from alpagasus_ray.io import split_json_file
 from alpagasus_ray.schema import OUTPUT_SCHEMA, RAW_JSON, SOURCE
-from alpagasus_ray.stages import ValidateStage
 
 
 def json_table(records: list) -> pa.Table:

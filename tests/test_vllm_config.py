@@ -9,9 +9,7 @@ import pyarrow as pa
 import pytest
 
 from alpagasus_ray.config import ConfigError, JobConfig, JudgeConfig, build_config
-from alpagasus_ray.metrics import PREFIX_CACHE_NOT_READ, engine_metrics
-from alpagasus_ray.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
-from alpagasus_ray.scoring.vllm import (
+from alpagasus_ray.engines.vllm import (
     INSTALL_HINT,
     concurrency,
     engine_kwargs,
@@ -19,8 +17,10 @@ from alpagasus_ray.scoring.vllm import (
     require_vllm,
     sampling_params,
 )
-from alpagasus_ray.scoring.vllm_metrics import PrefixCacheReading, parse_prefix_cache
-from alpagasus_ray.stages.vllm_score import build_judge_processor, judge_score_tokens
+from alpagasus_ray.engines.vllm_metrics import PrefixCacheReading, parse_prefix_cache
+from alpagasus_ray.filter.metrics import PREFIX_CACHE_NOT_READ, engine_metrics
+from alpagasus_ray.filter.stages.vllm_score import build_judge_processor, judge_score_tokens
+from alpagasus_ray.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 
 
 def judge(model: str = "meta-llama/Llama-3.1-8B-Instruct", **kw) -> JudgeConfig:
@@ -204,7 +204,7 @@ def test_manifest_reports_engine_metrics(ray_session, tiny_judge, tmp_path):
     """The job's manifest carries the engine metrics, computed from what was written."""
     from conftest import job_config, write_jsonl
 
-    from alpagasus_ray.pipeline import run_filter
+    from alpagasus_ray.filter.pipeline import run_filter
     from alpagasus_ray.tiny import synthetic_examples
 
     rows = synthetic_examples(6, seed=5) + [{"instruction": "", "output": "x"}]

@@ -27,8 +27,22 @@ from vllm.outputs import CompletionOutput, RequestOutput  # noqa: E402
 from vllm.sampling_params import SamplingType  # noqa: E402
 
 from alpagasus_ray.config import JudgeConfig  # noqa: E402
+from alpagasus_ray.engines import score_token_ids  # noqa: E402
+from alpagasus_ray.engines.vllm import (  # noqa: E402
+    ENGINE_OUTPUT_COLUMNS,
+    engine_kwargs,
+    sampling_params,
+)
+from alpagasus_ray.filter.pipeline import build_dataset  # noqa: E402
+from alpagasus_ray.filter.stages.decide import DecideStage  # noqa: E402
+from alpagasus_ray.filter.stages.vllm_score import (  # noqa: E402
+    SKIPPED,
+    VLLMRequestStage,
+    VLLMResultStage,
+    build_judge_processor,
+    judge_score_tokens,
+)
 from alpagasus_ray.models import load_tokenizer  # noqa: E402
-from alpagasus_ray.pipeline import build_dataset  # noqa: E402
 from alpagasus_ray.schema import (  # noqa: E402
     DECISION,
     ID,
@@ -42,20 +56,6 @@ from alpagasus_ray.schema import (  # noqa: E402
     SCORE_MASS,
     SCORE_PROBS,
     conform,
-)
-from alpagasus_ray.scoring import score_token_ids  # noqa: E402
-from alpagasus_ray.scoring.vllm import (  # noqa: E402
-    ENGINE_OUTPUT_COLUMNS,
-    engine_kwargs,
-    sampling_params,
-)
-from alpagasus_ray.stages.decide import DecideStage  # noqa: E402
-from alpagasus_ray.stages.vllm_score import (  # noqa: E402
-    SKIPPED,
-    VLLMRequestStage,
-    VLLMResultStage,
-    build_judge_processor,
-    judge_score_tokens,
 )
 from alpagasus_ray.tiny import synthetic_examples  # noqa: E402
 

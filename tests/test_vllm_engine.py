@@ -17,9 +17,9 @@ import pytest
 from conftest import job_config, write_jsonl
 
 from alpagasus_ray.config import build_config
-from alpagasus_ray.eval_config import EvalConfig
-from alpagasus_ray.evaluate import run_evaluate
-from alpagasus_ray.pipeline import run_filter
+from alpagasus_ray.evaluate.config import EvalConfig
+from alpagasus_ray.evaluate.job import run_evaluate
+from alpagasus_ray.filter.pipeline import run_filter
 from alpagasus_ray.schema import DECISION, DECISIONS, ID, REASON, SCORE, SCORE_MASS
 from alpagasus_ray.tiny import synthetic_examples
 

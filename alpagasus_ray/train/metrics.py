@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from alpagasus_ray.io import filesystem, join
-from alpagasus_ray.train_config import TrainConfig, run_dir
+from alpagasus_ray.train.config import TrainConfig, run_dir
 
 METRICS_FILE, SUMMARY_FILE = "metrics.jsonl", "summary.json"
 

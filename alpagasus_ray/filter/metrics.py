@@ -2,7 +2,7 @@
 
 Every row the engine judged carries `num_prompt_tokens` and `num_output_tokens`, so token
 counts need no side channel from the GPU actors. The prefix-cache hit rate, which the output
-cannot tell, comes from vLLM's own counters (`scoring/vllm_metrics.py`); when those cannot be
+cannot tell, comes from vLLM's own counters (`engines/vllm_metrics.py`); when those cannot be
 read it is said so, never guessed.
 """
 
@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.engines.vllm_metrics import PrefixCacheReading
 from alpagasus_ray.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
-from alpagasus_ray.scoring.vllm_metrics import PrefixCacheReading
 
 PREFIX_CACHE_NOTE = (
     "tokens whose KV came from the prefix cache / prompt tokens looked up, per replica, from "

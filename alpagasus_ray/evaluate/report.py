@@ -1,6 +1,7 @@
-"""Judgements -> per-question outcomes, and the evaluation report: a table, the paper-style
+"""The evaluation report, from the outcomes (`outcomes.py`) and the written judgements alone:
+win / tie / lose and winning score per pair and test set as a table, the paper-style
 win/tie/lose chart per pair (one bar per test set), and the position-bias chart (how often
-swapping the answer order changes the verdict). Computed from the written judgements alone."""
+swapping the answer order changes the verdict)."""
 
 from __future__ import annotations
 
@@ -10,82 +11,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from alpagasus_ray.evaluate.pairwise import OUTCOMES, count_outcomes, winning_score
 from alpagasus_ray.io import join, write_bytes, write_json
-from alpagasus_ray.pairwise import (
-    OUTCOMES,
-    a_scores,
-    combine,
-    count_outcomes,
-    flipped,
-    verdict,
-    winning_score,
-)
 
 REPORT_JSON, REPORT_MD, BIAS_PNG = "report.json", "report.md", "position_bias.png"
 COLORS = {"win": "#55a868", "tie": "#dd8452", "lose": "#c44e52", "unparseable": "#8c8c8c"}
 
 
-OUTCOME_SCHEMA = pa.schema(
-    [(c, pa.string()) for c in ("test_set", "question_id", "model_a", "model_b")]
-    + [(c, pa.float64()) for c in ("score_a_ab", "score_b_ab", "score_a_ba", "score_b_ba")]
-    + [(c, pa.string()) for c in ("status_ab", "status_ba", "verdict_ab", "verdict_ba")]
-    + [("outcome", pa.string()), ("flipped", pa.bool_())]
-)
-
-
 def chart_name(a: str, b: str) -> str:
     return f"winloss_{a}_vs_{b}.png"
-
-
-def combine_judgments(
-    judgments: pa.Table, pairs: list[tuple[str, str]], n_questions: int
-) -> tuple[pa.Table, dict[str, Any]]:
-    """One row per (test set, question, pair) with both orders' scores and the outcome for A,
-    plus the checks that every question was judged exactly once in each order."""
-    groups: dict[tuple, dict[str, dict]] = {}
-    dup = 0
-    for r in judgments.to_pylist():
-        key = (r["test_set"], r["question_id"], r["model_a"], r["model_b"])
-        slot = groups.setdefault(key, {})
-        dup += r["order"] in slot
-        slot[r["order"]] = r
-    rows = []
-    for (ts, qid, a, b), orders in sorted(groups.items()):
-        verdicts, scores, statuses = {}, {}, {}
-        for order in ("ab", "ba"):
-            r = orders.get(order)
-            statuses[order] = r["status"] if r else "missing"
-            s = a_scores(order, r["score_1"], r["score_2"]) if r else None
-            scores[order] = s or (None, None)
-            verdicts[order] = verdict(*s) if s else None
-        rows.append(
-            {
-                "test_set": ts,
-                "question_id": qid,
-                "model_a": a,
-                "model_b": b,
-                "score_a_ab": scores["ab"][0],
-                "score_b_ab": scores["ab"][1],
-                "score_a_ba": scores["ba"][0],
-                "score_b_ba": scores["ba"][1],
-                "status_ab": statuses["ab"],
-                "status_ba": statuses["ba"],
-                "verdict_ab": verdicts["ab"],
-                "verdict_ba": verdicts["ba"],
-                "outcome": combine(verdicts["ab"], verdicts["ba"]),
-                "flipped": flipped(verdicts["ab"], verdicts["ba"]),
-            }
-        )
-    complete = sum(1 for o in groups.values() if set(o) == {"ab", "ba"})
-    expected = n_questions * len(pairs)
-    checks = {
-        "expected_question_pairs": expected,
-        "question_pairs": len(groups),
-        "judged_in_both_orders": complete,
-        "duplicate_judgments": dup,
-        "ok": len(groups) == complete == expected and dup == 0,
-    }
-    return pa.Table.from_pylist(rows, schema=OUTCOME_SCHEMA), checks
 
 
 def _summary(rows: list[dict[str, Any]], statuses: Counter) -> dict[str, Any]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.engines import JudgeEngine, make_engine
+from alpagasus_ray.engines.judgement import judgement_fields
+from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
 from alpagasus_ray.schema import (
     DECISION,
     JUDGE_TEXT,
@@ -16,9 +19,6 @@ from alpagasus_ray.schema import (
     SCORE_MASS,
     SCORE_PROBS,
 )
-from alpagasus_ray.scoring import JudgeEngine, make_engine
-from alpagasus_ray.scoring.judgement import judgement_fields
-from alpagasus_ray.stages.common import column_or_nulls, pending_rows, with_columns
 
 
 class ScoreStage:

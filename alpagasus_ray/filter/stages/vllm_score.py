@@ -15,20 +15,20 @@ from typing import Any
 import pyarrow as pa
 
 from alpagasus_ray.config import JudgeConfig
-from alpagasus_ray.models import load_tokenizer
-from alpagasus_ray.schema import DECISION, PROMPT_TOKEN_IDS, conform
-from alpagasus_ray.scoring.base import JudgeOutput
-from alpagasus_ray.scoring.judgement import judgement_fields, score_token_ids
-from alpagasus_ray.scoring.vllm import (
+from alpagasus_ray.engines.base import JudgeOutput
+from alpagasus_ray.engines.judgement import judgement_fields, score_token_ids
+from alpagasus_ray.engines.vllm import (
     ENGINE_COLUMNS,
     ERROR_COLUMN,
     RESERVED_COLUMNS,
     VLLMPostprocess,
-    processor_config,
+    build_vllm_processor,
     require_vllm,
     sampling_params,
 )
-from alpagasus_ray.stages.common import column_or_nulls, pending_rows, with_columns
+from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
+from alpagasus_ray.models import load_tokenizer
+from alpagasus_ray.schema import DECISION, PROMPT_TOKEN_IDS, conform
 
 SKIPPED = "alpagasus-ray: decided before scoring"
 CARRIED_PREFIX = "__carried__"
@@ -103,16 +103,8 @@ def build_judge_processor(
     served_name: str | None = None,
 ) -> Any:
     """The `ray.data.llm` processor of a job (no vLLM import; it builds the plan only)."""
-    from ray.data.llm import build_processor
-
     post = VLLMPostprocess(judge.mode, score_tokens, judge.min_score_mass)
-    light = {"num_cpus": task_cpus}
-    return build_processor(
-        processor_config(judge, served_name),
-        postprocess=post,
-        preprocess_map_kwargs=light,
-        postprocess_map_kwargs=light,
-    )
+    return build_vllm_processor(judge, task_cpus, post, served_name)
 
 
 def score_with_vllm(

@@ -21,14 +21,14 @@ from typing import Any
 import fsspec
 
 from alpagasus_ray.io import filesystem, join, write_json
-from alpagasus_ray.sft import training_dataset
-from alpagasus_ray.train_config import (
+from alpagasus_ray.train.config import (
     TrainConfig,
     export_uri,
     grad_accumulation,
     run_dir,
 )
-from alpagasus_ray.train_metrics import (
+from alpagasus_ray.train.data import training_dataset
+from alpagasus_ray.train.metrics import (
     METRICS_FILE,
     SUMMARY_FILE,
     Meter,
@@ -38,9 +38,6 @@ from alpagasus_ray.train_metrics import (
     write_jsonl,
     write_run_metrics,
 )
-
-__all__ = ["TrainConfig", "grad_accumulation", "run_train"]
-
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +119,7 @@ def train_loop(config: dict[str, Any]) -> None:
     )
 
     from alpagasus_ray.models import load_tokenizer
-    from alpagasus_ray.sft import ATTENTION_MASK, LABELS, PadCollate
+    from alpagasus_ray.train.data import ATTENTION_MASK, LABELS, PadCollate
 
     cfg = TrainConfig.model_validate(config["cfg"])
     t, ctx = cfg.train, ray.train.get_context()
@@ -272,7 +269,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     from pyarrow.fs import FSSpecHandler, PyFileSystem
     from ray.train.torch import TorchTrainer
 
-    from alpagasus_ray.pipeline import init_ray
+    from alpagasus_ray.runtime import init_ray
 
     init_ray(cfg.ray)
     started = time.time()

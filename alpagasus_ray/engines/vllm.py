@@ -13,12 +13,12 @@ from __future__ import annotations
 import importlib.util
 import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from alpagasus_ray.config import JudgeConfig
-from alpagasus_ray.scoring.base import JudgeOutput
-from alpagasus_ray.scoring.judgement import judgement_fields
+from alpagasus_ray.engines.base import JudgeOutput
+from alpagasus_ray.engines.judgement import judgement_fields
 
 INSTALL_HINT = "pip install 'alpagasus-ray[vllm]'"
 SERVED_NAME_PREFIX = "alpagasus-ray-"
@@ -170,6 +170,26 @@ def processor_config(judge: JudgeConfig, served_name: str | None = None) -> Any:
         chat_template_stage=False,
         tokenize_stage=False,
         detokenize_stage=False,
+    )
+
+
+def build_vllm_processor(
+    judge: JudgeConfig,
+    task_cpus: float,
+    postprocess: Callable[[dict[str, Any]], dict[str, Any]],
+    served_name: str | None = None,
+) -> Any:
+    """Ray's processor over the engine stage alone, for the filter's judge and the
+    evaluation's generation alike; only `postprocess` differs. Its pre/postprocess tasks are
+    light (`task_cpus`). No vLLM import: it builds the plan only."""
+    from ray.data.llm import build_processor
+
+    light = {"num_cpus": task_cpus}
+    return build_processor(
+        processor_config(judge, served_name),
+        postprocess=postprocess,
+        preprocess_map_kwargs=light,
+        postprocess_map_kwargs=light,
     )
 
 

@@ -6,9 +6,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.engines.base import JudgeEngine, JudgeOutput
+from alpagasus_ray.engines.judgement import score_token_ids
 from alpagasus_ray.models import load_causal_lm, load_tokenizer
-from alpagasus_ray.scoring.base import JudgeEngine, JudgeOutput
-from alpagasus_ray.scoring.judgement import score_token_ids
 
 
 class HFEngine(JudgeEngine):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from alpagasus_ray.filter.stages.common import column_or_nulls, with_columns
 from alpagasus_ray.schema import DECISION, REASON, REASON_DETAIL, SCORE, Decision, conform
-from alpagasus_ray.stages.common import column_or_nulls, with_columns
 
 
 def decide(score: float | None, threshold: float) -> Decision:

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from alpagasus_ray.engines.base import JudgeOutput
+from alpagasus_ray.engines.parse import parse_score
 from alpagasus_ray.schema import (
     DECISION,
     JUDGE_TEXT,
@@ -18,8 +20,6 @@ from alpagasus_ray.schema import (
     Decision,
     Reason,
 )
-from alpagasus_ray.scoring.base import JudgeOutput
-from alpagasus_ray.scoring.parse import parse_score
 
 SCORE_DIGITS = tuple(range(6))
 

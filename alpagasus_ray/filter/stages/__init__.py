@@ -3,9 +3,9 @@
 read (io.py) -> ValidateStage -> PromptStage -> ScoreStage -> DecideStage -> write (io.py)
 """
 
-from alpagasus_ray.stages.decide import DecideStage
-from alpagasus_ray.stages.prompt import PromptStage
-from alpagasus_ray.stages.score import ScoreStage
-from alpagasus_ray.stages.validate import ValidateStage
+from alpagasus_ray.filter.stages.decide import DecideStage
+from alpagasus_ray.filter.stages.prompt import PromptStage
+from alpagasus_ray.filter.stages.score import ScoreStage
+from alpagasus_ray.filter.stages.validate import ValidateStage
 
 __all__ = ["DecideStage", "PromptStage", "ScoreStage", "ValidateStage"]

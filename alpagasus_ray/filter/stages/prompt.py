@@ -9,6 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
 from alpagasus_ray.models import load_tokenizer, model_max_len
 from alpagasus_ray.prompts import rating_prompt_ids
 from alpagasus_ray.schema import (
@@ -23,7 +24,6 @@ from alpagasus_ray.schema import (
     Decision,
     Reason,
 )
-from alpagasus_ray.stages.common import column_or_nulls, pending_rows, with_columns
 
 
 class PromptStage:

@@ -1,0 +1,86 @@
+"""The paper's evaluation as Ray Data jobs: answers -> pairwise judgements -> outcomes.
+
+1. Every test set is read as it is stored and normalised to (test_set, question_id,
+   instruction, input, question) (`questions.py`); each model answers with the Alpaca
+   template, one prompt -> generate -> finish chain per model (`generate.py`,
+   `answers.py`), written to `answers/`.
+2. Each pair of models is judged on every question in both orders with the paper's pairwise
+   prompt, written to `judgments/` with the judge's raw text.
+3. The driver combines the (small) judgement table into per-question outcomes
+   (`outcomes.py`) and the report (`report.py`). The rule is in `pairwise.py` and the README.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from alpagasus_ray.evaluate.answers import FinishAnswers, PairRequests
+from alpagasus_ray.evaluate.config import EvalConfig
+from alpagasus_ray.evaluate.generate import generate
+from alpagasus_ray.evaluate.outcomes import combine_judgments, finish_judgments
+from alpagasus_ray.evaluate.questions import read_questions
+from alpagasus_ray.io import filesystem, join, parquet_dataset, prepare_output, write_json
+
+ANSWERS, JUDGMENTS, OUTCOMES_FILE = "answers", "judgments", "outcomes.parquet"
+
+
+def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Answers, judgements, outcomes and report; returns the manifest (written last)."""
+    import ray.data
+
+    from alpagasus_ray.evaluate.report import write_eval_report
+    from alpagasus_ray.runtime import init_ray, package_versions
+
+    init_ray(cfg.ray)
+    fs, root = filesystem(cfg.output.uri, cfg.storage)
+    prepare_output(fs, root, cfg.output.overwrite)
+    light = cfg.ray.task_cpus
+    started = time.time()
+
+    ds = read_questions(cfg)
+    for m in cfg.models:
+        ds = generate(ds, cfg.generation.judge_config(m), "answer", light)
+        ds = ds.map_batches(FinishAnswers(m.name), batch_format="pyarrow", num_cpus=light)
+    ds.write_parquet(join(root, ANSWERS), filesystem=fs, ray_remote_args={"num_cpus": light})
+    answered = time.time()
+
+    pairs = cfg.model_pairs()
+    ds = ray.data.read_parquet(join(root, ANSWERS), filesystem=fs, num_cpus=light)
+    ds = ds.map_batches(PairRequests(pairs), batch_format="pyarrow", num_cpus=light)
+    ds = generate(ds, cfg.judge, "judge", light)
+    ds = ds.map_batches(finish_judgments, batch_format="pyarrow", num_cpus=light)
+    ds.write_parquet(join(root, JUDGMENTS), filesystem=fs, ray_remote_args={"num_cpus": light})
+    judged = time.time()
+
+    answers = parquet_dataset(fs, join(root, ANSWERS)).to_table()
+    judgments = parquet_dataset(fs, join(root, JUDGMENTS)).to_table()
+    questions_read = read_questions(cfg).count()
+    outcomes, checks = combine_judgments(judgments, pairs, questions_read)
+    checks["questions_read"], checks["questions_answered"] = questions_read, answers.num_rows
+    checks["ok"] = checks["ok"] and answers.num_rows == questions_read
+    with fs.open(join(root, OUTCOMES_FILE), "wb") as f:
+        pq.write_table(outcomes, f)
+    set_order = [t.name for t in cfg.all_test_sets()]
+    report = write_eval_report(fs, root, outcomes, judgments, pairs, set_order)
+    manifest = {
+        "status": "complete" if checks["ok"] else "inconsistent",
+        "checks": checks,
+        "questions": answers.num_rows,
+        "judgments": judgments.num_rows,
+        "pairs": [list(p) for p in pairs],
+        "results": report["results"],
+        "timings_s": {
+            "answers": round(answered - started, 3),
+            "judgments": round(judged - answered, 3),
+            "total": round(time.time() - started, 3),
+        },
+        "versions": package_versions(),
+        "config": cfg.model_dump(mode="json"),
+    }
+    write_json(fs, join(root, "manifest.json"), manifest)
+    if not checks["ok"]:
+        raise RuntimeError(f"evaluation output is inconsistent: {checks}")
+    return manifest

