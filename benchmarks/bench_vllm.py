@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from alpagasus_ray.config import JobConfig
-from alpagasus_ray.pipeline import run_filter
+from alpagasus_ray.filter.pipeline import run_filter
 from alpagasus_ray.tiny import build_tiny_model, export_smollm2, synthetic_examples, write_jsonl
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_random_9k.json"

@@ -26,7 +26,7 @@ def make_engine(cfg: JudgeConfig) -> JudgeEngine:
     if cfg.engine == "vllm":
         # vLLM runs as ray.data.llm's own engine stage, not one JudgeEngine per actor: see
         # alpagasus_ray/filter/stages/vllm_score.py.
-        raise ValueError("the vllm engine is a ray.data.llm stage; use stages.vllm_score")
+        raise ValueError("the vllm engine is a ray.data.llm stage; use filter.stages.vllm_score")
     raise ValueError(f"unknown judge engine {cfg.engine!r}")
 
 
