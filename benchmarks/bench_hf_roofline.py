@@ -20,8 +20,8 @@ import time
 import torch
 
 from alpagasus_ray.config import JudgeConfig
-from alpagasus_ray.prompts import rating_prompt_ids
 from alpagasus_ray.engines.hf import HFEngine
+from alpagasus_ray.prompts import rating_prompt_ids
 from alpagasus_ray.tiny import build_tiny_tokenizer, synthetic_examples
 
 SHAPES = {
