@@ -74,6 +74,12 @@ class InputConfig(StrictModel):
     format: Literal["auto", "parquet", "json", "jsonl"] = "auto"
     columns: ColumnMap = ColumnMap()
     limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
+    rows_per_block: int | None = Field(
+        None,
+        gt=0,
+        description="Rows per block read (a block goes to one judge replica); default: "
+        "judge.batch_size, so one big file fans out over every replica.",
+    )
 
 
 class OutputConfig(StrictModel):

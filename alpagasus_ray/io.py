@@ -7,12 +7,19 @@ code path a user's bucket does.
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
+import os
+import socket
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 from fsspec.core import url_to_fs
+from ray.data.datasource import FileBasedDatasource
 
 from alpagasus_ray.config import InputConfig, StorageConfig
 from alpagasus_ray.schema import RAW_JSON, SOURCE
@@ -21,6 +28,7 @@ PARQUET_EXT = (".parquet", ".pq")
 JSON_EXT = (".json", ".jsonl", ".ndjson")
 DATA_DIR = "data"
 MANIFEST = "manifest.json"
+RUN_MARKER = "run.json"
 
 
 def filesystem(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -56,11 +64,16 @@ def list_input_files(cfg: InputConfig, storage: StorageConfig) -> tuple[Any, lis
     return fs, files, "json" if fmt == "jsonl" else fmt
 
 
-def read_input(cfg: InputConfig, storage: StorageConfig, num_cpus: float = 1.0) -> Any:
-    """A streaming Ray Dataset of raw rows; the driver never holds the data.
+def read_input(
+    cfg: InputConfig, storage: StorageConfig, num_cpus: float = 1.0, rows_per_block: int = 64
+) -> Any:
+    """A streaming Ray Dataset of raw rows in blocks of at most `rows_per_block` rows; the
+    driver never holds the data.
 
-    Parquet rows keep their columns. JSON and JSONL files become one row per record with
-    the record's text in `_json`, so a broken line is one quarantined row, not a failed read.
+    Bounded blocks are what let one big file fan out over every judge replica (a block goes
+    to one replica) and keep a worker's memory independent of the file's size. Parquet rows
+    keep their columns. JSON and JSONL records become one row each with the record's text in
+    `_json`, so a broken line is one quarantined row, not a failed read.
     """
     import ray.data
 
@@ -69,29 +82,49 @@ def read_input(cfg: InputConfig, storage: StorageConfig, num_cpus: float = 1.0) 
         # Ray adds the file path as `path`; validation turns it into our `source` column.
         ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True, num_cpus=num_cpus)
     else:
-        ds = ray.data.read_binary_files(files, filesystem=fs, include_paths=True, num_cpus=num_cpus)
-        ds = ds.flat_map(split_json_file, num_cpus=num_cpus)
-    return ds.limit(cfg.limit) if cfg.limit else ds
+        source = JsonRecordsDatasource(files, filesystem=fs, rows_per_block=rows_per_block)
+        ds = ray.data.read_datasource(source, num_cpus=num_cpus)
+    ds = ds.limit(cfg.limit) if cfg.limit else ds
+    # Streaming: splits big blocks (a one-row-group Parquet file) and merges tiny ones
+    # (thousands of small shards) without materialising anything.
+    return ds.repartition(target_num_rows_per_block=rows_per_block)
 
 
-def split_json_file(file_row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """One row per record of a JSON array file or a JSON-lines file (decided by content)."""
-    data: bytes = file_row["bytes"]
-    source = file_row["path"]
-    text = data.decode("utf-8", errors="replace")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            # The file is one broken document: nothing in it can be trusted as a row.
-            yield {RAW_JSON: text[:2000] + f"\n<<unparseable JSON array: {e}>>", SOURCE: source}
-            return
-        for record in records:
-            yield {RAW_JSON: json.dumps(record, ensure_ascii=False), SOURCE: source}
+class JsonRecordsDatasource(FileBasedDatasource):
+    """JSON-lines files read line by line, and JSON-array files, as blocks of at most
+    `rows_per_block` records. A JSON-lines file streams in bounded memory whatever its size;
+    a JSON-array document is one value, so it is parsed whole in its read task (memory about
+    a few times the file's size: split such files, or convert them to JSON lines, beyond a
+    few GB)."""
+
+    def __init__(self, paths: list[str], *, rows_per_block: int, **kwargs: Any):
+        super().__init__(paths, **kwargs)
+        self.rows_per_block = rows_per_block
+
+    def _read_stream(self, f: Any, path: str) -> Iterator[Any]:
+        text = io.TextIOWrapper(f, encoding="utf-8", errors="replace")
+        first = ""
+        while not first.strip() and (line := text.readline()):
+            first = line
+        if first.lstrip().startswith("["):
+            records = _array_records(first + text.read())
+        else:
+            lines = itertools.chain([first], text)
+            records = (line.rstrip("\r\n") for line in lines if line.strip())
+        while chunk := list(itertools.islice(records, self.rows_per_block)):
+            yield pa.table({RAW_JSON: chunk, SOURCE: [path] * len(chunk)})
+
+
+def _array_records(text: str) -> Iterator[str]:
+    """The records of one JSON array document, each as JSON text."""
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        # The file is one broken document: nothing in it can be trusted as a row.
+        yield text[:2000] + f"\n<<unparseable JSON array: {e}>>"
         return
-    for line in text.splitlines():
-        if line.strip():
-            yield {RAW_JSON: line, SOURCE: source}
+    for record in records:
+        yield json.dumps(record, ensure_ascii=False)
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
@@ -119,6 +152,33 @@ def prepare_output(fs: fsspec.AbstractFileSystem, root: str, overwrite: bool) ->
             )
         fs.rm(root, recursive=True)
     fs.makedirs(root, exist_ok=True)
+
+
+class OutputTakenError(RuntimeError):
+    """Another run wrote into this output while this one ran."""
+
+
+def claim_output(fs: fsspec.AbstractFileSystem, root: str) -> str:
+    """Mark the output as this run's (`run.json`); returns the run id that `check_claim`
+    expects to find there at the end."""
+    run_id = uuid.uuid4().hex
+    marker = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()}
+    write_json(fs, join(root, RUN_MARKER), marker)
+    return run_id
+
+
+def check_claim(fs: fsspec.AbstractFileSystem, root: str, run_id: str) -> None:
+    """Refuse to call an output complete when another run replaced or joined it meanwhile
+    (its `overwrite` removed our marker and wrote its own): the data would mix both runs."""
+    try:
+        holder = read_json(fs, join(root, RUN_MARKER)).get("run_id")
+    except FileNotFoundError:
+        holder = None
+    if holder != run_id:
+        raise OutputTakenError(
+            f"output {root} was taken over by another run ({holder or 'marker removed'}) "
+            f"while this one ran: its data mixes both runs, so no manifest is written"
+        )
 
 
 def parquet_dataset(

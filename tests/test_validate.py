@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from alpagasus_ray.config import ColumnMap
 from alpagasus_ray.filter.stages import ValidateStage
-from alpagasus_ray.io import split_json_file
+from alpagasus_ray.io import JsonRecordsDatasource
 from alpagasus_ray.schema import OUTPUT_SCHEMA, RAW_JSON, SOURCE
 
 
@@ -127,11 +127,33 @@ def test_parquet_with_a_non_string_column_quarantines_each_row():
     assert [r["reason"] for r in out] == ["non_string_field"] * 2
 
 
-def test_json_files_are_split_into_records():
-    array = json.dumps([{"a": 1}, {"a": 2}]).encode()
-    assert len(list(split_json_file({"bytes": array, "path": "x.json"}))) == 2
-    lines = b'{"a": 1}\n\n{"a": 2\n{"a": 3}\n'
-    rows = list(split_json_file({"bytes": lines, "path": "x.jsonl"}))
-    assert [r[RAW_JSON] for r in rows] == ['{"a": 1}', '{"a": 2', '{"a": 3}']
-    broken = list(split_json_file({"bytes": b'[{"a": 1},', "path": "y.json"}))
-    assert len(broken) == 1 and "unparseable JSON array" in broken[0][RAW_JSON]
+def read_records(path, rows_per_block: int = 2) -> list[pa.Table]:
+    """The blocks the JSON datasource yields for one file, read as a stream."""
+    from pyarrow.fs import LocalFileSystem
+
+    source = JsonRecordsDatasource([str(path)], rows_per_block=rows_per_block)
+    with LocalFileSystem().open_input_stream(str(path)) as f:
+        return list(source._read_stream(f, str(path)))
+
+
+def test_json_files_are_split_into_records(tmp_path):
+    array = tmp_path / "x.json"
+    array.write_text("\n  " + json.dumps([{"a": 1}, {"a": 2}, {"a": 3}]))
+    blocks = read_records(array)
+    assert [b.num_rows for b in blocks] == [2, 1]  # bounded blocks, even from one document
+    assert pa.concat_tables(blocks).column(RAW_JSON).to_pylist() == [
+        '{"a": 1}',
+        '{"a": 2}',
+        '{"a": 3}',
+    ]
+    lines = tmp_path / "x.jsonl"
+    lines.write_bytes(b'{"a": 1}\n\n{"a": 2\r\n{"a": 3}\n{"a": 4}')
+    blocks = read_records(lines)
+    assert [b.num_rows for b in blocks] == [2, 2]
+    rows = pa.concat_tables(blocks).to_pylist()
+    assert [r[RAW_JSON] for r in rows] == ['{"a": 1}', '{"a": 2', '{"a": 3}', '{"a": 4}']
+    assert {r[SOURCE] for r in rows} == {str(lines)}
+    broken = tmp_path / "y.json"
+    broken.write_text('[{"a": 1},')
+    (block,) = read_records(broken)
+    assert block.num_rows == 1 and "unparseable JSON array" in block.column(RAW_JSON)[0].as_py()

@@ -324,7 +324,7 @@ def test_pipeline_is_one_pass_through_rays_engine_stage(ray_session, tiny_judge,
     )
     plan = [line.strip().removeprefix("+- ") for line in str(build_dataset(cfg)).splitlines()]
     assert plan[:-1][::-1] == [
-        "FlatMap(split_json_file)",
+        "StreamingRepartition[num_rows_per_block=16,strict=False]",  # one file, many blocks
         "MapBatches(ValidateStage)",
         "MapBatches(PromptStage)",
         "MapBatches(VLLMRequestStage)",

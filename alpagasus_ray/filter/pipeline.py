@@ -16,6 +16,8 @@ from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, Va
 from alpagasus_ray.io import (
     DATA_DIR,
     MANIFEST,
+    check_claim,
+    claim_output,
     filesystem,
     join,
     prepare_output,
@@ -43,8 +45,8 @@ def build_dataset(cfg: JobConfig, served_name: str | None = None) -> Any:
     """The lazy Ray Dataset of decided rows, ready to be written. `served_name` names the vLLM
     replicas, whose metrics the job reads back by it."""
     judge = cfg.judge
-    ds = read_input(cfg.input, cfg.storage, cfg.ray.task_cpus)
     light = cfg.ray.task_cpus
+    ds = read_input(cfg.input, cfg.storage, light, cfg.input.rows_per_block or judge.batch_size)
     ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
     ds = ds.map_batches(
         PromptStage,
@@ -75,11 +77,14 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     """Run the whole job; returns the manifest (also written, last, to the output)."""
     init_ray(cfg.ray)
     fs, root = filesystem(cfg.output.uri, cfg.storage)
+    served_name = served_model_name() if cfg.judge.engine == "vllm" else None
+    # Lists the input (and loads the judge tokenizer) before the output is touched: a wrong
+    # input.uri fails here, and `overwrite` has not removed a finished output for nothing.
+    ds = build_dataset(cfg, served_name)
     prepare_output(fs, root, cfg.output.overwrite)
+    run_id = claim_output(fs, root)
     started = time.time()
 
-    served_name = served_model_name() if cfg.judge.engine == "vllm" else None
-    ds = build_dataset(cfg, served_name)
     ds.write_parquet(
         join(root, DATA_DIR),
         filesystem=fs,
@@ -88,6 +93,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         ray_remote_args={"num_cpus": cfg.ray.task_cpus},
     )
     scored = time.time()
+    check_claim(fs, root, run_id)
     stats = ds.stats()
     log.info("pipeline stats:\n%s", stats)
 
@@ -127,6 +133,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         "versions": package_versions(),
         "config": cfg.redacted(),
     }
+    check_claim(fs, root, run_id)
     write_json(fs, join(root, MANIFEST), manifest)
     if not manifest["invariant_ok"]:
         raise InvariantError(manifest["invariant"])

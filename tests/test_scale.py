@@ -1,0 +1,143 @@
+"""At scale: one big file fans out over every judge replica in bounded blocks, and the output
+is never destroyed or called complete by mistake."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import job_config, write_jsonl
+
+from alpagasus_ray.config import StorageConfig
+from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.filter.stages import PromptStage, ScoreStage, ValidateStage
+from alpagasus_ray.io import (
+    RUN_MARKER,
+    OutputTakenError,
+    check_claim,
+    claim_output,
+    filesystem,
+    read_input,
+)
+from alpagasus_ray.tiny import synthetic_examples
+
+ROWS = 600
+
+
+def tagged_score_stage() -> type:
+    """The job's score stage, plus the replica (actor) that judged each row. Defined in a
+    function so that Ray ships the class by value: workers cannot import a test module."""
+
+    class TaggedScoreStage(ScoreStage):
+        def __call__(self, table: pa.Table) -> pa.Table:
+            import ray
+
+            out = super().__call__(table)
+            actor = ray.get_runtime_context().get_actor_id()
+            return out.append_column("replica", pa.array([actor] * out.num_rows))
+
+    return TaggedScoreStage
+
+
+def one_file(tmp_path, layout: str):
+    rows = synthetic_examples(ROWS, seed=4)
+    if layout == "jsonl":
+        return write_jsonl(tmp_path / "one.jsonl", rows)
+    if layout == "json-array":
+        path = tmp_path / "one.json"
+        path.write_text(json.dumps(rows))
+        return path
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=ROWS)  # one row group
+    return path
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json-array", "parquet"])
+def test_one_file_fans_out_over_every_replica(ray_session, tiny_judge, tmp_path, layout):
+    src = one_file(tmp_path, layout)
+    cfg = job_config(str(src), str(tmp_path / "out"), tiny_judge, judge__batch_size=25)
+    judge = cfg.judge
+    ds = read_input(cfg.input, cfg.storage, 0.25, rows_per_block=judge.batch_size)
+    ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=0.25)
+    ds = ds.map_batches(
+        PromptStage, fn_constructor_kwargs={"judge": judge}, batch_format="pyarrow",
+        batch_size=judge.batch_size, concurrency=1, num_cpus=0.5,
+    )  # fmt: skip
+    ds = ds.map_batches(
+        tagged_score_stage(), fn_constructor_kwargs={"judge": judge}, batch_format="pyarrow",
+        batch_size=judge.batch_size, concurrency=2, num_cpus=0.25,
+    )  # fmt: skip
+    replicas = Counter(r["replica"] for r in ds.select_columns(["replica"]).take_all())
+    assert sum(replicas.values()) == ROWS
+    assert len(replicas) == 2, replicas  # both replicas judged rows of the one file
+    assert min(replicas.values()) >= ROWS // 10, replicas
+
+
+def test_blocks_are_bounded_whatever_the_layout(ray_session, tmp_path):
+    for layout in ("jsonl", "json-array", "parquet"):
+        src = one_file(tmp_path, layout)
+        cfg = job_config(str(src), str(tmp_path / "out"), tmp_path)
+        sizes = [
+            b.num_rows
+            for b in read_input(cfg.input, cfg.storage, 0.25, 50).iter_batches(
+                batch_size=None, batch_format="pyarrow"
+            )
+        ]
+        assert sum(sizes) == ROWS and max(sizes) <= 50 and len(sizes) >= ROWS // 50, sizes
+
+
+def test_wrong_input_leaves_the_previous_output_intact(ray_session, tiny_judge, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(20, seed=1))
+    out = tmp_path / "out"
+    first = run_filter(job_config(str(src), str(out), tiny_judge))
+    assert first["status"] == "complete"
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_filter(job_config(str(tmp_path / "typo.jsonl"), str(out), tiny_judge))
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert json.loads((out / "manifest.json").read_text())["counts"] == first["counts"]
+
+
+def test_a_claim_taken_by_another_run_is_refused(tmp_path):
+    fs, root = filesystem(str(tmp_path), StorageConfig())
+    mine = claim_output(fs, root)
+    check_claim(fs, root, mine)  # still ours: fine
+    other = claim_output(fs, root)  # another run's start (its overwrite, then its claim)
+    with pytest.raises(OutputTakenError, match=other):
+        check_claim(fs, root, mine)
+    (tmp_path / RUN_MARKER).unlink()
+    with pytest.raises(OutputTakenError, match="marker removed"):
+        check_claim(fs, root, other)
+
+
+def test_a_run_whose_output_is_taken_over_writes_no_manifest(ray_session, tiny_judge, tmp_path):
+    """A second run starting into the same output mid-run: the first one does not end with
+    a manifest that calls mixed data complete."""
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(200, seed=2))
+    out = tmp_path / "out"
+    cfg = job_config(str(src), str(out), tiny_judge, judge__batch_size=8)
+    errors: list[BaseException] = []
+
+    def first_run() -> None:
+        try:
+            run_filter(cfg)
+        except BaseException as e:  # noqa: BLE001 - the test inspects it
+            errors.append(e)
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    deadline = time.time() + 120
+    while not (out / RUN_MARKER).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert (out / RUN_MARKER).exists()
+    fs, root = filesystem(str(out), StorageConfig())
+    claim_output(fs, root)  # what a second run does when it starts into this output
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], OutputTakenError), errors
+    assert not (out / "manifest.json").exists()
