@@ -9,6 +9,7 @@ fences the example so its text cannot pose as the rubric.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -52,9 +53,15 @@ Layout = Literal["prefix", "paper"]
 Dimension = Literal["accuracy", "helpfulness"]
 
 
+# Any spelling of the fence tags a reader (or a judge) could take for one: any case,
+# whitespace inside the brackets, attributes.
+_FENCE_TAG = re.compile(r"<(\s*/?\s*example\b[^<>]*)>", re.IGNORECASE)
+
+
 def _fence_safe(text: str) -> str:
-    """Stop the data from closing (or reopening) the example fence early."""
-    return text.replace(EXAMPLE_CLOSE, "<\\/example>").replace(EXAMPLE_OPEN, "<\\example>")
+    """Stop the data from closing (or reopening) the example fence early: every fence-like
+    tag gets a backslash after its "<", so it is text, not a tag."""
+    return _FENCE_TAG.sub(lambda m: "<\\" + m.group(1).lstrip() + ">", text)
 
 
 def rating_messages(

@@ -23,6 +23,11 @@ READABLE = [
     ("The assistant answered 2 questions.\nScore: 3", 3.0),
     ("The score is 4.", 4.0),
     ("  \n2.0\n", 2.0),
+    ("3 - partially correct, but the second step is wrong.", 3.0),
+    ("4: accurate and complete.", 4.0),
+    ("4.5 — good, with one small slip.", 4.5),
+    ("2 – misses the question", 2.0),
+    ("4/5 - clear", 4.0),
 ]
 
 UNREADABLE = [
@@ -37,6 +42,11 @@ UNREADABLE = [
     "Score: 7",
     "1. The response is accurate",  # a list number, not a score
     "It mentions 3 facts and 2 dates.",
+    "7 - excellent",  # the separated form refuses what the bare form refuses
+    "-1: wrong",
+    "12/10 - superb",
+    "3-4 - mixed",  # a range, not a score
+    "2 apples: the response lists them",  # no separator right after the number
 ]
 
 

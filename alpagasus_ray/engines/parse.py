@@ -1,9 +1,9 @@
 """Read a 0-5 score from a judge's free text (generate mode).
 
 The paper's prompt asks for the score alone on the first line, but judges wander:
-"Score: 4", "**Score:** 3.5", "4/5", "I would rate it a 4 ...". We accept those and
-return None for anything else, so that an unreadable judgement is a failed row with its
-text kept, never a silently invented default.
+"Score: 4", "**Score:** 3.5", "4/5", "4 - accurate but terse", "I would rate it a 4 ...".
+We accept those and return None for anything else, so that an unreadable judgement is a
+failed row with its text kept, never a silently invented default.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ MIN_SCORE, MAX_SCORE = 0.0, 5.0
 _NUM = r"(-?\d+(?:\.\d+)?)"
 _OUT_OF = rf"\s*(?:/|out\s+of)\s*{_NUM}"
 _BARE_LINE = re.compile(rf"^\s*{_NUM}(?:{_OUT_OF})?\s*(?:points?)?\s*[.!]?\s*$", re.I)
+# "3 - partially correct", "4: accurate", "4.5 — good": the score, a separator, a reason.
+# Not "1. The response" (a list number) nor "3-4 - mixed" (a range).
+_LEADING = re.compile(rf"^\s*{_NUM}(?:{_OUT_OF})?\s*[-–—:]\s+\S")
 _LABELLED = re.compile(
     rf"\b(?:score|rating|rated|rate|grade)\b\s*(?:is|of|would be|:|=|-)?\s*(?:an?\s+)?{_NUM}"
     rf"(?:{_OUT_OF})?",
@@ -43,6 +46,8 @@ def parse_score(text: str) -> float | None:
 
     first_line = clean.splitlines()[0]
     if m := _BARE_LINE.match(first_line):
+        return _in_range(m.group(1), m.group(2))
+    if m := _LEADING.match(first_line):
         return _in_range(m.group(1), m.group(2))
 
     if m := _LABELLED.search(clean):
