@@ -172,3 +172,24 @@ def test_cli_train_reports_a_config_error(capsys):
     config = str(root / "jobs" / "configs" / "train.yaml")
     assert main(["train", "--config", config, "--set", "train.global_batch_size=100"]) == 2
     assert "multiple" in capsys.readouterr().err
+
+
+def test_an_unfinished_filter_output_is_refused(ray_session, tiny_judge, tmp_path):
+    """A filter run killed before its manifest leaves kept and rejected rows behind:
+    training on them would be silently wrong, so `train` refuses at once."""
+    from alpagasus_ray.train.data import UnfinishedFilterOutput, kept_input
+
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(12, seed=2))
+    out = tmp_path / "filtered"
+    run_filter(job_config(str(src), str(out), tiny_judge, filter__threshold=2.0))
+    cfg = train_config(str(out), tiny_judge, tmp_path / "runs")
+    assert kept_input(cfg).uri.endswith("data/decision=kept")  # finished: the kept rows
+    manifest = out / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"complete"', '"inconsistent"'))
+    with pytest.raises(UnfinishedFilterOutput, match="'inconsistent'"):
+        kept_input(cfg)
+    manifest.unlink()  # as a killed run leaves it
+    with pytest.raises(UnfinishedFilterOutput, match="without manifest.json"):
+        kept_input(cfg)
+    with pytest.raises(UnfinishedFilterOutput, match="without manifest.json"):
+        run_train(cfg)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from alpagasus_ray.io import DATA_DIR, MANIFEST, filesystem, join
+from alpagasus_ray.io import DATA_DIR, MANIFEST, RUN_MARKER, filesystem, join, read_json
 from alpagasus_ray.prompts import alpaca_prompt
 from alpagasus_ray.schema import DECISION, INPUT, INSTRUCTION, OUTPUT, REASON, Decision
 from alpagasus_ray.train.config import TrainConfig, TrainData
@@ -128,12 +128,29 @@ class PadCollate(NumpyBatchCollateFn):
         return {INPUT_IDS: ids, ATTENTION_MASK: mask, LABELS: lab}
 
 
+class UnfinishedFilterOutput(ValueError):
+    """The data is a filter output whose run did not finish: training on it would mix
+    rejected rows in or miss rows never judged."""
+
+
 def kept_input(cfg: TrainConfig) -> TrainData:
-    """A filter output (manifest.json present) trains on its kept partition only."""
+    """A finished filter output trains on its kept partition only; an unfinished one (a
+    `data/` folder or run marker without a complete manifest) is refused."""
     fs, root = filesystem(cfg.data.uri, cfg.storage)
     if fs.exists(join(root, MANIFEST)):
+        status = read_json(fs, join(root, MANIFEST)).get("status")
+        if status != "complete":
+            raise UnfinishedFilterOutput(
+                f"data.uri {cfg.data.uri}: the filter output's manifest says status "
+                f"{status!r}, not 'complete'; fix or rerun the filter before training on it"
+            )
         uri = join(cfg.data.uri, DATA_DIR, "decision=kept")
         return cfg.data.model_copy(update={"uri": uri, "format": "parquet"})
+    if fs.exists(join(root, DATA_DIR)) or fs.exists(join(root, RUN_MARKER)):
+        raise UnfinishedFilterOutput(
+            f"data.uri {cfg.data.uri} is a filter output without manifest.json: its run did "
+            f"not finish (rerun the filter to complete it); refusing to train on partial data"
+        )
     return cfg.data
 
 
