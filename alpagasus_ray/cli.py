@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from alpagasus_ray.config import ConfigError, JobConfig, build_config, load_config
+from alpagasus_ray.io import OutputTakenError, UnfinishedFilterOutput
 
 DEMO_THRESHOLD = 2.5
 
@@ -194,12 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except ConfigError as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, UnfinishedFilterOutput) as e:
         print(f"alpagasus-ray {args.command}: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError) as e:
+    except OutputTakenError as e:
         print(f"alpagasus-ray {args.command}: {e}", file=sys.stderr)
-        return 2
+        return 1
     return 0
 
 

@@ -7,22 +7,16 @@ code path a user's bucket does.
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import fsspec
-import pyarrow as pa
 from fsspec.core import url_to_fs
-from ray.data.datasource import FileBasedDatasource
 
 from alpagasus_ray.config import InputConfig, StorageConfig
-from alpagasus_ray.schema import RAW_JSON, SOURCE
 
 PARQUET_EXT = (".parquet", ".pq")
 JSON_EXT = (".json", ".jsonl", ".ndjson")
@@ -82,49 +76,14 @@ def read_input(
         # Ray adds the file path as `path`; validation turns it into our `source` column.
         ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True, num_cpus=num_cpus)
     else:
+        from alpagasus_ray.json_records import JsonRecordsDatasource
+
         source = JsonRecordsDatasource(files, filesystem=fs, rows_per_block=rows_per_block)
         ds = ray.data.read_datasource(source, num_cpus=num_cpus)
     ds = ds.limit(cfg.limit) if cfg.limit else ds
     # Streaming: splits big blocks (a one-row-group Parquet file) and merges tiny ones
     # (thousands of small shards) without materialising anything.
     return ds.repartition(target_num_rows_per_block=rows_per_block)
-
-
-class JsonRecordsDatasource(FileBasedDatasource):
-    """JSON-lines files read line by line, and JSON-array files, as blocks of at most
-    `rows_per_block` records. A JSON-lines file streams in bounded memory whatever its size;
-    a JSON-array document is one value, so it is parsed whole in its read task (memory about
-    a few times the file's size: split such files, or convert them to JSON lines, beyond a
-    few GB)."""
-
-    def __init__(self, paths: list[str], *, rows_per_block: int, **kwargs: Any):
-        super().__init__(paths, **kwargs)
-        self.rows_per_block = rows_per_block
-
-    def _read_stream(self, f: Any, path: str) -> Iterator[Any]:
-        text = io.TextIOWrapper(f, encoding="utf-8", errors="replace")
-        first = ""
-        while not first.strip() and (line := text.readline()):
-            first = line
-        if first.lstrip().startswith("["):
-            records = _array_records(first + text.read())
-        else:
-            lines = itertools.chain([first], text)
-            records = (line.rstrip("\r\n") for line in lines if line.strip())
-        while chunk := list(itertools.islice(records, self.rows_per_block)):
-            yield pa.table({RAW_JSON: chunk, SOURCE: [path] * len(chunk)})
-
-
-def _array_records(text: str) -> Iterator[str]:
-    """The records of one JSON array document, each as JSON text."""
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        # The file is one broken document: nothing in it can be trusted as a row.
-        yield text[:2000] + f"\n<<unparseable JSON array: {e}>>"
-        return
-    for record in records:
-        yield json.dumps(record, ensure_ascii=False)
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
@@ -156,6 +115,11 @@ def prepare_output(fs: fsspec.AbstractFileSystem, root: str, overwrite: bool) ->
 
 class OutputTakenError(RuntimeError):
     """Another run wrote into this output while this one ran."""
+
+
+class UnfinishedFilterOutput(ValueError):
+    """A filter output whose run did not finish: its rows are a partial mix of decisions,
+    so a step that wants the kept set refuses it."""
 
 
 def claim_output(fs: fsspec.AbstractFileSystem, root: str) -> str:

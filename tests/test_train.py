@@ -177,7 +177,8 @@ def test_cli_train_reports_a_config_error(capsys):
 def test_an_unfinished_filter_output_is_refused(ray_session, tiny_judge, tmp_path):
     """A filter run killed before its manifest leaves kept and rejected rows behind:
     training on them would be silently wrong, so `train` refuses at once."""
-    from alpagasus_ray.train.data import UnfinishedFilterOutput, kept_input
+    from alpagasus_ray.io import UnfinishedFilterOutput
+    from alpagasus_ray.train.data import kept_input
 
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(12, seed=2))
     out = tmp_path / "filtered"

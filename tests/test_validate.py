@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from alpagasus_ray.config import ColumnMap
 from alpagasus_ray.filter.stages import ValidateStage
-from alpagasus_ray.io import JsonRecordsDatasource
+from alpagasus_ray.json_records import JsonRecordsDatasource
 from alpagasus_ray.schema import OUTPUT_SCHEMA, RAW_JSON, SOURCE
 
 
@@ -128,7 +128,8 @@ def test_parquet_with_a_non_string_column_quarantines_each_row():
 
 
 def read_records(path, rows_per_block: int = 2) -> list[pa.Table]:
-    """The blocks the JSON datasource yields for one file, read as a stream."""
+    """The blocks the JSON datasource yields for one file, read as a stream (the datasource
+    puts its path list in Ray's object store: callers hold the Ray session)."""
     from pyarrow.fs import LocalFileSystem
 
     source = JsonRecordsDatasource([str(path)], rows_per_block=rows_per_block)
@@ -136,7 +137,7 @@ def read_records(path, rows_per_block: int = 2) -> list[pa.Table]:
         return list(source._read_stream(f, str(path)))
 
 
-def test_json_files_are_split_into_records(tmp_path):
+def test_json_files_are_split_into_records(ray_session, tmp_path):
     array = tmp_path / "x.json"
     array.write_text("\n  " + json.dumps([{"a": 1}, {"a": 2}, {"a": 3}]))
     blocks = read_records(array)

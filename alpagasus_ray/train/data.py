@@ -16,7 +16,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from alpagasus_ray.io import DATA_DIR, MANIFEST, RUN_MARKER, filesystem, join, read_json
+from alpagasus_ray.io import (
+    DATA_DIR,
+    MANIFEST,
+    RUN_MARKER,
+    UnfinishedFilterOutput,
+    filesystem,
+    join,
+    read_json,
+)
 from alpagasus_ray.prompts import alpaca_prompt
 from alpagasus_ray.schema import DECISION, INPUT, INSTRUCTION, OUTPUT, REASON, Decision
 from alpagasus_ray.train.config import TrainConfig, TrainData
@@ -126,11 +134,6 @@ class PadCollate(NumpyBatchCollateFn):
             lab[i, : len(y)] = torch.from_numpy(y)
             mask[i, : len(r)] = 1
         return {INPUT_IDS: ids, ATTENTION_MASK: mask, LABELS: lab}
-
-
-class UnfinishedFilterOutput(ValueError):
-    """The data is a filter output whose run did not finish: training on it would mix
-    rejected rows in or miss rows never judged."""
 
 
 def kept_input(cfg: TrainConfig) -> TrainData:
