@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from alpagasus_ray.config import ConfigError, JobConfig, build_config, load_config
+from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.io import OutputTakenError, UnfinishedFilterOutput
 
 DEMO_THRESHOLD = 2.5
@@ -190,12 +191,16 @@ COMMANDS = {
 }
 
 
+# Mistakes in what was asked for: one line on stderr, exit code 2, no traceback.
+REFUSALS = (ConfigError, PreflightError, UnfinishedFilterOutput, FileNotFoundError, FileExistsError)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, FileExistsError, UnfinishedFilterOutput) as e:
+    except REFUSALS as e:
         print(f"alpagasus-ray {args.command}: {e}", file=sys.stderr)
         return 2
     except OutputTakenError as e:

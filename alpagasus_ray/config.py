@@ -274,11 +274,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def format_validation_error(err: ValidationError) -> str:
-    lines = []
+    """One line that names every bad key: `invalid configuration (judge.mode): <why>`."""
+    problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {key}: {e['msg']}")
-    return "invalid configuration:\n" + "\n".join(lines)
+        problems.append((key, " ".join(str(e["msg"]).split())))
+    keys = ", ".join(key for key, _ in problems)
+    return f"invalid configuration ({keys}): " + "; ".join(f"{k}: {m}" for k, m in problems)
 
 
 def build_config(model: type[BaseModel], data: dict[str, Any]) -> Any:

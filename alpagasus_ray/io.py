@@ -71,19 +71,21 @@ def read_input(
     """
     import ray.data
 
-    fs, files, fmt = list_input_files(cfg, storage)
-    if fmt == "parquet":
-        # Ray adds the file path as `path`; validation turns it into our `source` column.
-        ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True, num_cpus=num_cpus)
-    else:
-        from alpagasus_ray.json_records import JsonRecordsDatasource
+    from alpagasus_ray.sources import JsonRecordsDatasource, ParquetRecordsDatasource
 
-        source = JsonRecordsDatasource(files, filesystem=fs, rows_per_block=rows_per_block)
-        ds = ray.data.read_datasource(source, num_cpus=num_cpus)
+    fs, files, fmt = list_input_files(cfg, storage)
+    kind = ParquetRecordsDatasource if fmt == "parquet" else JsonRecordsDatasource
+    source = kind(files, filesystem=fs, rows_per_block=rows_per_block)
+    ds = ray.data.read_datasource(source, num_cpus=num_cpus)
     ds = ds.limit(cfg.limit) if cfg.limit else ds
     # Streaming: splits big blocks (a one-row-group Parquet file) and merges tiny ones
     # (thousands of small shards) without materialising anything.
-    return ds.repartition(target_num_rows_per_block=rows_per_block)
+    ds = ds.repartition(target_num_rows_per_block=rows_per_block)
+    # Its tasks would ask for a whole CPU (`repartition` takes no remote args), which a small
+    # cluster whose actors hold all but a fraction of a CPU never has: the job would hang.
+    # Ray is pinned, so setting the logical operator's args directly is safe; a test checks it.
+    ds._logical_plan.dag.ray_remote_args["num_cpus"] = num_cpus
+    return ds
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:

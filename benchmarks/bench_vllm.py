@@ -8,7 +8,9 @@ float32, logprobs mode. Each configuration runs twice, on a few rows and on all 
 the difference removes replica start-up (model load, vLLM's profiling run) and gives the
 steady rate, which is what a long job sees (n/a where the difference is within start-up
 noise: use more rows). The prefix-cache hit rate is the job's own
-manifest figure, read from vLLM's counters. CPU numbers: they check the path, not GPU speed.
+manifest figure, read from vLLM's counters; the score difference compares each row's
+expected score with the HF engine's on the same prompts. CPU numbers: they check the path,
+not GPU speed.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from alpagasus_ray.config import JobConfig
+from alpagasus_ray.config import JobConfig, StorageConfig
 from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.io import filesystem, read_output_table
+from alpagasus_ray.schema import ID, SCORE
 from alpagasus_ray.tiny import build_tiny_model, export_smollm2, synthetic_examples, write_jsonl
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_random_9k.json"
@@ -64,6 +68,8 @@ def measure(src: Path, tmp: Path, model: Path, engine: str, layout: str, rows: i
         manifest = run_filter(job(src, tmp / f"{engine}-{layout}-{n}", model, engine, layout, n))
         walls[n] = manifest["timings_s"]["score_and_write"]
         last = manifest
+    table = read_output_table(*filesystem(str(tmp / f"{engine}-{layout}-{rows}"), StorageConfig()))
+    scores = dict(zip(table.column(ID).to_pylist(), table.column(SCORE).to_pylist(), strict=True))
     metrics = last["engine_metrics"]
     few_tokens = metrics["input_tokens"] * few / rows  # prompt lengths are alike: pro rata
     extra = walls[rows] - walls[few]
@@ -75,6 +81,7 @@ def measure(src: Path, tmp: Path, model: Path, engine: str, layout: str, rows: i
         "examples/s": (rows - few) / extra if steady else None,
         "prompt tok/s": (metrics["input_tokens"] - few_tokens) / extra if steady else None,
         "hit rate": metrics.get("prefix_cache_hit_rate"),
+        "scores": scores,
         "kept": last["counts"]["kept"],
         "failed": last["counts"]["failed"],
     }
@@ -107,12 +114,18 @@ def main() -> None:
             src, tmp, model, engine, layout, len(rows), args.few
         )
     base = results["hf, layout prefix"]
+    for label, r in results.items():  # parity where the prompts are the same
+        same = label.endswith("layout prefix") and label != "hf, layout prefix"
+        pairs = [(s, base["scores"].get(i)) for i, s in r["scores"].items()] if same else []
+        deltas = [abs(a - b) for a, b in pairs if a is not None and b is not None]
+        r["max delta"] = max(deltas) if deltas else None
     print()
     print(
         "| engine, layout | wall s | start-up s | end-to-end ex/s | steady ex/s | steady prompt "
-        "tok/s | prefix-cache hit rate | kept | failed | steady ex/s vs HF |"
+        "tok/s | prefix-cache hit rate | kept | failed | max abs score diff vs HF | steady ex/s "
+        "vs HF |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def cell(value: float | None, fmt: str) -> str:
         return "n/a" if value is None else format(value, fmt)
@@ -125,7 +138,8 @@ def main() -> None:
             f"| {label} | {r['wall s']:.1f} | {r['start-up s']:.1f} | "
             f"{r['end-to-end examples/s']:.2f} | {cell(r['examples/s'], '.2f')} | "
             f"{cell(r['prompt tok/s'], ',.0f')} | {cell(r['hit rate'], '.1%')} | {r['kept']} | "
-            f"{r['failed']} | {'n/a' if ratio is None else f'{ratio:.2f}x'} |"
+            f"{r['failed']} | {cell(r['max delta'], '.1e')} | "
+            f"{'n/a' if ratio is None else f'{ratio:.2f}x'} |"
         )
 
 

@@ -90,3 +90,13 @@ def test_secrets_never_appear_in_the_redacted_config(cfg_file):
     assert "very-secret-value" not in dumped and "AKIAEXAMPLE" not in dumped
     assert cfg.storage.s3_options()["secret"] == "very-secret-value"
     assert "very-secret-value" not in repr(cfg)
+
+
+def test_a_config_error_is_one_line_naming_each_key():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["input.uri=x", "output.uri=y", "judge.model=m", "judge.mode=logprob",
+                           "filter.threshold=7"])  # fmt: skip
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("invalid configuration (judge.mode, filter.threshold): ")
+    assert "judge.mode: Input should be 'logprobs' or 'generate'" in message

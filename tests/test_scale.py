@@ -15,6 +15,7 @@ from conftest import job_config, write_jsonl
 
 from alpagasus_ray.config import StorageConfig
 from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.filter.stages import PromptStage, ScoreStage, ValidateStage
 from alpagasus_ray.io import (
     RUN_MARKER,
@@ -97,7 +98,7 @@ def test_wrong_input_leaves_the_previous_output_intact(ray_session, tiny_judge, 
     first = run_filter(job_config(str(src), str(out), tiny_judge))
     assert first["status"] == "complete"
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(PreflightError, match=r"input \(input.uri\): .* does not exist"):
         run_filter(job_config(str(tmp_path / "typo.jsonl"), str(out), tiny_judge))
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert json.loads((out / "manifest.json").read_text())["counts"] == first["counts"]
@@ -141,3 +142,28 @@ def test_a_run_whose_output_is_taken_over_writes_no_manifest(ray_session, tiny_j
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], OutputTakenError), errors
     assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("layout", ["jsonl", "parquet"])
+def test_reading_needs_no_whole_cpu(ray_session, tmp_path, layout):
+    """Actors holding all but half a CPU (a judge replica and the prompt worker on a small
+    machine) leave the read and its re-blocking enough to run: no task waits for a whole CPU.
+    Before, this hung forever."""
+    import ray
+
+    @ray.remote(num_cpus=1.5)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    try:
+        ray.get(holder.ready.remote())
+        src = one_file(tmp_path, layout)
+        cfg = job_config(str(src), str(tmp_path / "out"), tmp_path)
+        ds = read_input(cfg.input, cfg.storage, 0.25, 50)
+        blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        assert sum(b.num_rows for b in blocks) == ROWS
+    finally:
+        ray.kill(holder)

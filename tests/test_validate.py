@@ -6,8 +6,8 @@ import pyarrow as pa
 
 from alpagasus_ray.config import ColumnMap
 from alpagasus_ray.filter.stages import ValidateStage
-from alpagasus_ray.json_records import JsonRecordsDatasource
 from alpagasus_ray.schema import OUTPUT_SCHEMA, RAW_JSON, SOURCE
+from alpagasus_ray.sources import JsonRecordsDatasource
 
 
 def json_table(records: list) -> pa.Table:

@@ -11,6 +11,7 @@ from alpagasus_ray.config import JobConfig
 from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
 from alpagasus_ray.filter.metrics import engine_metrics
+from alpagasus_ray.filter.preflight import preflight
 from alpagasus_ray.filter.report import count_decisions, write_report
 from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 from alpagasus_ray.io import (
@@ -75,6 +76,7 @@ def build_dataset(cfg: JobConfig, served_name: str | None = None) -> Any:
 
 def run_filter(cfg: JobConfig) -> dict[str, Any]:
     """Run the whole job; returns the manifest (also written, last, to the output)."""
+    preflight(cfg)  # a mistake costs seconds: before Ray starts or the output is touched
     init_ray(cfg.ray)
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     served_name = served_model_name() if cfg.judge.engine == "vllm" else None

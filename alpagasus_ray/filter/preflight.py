@@ -1,0 +1,126 @@
+"""Checks a filter job's inputs before Ray starts or the output is touched.
+
+A mistake should cost seconds, not a cluster's scale-up: the input is listed, the first
+file's columns are read (its schema, or a sample of JSON records) and matched against the
+column mapping, and the judge model is found and its tokenizer loaded. Each failure is a
+`PreflightError`, which the CLI prints as one line: `<what> (<key or file>): <cause>`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from alpagasus_ray.config import ColumnMap, JobConfig, JudgeConfig
+from alpagasus_ray.io import list_input_files
+
+JSON_SAMPLE_BYTES = 1 << 20  # read at most this much of the first JSON file
+JSON_SAMPLE_RECORDS = 100
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class PreflightError(ValueError):
+    """A job that cannot run as configured, said in one line."""
+
+    def __init__(self, what: str, where: str, cause: str):
+        super().__init__(f"{what} ({where}): {cause}")
+
+
+def preflight(cfg: JobConfig) -> None:
+    """Raise `PreflightError` for the first problem found; return when the job can start."""
+    try:
+        fs, files, fmt = list_input_files(cfg.input, cfg.storage)
+    except (FileNotFoundError, ValueError) as e:
+        raise PreflightError("input", "input.uri", str(e)) from None
+    except OSError as e:  # credentials, permissions, an unreachable endpoint
+        raise PreflightError("input", cfg.input.uri, f"{type(e).__name__}: {e}") from None
+    columns = first_file_columns(fs, files[0], fmt)
+    check_mapping(cfg.input.columns, columns, files[0])
+    check_judge(cfg.judge)
+
+
+def first_file_columns(fs: Any, path: str, fmt: str) -> set[str]:
+    """The column names of a Parquet file's schema, or the keys of the first JSON records."""
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            with fs.open(path, "rb") as f:
+                return set(pq.read_schema(f).names)
+        with fs.open(path, "rb") as f:
+            head = f.read(JSON_SAMPLE_BYTES).decode("utf-8", errors="replace")
+    except Exception as e:  # noqa: BLE001 - a corrupt or unreadable file, said with its path
+        raise PreflightError("input file", path, f"cannot read it: {e}") from None
+    return set().union(*(r.keys() for r in _sample_records(head))) if head.strip() else set()
+
+
+def _sample_records(head: str) -> list[dict[str, Any]]:
+    """The first JSON objects of a file's head, as an array document or as JSON lines;
+    broken lines are skipped here (validation quarantines them)."""
+    text = head.lstrip()
+    records: list[Any] = []
+    if text.startswith("["):
+        decoder, pos = json.JSONDecoder(), 1
+        while len(records) < JSON_SAMPLE_RECORDS:
+            while pos < len(text) and text[pos] in " \t\r\n,":
+                pos += 1
+            try:
+                record, pos = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError:
+                break  # the end of the sample, or a broken record
+            records.append(record)
+    else:
+        for line in text.splitlines()[:JSON_SAMPLE_RECORDS]:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return [r for r in records if isinstance(r, dict)]
+
+
+def check_mapping(mapping: ColumnMap, columns: set[str], path: str) -> None:
+    """A mapped column that matches nothing is a mistake (a typo, the wrong data set); a
+    column left at its default and absent, like Alpaca's optional `input`, is allowed."""
+    if not columns:
+        return  # an empty first file: nothing to compare against
+    defaults = ColumnMap()
+    for field in ("instruction", "input", "output", "id"):
+        name = getattr(mapping, field)
+        if name is None or name in columns:
+            continue
+        if field == "input" and name == defaults.input:
+            continue
+        raise PreflightError(
+            "column mapping",
+            f"input.columns.{field}={name}",
+            f"no column {name!r} in {path}; its columns are: {', '.join(sorted(columns))}",
+        )
+
+
+def check_judge(judge: JudgeConfig) -> None:
+    """The judge model exists (a local folder) or is a well-formed hub id, and its tokenizer
+    loads: the prompt stage needs it, and without it every row would fail much later."""
+    from alpagasus_ray.models import load_tokenizer
+
+    for key in ("model", "tokenizer"):
+        name = getattr(judge, key)
+        if name is None or "://" in name:
+            continue
+        local = name.startswith(("/", ".", "~")) or os.sep in name.strip("/").replace("/", "", 1)
+        if local and not os.path.exists(os.path.expanduser(name)):
+            raise PreflightError("judge model", f"judge.{key}", f"no such folder {name!r}")
+        if not os.path.exists(os.path.expanduser(name)) and not _HUB_ID.match(name):
+            raise PreflightError(
+                "judge model", f"judge.{key}", f"{name!r} is neither a folder nor a hub id"
+            )
+    name = judge.tokenizer or judge.model
+    if "://" in name:
+        return  # fetched by the replicas themselves; set judge.tokenizer to check it here
+    try:
+        load_tokenizer(name, judge.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds; say which
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        key = "judge.tokenizer" if judge.tokenizer else "judge.model"
+        raise PreflightError("judge tokenizer", key, f"cannot load {name!r}: {cause}") from None

@@ -1,0 +1,126 @@
+"""Mistakes are refused before Ray starts or the output is touched: exit code 2 and one line
+on stderr that names the key or the file, in seconds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import write_jsonl
+
+from alpagasus_ray.cli import main
+from alpagasus_ray.config import JobConfig, build_config
+from alpagasus_ray.filter.preflight import preflight
+
+ROWS = [
+    {"instruction": "Add 2 and 2.", "input": "", "output": "4"},
+    {"instruction": "Name a colour.", "output": "Blue."},  # Alpaca: no input at all
+]
+
+
+def refused(capsys, tmp_path: Path, src: Path, model: Path | str, *sets: str) -> str:
+    """Run the filter CLI; assert exit 2, one stderr line, no output, in seconds."""
+    out = tmp_path / "out"
+    config = tmp_path / "job.yaml"
+    config.write_text("filter: {threshold: 4.5}\n")
+    args = ["filter", "--config", str(config), "--set", f"input.uri={src}"]
+    args += ["--set", f"output.uri={out}"]
+    args += ["--set", f"judge.model={model}"]
+    for item in sets:
+        args += ["--set", item]
+    start = time.monotonic()
+    code = main(args)
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("alpagasus-ray filter: ")
+    assert elapsed < 30 and not out.exists()
+    return err
+
+
+def test_parquet_without_the_mapped_column(capsys, tmp_path, tiny_judge):
+    src = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist([{"instruction": "a", "output": "b", "ctx": "c"}]), src)
+    err = refused(capsys, tmp_path, src, tiny_judge, "input.columns.input=context")
+    assert "column mapping (input.columns.input=context)" in err
+    assert f"no column 'context' in {src}; its columns are: ctx, instruction, output" in err
+
+
+def test_a_typo_in_the_mapping_on_json_lines(capsys, tmp_path, tiny_judge):
+    src = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    err = refused(capsys, tmp_path, src, tiny_judge, "input.columns.instruction=instrution")
+    assert "(input.columns.instruction=instrution)" in err
+    assert "its columns are: input, instruction, output" in err
+
+
+def test_a_default_column_the_data_lacks_is_allowed(tmp_path, tiny_judge):
+    src = write_jsonl(tmp_path / "rows.jsonl", [ROWS[1]])  # no `input` anywhere
+    data = {"input": {"uri": str(src)}, "output": {"uri": str(tmp_path / "o")}}
+    preflight(build_config(JobConfig, {**data, "judge": {"model": str(tiny_judge)}}))
+
+
+def test_a_json_array_is_sampled_without_reading_it_all(capsys, tmp_path, tiny_judge):
+    src = tmp_path / "rows.json"
+    src.write_text('[{"prompt": "a", "completion": "b"}, ' + '{"prompt": "x"}, ' * 50000 + "{}]")
+    err = refused(capsys, tmp_path, src, tiny_judge)
+    assert "(input.columns.instruction=instruction)" in err
+    assert "its columns are: completion, prompt" in err
+
+
+def test_a_judge_path_that_does_not_exist(capsys, tmp_path):
+    src = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    err = refused(capsys, tmp_path, src, tmp_path / "no-such-model")
+    assert err.endswith(f"judge model (judge.model): no such folder '{tmp_path / 'no-such-model'}'")
+
+
+def test_a_judge_that_is_no_hub_id(capsys, tmp_path):
+    src = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    err = refused(capsys, tmp_path, src, "meta llama 8b!")
+    assert "judge model (judge.model): 'meta llama 8b!' is neither a folder nor a hub id" in err
+
+
+def test_a_judge_folder_without_a_tokenizer(capsys, tmp_path):
+    src = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    err = refused(capsys, tmp_path, src, empty)
+    assert f"judge tokenizer (judge.model): cannot load '{empty}'" in err
+
+
+def test_a_corrupt_parquet_file_is_named(capsys, tmp_path, tiny_judge):
+    src = tmp_path / "broken.parquet"
+    src.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+    err = refused(capsys, tmp_path, src, tiny_judge)
+    assert f"input file ({src}): cannot read it" in err
+
+
+def test_a_missing_input_fails_before_ray_starts(tmp_path, tiny_judge):
+    """From a fresh process: the whole command fails in seconds, Ray never started."""
+    out = tmp_path / "out"
+    config = tmp_path / "job.yaml"
+    config.write_text("filter: {threshold: 4.5}\n")
+    cmd = [sys.executable, "-m", "alpagasus_ray.cli", "filter", "--config", str(config),
+           "--set", f"input.uri={tmp_path / 'typo.jsonl'}", "--set", f"output.uri={out}",
+           "--set", f"judge.model={tiny_judge}"]  # fmt: skip
+    start = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines == [f"alpagasus-ray filter: input (input.uri): input {tmp_path}/typo.jsonl "
+                     "does not exist"]  # fmt: skip
+    assert "Started a local Ray instance" not in done.stderr and not out.exists()
+    assert elapsed < 30, elapsed
+
+
+@pytest.mark.parametrize("model", ["Qwen/Qwen2.5-7B-Instruct", "gpt2", "org/model.v1-2_b"])
+def test_hub_ids_are_well_formed(model):
+    from alpagasus_ray.filter.preflight import _HUB_ID
+
+    assert _HUB_ID.match(model)
