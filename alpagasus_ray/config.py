@@ -184,8 +184,8 @@ class JudgeConfig(StrictModel):
     num_cpus_per_replica: float = Field(
         1.0,
         gt=0,
-        description="On a machine with few CPUs keep the actors' CPUs a whole CPU below the "
-        "total: Ray Data's Parquet file-listing task asks for one full CPU.",
+        description="CPUs a replica holds; on a machine with few CPUs leave ray.task_cpus "
+        "free for the read, validate and write tasks.",
     )
     vllm: VLLMConfig = VLLMConfig()
 

@@ -111,7 +111,7 @@ def job_data(input_uri: str, output_uri: str, model: Path) -> dict[str, Any]:
     return {
         "input": {"uri": input_uri},
         "output": {"uri": output_uri, "overwrite": True},
-        # 0.5 CPU actors leave a whole CPU of the 2 for Ray Data's listing and I/O tasks.
+        # 0.5 CPU actors leave CPU of the 2 for Ray Data's read, validate and write tasks.
         "judge": {
             "model": str(model),
             "min_score_mass": 0.0,
