@@ -23,16 +23,20 @@ from ray.data.datasource import FileBasedDatasource
 from alpagasus_ray.schema import RAW_JSON, SOURCE
 
 
-class JsonRecordsDatasource(FileBasedDatasource):
+class _BlockedDatasource(FileBasedDatasource):
+    """A file datasource that yields blocks of at most `rows_per_block` rows."""
+
+    def __init__(self, paths: list[str], *, rows_per_block: int, **kwargs: Any):
+        super().__init__(paths, **kwargs)
+        self.rows_per_block = rows_per_block
+
+
+class JsonRecordsDatasource(_BlockedDatasource):
     """JSON-lines files read line by line, and JSON-array files, as blocks of at most
     `rows_per_block` records. A JSON-lines file streams in bounded memory whatever its size;
     a JSON-array document is one value, so it is parsed whole in its read task (memory about
     a few times the file's size: split such files, or convert them to JSON lines, beyond a
     few GB)."""
-
-    def __init__(self, paths: list[str], *, rows_per_block: int, **kwargs: Any):
-        super().__init__(paths, **kwargs)
-        self.rows_per_block = rows_per_block
 
     def _read_stream(self, f: Any, path: str) -> Iterator[Any]:
         text = io.TextIOWrapper(f, encoding="utf-8", errors="replace")
@@ -60,18 +64,18 @@ def _array_records(text: str) -> Iterator[str]:
         yield json.dumps(record, ensure_ascii=False)
 
 
-class ParquetRecordsDatasource(FileBasedDatasource):
+class ParquetRecordsDatasource(_BlockedDatasource):
     """Parquet files as blocks of at most `rows_per_block` rows, read batch by batch: memory
     follows the row group being read, not the file."""
-
-    def __init__(self, paths: list[str], *, rows_per_block: int, **kwargs: Any):
-        super().__init__(paths, **kwargs)
-        self.rows_per_block = rows_per_block
 
     def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
         return filesystem.open_input_file(path)  # Parquet needs random access (its footer)
 
     def _read_stream(self, f: Any, path: str) -> Iterator[Any]:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=self.rows_per_block):
+        try:
+            parquet = pq.ParquetFile(f)
+        except (OSError, ValueError) as e:  # a corrupt footer: say which file
+            raise OSError(f"input file {path}: cannot read it as Parquet: {e}") from None
+        for batch in parquet.iter_batches(batch_size=self.rows_per_block):
             table = pa.Table.from_batches([batch])
             yield table.append_column("path", pa.array([path] * table.num_rows, pa.string()))
