@@ -36,11 +36,15 @@ def _in_range(value: str, denominator: str | None = None) -> float | None:
     return score if MIN_SCORE <= score <= MAX_SCORE else None
 
 
+def strip_markup(text: object) -> str:
+    """A judge's text without Markdown emphasis and headings ("**Score:** 4" -> "Score: 4");
+    empty for anything that is not text."""
+    return re.sub(r"[*_`#]+", "", text).strip() if isinstance(text, str) else ""
+
+
 def parse_score(text: str) -> float | None:
     """The judge's 0-5 score, or None when the text holds no unambiguous score in range."""
-    if not isinstance(text, str):
-        return None
-    clean = re.sub(r"[*_`#]+", "", text).strip()
+    clean = strip_markup(text)
     if not clean:
         return None
 

@@ -34,6 +34,8 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 
+from alpagasus_ray.engines.parse import strip_markup
+
 PAIR_SYSTEM_PROMPT = (
     "You are a helpful and precise assistant for checking the quality of the answer."
 )
@@ -94,9 +96,7 @@ def parse_pair(text: str | None) -> tuple[float, float] | None:
     labelled with a score somewhere ("Assistant 1: 8 ... Assistant 2: 7"). Anything else is
     unreadable: guessing a pair from stray numbers would invent verdicts.
     """
-    if not isinstance(text, str):
-        return None
-    clean = re.sub(r"[*_`#]+", "", text).strip()
+    clean = strip_markup(text)
     if not clean:
         return None
     first = clean.splitlines()[0]
