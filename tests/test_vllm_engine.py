@@ -216,9 +216,15 @@ def test_smollm2_generate_mode_matches_hf(ray_session, smollm2, smol_input, tmp_
         assert (v[DECISION], v[REASON], v[SCORE]) == (h[DECISION], h[REASON], h[SCORE]), rid
 
 
-def test_evaluation_answers_with_vllm(ray_session, vllm_tiny, tiny_judge, shared_data, tmp_path):
+def test_evaluation_answers_with_vllm(ray_session, vllm_tiny, tiny_judge, tmp_path):
     """The evaluation's answer generation on the vLLM engine stage gives the HF engine's
-    answers; the pairwise judge (HF) then sees the same answers either way."""
+    answers; the pairwise judge (HF) then sees the same answers either way. A test set of
+    its own, so the lane needs nothing beside the repository."""
+    questions = [
+        {"id": i, "question": r["instruction"], "input": r["input"]}
+        for i, r in enumerate(synthetic_examples(8, seed=6))
+    ]
+    test_set = write_jsonl(tmp_path / "questions.jsonl", questions)
     answers = {}
     for engine in ("hf", "vllm"):
         out = tmp_path / engine
@@ -231,8 +237,8 @@ def test_evaluation_answers_with_vllm(ray_session, vllm_tiny, tiny_judge, shared
                            "vllm": {"engine_kwargs": {"enforce_eager": True}}},
             "judge": {"model": str(tiny_judge), "max_new_tokens": 8, "batch_size": 8,
                       "num_cpus_per_replica": 0.5},
-            "data_dir": str(shared_data),
-            "limit": 2,
+            "test_sets": [{"name": "mine", "path": str(test_set), "question": "question",
+                           "id": "id", "input": "input"}],
             "output": {"uri": str(out), "overwrite": True},
         }  # fmt: skip
         manifest = run_evaluate(build_config(EvalConfig, cfg))
