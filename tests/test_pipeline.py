@@ -107,7 +107,7 @@ def test_every_quarantine_reason_is_recorded(filtered):
     assert all(r["reason_detail"] and r["score"] is None for r in rows)
 
 
-def test_manifest_report_and_regeneration(filtered, capsys):
+def test_manifest_report_and_regeneration(filtered, tiny_judge, capsys):
     out, manifest = filtered
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["counts"] == manifest["counts"]
@@ -118,9 +118,14 @@ def test_manifest_report_and_regeneration(filtered, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["counts"] == manifest["counts"]
     assert set(report["per_category"]) >= {"math", "geography", "bad"}
+    assert report["judged"] == {**manifest["judge"], "input": manifest["config"]["input"]["uri"]}
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
-    assert (out / "report.md").read_text().startswith("# AlpaGasus filter report")
+    md = (out / "report.md").read_text()
+    assert md.startswith("# AlpaGasus filter report")
+    # The report alone says what judged which input (regenerated from the manifest here).
+    assert f"Judge `{tiny_judge}` (hf engine, logprobs mode, accuracy, prefix layout)" in md
+    assert f"on `{manifest['config']['input']['uri']}`." in md
 
 
 def test_rerun_gives_identical_decisions(filtered, source, tiny_judge, tmp_path):

@@ -104,7 +104,16 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     tokens = read_output_table(fs, root, columns=[NUM_PROMPT_TOKENS, NUM_OUTPUT_TOKENS])
     prefix_cache = read_prefix_cache(served_name) if served_name else None
     throughput = engine_metrics(tokens, scored - started, cfg.judge, prefix_cache)
-    report = write_report(fs, root, cfg.report, cfg.filter.threshold)
+    judge = {
+        "model": cfg.judge.model,
+        "engine": cfg.judge.engine,
+        "mode": cfg.judge.mode,
+        "dimension": cfg.judge.dimension,
+        "layout": cfg.judge.layout,
+    }
+    report = write_report(
+        fs, root, cfg.report, cfg.filter.threshold, {**judge, "input": cfg.input.uri}
+    )
     finished = time.time()
 
     total = sum(counts.values())
@@ -115,13 +124,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         "invariant": f"rows_read ({rows_read}) == kept + rejected + quarantined + failed ({total})",
         "invariant_ok": rows_read == total,
         "kept_fraction": report["kept_fraction"],
-        "judge": {
-            "model": cfg.judge.model,
-            "engine": cfg.judge.engine,
-            "mode": cfg.judge.mode,
-            "dimension": cfg.judge.dimension,
-            "layout": cfg.judge.layout,
-        },
+        "judge": judge,
         "prompt_hash": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
         "engine_metrics": throughput,
         "threshold": cfg.filter.threshold,

@@ -97,9 +97,14 @@ def histogram_png(scores: list[float], threshold: float, bins: int) -> bytes:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "# AlpaGasus filter report",
-        "",
+    lines = ["# AlpaGasus filter report", ""]
+    if judged := report.get("judged"):
+        lines += [
+            f"Judge `{judged['model']}` ({judged['engine']} engine, {judged['mode']} mode, "
+            f"{judged['dimension']}, {judged['layout']} layout) on `{judged['input']}`.",
+            "",
+        ]
+    lines += [
         f"{report['rows']} rows; threshold {report['threshold']:g}; "
         f"kept fraction {report['kept_fraction']:.1%}.",
         "",
@@ -132,13 +137,21 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(
-    fs: fsspec.AbstractFileSystem, root: str, cfg: ReportConfig, threshold: float
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    cfg: ReportConfig,
+    threshold: float,
+    judged: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """report.json, report.md and the histogram. `judged` says what judged which input (the
+    manifest's `judge` section plus `input`), so a report read alone still says so."""
     schema_names = output_dataset(fs, root).schema.names
     category = _category_column(schema_names, cfg)
     columns = [DECISION, SCORE, REASON] + ([category] if category else [])
     table = read_output_table(fs, root, columns=columns)
     report = compute_report(table, threshold, category)
+    if judged:
+        report["judged"] = judged
     write_json(fs, join(root, REPORT_JSON), report)
     with fs.open(join(root, REPORT_MD), "w") as f:
         f.write(render_markdown(report))
@@ -157,4 +170,5 @@ def regenerate(uri: str, storage: Any = None) -> dict[str, Any]:
         raise FileNotFoundError(f"{uri} has no {MANIFEST}: not a finished filter output")
     manifest = read_json(fs, join(root, MANIFEST))
     cfg = ReportConfig.model_validate(manifest["config"].get("report", {}))
-    return write_report(fs, root, cfg, manifest["threshold"])
+    judged = {**manifest["judge"], "input": manifest["config"]["input"]["uri"]}
+    return write_report(fs, root, cfg, manifest["threshold"], judged)
