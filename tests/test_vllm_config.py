@@ -238,3 +238,13 @@ def test_prefix_cache_counters_of_this_jobs_replicas_only():
         ("10.0.0.5", "cccc3333dddd4444", "0"): {"hits": 100.0, "queries": 400.0},
     }
     assert parse_prefix_cache(PROMETHEUS_TEXT, "job-2", "10.0.0.5") == {}
+
+
+def test_metrics_of_the_drivers_own_node_are_read_on_loopback(ray_session):
+    from alpagasus_ray.engines.vllm_metrics import metrics_endpoints
+
+    endpoints = metrics_endpoints()
+    assert len(endpoints) == 1  # the one local node
+    node, url = endpoints[0]
+    assert node == ray_session.util.get_node_ip_address()
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")

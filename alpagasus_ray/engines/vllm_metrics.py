@@ -39,17 +39,19 @@ class PrefixCacheReading:
 
 
 def metrics_endpoints() -> list[tuple[str, str]]:
-    """(node address, Prometheus URL) of every alive node of the connected Ray cluster."""
+    """(node address, Prometheus URL) of every alive node of the connected Ray cluster. The
+    driver's own node is read on loopback (its metrics agent listens on every interface)."""
     import ray
 
-    return [
-        (
-            n["NodeManagerAddress"],
-            f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics",
-        )
-        for n in ray.nodes()
-        if n.get("Alive") and n.get("MetricsExportPort")
-    ]
+    here = ray.util.get_node_ip_address()
+    endpoints = []
+    for n in ray.nodes():
+        if not (n.get("Alive") and n.get("MetricsExportPort")):
+            continue
+        node = n["NodeManagerAddress"]
+        host = "127.0.0.1" if node == here else node
+        endpoints.append((node, f"http://{host}:{n['MetricsExportPort']}/metrics"))
+    return endpoints
 
 
 def parse_prefix_cache(text: str, served_name: str, node: str) -> Snapshot:

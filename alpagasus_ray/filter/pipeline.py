@@ -80,9 +80,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     init_ray(cfg.ray)
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     served_name = served_model_name() if cfg.judge.engine == "vllm" else None
-    # Lists the input (and loads the judge tokenizer) before the output is touched: a wrong
-    # input.uri fails here, and `overwrite` has not removed a finished output for nothing.
-    ds = build_dataset(cfg, served_name)
+    ds = build_dataset(cfg, served_name)  # plans only; the output is touched after this
     prepare_output(fs, root, cfg.output.overwrite)
     run_id = claim_output(fs, root)
     started = time.time()
@@ -104,13 +102,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     tokens = read_output_table(fs, root, columns=[NUM_PROMPT_TOKENS, NUM_OUTPUT_TOKENS])
     prefix_cache = read_prefix_cache(served_name) if served_name else None
     throughput = engine_metrics(tokens, scored - started, cfg.judge, prefix_cache)
-    judge = {
-        "model": cfg.judge.model,
-        "engine": cfg.judge.engine,
-        "mode": cfg.judge.mode,
-        "dimension": cfg.judge.dimension,
-        "layout": cfg.judge.layout,
-    }
+    judge = cfg.judge.model_dump(include={"model", "engine", "mode", "dimension", "layout"})
     report = write_report(
         fs, root, cfg.report, cfg.filter.threshold, {**judge, "input": cfg.input.uri}
     )
