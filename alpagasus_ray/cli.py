@@ -11,17 +11,35 @@ alpagasus-ray evaluate --config evaluate.yaml
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from alpagasus_ray.config import ConfigError, JobConfig, build_config, load_config
 from alpagasus_ray.filter.preflight import PreflightError
-from alpagasus_ray.io import OutputTakenError, UnfinishedFilterOutput
+from alpagasus_ray.io import (
+    OutputTakenError,
+    UnfinishedFilterOutput,
+    UnreadableInputError,
+    first_line,
+)
 
 DEMO_THRESHOLD = 2.5
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="Ray's own logs and, on failure, the whole traceback (sets ray.verbose=true)",
+    )
+    return common
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -39,16 +57,18 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alpagasus-ray", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_config_args(sub.add_parser("filter", help="score, filter and write a dataset"))
-    rep = sub.add_parser("report", help="regenerate the report of a finished output")
+    common = [_common()]
+    add = functools.partial(sub.add_parser, parents=common)
+    _add_config_args(add("filter", help="score, filter and write a dataset"))
+    rep = add("report", help="regenerate the report of a finished output")
     rep.add_argument("output_uri")
-    demo = sub.add_parser("demo", help="run the real pipeline offline on a tiny random judge")
+    demo = add("demo", help="run the real pipeline offline on a tiny random judge")
     demo.add_argument("--output", default="demo-output", help="output directory")
     demo.add_argument("--rows", type=int, default=200, help="synthetic examples to filter")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
-    _add_config_args(sub.add_parser("evaluate", help="answer the test sets, judge pairwise"))
-    _add_config_args(sub.add_parser("train", help="fine-tune a causal LM on the kept rows"))
-    _add_config_args(sub.add_parser("pipeline", help="filter, then fine-tune on the kept rows"))
+    _add_config_args(add("evaluate", help="answer the test sets, judge pairwise"))
+    _add_config_args(add("train", help="fine-tune a causal LM on the kept rows"))
+    _add_config_args(add("pipeline", help="filter, then fine-tune on the kept rows"))
     return parser
 
 
@@ -192,20 +212,50 @@ COMMANDS = {
 
 
 # Mistakes in what was asked for: one line on stderr, exit code 2, no traceback.
-REFUSALS = (ConfigError, PreflightError, UnfinishedFilterOutput, FileNotFoundError, FileExistsError)
+REFUSALS = (
+    ConfigError,
+    PreflightError,
+    UnfinishedFilterOutput,
+    UnreadableInputError,
+    FileNotFoundError,
+    FileExistsError,
+)
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The exception that started it all: Ray wraps a task's error (`RayTaskError.cause`),
+    Ray Data chains it (`__cause__`); the user needs the first, not the wrappers."""
+    seen: set[int] = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "cause", None)
+        if not isinstance(inner, BaseException):
+            inner = error.__cause__
+        if inner is None:
+            break
+        error = inner
+    return error
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.verbose and hasattr(args, "overrides"):
+        args.overrides.append("ray.verbose=true")
     try:
         COMMANDS[args.command](args)
-    except REFUSALS as e:
-        print(f"alpagasus-ray {args.command}: {e}", file=sys.stderr)
-        return 2
-    except OutputTakenError as e:
-        print(f"alpagasus-ray {args.command}: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:  # noqa: BLE001 - every failure ends in one line (or, verbose, all)
+        cause = root_cause(e)
+        if args.verbose:
+            traceback.print_exception(e)
+        code = 2 if isinstance(cause, REFUSALS) else 1
+        if code == 2 or isinstance(cause, OutputTakenError):
+            line = str(cause)  # ours: already one line that names the key, file or output
+        else:
+            line = f"failed: {first_line(cause)}"
+            line += "" if args.verbose else " (--verbose for details)"
+        print(f"alpagasus-ray {args.command}: {line}", file=sys.stderr)
+        return code
     return 0
 
 

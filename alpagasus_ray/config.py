@@ -80,6 +80,11 @@ class InputConfig(StrictModel):
         description="Rows per block read (a block goes to one judge replica); default: "
         "judge.batch_size, so one big file fans out over every replica.",
     )
+    on_unreadable_file: Literal["fail", "skip"] = Field(
+        "fail",
+        description="fail: a corrupt or unreadable file fails the job, naming it; skip: it is "
+        "skipped and listed in the manifest and report (rows read before the error count).",
+    )
 
 
 class OutputConfig(StrictModel):
@@ -221,6 +226,11 @@ class RayConfig(StrictModel):
     prompt_worker_cpus: float = Field(0.5, gt=0)
     task_cpus: float = Field(
         0.25, gt=0, description="CPUs of the light read/validate/decide/write tasks."
+    )
+    verbose: bool = Field(
+        False,
+        description="Ray's own logs (operator plans, warnings, worker output and tracebacks); "
+        "off, a failure is one line and Ray's logs stay in its session folder. CLI: --verbose.",
     )
 
 

@@ -23,6 +23,7 @@ JSON_EXT = (".json", ".jsonl", ".ndjson")
 DATA_DIR = "data"
 MANIFEST = "manifest.json"
 RUN_MARKER = "run.json"
+READ_LOG_DIR = "read_log"  # one record per input file read: rows, or why it was skipped
 
 
 def filesystem(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -59,7 +60,12 @@ def list_input_files(cfg: InputConfig, storage: StorageConfig) -> tuple[Any, lis
 
 
 def read_input(
-    cfg: InputConfig, storage: StorageConfig, num_cpus: float = 1.0, rows_per_block: int = 64
+    cfg: InputConfig,
+    storage: StorageConfig,
+    num_cpus: float = 1.0,
+    rows_per_block: int = 64,
+    read_log: tuple[fsspec.AbstractFileSystem, str] | None = None,
+    listing: tuple[Any, list[str], str] | None = None,
 ) -> Any:
     """A streaming Ray Dataset of raw rows in blocks of at most `rows_per_block` rows; the
     driver never holds the data.
@@ -67,15 +73,20 @@ def read_input(
     Bounded blocks are what let one big file fan out over every judge replica (a block goes
     to one replica) and keep a worker's memory independent of the file's size. Parquet rows
     keep their columns. JSON and JSONL records become one row each with the record's text in
-    `_json`, so a broken line is one quarantined row, not a failed read.
+    `_json`, so a broken line is one quarantined row, not a failed read. With `read_log`
+    (filesystem, folder), each file read leaves its row count there (`read_log_records`).
+    `listing` is what `list_input_files` returned, when the caller has listed already.
     """
     import ray.data
 
     from alpagasus_ray.sources import JsonRecordsDatasource, ParquetRecordsDatasource
 
-    fs, files, fmt = list_input_files(cfg, storage)
+    fs, files, fmt = listing or list_input_files(cfg, storage)
     kind = ParquetRecordsDatasource if fmt == "parquet" else JsonRecordsDatasource
-    source = kind(files, filesystem=fs, rows_per_block=rows_per_block)
+    skip = cfg.on_unreadable_file == "skip"
+    source = kind(
+        files, filesystem=fs, rows_per_block=rows_per_block, read_log=read_log, skip_unreadable=skip
+    )
     ds = ray.data.read_datasource(source, num_cpus=num_cpus)
     ds = ds.limit(cfg.limit) if cfg.limit else ds
     # Streaming: splits big blocks (a one-row-group Parquet file) and merges tiny ones
@@ -113,6 +124,33 @@ def prepare_output(fs: fsspec.AbstractFileSystem, root: str, overwrite: bool) ->
             )
         fs.rm(root, recursive=True)
     fs.makedirs(root, exist_ok=True)
+
+
+class UnreadableInputError(OSError):
+    """An input file that cannot be opened or parsed, named by its path."""
+
+    def __init__(self, path: str, cause: BaseException | str):
+        self.path, self.cause_line = path, first_line(cause)
+        super().__init__(f"input file ({path}): cannot read it: {self.cause_line}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # raised in Ray workers, rebuilt in the driver
+        return type(self), (self.path, self.cause_line)
+
+
+def first_line(cause: BaseException | str) -> str:
+    text = str(cause).strip()
+    first = text.splitlines()[0] if text else ""
+    return first if isinstance(cause, str) else f"{type(cause).__name__}: {first}"
+
+
+def read_log_records(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
+    """What the read tasks recorded per input file (rows read, and the error of a file
+    skipped as unreadable), by path."""
+    folder = join(root, READ_LOG_DIR)
+    if not fs.exists(folder):
+        return {}
+    records = (read_json(fs, f) for f in fs.find(folder) if f.endswith(".json"))
+    return {r["path"]: r for r in records}
 
 
 class OutputTakenError(RuntimeError):

@@ -4,6 +4,7 @@ imports another to get it."""
 
 from __future__ import annotations
 
+import logging
 import platform
 from importlib import metadata
 from typing import Any
@@ -14,15 +15,29 @@ _VERSIONED = ("alpagasus-ray", "ray", "torch", "transformers", "pyarrow", "s3fs"
 
 
 def init_ray(cfg: RayConfig) -> None:
-    """Join the cluster the job was submitted to, or start a local instance."""
+    """Join the cluster the job was submitted to, or start a local instance. Unless verbose,
+    Ray's own logging is quiet: a failure is said in one line by the CLI, and Ray's logs stay
+    in its session folder (`/tmp/ray/session_latest/logs`)."""
     import ray
+    import ray.data  # noqa: F401 - configures its loggers on import; quieten them after
 
+    level = logging.INFO if cfg.verbose else logging.CRITICAL
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        for handler in logging.getLogger(name).handlers:
+            if _is_console(handler):  # Ray's log files keep everything
+                handler.setLevel(level)
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"address": cfg.address} if cfg.address else {}
     if cfg.num_cpus and not cfg.address:
         kwargs["num_cpus"] = cfg.num_cpus
-    ray.init(**kwargs)
+    ray.init(log_to_driver=cfg.verbose, logging_level=level, **kwargs)
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(
+        handler, logging.FileHandler
+    )
 
 
 def package_versions() -> dict[str, str | None]:

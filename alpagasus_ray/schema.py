@@ -27,6 +27,7 @@ REASON = "reason"
 REASON_DETAIL = "reason_detail"
 NUM_PROMPT_TOKENS = "num_prompt_tokens"
 NUM_OUTPUT_TOKENS = "num_output_tokens"
+SUSPICIOUS = "suspicious"  # the text addresses the judge (filter/suspicious.py)
 
 # Internal columns, dropped before writing.
 RAW_JSON = "_json"
@@ -75,6 +76,7 @@ OUTPUT_SCHEMA = pa.schema(
         (REASON_DETAIL, pa.string()),
         (NUM_PROMPT_TOKENS, pa.int32()),
         (NUM_OUTPUT_TOKENS, pa.int32()),
+        (SUSPICIOUS, pa.bool_()),
     ]
 )
 OWN_COLUMNS = frozenset(OUTPUT_SCHEMA.names) | frozenset(INTERNAL)

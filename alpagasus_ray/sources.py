@@ -10,6 +10,7 @@ Imported by `io.read_input`, so that importing `io` does not load Ray Data.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -20,15 +21,94 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
+from alpagasus_ray.io import UnreadableInputError, first_line
 from alpagasus_ray.schema import RAW_JSON, SOURCE
 
 
-class _BlockedDatasource(FileBasedDatasource):
-    """A file datasource that yields blocks of at most `rows_per_block` rows."""
+class _Unopened:
+    """Stands in for a file that could not be opened, so that a skipping read can record it
+    (Ray opens the file before our `_read_stream` runs)."""
 
-    def __init__(self, paths: list[str], *, rows_per_block: int, **kwargs: Any):
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def __enter__(self) -> _Unopened:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class _BlockedDatasource(FileBasedDatasource):
+    """A file datasource that yields blocks of at most `rows_per_block` rows.
+
+    With `read_log` (filesystem, folder) set, every file read to its end leaves one small
+    JSON record there (path, rows, error): the job counts the rows it read from these as they
+    flow, instead of reading the input a second time. A file that cannot be opened or parsed
+    fails the read with its path; with `skip_unreadable` (`input.on_unreadable_file: skip`)
+    its record says why and how many rows were read before, and the read goes on. Errors
+    that Ray retries (`DataContext.retried_io_errors`: throttling, timeouts) are retried
+    first, never skipped.
+    """
+
+    def __init__(
+        self,
+        paths: list[str],
+        *,
+        rows_per_block: int,
+        read_log: tuple[Any, str] | None = None,
+        skip_unreadable: bool = False,
+        **kwargs: Any,
+    ):
         super().__init__(paths, **kwargs)
         self.rows_per_block = rows_per_block
+        self.read_log = read_log
+        self.skip_unreadable = skip_unreadable
+
+    def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
+        try:
+            return self._open(filesystem, path, **open_args)
+        except Exception as e:  # noqa: BLE001 - any failure to open is the file's
+            return self._skip_or_raise(path, e)
+
+    def _open(self, filesystem: Any, path: str, **open_args: Any) -> Any:
+        return super()._open_input_source(filesystem, path, **open_args)
+
+    def _read_stream(self, f: Any, path: str) -> Iterator[Any]:
+        if isinstance(f, _Unopened):
+            self._log(path, 0, f.error)
+            return
+        rows = 0
+        try:
+            for table in self._blocks(f, path):
+                rows += table.num_rows
+                yield table
+        except Exception as e:  # noqa: BLE001 - a corrupt file, whatever the parser raises
+            self._log(path, rows, self._skip_or_raise(path, e).error)
+            return
+        self._log(path, rows, None)
+
+    def _blocks(self, f: Any, path: str) -> Iterator[pa.Table]:
+        raise NotImplementedError
+
+    def _skip_or_raise(self, path: str, error: Exception) -> _Unopened:
+        """Transient errors go back to Ray, which retries them; others fail with the path,
+        or are skipped when asked to."""
+        if any(pattern in str(error) for pattern in self._data_context.retried_io_errors):
+            raise error
+        if not self.skip_unreadable:
+            raise UnreadableInputError(path, error) from error
+        return _Unopened(error)
+
+    def _log(self, path: str, rows: int, error: Exception | None) -> None:
+        """One record per file, named by its path: a retried read task rewrites the same."""
+        if self.read_log is None:
+            return
+        fs, folder = self.read_log
+        name = hashlib.sha256(path.encode()).hexdigest()[:16] + ".json"
+        record = {"path": path, "rows": rows, "error": error and first_line(error)}
+        with fs.open(f"{folder}/{name}", "w") as out:
+            json.dump(record, out)
 
 
 class JsonRecordsDatasource(_BlockedDatasource):
@@ -38,7 +118,7 @@ class JsonRecordsDatasource(_BlockedDatasource):
     a few times the file's size: split such files, or convert them to JSON lines, beyond a
     few GB)."""
 
-    def _read_stream(self, f: Any, path: str) -> Iterator[Any]:
+    def _blocks(self, f: Any, path: str) -> Iterator[pa.Table]:
         text = io.TextIOWrapper(f, encoding="utf-8", errors="replace")
         first = ""
         while not first.strip() and (line := text.readline()):
@@ -68,14 +148,11 @@ class ParquetRecordsDatasource(_BlockedDatasource):
     """Parquet files as blocks of at most `rows_per_block` rows, read batch by batch: memory
     follows the row group being read, not the file."""
 
-    def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
+    def _open(self, filesystem: Any, path: str, **open_args: Any) -> Any:
         return filesystem.open_input_file(path)  # Parquet needs random access (its footer)
 
-    def _read_stream(self, f: Any, path: str) -> Iterator[Any]:
-        try:
-            parquet = pq.ParquetFile(f)
-        except (OSError, ValueError) as e:  # a corrupt footer: say which file
-            raise OSError(f"input file {path}: cannot read it as Parquet: {e}") from None
+    def _blocks(self, f: Any, path: str) -> Iterator[pa.Table]:
+        parquet = pq.ParquetFile(f)
         for batch in parquet.iter_batches(batch_size=self.rows_per_block):
             table = pa.Table.from_batches([batch])
             yield table.append_column("path", pa.array([path] * table.num_rows, pa.string()))

@@ -17,12 +17,14 @@ from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, Va
 from alpagasus_ray.io import (
     DATA_DIR,
     MANIFEST,
+    READ_LOG_DIR,
     check_claim,
     claim_output,
     filesystem,
     join,
     prepare_output,
     read_input,
+    read_log_records,
     read_output_table,
     write_json,
 )
@@ -42,12 +44,20 @@ def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
     return value if isinstance(value, int) else tuple(value)
 
 
-def build_dataset(cfg: JobConfig, served_name: str | None = None) -> Any:
+def build_dataset(
+    cfg: JobConfig,
+    served_name: str | None = None,
+    listing: tuple[Any, list[str], str] | None = None,
+) -> Any:
     """The lazy Ray Dataset of decided rows, ready to be written. `served_name` names the vLLM
-    replicas, whose metrics the job reads back by it."""
+    replicas, whose metrics the job reads back by it; `listing` is the input preflight listed,
+    so the job reads exactly the files it checked and counts."""
     judge = cfg.judge
     light = cfg.ray.task_cpus
-    ds = read_input(cfg.input, cfg.storage, light, cfg.input.rows_per_block or judge.batch_size)
+    rows_per_block = cfg.input.rows_per_block or judge.batch_size
+    fs, root = filesystem(cfg.output.uri, cfg.storage)
+    read_log = (fs, join(root, READ_LOG_DIR))
+    ds = read_input(cfg.input, cfg.storage, light, rows_per_block, read_log, listing)
     ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
     ds = ds.map_batches(
         PromptStage,
@@ -74,15 +84,35 @@ def build_dataset(cfg: JobConfig, served_name: str | None = None) -> Any:
     return ds.map_batches(DecideStage(cfg.filter.threshold), batch_format="pyarrow", num_cpus=light)
 
 
+def count_read(
+    cfg: JobConfig, fs: Any, root: str, listing: tuple[Any, list[str], str]
+) -> tuple[int, list[dict[str, Any]], list[str]]:
+    """(rows read, files skipped as unreadable, listed files with no read record).
+
+    The read tasks counted every file's rows as they read it (`read_log/`), so the input is
+    read once. A run with `input.limit` stops reading mid-file; its rows are counted by
+    reading that prefix once more (at most `limit` rows).
+    """
+    records = read_log_records(fs, root)
+    skipped = sorted((r for r in records.values() if r["error"]), key=lambda r: r["path"])
+    if cfg.input.limit:
+        rows_per_block = cfg.input.rows_per_block or cfg.judge.batch_size
+        ds = read_input(cfg.input, cfg.storage, cfg.ray.task_cpus, rows_per_block, None, listing)
+        return ds.count(), skipped, []
+    unread = [path for path in listing[1] if path not in records]
+    return sum(r["rows"] for r in records.values()), skipped, unread
+
+
 def run_filter(cfg: JobConfig) -> dict[str, Any]:
     """Run the whole job; returns the manifest (also written, last, to the output)."""
-    preflight(cfg)  # a mistake costs seconds: before Ray starts or the output is touched
+    listing = preflight(cfg)  # a mistake costs seconds: before Ray or the output is touched
     init_ray(cfg.ray)
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     served_name = served_model_name() if cfg.judge.engine == "vllm" else None
-    ds = build_dataset(cfg, served_name)  # plans only; the output is touched after this
+    ds = build_dataset(cfg, served_name, listing)  # plans only; the output is touched after
     prepare_output(fs, root, cfg.output.overwrite)
     run_id = claim_output(fs, root)
+    fs.makedirs(join(root, READ_LOG_DIR), exist_ok=True)
     started = time.time()
 
     ds.write_parquet(
@@ -97,24 +127,28 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     stats = ds.stats()
     log.info("pipeline stats:\n%s", stats)
 
-    rows_read = read_input(cfg.input, cfg.storage, cfg.ray.task_cpus).count()
+    rows_read, skipped, unread = count_read(cfg, fs, root, listing)
     counts = count_decisions(fs, root)
     tokens = read_output_table(fs, root, columns=[NUM_PROMPT_TOKENS, NUM_OUTPUT_TOKENS])
     prefix_cache = read_prefix_cache(served_name) if served_name else None
     throughput = engine_metrics(tokens, scored - started, cfg.judge, prefix_cache)
     judge = cfg.judge.model_dump(include={"model", "engine", "mode", "dimension", "layout"})
-    report = write_report(
-        fs, root, cfg.report, cfg.filter.threshold, {**judge, "input": cfg.input.uri}
-    )
+    judged = {**judge, "input": cfg.input.uri}
+    report = write_report(fs, root, cfg.report, cfg.filter.threshold, judged, skipped)
     finished = time.time()
 
     total = sum(counts.values())
+    invariant = f"rows_read ({rows_read}) == kept + rejected + quarantined + failed ({total})"
+    if unread:
+        invariant += f"; {len(unread)} input files not read to their end, e.g. {unread[0]}"
+    ok = rows_read == total and not unread
     manifest = {
-        "status": "complete" if rows_read == total else "inconsistent",
+        "status": "complete" if ok else "inconsistent",
         "rows_read": rows_read,
         "counts": {d: counts.get(d, 0) for d in DECISIONS},
-        "invariant": f"rows_read ({rows_read}) == kept + rejected + quarantined + failed ({total})",
-        "invariant_ok": rows_read == total,
+        "invariant": invariant,
+        "invariant_ok": ok,
+        "skipped_files": skipped,
         "kept_fraction": report["kept_fraction"],
         "judge": judge,
         "prompt_hash": prompt_hash(cfg.judge.dimension, cfg.judge.layout),

@@ -18,6 +18,7 @@ from alpagasus_ray.io import list_input_files
 
 JSON_SAMPLE_BYTES = 1 << 20  # read at most this much of the first JSON file
 JSON_SAMPLE_RECORDS = 100
+SKIP_PROBE_FILES = 10  # with on_unreadable_file=skip: files tried for a schema
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -28,17 +29,31 @@ class PreflightError(ValueError):
         super().__init__(f"{what} ({where}): {cause}")
 
 
-def preflight(cfg: JobConfig) -> None:
-    """Raise `PreflightError` for the first problem found; return when the job can start."""
+def preflight(cfg: JobConfig) -> tuple[Any, list[str], str]:
+    """Raise `PreflightError` for the first problem found; when the job can start, return
+    the input's listing (filesystem, files, format), which the job then reads."""
     try:
         fs, files, fmt = list_input_files(cfg.input, cfg.storage)
     except (FileNotFoundError, ValueError) as e:
         raise PreflightError("input", "input.uri", str(e)) from None
     except OSError as e:  # credentials, permissions, an unreachable endpoint
         raise PreflightError("input", cfg.input.uri, f"{type(e).__name__}: {e}") from None
-    columns = first_file_columns(fs, files[0], fmt)
-    check_mapping(cfg.input.columns, columns, files[0])
+    path, columns = _first_readable(fs, files, fmt, cfg.input.on_unreadable_file == "skip")
+    check_mapping(cfg.input.columns, columns, path)
     check_judge(cfg.judge)
+    return fs, files, fmt
+
+
+def _first_readable(fs: Any, files: list[str], fmt: str, skip: bool) -> tuple[str, set[str]]:
+    """The first file's columns; when unreadable files are to be skipped, the first readable
+    file's among the first few."""
+    candidates = files[: SKIP_PROBE_FILES if skip else 1]
+    for path in candidates[:-1]:
+        try:
+            return path, first_file_columns(fs, path, fmt)
+        except PreflightError:
+            continue
+    return candidates[-1], first_file_columns(fs, candidates[-1], fmt)
 
 
 def first_file_columns(fs: Any, path: str, fmt: str) -> set[str]:

@@ -22,7 +22,7 @@ from alpagasus_ray.io import (
     write_bytes,
     write_json,
 )
-from alpagasus_ray.schema import DECISION, DECISIONS, REASON, SCORE
+from alpagasus_ray.schema import DECISION, DECISIONS, REASON, SCORE, SUSPICIOUS
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 REPORT_JSON, REPORT_MD, HISTOGRAM = "report.json", "report.md", "score_histogram.png"
@@ -65,6 +65,11 @@ def compute_report(table: pa.Table, threshold: float, category: str | None) -> d
         "score_quantiles": quantiles,
         "reasons": dict(Counter(r for r in table.column(REASON).to_pylist() if r)),
     }
+    if SUSPICIOUS in table.column_names:
+        flagged = Counter(
+            d for d, f in zip(decisions, table.column(SUSPICIOUS).to_pylist(), strict=True) if f
+        )
+        report["suspicious"] = {"rows": sum(flagged.values()), **{d: flagged[d] for d in DECISIONS}}
     if category:
         per: dict[str, Counter] = {}
         for cat, dec in zip(table.column(category).to_pylist(), decisions, strict=True):
@@ -124,6 +129,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["reasons"]:
         lines += ["| reason | rows |", "|---|---:|"]
         lines += [f"| {r} | {n} |" for r, n in sorted(report["reasons"].items())] + [""]
+    if flagged := report.get("suspicious", {}).get("rows"):
+        lines += [
+            f"{flagged} rows address the judge (`suspicious`: instructions to rate, score or "
+            "ignore the rubric); they were judged like the rest: "
+            + ", ".join(f"{report['suspicious'][d]} {d}" for d in DECISIONS)
+            + ".",
+            "",
+        ]
     if "per_category" in report:
         lines += [
             f"| {report['category_column']} | " + " | ".join(DECISIONS) + " |",
@@ -132,6 +145,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         for cat, c in report["per_category"].items():
             lines.append(f"| {cat} | " + " | ".join(str(c[d]) for d in DECISIONS) + " |")
         lines.append("")
+    if skipped := report.get("skipped_files"):
+        lines += [
+            f"{len(skipped)} unreadable input files skipped (`input.on_unreadable_file: skip`):",
+            "",
+            "| file | error | rows read before it |",
+            "|---|---|---:|",
+            *(f"| `{r['path']}` | {r['error']} | {r['rows']} |" for r in skipped),
+            "",
+        ]
     lines.append(f"![score histogram]({HISTOGRAM})")
     return "\n".join(lines) + "\n"
 
@@ -142,16 +164,20 @@ def write_report(
     cfg: ReportConfig,
     threshold: float,
     judged: dict[str, Any] | None = None,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """report.json, report.md and the histogram. `judged` says what judged which input (the
     manifest's `judge` section plus `input`), so a report read alone still says so."""
     schema_names = output_dataset(fs, root).schema.names
     category = _category_column(schema_names, cfg)
     columns = [DECISION, SCORE, REASON] + ([category] if category else [])
+    columns += [SUSPICIOUS] if SUSPICIOUS in schema_names else []
     table = read_output_table(fs, root, columns=columns)
     report = compute_report(table, threshold, category)
     if judged:
         report["judged"] = judged
+    if skipped:
+        report["skipped_files"] = skipped
     write_json(fs, join(root, REPORT_JSON), report)
     with fs.open(join(root, REPORT_MD), "w") as f:
         f.write(render_markdown(report))
@@ -171,4 +197,5 @@ def regenerate(uri: str, storage: Any = None) -> dict[str, Any]:
     manifest = read_json(fs, join(root, MANIFEST))
     cfg = ReportConfig.model_validate(manifest["config"].get("report", {}))
     judged = {**manifest["judge"], "input": manifest["config"]["input"]["uri"]}
-    return write_report(fs, root, cfg, manifest["threshold"], judged)
+    skipped = manifest.get("skipped_files")
+    return write_report(fs, root, cfg, manifest["threshold"], judged, skipped)

@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from alpagasus_ray.config import ColumnMap
+from alpagasus_ray.filter.suspicious import addresses_judge
 from alpagasus_ray.schema import (
     DECISION,
     ID,
@@ -21,6 +22,7 @@ from alpagasus_ray.schema import (
     REASON,
     REASON_DETAIL,
     SOURCE,
+    SUSPICIOUS,
     Decision,
     Reason,
     conform,
@@ -30,7 +32,7 @@ from alpagasus_ray.schema import (
 _MISSING = object()
 RAY_PATH = "path"  # the file-path column Ray Data's Parquet reader adds
 _OWN_HEAD = [ID, INSTRUCTION, INPUT, OUTPUT, SOURCE]
-_OWN_TAIL = [DECISION, REASON, REASON_DETAIL]
+_OWN_TAIL = [SUSPICIOUS, DECISION, REASON, REASON_DETAIL]
 
 
 def content_id(*parts: Any) -> str:
@@ -143,6 +145,7 @@ class ValidateStage:
                 if problem is None
                 else ("quarantined", record)
             )
+        row[SUSPICIOUS] = addresses_judge(*(row[c] for c in (INSTRUCTION, INPUT, OUTPUT)))
         if problem:
             reason, detail = problem
             row.update({DECISION: Decision.QUARANTINED.value, REASON: reason.value})
