@@ -21,6 +21,7 @@ from typing import Any
 
 from alpagasus_ray.config import ConfigError, JobConfig, build_config, load_config
 from alpagasus_ray.filter.preflight import PreflightError
+from alpagasus_ray.filter.resources import ResourceError
 from alpagasus_ray.io import (
     OutputTakenError,
     UnfinishedFilterOutput,
@@ -215,6 +216,7 @@ COMMANDS = {
 REFUSALS = (
     ConfigError,
     PreflightError,
+    ResourceError,
     UnfinishedFilterOutput,
     UnreadableInputError,
     FileNotFoundError,

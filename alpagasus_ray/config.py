@@ -192,6 +192,12 @@ class JudgeConfig(StrictModel):
         description="CPUs a replica holds; on a machine with few CPUs leave ray.task_cpus "
         "free for the read, validate and write tasks.",
     )
+    startup_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long to wait for the first replica's resources (with an autoscaler: "
+        "for the node to come up) before failing the job, naming the resource.",
+    )
     vllm: VLLMConfig = VLLMConfig()
 
     @field_validator("replicas")

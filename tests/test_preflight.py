@@ -124,3 +124,61 @@ def test_hub_ids_are_well_formed(model):
     from alpagasus_ray.filter.preflight import _HUB_ID
 
     assert _HUB_ID.match(model)
+
+
+@pytest.fixture(scope="module")
+def s3_with_auth():
+    """A second moto server on 127.0.0.1 that checks credentials (no IAM users: every key is
+    unknown), in its own process since moto's auth switch is process-wide."""
+    import os
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_wrong_s3_credentials_name_the_server_error_code(
+    capsys, tmp_path, tiny_judge, s3_with_auth
+):
+    err = refused(
+        capsys, tmp_path, "s3://corpus/in/", tiny_judge,
+        f"storage.endpoint_url={s3_with_auth}", "storage.access_key_id=AKIAWRONG",
+        "storage.secret_access_key=wrong", "storage.region=us-east-1",
+    )  # fmt: skip
+    assert err.startswith("alpagasus-ray filter: input (s3://corpus/in/): InvalidAccessKeyId: "), (
+        err
+    )
+
+
+def test_an_output_under_a_file_is_refused(capsys, tmp_path, tiny_judge):
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    err = refused(capsys, tmp_path, src, tiny_judge, f"output.uri={blocker}/out")
+    assert err == (
+        f"alpagasus-ray filter: output (output.uri): cannot create {blocker}/out: "
+        f"{blocker} is not a folder"
+    )
+
+
+def test_a_non_empty_output_is_refused_before_ray_starts(capsys, tmp_path, tiny_judge):
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "result.parquet").write_text("earlier work")
+    err = refused(capsys, tmp_path, src, tiny_judge, f"output.uri={taken}")
+    assert err.endswith(f"{taken} is not empty; set output.overwrite=true to replace it")
+    assert (taken / "result.parquet").read_text() == "earlier work"

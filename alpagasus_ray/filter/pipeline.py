@@ -13,6 +13,7 @@ from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
 from alpagasus_ray.filter.metrics import engine_metrics
 from alpagasus_ray.filter.preflight import preflight
 from alpagasus_ray.filter.report import count_decisions, write_report
+from alpagasus_ray.filter.resources import check_resources
 from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 from alpagasus_ray.io import (
     DATA_DIR,
@@ -110,6 +111,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     served_name = served_model_name() if cfg.judge.engine == "vllm" else None
     ds = build_dataset(cfg, served_name, listing)  # plans only; the output is touched after
+    check_resources(cfg)  # a replica the cluster cannot run fails here, not after hours
     prepare_output(fs, root, cfg.output.overwrite)
     run_id = claim_output(fs, root)
     fs.makedirs(join(root, READ_LOG_DIR), exist_ok=True)

@@ -37,11 +37,54 @@ def preflight(cfg: JobConfig) -> tuple[Any, list[str], str]:
     except (FileNotFoundError, ValueError) as e:
         raise PreflightError("input", "input.uri", str(e)) from None
     except OSError as e:  # credentials, permissions, an unreachable endpoint
-        raise PreflightError("input", cfg.input.uri, f"{type(e).__name__}: {e}") from None
+        raise PreflightError("input", cfg.input.uri, storage_cause(e)) from None
     path, columns = _first_readable(fs, files, fmt, cfg.input.on_unreadable_file == "skip")
     check_mapping(cfg.input.columns, columns, path)
     check_judge(cfg.judge)
+    check_output(cfg)
     return fs, files, fmt
+
+
+def storage_cause(error: BaseException) -> str:
+    """The storage server's own error code and message when there is one (s3fs turns
+    `InvalidAccessKeyId` into a bare `PermissionError: Forbidden`), else the error itself."""
+    seen = error
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict) and response.get("Error"):
+            err = response["Error"]
+            return f"{err.get('Code', '?')}: {err.get('Message', '')}".rstrip(": ")
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(error).__name__}: {error}"
+
+
+def check_output(cfg: JobConfig) -> None:
+    """The output can be written (S3: the bucket answers to these credentials; local: the
+    nearest existing folder is a writable folder), and is empty unless `output.overwrite`."""
+    from alpagasus_ray.io import filesystem
+
+    uri = cfg.output.uri
+    try:
+        fs, root = filesystem(uri, cfg.storage)
+        if fs.exists(root) and not fs.isdir(root):
+            raise PreflightError("output", "output.uri", f"{uri} is a file, not a folder")
+        if fs.exists(root) and fs.ls(root) and not cfg.output.overwrite:
+            raise PreflightError(
+                "output",
+                "output.uri",
+                f"{uri} is not empty; set output.overwrite=true to replace it",
+            )
+        if uri.startswith(("s3://", "s3a://")):
+            fs.ls(root.split("/")[0])  # one cheap call: bucket and credentials
+            return
+    except OSError as e:
+        raise PreflightError("output", uri, storage_cause(e)) from None
+    parent = os.path.abspath(os.path.expanduser(root))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        what = "not a folder" if not os.path.isdir(parent) else "not writable"
+        raise PreflightError("output", "output.uri", f"cannot create {uri}: {parent} is {what}")
 
 
 def _first_readable(fs: Any, files: list[str], fmt: str, skip: bool) -> tuple[str, set[str]]:

@@ -1,0 +1,114 @@
+"""A judge replica the cluster cannot run is refused before any row is read: at once when no
+node can ever fit it (no autoscaler here), after `judge.startup_timeout_s` when it could fit
+but never becomes free; and a CPU plan that leaves nothing for the read tasks is refused."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import job_config, write_jsonl
+
+from alpagasus_ray.cli import main
+from alpagasus_ray.filter.resources import replica_bundles
+
+ROWS = [{"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)} for i in range(8)]
+
+
+def refused(capsys, tmp_path: Path, model: Path, *sets: str) -> tuple[str, float]:
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    config = tmp_path / "job.yaml"
+    config.write_text("judge: {batch_size: 4}\n")
+    args = ["filter", "--config", str(config), "--set", f"input.uri={src}"]
+    args += ["--set", f"output.uri={tmp_path / 'out'}", "--set", f"judge.model={model}"]
+    for item in sets:
+        args += ["--set", item]
+    start = time.monotonic()
+    code = main(args)
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+    return err, elapsed
+
+
+def test_a_gpu_replica_on_a_cluster_without_gpus_fails_at_once(
+    ray_session, capsys, tmp_path, tiny_judge
+):
+    err, elapsed = refused(
+        capsys,
+        tmp_path,
+        tiny_judge,
+        "judge.num_gpus_per_replica=1",
+        "judge.num_cpus_per_replica=0.5",
+    )
+    assert err.startswith(
+        "alpagasus-ray filter: judge replica (judge.num_gpus_per_replica): no node can ever "
+        "fit {CPU: 0.5, GPU: 1} and the cluster has no autoscaler; its nodes have {CPU: 2"
+    ), err
+    assert elapsed < 30, elapsed
+
+
+def test_a_replica_that_never_becomes_free_fails_after_the_startup_timeout(
+    ray_session, capsys, tmp_path, tiny_judge
+):
+    import ray
+
+    @ray.remote(num_cpus=1.5)
+    class Hog:
+        def ping(self) -> bool:
+            return True
+
+    hog = Hog.remote()
+    ray.get(hog.ping.remote())
+    try:
+        err, elapsed = refused(
+            capsys,
+            tmp_path,
+            tiny_judge,
+            "judge.num_cpus_per_replica=1.0",
+            "judge.startup_timeout_s=3",
+        )
+    finally:
+        ray.kill(hog)
+    assert err == (
+        "alpagasus-ray filter: judge replica (judge.num_cpus_per_replica): waited 3 s "
+        "(judge.startup_timeout_s) for 1 x {CPU: 1} (PACK); it never became free"
+    ), err
+    assert 3 <= elapsed < 40, elapsed
+
+
+def test_actors_that_leave_no_cpu_for_reading_are_refused(
+    ray_session, capsys, tmp_path, tiny_judge
+):
+    err, elapsed = refused(
+        capsys, tmp_path, tiny_judge, "judge.replicas=2", "judge.num_cpus_per_replica=0.9"
+    )
+    assert err.startswith("alpagasus-ray filter: CPU plan (judge.replicas x "), err
+    assert "would hold 2.3 of the cluster's 2 CPUs" in err
+    assert elapsed < 30, elapsed
+
+
+@pytest.mark.parametrize(
+    ("sets", "bundles", "key"),
+    [
+        ({}, [{"CPU": 1.0}], "judge.num_cpus_per_replica"),
+        (
+            {"judge__engine": "vllm", "judge__vllm__accelerator_type": "H100"},
+            [{"GPU": 1.0, "accelerator_type:H100": 0.001}],
+            "judge.vllm.accelerator_type",
+        ),
+        (
+            {"judge__engine": "vllm", "judge__vllm__tensor_parallel_size": 2},
+            [{"GPU": 1, "CPU": 1}] * 2,
+            "judge.vllm.tensor_parallel_size x pipeline_parallel_size",
+        ),
+    ],
+)
+def test_what_one_replica_asks_for(tmp_path, sets, bundles, key):
+    cfg = job_config(str(tmp_path), str(tmp_path / "out"), tmp_path, **sets)
+    cfg.judge.num_cpus_per_replica = 1.0
+    assert replica_bundles(cfg)[0] == bundles
+    assert replica_bundles(cfg)[2] == key
