@@ -20,14 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from alpagasus_ray.config import ConfigError, JobConfig, build_config, load_config
+from alpagasus_ray.errors import UnreadableInputError, first_line
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.filter.resources import ResourceError
-from alpagasus_ray.io import (
-    OutputTakenError,
-    UnfinishedFilterOutput,
-    UnreadableInputError,
-    first_line,
-)
+from alpagasus_ray.io import OutputTakenError, UnfinishedFilterOutput
 
 DEMO_THRESHOLD = 2.5
 

@@ -126,23 +126,6 @@ def prepare_output(fs: fsspec.AbstractFileSystem, root: str, overwrite: bool) ->
     fs.makedirs(root, exist_ok=True)
 
 
-class UnreadableInputError(OSError):
-    """An input file that cannot be opened or parsed, named by its path."""
-
-    def __init__(self, path: str, cause: BaseException | str):
-        self.path, self.cause_line = path, first_line(cause)
-        super().__init__(f"input file ({path}): cannot read it: {self.cause_line}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # raised in Ray workers, rebuilt in the driver
-        return type(self), (self.path, self.cause_line)
-
-
-def first_line(cause: BaseException | str) -> str:
-    text = str(cause).strip()
-    first = text.splitlines()[0] if text else ""
-    return first if isinstance(cause, str) else f"{type(cause).__name__}: {first}"
-
-
 def read_log_records(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
     """What the read tasks recorded per input file (rows read, and the error of a file
     skipped as unreadable), by path."""

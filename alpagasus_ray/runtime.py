@@ -11,6 +11,7 @@ from typing import Any
 
 from alpagasus_ray.config import RayConfig
 
+PROGRESS_LOGGER = "progress.logging_progress"  # ray.data._internal.progress.logging_progress
 _VERSIONED = ("alpagasus-ray", "ray", "torch", "transformers", "pyarrow", "s3fs", "vllm")
 
 
@@ -25,13 +26,22 @@ def init_ray(cfg: RayConfig) -> None:
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         for handler in logging.getLogger(name).handlers:
             if _is_console(handler):  # Ray's log files keep everything
-                handler.setLevel(level)
+                handler.setLevel(logging.INFO)
+                handler.removeFilter(_progress_only)
+                if not cfg.verbose:
+                    handler.addFilter(_progress_only)
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"address": cfg.address} if cfg.address else {}
     if cfg.num_cpus and not cfg.address:
         kwargs["num_cpus"] = cfg.num_cpus
     ray.init(log_to_driver=cfg.verbose, logging_level=level, **kwargs)
+
+
+def _progress_only(record: logging.LogRecord) -> bool:
+    """Quiet console: Ray Data's periodic progress lines (a job run without a terminal has
+    no progress bars) and fatal errors only."""
+    return record.name.endswith(PROGRESS_LOGGER) or record.levelno >= logging.CRITICAL
 
 
 def _is_console(handler: logging.Handler) -> bool:

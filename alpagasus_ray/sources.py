@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
-from alpagasus_ray.io import UnreadableInputError, first_line
+from alpagasus_ray.errors import UnreadableInputError, first_line
 from alpagasus_ray.schema import RAW_JSON, SOURCE
 
 

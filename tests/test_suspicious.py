@@ -64,7 +64,8 @@ def test_the_flag_is_a_column_and_the_report_counts_it():
     raws = [r if isinstance(r, str) else json.dumps(r) for r in records]
     out = ValidateStage(ColumnMap())(pa.table({RAW_JSON: raws, SOURCE: ["f"] * 4}))
     assert out.column("suspicious").to_pylist() == [True, False, False, None]
-    table = out.append_column("score", pa.array([4.0, 5.0, None, None], pa.float64()))
+    scores = pa.array([4.0, 5.0, None, None], pa.float64())
+    table = out.set_column(out.column_names.index("score"), "score", scores)
     table = table.set_column(
         table.column_names.index("decision"),
         "decision",
