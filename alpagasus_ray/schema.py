@@ -18,6 +18,7 @@ TRIPLE = (INSTRUCTION, INPUT, OUTPUT)
 # Columns the pipeline adds.
 ID = "id"
 SOURCE = "source"
+SOURCE_ROW = "source_row"  # the row's position in its file: what a resumed run skips by
 DECISION = "decision"
 SCORE = "score"
 SCORE_PROBS = "score_probs"
@@ -29,10 +30,13 @@ NUM_PROMPT_TOKENS = "num_prompt_tokens"
 NUM_OUTPUT_TOKENS = "num_output_tokens"
 SUSPICIOUS = "suspicious"  # the text addresses the judge (filter/suspicious.py)
 
-# Internal columns, dropped before writing.
+# Internal columns, dropped before writing. The readers add READ_SOURCE and READ_ROW, which
+# validation turns into SOURCE and SOURCE_ROW.
 RAW_JSON = "_json"
+READ_SOURCE = "_source"
+READ_ROW = "_row"
 PROMPT_TOKEN_IDS = "_prompt_token_ids"
-INTERNAL = (RAW_JSON, PROMPT_TOKEN_IDS)
+INTERNAL = (RAW_JSON, READ_SOURCE, READ_ROW, PROMPT_TOKEN_IDS)
 
 
 class Decision(str, Enum):
@@ -67,6 +71,7 @@ OUTPUT_SCHEMA = pa.schema(
         (INPUT, pa.string()),
         (OUTPUT, pa.string()),
         (SOURCE, pa.string()),
+        (SOURCE_ROW, pa.int64()),
         (DECISION, pa.string()),
         (SCORE, pa.float64()),
         (SCORE_PROBS, pa.list_(pa.float32())),
@@ -83,6 +88,8 @@ OWN_COLUMNS = frozenset(OUTPUT_SCHEMA.names) | frozenset(INTERNAL)
 
 INTERNAL_TYPES = {
     RAW_JSON: pa.string(),
+    READ_SOURCE: pa.string(),
+    READ_ROW: pa.int64(),
     PROMPT_TOKEN_IDS: pa.list_(pa.int32()),
 }
 

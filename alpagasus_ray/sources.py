@@ -1,12 +1,11 @@
 """The input formats as Ray Data datasources that stream each file in bounded blocks.
 
-JSON and JSON lines: one row per record, keeping its raw text (`_json`) and its file
-(`source`), so validation can quarantine a broken line as one row instead of failing the
-read. Parquet: record batches of its row groups, with the file as `path` (validation turns it
-into `source`). Ray's own `read_parquet` would do for Parquet, but its metadata tasks ask for a
-whole CPU each, which hangs a small cluster whose actors hold all but a fraction of one.
-Imported by `io.read_input`, so that importing `io` does not load Ray Data.
-"""
+Every row carries its file (`_source`) and its position there (`_row`). JSON and JSON lines:
+one row per record, keeping its raw text (`_json`), so that validation can quarantine a
+broken line as one row instead of failing the read. Parquet: record batches of its row
+groups. Ray's own `read_parquet` would do for Parquet, but its metadata tasks ask for a whole
+CPU each, which hangs a small cluster whose actors hold all but a fraction of one. Imported
+by `io.read_input`, so that importing `io` does not load Ray Data."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
 from alpagasus_ray.errors import UnreadableInputError, first_line
-from alpagasus_ray.schema import RAW_JSON, SOURCE
+from alpagasus_ray.schema import RAW_JSON, READ_ROW, READ_SOURCE
 
 
 class _Unopened:
@@ -128,8 +127,10 @@ class JsonRecordsDatasource(_BlockedDatasource):
         else:
             lines = itertools.chain([first], text)
             records = (line.rstrip("\r\n") for line in lines if line.strip())
+        start = 0
         while chunk := list(itertools.islice(records, self.rows_per_block)):
-            yield pa.table({RAW_JSON: chunk, SOURCE: [path] * len(chunk)})
+            yield _positioned(pa.table({RAW_JSON: chunk}), path, start)
+            start += len(chunk)
 
 
 def _array_records(text: str) -> Iterator[str]:
@@ -152,7 +153,15 @@ class ParquetRecordsDatasource(_BlockedDatasource):
         return filesystem.open_input_file(path)  # Parquet needs random access (its footer)
 
     def _blocks(self, f: Any, path: str) -> Iterator[pa.Table]:
-        parquet = pq.ParquetFile(f)
+        parquet, start = pq.ParquetFile(f), 0
         for batch in parquet.iter_batches(batch_size=self.rows_per_block):
-            table = pa.Table.from_batches([batch])
-            yield table.append_column("path", pa.array([path] * table.num_rows, pa.string()))
+            yield _positioned(pa.Table.from_batches([batch]), path, start)
+            start += batch.num_rows
+
+
+def _positioned(table: pa.Table, path: str, start: int) -> pa.Table:
+    """The block with its file and each row's position in it: a row's identity at read time,
+    which a resumed run skips by."""
+    n = table.num_rows
+    table = table.append_column(READ_SOURCE, pa.array([path] * n, pa.string()))
+    return table.append_column(READ_ROW, pa.array(range(start, start + n), pa.int64()))

@@ -11,7 +11,7 @@ from alpagasus_ray.config import ColumnMap
 from alpagasus_ray.filter.report import compute_report
 from alpagasus_ray.filter.stages import ValidateStage
 from alpagasus_ray.filter.suspicious import addresses_judge
-from alpagasus_ray.schema import RAW_JSON, SOURCE
+from alpagasus_ray.schema import RAW_JSON, READ_SOURCE
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_the_flag_is_a_column_and_the_report_counts_it():
         '{"broken',
     ]
     raws = [r if isinstance(r, str) else json.dumps(r) for r in records]
-    out = ValidateStage(ColumnMap())(pa.table({RAW_JSON: raws, SOURCE: ["f"] * 4}))
+    out = ValidateStage(ColumnMap())(pa.table({RAW_JSON: raws, READ_SOURCE: ["f"] * 4}))
     assert out.column("suspicious").to_pylist() == [True, False, False, None]
     scores = pa.array([4.0, 5.0, None, None], pa.float64())
     table = out.set_column(out.column_names.index("score"), "score", scores)

@@ -6,13 +6,13 @@ import pyarrow as pa
 
 from alpagasus_ray.config import ColumnMap
 from alpagasus_ray.filter.stages import ValidateStage
-from alpagasus_ray.schema import OUTPUT_SCHEMA, RAW_JSON, SOURCE
+from alpagasus_ray.schema import OUTPUT_SCHEMA, RAW_JSON, READ_ROW, READ_SOURCE
 from alpagasus_ray.sources import JsonRecordsDatasource
 
 
 def json_table(records: list) -> pa.Table:
     raws = [r if isinstance(r, str) else json.dumps(r) for r in records]
-    return pa.table({RAW_JSON: raws, SOURCE: ["f.jsonl"] * len(raws)})
+    return pa.table({RAW_JSON: raws, READ_SOURCE: ["f.jsonl"] * len(raws)})
 
 
 def by_instruction(table: pa.Table) -> dict:
@@ -105,13 +105,17 @@ def test_parquet_rows_keep_their_arrow_columns_untouched():
             "when": pa.array([1, 2], type=pa.timestamp("ms")),
             "tags": [["x"], []],
             "source": ["alpaca", "dolly"],  # a data column named like ours
-            "path": ["p.parquet", "p.parquet"],  # the file path Ray's reader adds
+            "path": ["a/b", "c/d"],  # a data column, carried as it is
+            READ_SOURCE: ["p.parquet", "p.parquet"],  # the file and positions our reader adds
+            READ_ROW: pa.array([7, 8], pa.int64()),
         }
     )
     out = ValidateStage(ColumnMap())(table)
     assert out.column("source").to_pylist() == ["p.parquet", "p.parquet"]
+    assert out.column("source_row").to_pylist() == [7, 8]
     assert out.column("orig_source").to_pylist() == ["alpaca", "dolly"]
-    assert "path" not in out.column_names
+    assert out.column("path").to_pylist() == ["a/b", "c/d"]
+    assert READ_SOURCE not in out.column_names and READ_ROW not in out.column_names
     assert out.schema.field("when").type == pa.timestamp("ms")
     assert out.column("tags").to_pylist() == [["x"], []]
     assert out.column("decision").to_pylist() == [None, "quarantined"]
@@ -153,7 +157,8 @@ def test_json_files_are_split_into_records(ray_session, tmp_path):
     assert [b.num_rows for b in blocks] == [2, 2]
     rows = pa.concat_tables(blocks).to_pylist()
     assert [r[RAW_JSON] for r in rows] == ['{"a": 1}', '{"a": 2', '{"a": 3}', '{"a": 4}']
-    assert {r[SOURCE] for r in rows} == {str(lines)}
+    assert {r[READ_SOURCE] for r in rows} == {str(lines)}
+    assert [r[READ_ROW] for r in rows] == [0, 1, 2, 3]  # positions count records, not lines
     broken = tmp_path / "y.json"
     broken.write_text('[{"a": 1},')
     (block,) = read_records(broken)

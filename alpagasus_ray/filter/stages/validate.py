@@ -19,9 +19,12 @@ from alpagasus_ray.schema import (
     OUTPUT,
     OWN_COLUMNS,
     RAW_JSON,
+    READ_ROW,
+    READ_SOURCE,
     REASON,
     REASON_DETAIL,
     SOURCE,
+    SOURCE_ROW,
     SUSPICIOUS,
     Decision,
     Reason,
@@ -30,8 +33,7 @@ from alpagasus_ray.schema import (
 )
 
 _MISSING = object()
-RAY_PATH = "path"  # the file-path column Ray Data's Parquet reader adds
-_OWN_HEAD = [ID, INSTRUCTION, INPUT, OUTPUT, SOURCE]
+_OWN_HEAD = [ID, INSTRUCTION, INPUT, OUTPUT, SOURCE, SOURCE_ROW]
 _OWN_TAIL = [SUSPICIOUS, DECISION, REASON, REASON_DETAIL]
 
 
@@ -57,6 +59,13 @@ def quarantined(reason: Reason, detail: str, raw: str, source: str | None) -> di
     }
 
 
+def _read_column(table: pa.Table, name: str) -> list[Any]:
+    """A column the readers add; nulls for a table built some other way."""
+    if name in table.column_names:
+        return table.column(name).to_pylist()
+    return [None] * table.num_rows
+
+
 class ValidateStage:
     def __init__(self, columns: ColumnMap):
         self.columns = columns
@@ -74,20 +83,25 @@ class ValidateStage:
     def _validate_json(self, table: pa.Table) -> pa.Table:
         """JSON input: every record is parsed here, so a broken line is one quarantined row."""
         rows, extras = [], []
-        for raw, source in zip(
-            table.column(RAW_JSON).to_pylist(), table.column(SOURCE).to_pylist(), strict=True
+        positions = zip(
+            _read_column(table, READ_SOURCE), _read_column(table, READ_ROW), strict=True
+        )
+        for raw, (source, position) in zip(
+            table.column(RAW_JSON).to_pylist(), positions, strict=True
         ):
             try:
                 record = json.loads(raw)
             except (json.JSONDecodeError, TypeError) as e:
-                rows.append(quarantined(Reason.MALFORMED_JSON, f"{e}: {raw[:500]}", raw, source))
+                row = quarantined(Reason.MALFORMED_JSON, f"{e}: {raw[:500]}", raw, source)
+                rows.append({**row, SOURCE_ROW: position})
                 continue
             if not isinstance(record, dict):
                 detail = f"record is a JSON {type(record).__name__}, not an object"
-                rows.append(quarantined(Reason.NOT_AN_OBJECT, detail, raw, source))
+                row = quarantined(Reason.NOT_AN_OBJECT, detail, raw, source)
+                rows.append({**row, SOURCE_ROW: position})
                 continue
             row = self.validate(record)
-            row[SOURCE] = source
+            row[SOURCE], row[SOURCE_ROW] = source, position
             for key in record:
                 if key in self.consumed:
                     continue
@@ -108,10 +122,10 @@ class ValidateStage:
             rows.append(self.validate(record))
         own = rows_to_table(rows, [ID, INSTRUCTION, INPUT, OUTPUT, *_OWN_TAIL])
         out = {name: own.column(name) for name in (ID, INSTRUCTION, INPUT, OUTPUT)}
-        if RAY_PATH in table.column_names:
-            out[SOURCE] = table.column(RAY_PATH)
+        out[SOURCE] = pa.array(_read_column(table, READ_SOURCE), pa.string())
+        out[SOURCE_ROW] = pa.array(_read_column(table, READ_ROW), pa.int64())
         for name in table.column_names:
-            if name not in self.consumed and name != RAY_PATH:
+            if name not in self.consumed and name not in (READ_SOURCE, READ_ROW):
                 out[carried_name(name)] = table.column(name)
         for name in _OWN_TAIL:
             out[name] = own.column(name)
