@@ -145,11 +145,13 @@ class UnfinishedFilterOutput(ValueError):
     so a step that wants the kept set refuses it."""
 
 
-def claim_output(fs: fsspec.AbstractFileSystem, root: str) -> str:
-    """Mark the output as this run's (`run.json`); returns the run id that `check_claim`
-    expects to find there at the end."""
+def claim_output(
+    fs: fsspec.AbstractFileSystem, root: str, extra: dict[str, Any] | None = None
+) -> str:
+    """Mark the output as this run's (`run.json`, with `extra`: what a resumed run checks);
+    returns the run id that `check_claim` expects to find there at the end."""
     run_id = uuid.uuid4().hex
-    marker = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()}
+    marker = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), **(extra or {})}
     write_json(fs, join(root, RUN_MARKER), marker)
     return run_id
 

@@ -14,7 +14,9 @@ from alpagasus_ray.filter.metrics import engine_metrics
 from alpagasus_ray.filter.preflight import preflight
 from alpagasus_ray.filter.report import count_decisions, write_report
 from alpagasus_ray.filter.resources import check_resources
+from alpagasus_ray.filter.resume import check_resume, fingerprint, resume_state
 from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
+from alpagasus_ray.filter.stages.skip_done import SkipDoneStage
 from alpagasus_ray.io import (
     DATA_DIR,
     MANIFEST,
@@ -49,16 +51,20 @@ def build_dataset(
     cfg: JobConfig,
     served_name: str | None = None,
     listing: tuple[Any, list[str], str] | None = None,
+    done: Any = None,
 ) -> Any:
     """The lazy Ray Dataset of decided rows, ready to be written. `served_name` names the vLLM
     replicas, whose metrics the job reads back by it; `listing` is the input preflight listed,
-    so the job reads exactly the files it checked and counts."""
+    so the job reads exactly the files it checked and counts; `done` (an object ref to row
+    keys) the rows a resumed run has written already."""
     judge = cfg.judge
     light = cfg.ray.task_cpus
     rows_per_block = cfg.input.rows_per_block or judge.batch_size
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     read_log = (fs, join(root, READ_LOG_DIR))
     ds = read_input(cfg.input, cfg.storage, light, rows_per_block, read_log, listing)
+    if done is not None:
+        ds = ds.map_batches(SkipDoneStage(done), batch_format="pyarrow", num_cpus=light)
     ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
     ds = ds.map_batches(
         PromptStage,
@@ -85,6 +91,10 @@ def build_dataset(
     return ds.map_batches(DecideStage(cfg.filter.threshold), batch_format="pyarrow", num_cpus=light)
 
 
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def count_read(
     cfg: JobConfig, fs: Any, root: str, listing: tuple[Any, list[str], str]
 ) -> tuple[int, list[dict[str, Any]], list[str]]:
@@ -107,15 +117,28 @@ def count_read(
 def run_filter(cfg: JobConfig) -> dict[str, Any]:
     """Run the whole job; returns the manifest (also written, last, to the output)."""
     listing = preflight(cfg)  # a mistake costs seconds: before Ray or the output is touched
-    init_ray(cfg.ray)
     fs, root = filesystem(cfg.output.uri, cfg.storage)
-    served_name = served_model_name() if cfg.judge.engine == "vllm" else None
-    ds = build_dataset(cfg, served_name, listing)  # plans only; the output is touched after
+    previous = check_resume(cfg, fs, root, listing[1])
+    init_ray(cfg.ray)
     check_resources(cfg)  # a replica the cluster cannot run fails here, not after hours
-    prepare_output(fs, root, cfg.output.overwrite)
-    run_id = claim_output(fs, root)
-    fs.makedirs(join(root, READ_LOG_DIR), exist_ok=True)
+    attempts = (previous or {}).get("attempts", [])
+    done, before, cleaned = None, 0, {}
+    if previous:
+        import ray
+
+        keys, cleaned = resume_state(fs, root)
+        done, before = ray.put(keys), len(keys)
+        if attempts:  # what the attempt that was cut off left behind
+            attempts[-1]["rows_written"] = before - attempts[-1]["rows_before"]
+    else:
+        prepare_output(fs, root, cfg.output.overwrite)
     started = time.time()
+    attempts.append({"started_at": _utc(started), "rows_before": before, **cleaned})
+    marker = {"fingerprint": fingerprint(cfg, listing[1]), "attempts": attempts}
+    run_id = claim_output(fs, root, marker)
+    fs.makedirs(join(root, READ_LOG_DIR), exist_ok=True)
+    served_name = served_model_name() if cfg.judge.engine == "vllm" else None
+    ds = build_dataset(cfg, served_name, listing, done)
 
     ds.write_parquet(
         join(root, DATA_DIR),
@@ -140,6 +163,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     finished = time.time()
 
     total = sum(counts.values())
+    attempts[-1]["rows_written"] = total - before
     invariant = f"rows_read ({rows_read}) == kept + rejected + quarantined + failed ({total})"
     if unread:
         invariant += f"; {len(unread)} input files not read to their end, e.g. {unread[0]}"
@@ -162,7 +186,8 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
             "count_and_report": round(finished - scored, 3),
             "total": round(finished - started, 3),
         },
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "started_at": _utc(started),
+        "attempts": attempts,
         "versions": package_versions(),
         "config": cfg.redacted(),
     }

@@ -45,6 +45,20 @@ def preflight(cfg: JobConfig) -> tuple[Any, list[str], str]:
     return fs, files, fmt
 
 
+def _check_reusable(fs: Any, root: str, uri: str) -> None:
+    """A non-empty output without `overwrite` is refused, unless it is an unfinished filter
+    run (`run.json`, no manifest), which this run resumes."""
+    from alpagasus_ray.io import MANIFEST, RUN_MARKER, join
+
+    if fs.exists(join(root, MANIFEST)):
+        cause = f"{uri} holds a finished run; set output.overwrite=true to replace it"
+    elif not fs.exists(join(root, RUN_MARKER)):
+        cause = f"{uri} is not empty; set output.overwrite=true to replace it"
+    else:
+        return
+    raise PreflightError("output", "output.uri", cause)
+
+
 def storage_cause(error: BaseException) -> str:
     """The storage server's own error code and message when there is one (s3fs turns
     `InvalidAccessKeyId` into a bare `PermissionError: Forbidden`), else the error itself."""
@@ -60,7 +74,8 @@ def storage_cause(error: BaseException) -> str:
 
 def check_output(cfg: JobConfig) -> None:
     """The output can be written (S3: the bucket answers to these credentials; local: the
-    nearest existing folder is a writable folder), and is empty unless `output.overwrite`."""
+    nearest existing folder is a writable folder), and is empty unless `output.overwrite`
+    or an unfinished run to resume."""
     from alpagasus_ray.io import filesystem
 
     uri = cfg.output.uri
@@ -69,11 +84,7 @@ def check_output(cfg: JobConfig) -> None:
         if fs.exists(root) and not fs.isdir(root):
             raise PreflightError("output", "output.uri", f"{uri} is a file, not a folder")
         if fs.exists(root) and fs.ls(root) and not cfg.output.overwrite:
-            raise PreflightError(
-                "output",
-                "output.uri",
-                f"{uri} is not empty; set output.overwrite=true to replace it",
-            )
+            _check_reusable(fs, root, uri)
         if uri.startswith(("s3://", "s3a://")):
             fs.ls(root.split("/")[0])  # one cheap call: bucket and credentials
             return

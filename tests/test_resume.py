@@ -1,0 +1,137 @@
+"""A killed run resumes where it stopped: rerunning the same command judges only the rows the
+output lacks, retries `engine_error` rows, drops half-written files, and ends equal to a
+clean run; a rerun with other settings is refused, saying what changed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import job_config, write_jsonl
+
+from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.filter.preflight import PreflightError
+from alpagasus_ray.io import MANIFEST
+from alpagasus_ray.tiny import synthetic_examples
+
+ROWS = 480
+SETTINGS = {"judge__batch_size": 8, "input__rows_per_block": 8, "output__overwrite": False}
+
+
+def rows_by_position(out: Path) -> dict[tuple[str, int], dict]:
+    table = pq.read_table(out / "data", partitioning="hive")
+    rows = table.select(["source", "source_row", "id", "decision", "score", "reason"]).to_pylist()
+    keyed = {(r["source"], r["source_row"]): r for r in rows}
+    assert len(keyed) == len(rows), "a row is in the output twice"
+    return keyed
+
+
+def assert_same_output(resumed: Path, clean: Path) -> None:
+    a, b = rows_by_position(resumed), rows_by_position(clean)
+    assert a.keys() == b.keys()
+    for key, row in b.items():
+        assert (a[key]["id"], a[key]["decision"], a[key]["reason"]) == (
+            row["id"],
+            row["decision"],
+            row["reason"],
+        )
+        if row["score"] is not None:
+            assert a[key]["score"] == pytest.approx(row["score"], abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    rows = synthetic_examples(ROWS, seed=11) + [{"instruction": "no output"}, "{broken"]
+    return write_jsonl(tmp_path_factory.mktemp("resume") / "in.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def clean(ray_session, tiny_judge, source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "out"
+    manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
+    assert manifest["status"] == "complete" and len(manifest["attempts"]) == 1
+    return out
+
+
+def test_a_killed_driver_resumes_and_ends_like_a_clean_run(clean, source, tiny_judge, tmp_path):
+    out = tmp_path / "out"
+    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS)
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    cmd = [sys.executable, "-m", "alpagasus_ray.cli", "filter", "--config", str(config)]
+    driver = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            if len(list((out / "data").rglob("*.parquet"))) >= 3:
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+        driver.wait(timeout=60)
+    assert driver.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / MANIFEST).exists()
+
+    manifest = run_filter(cfg)  # the same command again
+    assert manifest["status"] == "complete", manifest["invariant"]
+    first, second = manifest["attempts"]
+    assert first["rows_written"] > 0 and second["rows_before"] == first["rows_written"]
+    assert second["rows_written"] == ROWS + 2 - second["rows_before"]
+    assert second["rows_written"] < ROWS + 2  # the second attempt judged only the rest
+    assert_same_output(out, clean)
+
+
+def doctored_copy(clean: Path, tmp_path: Path) -> tuple[Path, tuple[str, int]]:
+    """The clean output as a killed run would leave it: no manifest, one row's judgement an
+    `engine_error` in the failed partition, and a half-written data file."""
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    (out / MANIFEST).unlink()
+    kept = sorted((out / "data" / "decision=kept").glob("*.parquet"))[0]
+    table = pq.read_table(kept)
+    victim = table.slice(0, 1).to_pylist()[0]
+    pq.write_table(table.slice(1), kept)
+    failed = out / "data" / "decision=failed"
+    failed.mkdir(exist_ok=True)
+    victim.update(score=None, score_probs=None, reason="engine_error", reason_detail="boom")
+    pq.write_table(pa.Table.from_pylist([victim], schema=table.schema), failed / "err.parquet")
+    (out / "data" / "decision=kept" / "partial.parquet").write_bytes(b"PAR1 cut off")
+    return out, (victim["source"], victim["source_row"])
+
+
+def test_engine_errors_are_judged_again_and_partial_files_dropped(
+    clean, source, tiny_judge, tmp_path
+):
+    out, victim = doctored_copy(clean, tmp_path)
+    manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
+    assert manifest["status"] == "complete", manifest["invariant"]
+    last = manifest["attempts"][-1]
+    assert last["engine_errors_retried"] == 1 and last["partial_files_removed"] == 1
+    assert last["rows_written"] == 1  # the retried row, nothing else judged again
+    assert rows_by_position(out)[victim]["decision"] == "kept"
+    assert_same_output(out, clean)
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"judge__dimension": "helpfulness"}, "judge.dimension"),
+        ({"input__limit": 10}, "input.limit"),
+    ],
+)
+def test_a_rerun_with_other_settings_is_refused(clean, source, tiny_judge, tmp_path, change, key):
+    out, _ = doctored_copy(clean, tmp_path)
+    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, **change)
+    with pytest.raises(PreflightError, match=rf"^resume \({key}\): "):
+        run_filter(cfg)
+    assert (out / "data" / "decision=failed" / "err.parquet").exists()  # untouched
