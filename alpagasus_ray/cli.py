@@ -148,6 +148,11 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_summary(manifest: dict[str, Any], uri: str) -> None:
     c = manifest["counts"]
+    if again := manifest.get("redecided"):
+        print(
+            f"re-decided from the stored scores at threshold {manifest['threshold']:g} "
+            f"(was {again['from_threshold']:g}), no judge call: {again['changed']}"
+        )
     print(
         f"\nrows read {manifest['rows_read']} = kept {c['kept']} + rejected {c['rejected']} + "
         f"quarantined {c['quarantined']} + failed {c['failed']}\n"

@@ -221,6 +221,13 @@ class JudgeConfig(StrictModel):
 
 class FilterConfig(StrictModel):
     threshold: float = Field(4.5, ge=0.0, le=5.0, description="Keep when score >= threshold.")
+    keep_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Keep this share of the scored rows instead (e.g. 0.17, the paper's keep "
+        "rate): the threshold becomes the matching score quantile, decided after judging.",
+    )
 
 
 class RayConfig(StrictModel):

@@ -148,7 +148,7 @@ def test_rerun_gives_identical_decisions(filtered, source, tiny_judge, tmp_path)
 
 def test_existing_output_is_not_overwritten_by_default(filtered, source, tiny_judge):
     cfg = job_config(str(source[0]), str(filtered[0]), tiny_judge, output__overwrite=False)
-    with pytest.raises(PreflightError, match="holds a finished run; set output.overwrite=true"):
+    with pytest.raises(PreflightError, match="holds a finished run"):
         run_filter(cfg)
 
 

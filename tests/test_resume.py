@@ -135,3 +135,41 @@ def test_a_rerun_with_other_settings_is_refused(clean, source, tiny_judge, tmp_p
     with pytest.raises(PreflightError, match=rf"^resume \({key}\): "):
         run_filter(cfg)
     assert (out / "data" / "decision=failed" / "err.parquet").exists()  # untouched
+
+
+def judged_rows(out: Path) -> dict[tuple[str, int], dict]:
+    return {k: r for k, r in rows_by_position(out).items() if r["decision"] in ("kept", "rejected")}
+
+
+def test_a_new_threshold_is_decided_from_the_stored_scores(clean, source, tiny_judge, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    scores = sorted(r["score"] for r in judged_rows(clean).values())
+    threshold = round(scores[len(scores) // 2], 3)  # between the clean run's scores
+    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, filter__threshold=threshold)
+    manifest = run_filter(cfg)
+    assert manifest["redecided"]["judge_calls"] == 0 and manifest["threshold"] == threshold
+    assert len(manifest["attempts"]) == 1  # no new attempt: nothing was judged
+    before, after = rows_by_position(clean), rows_by_position(out)
+    assert before.keys() == after.keys()
+    for key, row in after.items():
+        assert row["score"] == before[key]["score"] and row["id"] == before[key]["id"]
+        if before[key]["decision"] in ("kept", "rejected"):
+            assert row["decision"] == ("kept" if row["score"] >= threshold else "rejected")
+        else:
+            assert row["decision"] == before[key]["decision"]  # no score: stays as it was
+    assert manifest["counts"]["kept"] == sum(s >= threshold for s in scores)
+    assert manifest["status"] == "complete"
+
+
+def test_keep_fraction_keeps_that_share_of_the_scored_rows(clean, source, tiny_judge, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, filter__keep_fraction=0.25)
+    manifest = run_filter(cfg)
+    judged = judged_rows(out).values()
+    kept = [r for r in judged if r["decision"] == "kept"]
+    assert all(r["score"] >= manifest["threshold"] for r in kept)
+    assert all(r["score"] < manifest["threshold"] for r in judged if r["decision"] == "rejected")
+    assert 0.25 <= len(kept) / len(judged) < 0.25 + 5 / len(judged)  # ties at the quantile
+    assert (out / "report.md").read_text().count(f"threshold {manifest['threshold']:g}") == 1

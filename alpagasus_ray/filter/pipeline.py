@@ -12,9 +12,10 @@ from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
 from alpagasus_ray.filter.metrics import engine_metrics
 from alpagasus_ray.filter.preflight import preflight
+from alpagasus_ray.filter.redecide import decision_threshold, redecide, redecide_finished
 from alpagasus_ray.filter.report import count_decisions, write_report
 from alpagasus_ray.filter.resources import check_resources
-from alpagasus_ray.filter.resume import check_resume, fingerprint, resume_state
+from alpagasus_ray.filter.resume import check_rerun, fingerprint, resume_state
 from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 from alpagasus_ray.filter.stages.skip_done import SkipDoneStage
 from alpagasus_ray.io import (
@@ -118,7 +119,9 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     """Run the whole job; returns the manifest (also written, last, to the output)."""
     listing = preflight(cfg)  # a mistake costs seconds: before Ray or the output is touched
     fs, root = filesystem(cfg.output.uri, cfg.storage)
-    previous = check_resume(cfg, fs, root, listing[1])
+    mode, previous = check_rerun(cfg, fs, root, listing[1])
+    if mode == "redecide":  # only filter.threshold / keep_fraction changed: no judge call
+        return redecide_finished(cfg, fs, root, fingerprint(cfg, listing[1]))
     init_ray(cfg.ray)
     check_resources(cfg)  # a replica the cluster cannot run fails here, not after hours
     attempts = (previous or {}).get("attempts", [])
@@ -153,13 +156,16 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     log.info("pipeline stats:\n%s", stats)
 
     rows_read, skipped, unread = count_read(cfg, fs, root, listing)
+    threshold = decision_threshold(cfg, fs, root)
+    if threshold != cfg.filter.threshold:  # keep_fraction: decided now that all are scored
+        redecide(fs, root, threshold)
     counts = count_decisions(fs, root)
     tokens = read_output_table(fs, root, columns=[NUM_PROMPT_TOKENS, NUM_OUTPUT_TOKENS])
     prefix_cache = read_prefix_cache(served_name) if served_name else None
     throughput = engine_metrics(tokens, scored - started, cfg.judge, prefix_cache)
     judge = cfg.judge.model_dump(include={"model", "engine", "mode", "dimension", "layout"})
     judged = {**judge, "input": cfg.input.uri}
-    report = write_report(fs, root, cfg.report, cfg.filter.threshold, judged, skipped)
+    report = write_report(fs, root, cfg.report, threshold, judged, skipped)
     finished = time.time()
 
     total = sum(counts.values())
@@ -179,7 +185,8 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         "judge": judge,
         "prompt_hash": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
         "engine_metrics": throughput,
-        "threshold": cfg.filter.threshold,
+        "threshold": threshold,
+        "keep_fraction": cfg.filter.keep_fraction,
         "rows_per_s": round(rows_read / max(scored - started, 1e-9), 3),
         "timings_s": {
             "score_and_write": round(scored - started, 3),

@@ -46,17 +46,13 @@ def preflight(cfg: JobConfig) -> tuple[Any, list[str], str]:
 
 
 def _check_reusable(fs: Any, root: str, uri: str) -> None:
-    """A non-empty output without `overwrite` is refused, unless it is an unfinished filter
-    run (`run.json`, no manifest), which this run resumes."""
-    from alpagasus_ray.io import MANIFEST, RUN_MARKER, join
+    """A non-empty output without `overwrite` is refused, unless a filter run wrote it
+    (`run.json`): `filter/resume.py` then resumes it or re-decides it, or says why not."""
+    from alpagasus_ray.io import RUN_MARKER, join
 
-    if fs.exists(join(root, MANIFEST)):
-        cause = f"{uri} holds a finished run; set output.overwrite=true to replace it"
-    elif not fs.exists(join(root, RUN_MARKER)):
+    if not fs.exists(join(root, RUN_MARKER)):
         cause = f"{uri} is not empty; set output.overwrite=true to replace it"
-    else:
-        return
-    raise PreflightError("output", "output.uri", cause)
+        raise PreflightError("output", "output.uri", cause)
 
 
 def storage_cause(error: BaseException) -> str:

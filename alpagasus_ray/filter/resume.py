@@ -60,31 +60,43 @@ def fingerprint(cfg: JobConfig, files: list[str]) -> dict[str, Any]:
         **{f"judge.{k}": getattr(cfg.judge, k) for k in _JUDGE_KEYS},
         "prompt": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
         "filter.threshold": cfg.filter.threshold,
+        "filter.keep_fraction": cfg.filter.keep_fraction,
     }
 
 
-def unfinished_run(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, Any] | None:
-    """The `run.json` of an output whose run did not finish (no manifest), else None."""
-    if fs.exists(join(root, MANIFEST)) or not fs.exists(join(root, RUN_MARKER)):
-        return None
-    return read_json(fs, join(root, RUN_MARKER))
+DECISION_KEYS = ("filter.threshold", "filter.keep_fraction")  # re-decided without judging
 
 
-def check_resume(
+def check_rerun(
     cfg: JobConfig, fs: fsspec.AbstractFileSystem, root: str, files: list[str]
-) -> dict[str, Any] | None:
-    """The unfinished run this one continues, or None to start afresh; refuses a rerun whose
-    settings differ from that run's, since its output would mix two kinds of decisions."""
-    run = unfinished_run(fs, root)
-    if run is None or cfg.output.overwrite:
-        return None
+) -> tuple[str, dict[str, Any] | None]:
+    """What a run into an existing output does: ("fresh", None) to start afresh (empty
+    output, or `overwrite`), ("resume", run) to continue an unfinished run, ("redecide", run)
+    when only the decision settings of a finished run changed. Anything else is refused,
+    saying what changed, since the output would mix two kinds of decisions."""
+    if cfg.output.overwrite or not fs.exists(join(root, RUN_MARKER)):
+        return "fresh", None
+    run = read_json(fs, join(root, RUN_MARKER))
+    finished = fs.exists(join(root, MANIFEST))
     start_over = "rerun with its settings, or set output.overwrite=true to start over"
-    if cfg.input.limit:
+    if cfg.input.limit and not finished:
         raise PreflightError(
             "resume", "input.limit", f"a run with a row limit cannot resume {cfg.output.uri}"
         )
     before, now = run.get("fingerprint") or {}, fingerprint(cfg, files)
     changed = [k for k in now if before.get(k) != now[k]]
+    judged_alike = not [k for k in changed if k not in DECISION_KEYS]
+    if finished and changed and judged_alike:
+        return "redecide", run
+    if finished:
+        why = "nothing changed" if not changed else f"{changed[0]} changed"
+        raise PreflightError(
+            "output",
+            "output.uri",
+            f"{cfg.output.uri} holds a finished run ({why}; only filter.threshold or "
+            "filter.keep_fraction can change without judging again); set "
+            "output.overwrite=true to replace it",
+        )
     if changed:
         key = changed[0]
         raise PreflightError(
@@ -93,7 +105,7 @@ def check_resume(
             f"the unfinished run in {cfg.output.uri} used {before.get(key)!r}, this one "
             f"{now[key]!r}; {start_over}",
         )
-    return run
+    return "resume", run
 
 
 def resume_state(fs: fsspec.AbstractFileSystem, root: str) -> tuple[pa.Array, dict[str, int]]:
