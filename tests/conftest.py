@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,33 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+def filter_args(
+    tmp_path: Path, src: Path | str, model: Path | str, *sets: str, config: str = "{}\n"
+) -> list[str]:
+    """`alpagasus-ray filter` arguments: a config file with `config`, then `--set`s for the
+    input, the output (`tmp_path/out`), the judge and `sets`."""
+    path = tmp_path / "job.yaml"
+    path.write_text(config)
+    args = ["filter", "--config", str(path), "--set", f"input.uri={src}"]
+    args += ["--set", f"output.uri={tmp_path / 'out'}", "--set", f"judge.model={model}"]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
+def cli_refusal(capsys: Any, args: list[str]) -> tuple[str, float]:
+    """Run the CLI in-process; assert exit code 2 and one line on stderr; (line, seconds)."""
+    from alpagasus_ray.cli import main
+
+    start = time.monotonic()
+    code = main(args)
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    return err, elapsed
 
 
 def job_data(input_uri: str, output_uri: str, model: Path) -> dict[str, Any]:

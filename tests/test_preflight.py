@@ -11,9 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_jsonl
+from conftest import cli_refusal, filter_args, write_jsonl
 
-from alpagasus_ray.cli import main
 from alpagasus_ray.config import JobConfig, build_config
 from alpagasus_ray.filter.preflight import preflight
 
@@ -25,22 +24,10 @@ ROWS = [
 
 def refused(capsys, tmp_path: Path, src: Path, model: Path | str, *sets: str) -> str:
     """Run the filter CLI; assert exit 2, one stderr line, no output, in seconds."""
-    out = tmp_path / "out"
-    config = tmp_path / "job.yaml"
-    config.write_text("filter: {threshold: 4.5}\n")
-    args = ["filter", "--config", str(config), "--set", f"input.uri={src}"]
-    args += ["--set", f"output.uri={out}"]
-    args += ["--set", f"judge.model={model}"]
-    for item in sets:
-        args += ["--set", item]
-    start = time.monotonic()
-    code = main(args)
-    elapsed = time.monotonic() - start
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
+    args = filter_args(tmp_path, src, model, *sets, config="filter: {threshold: 4.5}\n")
+    err, elapsed = cli_refusal(capsys, args)
     assert err.startswith("alpagasus-ray filter: ")
-    assert elapsed < 30 and not out.exists()
+    assert elapsed < 30 and not (tmp_path / "out").exists()
     return err
 
 

@@ -4,13 +4,11 @@ but never becomes free; and a CPU plan that leaves nothing for the read tasks is
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from conftest import job_config, write_jsonl
+from conftest import cli_refusal, filter_args, job_config, write_jsonl
 
-from alpagasus_ray.cli import main
 from alpagasus_ray.filter.resources import replica_bundles
 
 ROWS = [{"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)} for i in range(8)]
@@ -18,18 +16,8 @@ ROWS = [{"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)} 
 
 def refused(capsys, tmp_path: Path, model: Path, *sets: str) -> tuple[str, float]:
     src = write_jsonl(tmp_path / "in.jsonl", ROWS)
-    config = tmp_path / "job.yaml"
-    config.write_text("judge: {batch_size: 4}\n")
-    args = ["filter", "--config", str(config), "--set", f"input.uri={src}"]
-    args += ["--set", f"output.uri={tmp_path / 'out'}", "--set", f"judge.model={model}"]
-    for item in sets:
-        args += ["--set", item]
-    start = time.monotonic()
-    code = main(args)
-    elapsed = time.monotonic() - start
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
+    args = filter_args(tmp_path, src, model, *sets, config="judge: {batch_size: 4}\n")
+    err, elapsed = cli_refusal(capsys, args)
     assert not (tmp_path / "out").exists()
     return err, elapsed
 

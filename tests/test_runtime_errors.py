@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import job_config
+from conftest import filter_args, job_config
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.filter.pipeline import run_filter
@@ -38,14 +38,7 @@ def broken_second_row_group(path: Path) -> Path:
     return path
 
 
-def filter_args(tmp_path: Path, src: Path, model: Path, *sets: str) -> list[str]:
-    config = tmp_path / "job.yaml"
-    config.write_text("judge: {num_cpus_per_replica: 0.5, batch_size: 16}\n")
-    args = ["filter", "--config", str(config), "--set", f"input.uri={src}"]
-    args += ["--set", f"output.uri={tmp_path / 'out'}", "--set", f"judge.model={model}"]
-    for item in sets:
-        args += ["--set", item]
-    return args
+JOB = "judge: {num_cpus_per_replica: 0.5, batch_size: 16}\n"
 
 
 def test_a_corrupt_file_after_the_first_fails_with_its_path(
@@ -55,7 +48,7 @@ def test_a_corrupt_file_after_the_first_fails_with_its_path(
     bad = tmp_path / "in" / "b.parquet"
     bad.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")  # preflight reads only the first file
     start = time.monotonic()
-    code = main(filter_args(tmp_path, tmp_path / "in", tiny_judge))
+    code = main(filter_args(tmp_path, tmp_path / "in", tiny_judge, config=JOB))
     elapsed = time.monotonic() - start
     err = capsys.readouterr().err.strip()
     assert code == 2, err
@@ -91,7 +84,9 @@ def test_unreadable_files_are_skipped_and_listed(ray_session, tmp_path, tiny_jud
 
 
 def test_verbose_brings_back_the_traceback(capsys, tmp_path, tiny_judge):
-    code = main(filter_args(tmp_path, tmp_path / "typo.jsonl", tiny_judge) + ["--verbose"])
+    code = main(
+        filter_args(tmp_path, tmp_path / "typo.jsonl", tiny_judge, config=JOB) + ["--verbose"]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback (most recent call last)" in err
