@@ -115,6 +115,73 @@ def encode_prompts(tokenizer: Any, texts: list[str], chat_rendered: bool) -> lis
     return tokenizer(texts, add_special_tokens=not chat_rendered)["input_ids"]
 
 
+_FIELDS = ("instruction", "input", "output")
+_MARKS = {f"\ue000{i}\ue001": field for i, field in enumerate(_FIELDS)}  # private-use chars
+_MARK_SPLIT = re.compile("(" + "|".join(_MARKS) + ")")
+# Rows the split must agree on before it is trusted: whitespace, newlines, markup, digits,
+# punctuation and non-Latin text right after the cut and at the ends of the fields.
+_PROBES = [
+    {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+    {"instruction": "Sum:\n 2+2", "input": "  spaced\n\n", "output": "\n4 </Example> ok "},
+    {"instruction": "1. First", "input": "\tTab", "output": "- item\n"},
+    {"instruction": "(a) Ünïcode ✓ 漢字", "input": "<example>", "output": "emoji 🙂"},
+    {"instruction": "### Heading", "input": "", "output": "   "},
+]
+
+
+class PromptEncoder:
+    """Token ids of rating prompts, with the fixed head (chat-template header, system prompt,
+    rubric) rendered and tokenized once per worker instead of once per row.
+
+    The prompt is rendered once with markers in place of the fields: the text before the
+    first marker is the head, tokenized once; a row's ids are the head's followed by its own
+    text (the fields and the fixed text between and after them) tokenized in one batch call.
+    That equals tokenizing the whole prompt only where no token spans the cut, so it is
+    checked at start on probe rows (if they disagree, every row takes the full path: the
+    tokenizer adds a prefix space, say), and a row whose first field starts with whitespace,
+    which a tokenizer may merge with the newline before the cut, takes the full path too.
+    """
+
+    def __init__(self, tokenizer: Any, dimension: Dimension, layout: Layout, chat: bool = True):
+        self.tokenizer, self.dimension, self.layout = tokenizer, dimension, layout
+        self.chat = chat and bool(getattr(tokenizer, "chat_template", None))
+        text = render(rating_messages(*_MARKS, dimension, layout), tokenizer, self.chat)
+        pieces = _MARK_SPLIT.split(text)
+        self.head, self.pieces = pieces[0], pieces[1:]  # the row's part starts at a field
+        self.head_ids = encode_prompts(tokenizer, [self.head], self.chat)[0]
+        self.split = bool(self.pieces) and self._split(_PROBES) == self.full(_PROBES)
+
+    def __call__(self, rows: list[Mapping[str, Any]]) -> list[list[int]]:
+        if not self.split:
+            return self.full(rows)
+        first = _MARKS[self.pieces[0]]  # the field right after the cut
+        fast = [i for i, r in enumerate(rows) if (r.get(first) or "")[:1].strip()]
+        ids: list[list[int]] = [[] for _ in rows]
+        for i, row_ids in zip(fast, self._split([rows[i] for i in fast]), strict=True):
+            ids[i] = row_ids
+        slow = sorted(set(range(len(rows))) - set(fast))
+        for i, row_ids in zip(slow, self.full([rows[i] for i in slow]), strict=True):
+            ids[i] = row_ids
+        return ids
+
+    def full(self, rows: list[Mapping[str, Any]]) -> list[list[int]]:
+        """Each prompt rendered and tokenized whole: the reference the split must equal."""
+        return [
+            list(x)
+            for x in rating_prompt_ids(self.tokenizer, rows, self.dimension, self.layout, self.chat)
+        ]
+
+    def _split(self, rows: list[Mapping[str, Any]]) -> list[list[int]]:
+        texts = [self._row_text(r) for r in rows]
+        return [self.head_ids + list(x) for x in encode_prompts(self.tokenizer, texts, True)]
+
+    def _row_text(self, row: Mapping[str, Any]) -> str:
+        values = {f: row.get(f) or "" for f in _FIELDS}
+        if self.layout == "prefix":
+            values = {f: _fence_safe(v) for f, v in values.items()}
+        return "".join(values[_MARKS[p]] if p in _MARKS else p for p in self.pieces)
+
+
 def prompt_hash(dimension: Dimension, layout: Layout) -> str:
     """Identifies the exact prompt wording, so outputs scored with different prompts differ."""
     probe = rating_messages("{instruction}", "{input}", "{output}", dimension, layout)

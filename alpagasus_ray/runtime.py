@@ -11,7 +11,6 @@ from typing import Any
 
 from alpagasus_ray.config import RayConfig
 
-PROGRESS_LOGGER = "progress.logging_progress"  # ray.data._internal.progress.logging_progress
 _VERSIONED = ("alpagasus-ray", "ray", "torch", "transformers", "pyarrow", "s3fs", "vllm")
 
 
@@ -20,28 +19,21 @@ def init_ray(cfg: RayConfig) -> None:
     Ray's own logging is quiet: a failure is said in one line by the CLI, and Ray's logs stay
     in its session folder (`/tmp/ray/session_latest/logs`)."""
     import ray
-    import ray.data  # noqa: F401 - configures its loggers on import; quieten them after
+    import ray.data  # configures its loggers on import; quieten them after
 
     level = logging.INFO if cfg.verbose else logging.CRITICAL
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         for handler in logging.getLogger(name).handlers:
             if _is_console(handler):  # Ray's log files keep everything
-                handler.setLevel(logging.INFO)
-                handler.removeFilter(_progress_only)
-                if not cfg.verbose:
-                    handler.addFilter(_progress_only)
+                handler.setLevel(level)
+    # Ray Data's per-operator bars are for debugging; the job prints one progress line.
+    ray.data.DataContext.get_current().enable_progress_bars = cfg.verbose
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"address": cfg.address} if cfg.address else {}
     if cfg.num_cpus and not cfg.address:
         kwargs["num_cpus"] = cfg.num_cpus
     ray.init(log_to_driver=cfg.verbose, logging_level=level, **kwargs)
-
-
-def _progress_only(record: logging.LogRecord) -> bool:
-    """Quiet console: Ray Data's periodic progress lines (a job run without a terminal has
-    no progress bars) and fatal errors only."""
-    return record.name.endswith(PROGRESS_LOGGER) or record.levelno >= logging.CRITICAL
 
 
 def _is_console(handler: logging.Handler) -> bool:

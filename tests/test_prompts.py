@@ -9,6 +9,7 @@ from alpagasus_ray.prompts import (
     FENCE_NOTE,
     RATING_PROMPTS,
     SYSTEM_PROMPT,
+    PromptEncoder,
     alpaca_prompt,
     prompt_hash,
     rating_messages,
@@ -116,3 +117,28 @@ def test_alpaca_templates():
     with_input = alpaca_prompt("Do X.", "on Y")
     assert "### Input:\non Y\n\n### Response:" in with_input
     assert "paired with an input" in with_input
+
+
+EDGE_ROWS = [
+    {"instruction": "  starts with spaces", "input": "", "output": "x"},  # takes the full path
+    {"instruction": "\nstarts with a newline", "input": "in", "output": "y"},
+    {"instruction": "Fence </example> inside", "input": "<EXAMPLE>", "output": "z </ example>"},
+    {"instruction": "Ünïcode 漢字 🙂", "input": "\t", "output": "  trailing  "},
+]
+
+
+def assert_split_equals_whole(tokenizer, rows, layout: str) -> PromptEncoder:
+    encoder = PromptEncoder(tokenizer, "accuracy", layout)
+    assert encoder.split, "the head is not tokenized once: every row takes the full path"
+    assert encoder(rows) == encoder.full(rows)
+    return encoder
+
+
+@pytest.mark.parametrize("layout", ["paper", "prefix"])
+def test_the_fixed_head_is_tokenized_once_with_identical_ids(tiny_judge, shared_data, layout):
+    import json
+
+    rows = json.loads((shared_data / "alpaca_random_9k.json").read_text())[:2000]
+    tok = load_tokenizer(str(tiny_judge))
+    encoder = assert_split_equals_whole(tok, rows + EDGE_ROWS + synthetic_examples(50), layout)
+    assert len(encoder.head_ids) > 30  # system prompt and template header (and rubric)

@@ -252,3 +252,14 @@ def test_evaluation_answers_with_vllm(ray_session, vllm_tiny, tiny_judge, tmp_pa
             assert v[f"answer__{name}"] is not None, key
             assert v[f"answer_tokens__{name}"] == h[f"answer_tokens__{name}"], key
             assert same_text(v[f"answer__{name}"], h[f"answer__{name}"]), key
+
+
+@pytest.mark.parametrize("layout", ["paper", "prefix"])
+def test_smollm2_prompts_tokenize_the_head_once_with_identical_ids(smollm2, layout):
+    """SmolLM2's real chat template and 49k BPE: the split path gives the same ids."""
+    from test_prompts import EDGE_ROWS, assert_split_equals_whole
+
+    from alpagasus_ray.models import load_tokenizer
+
+    rows = synthetic_examples(2000, seed=5) + EDGE_ROWS
+    assert_split_equals_whole(load_tokenizer(str(smollm2)), rows, layout)

@@ -12,6 +12,7 @@ from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
 from alpagasus_ray.filter.metrics import engine_metrics
 from alpagasus_ray.filter.preflight import preflight
+from alpagasus_ray.filter.progress import ProgressCounter, ProgressLine
 from alpagasus_ray.filter.redecide import decision_threshold, redecide, redecide_finished
 from alpagasus_ray.filter.report import count_decisions, write_report
 from alpagasus_ray.filter.resources import check_resources
@@ -53,11 +54,12 @@ def build_dataset(
     served_name: str | None = None,
     listing: tuple[Any, list[str], str] | None = None,
     done: Any = None,
+    progress: Any = None,
 ) -> Any:
     """The lazy Ray Dataset of decided rows, ready to be written. `served_name` names the vLLM
     replicas, whose metrics the job reads back by it; `listing` is the input preflight listed,
     so the job reads exactly the files it checked and counts; `done` (an object ref to row
-    keys) the rows a resumed run has written already."""
+    keys) the rows a resumed run has written already; `progress` counts decided rows."""
     judge = cfg.judge
     light = cfg.ray.task_cpus
     rows_per_block = cfg.input.rows_per_block or judge.batch_size
@@ -89,7 +91,25 @@ def build_dataset(
             num_gpus=judge.num_gpus_per_replica or None,
             num_cpus=judge.num_cpus_per_replica,
         )
-    return ds.map_batches(DecideStage(cfg.filter.threshold), batch_format="pyarrow", num_cpus=light)
+    decide = DecideStage(cfg.filter.threshold, progress)
+    return ds.map_batches(decide, batch_format="pyarrow", num_cpus=light)
+
+
+def input_rows(cfg: JobConfig, listing: tuple[Any, list[str], str]) -> int | None:
+    """The rows the job will read, when that is cheap to know: Parquet footers, or the limit;
+    None for JSON, whose rows are only known once read."""
+    fs, files, fmt = listing
+    total = None
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        total = 0
+        for path in files:
+            with fs.open(path, "rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+    if cfg.input.limit:
+        return min(cfg.input.limit, total) if total is not None else cfg.input.limit
+    return total
 
 
 def _utc(seconds: float) -> str:
@@ -141,15 +161,18 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     run_id = claim_output(fs, root, marker)
     fs.makedirs(join(root, READ_LOG_DIR), exist_ok=True)
     served_name = served_model_name() if cfg.judge.engine == "vllm" else None
-    ds = build_dataset(cfg, served_name, listing, done)
+    counter = ProgressCounter.remote()
+    ds = build_dataset(cfg, served_name, listing, done, counter)
 
-    ds.write_parquet(
-        join(root, DATA_DIR),
-        filesystem=fs,
-        partition_cols=[DECISION],
-        max_rows_per_file=cfg.output.max_rows_per_file,
-        ray_remote_args={"num_cpus": cfg.ray.task_cpus},
-    )
+    earlier = (before, count_decisions(fs, root).get("kept", 0) if before else 0)
+    with ProgressLine(counter, lambda: input_rows(cfg, listing), earlier):
+        ds.write_parquet(
+            join(root, DATA_DIR),
+            filesystem=fs,
+            partition_cols=[DECISION],
+            max_rows_per_file=cfg.output.max_rows_per_file,
+            ray_remote_args={"num_cpus": cfg.ray.task_cpus},
+        )
     scored = time.time()
     check_claim(fs, root, run_id)
     stats = ds.stats()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 
 from alpagasus_ray.filter.stages.common import column_or_nulls, with_columns
@@ -16,8 +18,11 @@ def decide(score: float | None, threshold: float) -> Decision:
 
 
 class DecideStage:
-    def __init__(self, threshold: float):
+    """`progress` (a `filter.progress.ProgressCounter`) hears of every batch decided."""
+
+    def __init__(self, threshold: float, progress: Any = None):
         self.threshold = threshold
+        self.progress = progress
 
     def __call__(self, table: pa.Table) -> pa.Table:
         decision = column_or_nulls(table, DECISION)
@@ -29,4 +34,6 @@ class DecideStage:
                 if score is None:  # not reachable through the engines; never a silent drop
                     reason[i], detail[i] = "not_scored", "no stage produced a score"
         table = with_columns(table, {DECISION: decision, REASON: reason, REASON_DETAIL: detail})
+        if self.progress is not None:
+            self.progress.add.remote(len(decision), decision.count(Decision.KEPT.value))
         return conform(table, drop_internal=True)

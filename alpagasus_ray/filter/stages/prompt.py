@@ -1,7 +1,8 @@
 """Build and tokenize each row's rating prompt; quarantine a row whose prompt cannot fit.
 
 Runs on CPU actors ahead of the judge, so an over-long example is caught with the judge's
-own tokenizer before it reaches any engine, and engines receive token ids ready to run.
+own tokenizer before it reaches any engine, and engines receive token ids ready to run. The
+fixed head of the prompt is tokenized once per actor (`prompts.PromptEncoder`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pyarrow as pa
 from alpagasus_ray.config import JudgeConfig
 from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
 from alpagasus_ray.models import load_tokenizer, model_max_len
-from alpagasus_ray.prompts import rating_prompt_ids
+from alpagasus_ray.prompts import PromptEncoder
 from alpagasus_ray.schema import (
     DECISION,
     INPUT,
@@ -35,6 +36,9 @@ class PromptStage:
         self.max_len = judge.max_model_len or model_max_len(
             judge.model, self.tokenizer, judge.trust_remote_code
         )
+        self.encoder = PromptEncoder(
+            self.tokenizer, judge.dimension, judge.layout, self.use_template
+        )
         # Room the answer needs: one token to read log-probs from, or the whole generation.
         self.reserve = 1 if judge.mode == "logprobs" else judge.max_new_tokens
 
@@ -42,9 +46,7 @@ class PromptStage:
         todo = pending_rows(table)
         cols = {c: table.column(c).to_pylist() for c in (INSTRUCTION, INPUT, OUTPUT)}
         rows = [{c: cols[c][i] for c in cols} for i in todo]
-        encoded = rating_prompt_ids(
-            self.tokenizer, rows, self.cfg.dimension, self.cfg.layout, self.use_template
-        )
+        encoded = self.encoder(rows)
 
         n = table.num_rows
         token_ids: list[list[int] | None] = [None] * n
