@@ -122,6 +122,32 @@ def test_engine_errors_are_judged_again_and_partial_files_dropped(
     assert_same_output(out, clean)
 
 
+def test_files_a_killed_attempt_writes_late_are_not_counted_twice(
+    clean, source, tiny_judge, tmp_path, monkeypatch
+):
+    """A killed driver's write tasks can finish a moment after the rerun took stock (seen in
+    the SIGKILL test above): their rows are judged again, and their file must go."""
+    import alpagasus_ray.filter.pipeline as pipeline
+
+    out, _ = doctored_copy(clean, tmp_path)
+    late = sorted((out / "data" / "decision=rejected").glob("*.parquet"))[0]
+    parked = tmp_path / late.name
+    late.rename(parked)
+    taking_stock = pipeline.resume_state
+
+    def then_the_late_file_lands(fs, root):
+        state = taking_stock(fs, root)
+        parked.rename(late)  # written by the dead attempt's orphan task, after the stock-take
+        return state
+
+    monkeypatch.setattr(pipeline, "resume_state", then_the_late_file_lands)
+    manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
+    assert manifest["status"] == "complete", manifest["invariant"]
+    assert manifest["attempts"][-1]["late_files_removed"] == 1
+    assert not late.exists()
+    assert_same_output(out, clean)  # every row once
+
+
 @pytest.mark.parametrize(
     ("change", "key"),
     [

@@ -16,7 +16,12 @@ from alpagasus_ray.filter.progress import ProgressCounter, ProgressLine
 from alpagasus_ray.filter.redecide import decision_threshold, redecide, redecide_finished
 from alpagasus_ray.filter.report import count_decisions, write_report
 from alpagasus_ray.filter.resources import check_resources
-from alpagasus_ray.filter.resume import check_rerun, fingerprint, resume_state
+from alpagasus_ray.filter.resume import (
+    check_rerun,
+    fingerprint,
+    remove_late_files,
+    resume_state,
+)
 from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 from alpagasus_ray.filter.stages.skip_done import SkipDoneStage
 from alpagasus_ray.io import (
@@ -145,11 +150,11 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     init_ray(cfg.ray)
     check_resources(cfg)  # a replica the cluster cannot run fails here, not after hours
     attempts = (previous or {}).get("attempts", [])
-    done, before, cleaned = None, 0, {}
+    done, before, cleaned, kept_files = None, 0, {}, set()
     if previous:
         import ray
 
-        keys, cleaned = resume_state(fs, root)
+        keys, cleaned, kept_files = resume_state(fs, root)
         done, before = ray.put(keys), len(keys)
         if attempts:  # what the attempt that was cut off left behind
             attempts[-1]["rows_written"] = before - attempts[-1]["rows_before"]
@@ -159,10 +164,13 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     attempts.append({"started_at": _utc(started), "rows_before": before, **cleaned})
     marker = {"fingerprint": fingerprint(cfg, listing[1]), "attempts": attempts}
     run_id = claim_output(fs, root, marker)
+    attempt = f"{run_id[:12]}-{len(attempts)}"  # the prefix of this attempt's data files
     fs.makedirs(join(root, READ_LOG_DIR), exist_ok=True)
     served_name = served_model_name() if cfg.judge.engine == "vllm" else None
     counter = ProgressCounter.remote()
     ds = build_dataset(cfg, served_name, listing, done, counter)
+
+    from ray.data.datasource import FilenameProvider
 
     earlier = (before, count_decisions(fs, root).get("kept", 0) if before else 0)
     with ProgressLine(counter, lambda: input_rows(cfg, listing), earlier):
@@ -172,9 +180,13 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
             partition_cols=[DECISION],
             max_rows_per_file=cfg.output.max_rows_per_file,
             ray_remote_args={"num_cpus": cfg.ray.task_cpus},
+            filename_provider=FilenameProvider(dataset_uuid=attempt, file_format="parquet"),
         )
     scored = time.time()
     check_claim(fs, root, run_id)
+    late = remove_late_files(fs, root, attempt, kept_files)
+    if late:
+        attempts[-1]["late_files_removed"] = late
     stats = ds.stats()
     log.info("pipeline stats:\n%s", stats)
 

@@ -108,11 +108,36 @@ def check_rerun(
     return "resume", run
 
 
-def resume_state(fs: fsspec.AbstractFileSystem, root: str) -> tuple[pa.Array, dict[str, int]]:
-    """Make the unfinished output consistent (steps 2 of the module docstring) and return
-    the keys of the rows it holds, with what was cleaned up."""
+def data_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
     data = join(root, DATA_DIR)
-    files = [f for f in fs.find(data) if f.endswith(".parquet")] if fs.exists(data) else []
+    return [f for f in fs.find(data) if f.endswith(".parquet")] if fs.exists(data) else []
+
+
+def remove_late_files(
+    fs: fsspec.AbstractFileSystem, root: str, attempt: str, kept: set[str]
+) -> int:
+    """Remove the data files that an earlier attempt's tasks finished after this attempt
+    took stock of the output (a killed driver's write tasks can outlive it by a moment):
+    their rows were not in the output then, so this attempt judged and wrote them again.
+    This attempt's own files start with `attempt`; `kept` is what it found at start."""
+    late = [
+        f
+        for f in data_files(fs, root)
+        if f not in kept and not f.rsplit("/", 1)[-1].startswith(attempt)
+    ]
+    for path in late:
+        fs.rm(path)
+    if late:
+        log.info("removed %d data files written late by an earlier attempt", len(late))
+    return len(late)
+
+
+def resume_state(
+    fs: fsspec.AbstractFileSystem, root: str
+) -> tuple[pa.Array, dict[str, int], set[str]]:
+    """Make the unfinished output consistent (steps 2 of the module docstring) and return
+    the keys of the rows it holds, what was cleaned up, and the data files it kept."""
+    files = data_files(fs, root)
     removed = retried = 0
     for path in files:
         try:
@@ -148,7 +173,7 @@ def resume_state(fs: fsspec.AbstractFileSystem, root: str) -> tuple[pa.Array, di
         "engine_errors_retried": retried,
     }
     log.info("resuming %s: %s", root, stats)
-    return keys, stats
+    return keys, stats, set(data_files(fs, root))
 
 
 def row_keys(table: pa.Table, source: str = SOURCE, position: str = SOURCE_ROW) -> pa.Array:
