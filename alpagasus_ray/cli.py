@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from alpagasus_ray.config import ConfigError, JobConfig, build_config, load_config
-from alpagasus_ray.errors import UnreadableInputError, first_line
+from alpagasus_ray.errors import JudgeAPIStopped, UnreadableInputError, first_line
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.filter.resources import ResourceError
 from alpagasus_ray.io import OutputTakenError, UnfinishedFilterOutput
@@ -56,7 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     common = [_common()]
     add = functools.partial(sub.add_parser, parents=common)
-    _add_config_args(add("filter", help="score, filter and write a dataset"))
+    filt = add("filter", help="score, filter and write a dataset")
+    _add_config_args(filt)
+    filt.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and prompt the input, print rows, prompt tokens and the expected cost; "
+        "no judge call, nothing written",
+    )
     rep = add("report", help="regenerate the report of a finished output")
     rep.add_argument("output_uri")
     demo = add("demo", help="run the real pipeline offline on a tiny random judge")
@@ -73,6 +80,12 @@ def cmd_filter(args: argparse.Namespace) -> dict[str, Any]:
     from alpagasus_ray.filter.pipeline import run_filter
 
     cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from alpagasus_ray.filter.estimate import estimate, render
+
+        result = estimate(cfg)
+        print(render(result, cfg))
+        return result
     manifest = run_filter(cfg)
     _print_summary(manifest, cfg.output.uri)
     return manifest
@@ -252,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exception(e)
         code = 2 if isinstance(cause, REFUSALS) else 1
-        if code == 2 or isinstance(cause, OutputTakenError):
+        if code == 2 or isinstance(cause, (OutputTakenError, JudgeAPIStopped)):
             line = str(cause)  # ours: already one line that names the key, file or output
         else:
             line = f"failed: {first_line(cause)}"

@@ -155,11 +155,46 @@ class VLLMConfig(StrictModel):
         return v
 
 
+class APIConfig(StrictModel):
+    """An OpenAI-compatible endpoint (`judge.engine: openai`): a vLLM server, Ray Serve LLM,
+    a hosted provider. The limits are shared by every replica of the job."""
+
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the key; null: no key."
+    )
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat", description="chat: /chat/completions (messages); completions: /completions."
+    )
+    max_concurrency: int = Field(32, ge=1, description="Requests in flight per replica.")
+    requests_per_minute: float | None = Field(None, gt=0, description="For the whole job.")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="Prompt + max answer tokens, for the whole job."
+    )
+    max_retries: int = Field(6, ge=0, description="On 429, 5xx, timeouts, lost connections.")
+    timeout_s: float = Field(120.0, gt=0, description="One request's time limit.")
+    top_logprobs: int = Field(20, ge=1, le=20, description="Logprobs mode: top-k returned.")
+    breaker_window: int = Field(50, ge=1, description="Recent requests the breaker looks at.")
+    breaker_failure_rate: float = Field(
+        0.9, gt=0.0, le=1.0, description="Stop the job when this share of them failed."
+    )
+    price_input_per_mtok: float = Field(0.0, ge=0, description="Price per 1M prompt tokens.")
+    price_output_per_mtok: float = Field(0.0, ge=0, description="Price per 1M answer tokens.")
+    max_cost: float | None = Field(None, gt=0, description="Stop before spending more.")
+
+    def cost(self, prompt_tokens: int, output_tokens: int) -> float:
+        return (
+            prompt_tokens * self.price_input_per_mtok + output_tokens * self.price_output_per_mtok
+        ) / 1e6
+
+
 class JudgeConfig(StrictModel):
     """The LLM judge: which model, how it is prompted, and how it is run."""
 
-    engine: Literal["hf", "vllm"] = Field(
-        "hf", description="hf: transformers on CPU/GPU actors; vllm: vLLM replicas (GPU)."
+    engine: Literal["hf", "vllm", "openai"] = Field(
+        "hf",
+        description="hf: transformers on CPU/GPU actors; vllm: vLLM replicas (GPU); openai: "
+        "an OpenAI-compatible API (judge.api), judge.model being the served model's name.",
     )
     model: str = Field(..., description="Hub id or local/S3-synced path of the judge.")
     tokenizer: str | None = None
@@ -199,6 +234,7 @@ class JudgeConfig(StrictModel):
         "for the node to come up) before failing the job, naming the resource.",
     )
     vllm: VLLMConfig = VLLMConfig()
+    api: APIConfig = APIConfig()
 
     @field_validator("replicas")
     @classmethod
@@ -216,7 +252,14 @@ class JudgeConfig(StrictModel):
                 f"num_gpus_per_replica={self.num_gpus_per_replica:g} but a vllm replica uses "
                 f"tensor_parallel_size x pipeline_parallel_size = {gpus} GPUs; leave it at 0"
             )
+        if self.engine == "openai" and not self.api.base_url:
+            raise ValueError("judge.engine=openai needs judge.api.base_url")
         return self
+
+    def tokenizer_name(self) -> str | None:
+        """The tokenizer the prompt stage counts and checks with. An API judge's `model` is a
+        served name, not something to load: it has one only where `tokenizer` is set."""
+        return self.tokenizer if self.engine == "openai" else self.tokenizer or self.model
 
 
 class FilterConfig(StrictModel):

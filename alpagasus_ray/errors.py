@@ -17,6 +17,18 @@ class UnreadableInputError(OSError):
         return type(self), (self.path, self.cause_line)
 
 
+class JudgeAPIStopped(RuntimeError):
+    """An API judge that stopped the job on purpose: the breaker (most recent requests
+    failed) or the cost cap. Said as one line naming the key to look at."""
+
+    def __init__(self, key: str, cause: str):
+        self.key, self.cause_line = key, cause
+        super().__init__(f"judge API stopped the job ({key}): {cause}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.key, self.cause_line)
+
+
 def first_line(cause: BaseException | str) -> str:
     text = str(cause).strip()
     first = text.splitlines()[0] if text else ""

@@ -36,7 +36,8 @@ RAW_JSON = "_json"
 READ_SOURCE = "_source"
 READ_ROW = "_row"
 PROMPT_TOKEN_IDS = "_prompt_token_ids"
-INTERNAL = (RAW_JSON, READ_SOURCE, READ_ROW, PROMPT_TOKEN_IDS)
+PROMPT_REQUEST = "_prompt_request"  # an API judge's request: JSON chat messages or prompt text
+INTERNAL = (RAW_JSON, READ_SOURCE, READ_ROW, PROMPT_TOKEN_IDS, PROMPT_REQUEST)
 
 
 class Decision(str, Enum):
@@ -91,6 +92,7 @@ INTERNAL_TYPES = {
     READ_SOURCE: pa.string(),
     READ_ROW: pa.int64(),
     PROMPT_TOKEN_IDS: pa.list_(pa.int32()),
+    PROMPT_REQUEST: pa.string(),
 }
 
 

@@ -82,6 +82,31 @@ def smollm2(tmp_path_factory) -> Path:
     return export_smollm2(tmp_path_factory.mktemp("models") / "smollm2")
 
 
+API_KEY = "sk-alpagasus-test-" + os.urandom(6).hex()  # a key no output may ever show
+
+
+@pytest.fixture(scope="session")
+def smol_server(smollm2, tmp_path_factory):
+    """vLLM's OpenAI-compatible server with SmolLM2 as `smol`, behind the key `API_KEY`."""
+    from api_server import VLLMServer
+
+    log = tmp_path_factory.mktemp("servers") / "smol.log"
+    server = VLLMServer(smollm2, ["smol"], log, api_key=API_KEY).wait()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_server(vllm_tiny, tmp_path_factory):
+    """The same server with the tiny random model as `tiny` and `tiny-b`, without a key."""
+    from api_server import VLLMServer
+
+    log = tmp_path_factory.mktemp("servers") / "tiny.log"
+    server = VLLMServer(vllm_tiny, ["tiny", "tiny-b"], log).wait()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server on 127.0.0.1, on a free port: real HTTP, no traffic elsewhere."""

@@ -7,7 +7,7 @@ import pytest
 from alpagasus_ray.config import JobConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
-FILTER_EXAMPLES = ["local", "s3", "gpu-cluster-8b"]
+FILTER_EXAMPLES = ["local", "s3", "gpu-cluster-8b", "api"]
 
 
 @pytest.mark.parametrize("name", FILTER_EXAMPLES)
@@ -20,3 +20,10 @@ def test_gpu_example_autoscales_vllm_replicas():
     assert cfg.judge.engine == "vllm" and isinstance(cfg.judge.replicas, tuple)
     assert cfg.judge.replicas[0] < cfg.judge.replicas[1]
     assert cfg.input.uri.startswith("s3://") and cfg.output.uri.startswith("s3://")
+
+
+def test_api_example_shares_one_budget_over_its_replicas():
+    cfg = load_config(CONFIGS / "api.yaml")
+    assert cfg.judge.engine == "openai" and cfg.judge.num_gpus_per_replica == 0
+    assert cfg.judge.api.requests_per_minute and cfg.judge.api.max_cost
+    assert cfg.judge.api.api_key_env == "OPENAI_API_KEY"  # a variable's name, never a key

@@ -42,7 +42,7 @@ class ReplayEngine(JudgeEngine):
     def score_tokens(self) -> dict[int, int]:
         return self._score_tokens
 
-    def judge(self, prompts: Sequence[Sequence[int]]) -> list[JudgeOutput]:
+    def judge(self, prompts: Sequence[Sequence[int]], requests=None) -> list[JudgeOutput]:
         assert len(prompts) == len(self.outputs)
         return list(self.outputs)
 

@@ -6,6 +6,8 @@ the implementations, so the interface never imports them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from alpagasus_ray.config import JudgeConfig
 from alpagasus_ray.engines.base import JudgeEngine, JudgeOutput
 from alpagasus_ray.engines.judgement import (
@@ -17,12 +19,17 @@ from alpagasus_ray.engines.judgement import (
 from alpagasus_ray.engines.parse import parse_score
 
 
-def make_engine(cfg: JudgeConfig) -> JudgeEngine:
-    """The engine of `cfg.engine`, imported only when chosen (torch loads with it)."""
+def make_engine(cfg: JudgeConfig, api: Any = None) -> JudgeEngine:
+    """The engine of `cfg.engine`, imported only when chosen (torch loads with the HF one).
+    `api`: for the API engine, the job's budget and key (`api_budget.JobAPI`)."""
     if cfg.engine == "hf":
         from alpagasus_ray.engines.hf import HFEngine
 
         return HFEngine(cfg)
+    if cfg.engine == "openai":
+        from alpagasus_ray.engines.api import APIEngine
+
+        return APIEngine(cfg, api)
     if cfg.engine == "vllm":
         # vLLM runs as ray.data.llm's own engine stage, not one JudgeEngine per actor: see
         # alpagasus_ray/filter/stages/vllm_score.py.

@@ -34,7 +34,11 @@ class HFEngine(JudgeEngine):
     def score_tokens(self) -> dict[int, int]:
         return self._score_tokens
 
-    def judge(self, prompts: Sequence[Sequence[int]]) -> list[JudgeOutput]:
+    def judge(
+        self,
+        prompts: Sequence[Sequence[int]],
+        requests: Sequence[str | None] | None = None,
+    ) -> list[JudgeOutput]:
         results: list[JudgeOutput | None] = [None] * len(prompts)
         for idx in self._micro_batches(prompts):
             batch = [prompts[i] for i in idx]

@@ -7,4 +7,5 @@ PROMPT_TOKENS = "_n_prompt"  # how many
 GEN_TEXT = "_gen_text"  # the generated text
 GEN_TOKENS = "_gen_tokens"  # how many tokens were generated
 GEN_ERROR = "_gen_error"  # why this row has no generated text
+GEN_REQUEST = "_gen_request"  # an API engine's request (JSON), only with engine openai
 INTERNAL = (PROMPT_IDS, GEN_TEXT, GEN_TOKENS, PROMPT_TOKENS, GEN_ERROR)

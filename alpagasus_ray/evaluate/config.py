@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from alpagasus_ray.config import (
+    APIConfig,
     JudgeConfig,
     OutputConfig,
     RayConfig,
@@ -61,7 +62,9 @@ PAPER_TEST_SETS = [
 class GenerationConfig(StrictModel):
     """How the candidate models answer: greedy, Alpaca template, same engines as the judge."""
 
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="openai: each model's `path` is its name on the server of `api`."
+    )
     max_new_tokens: int = Field(512, gt=0)
     max_model_len: int | None = Field(None, gt=8)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -73,6 +76,7 @@ class GenerationConfig(StrictModel):
     num_gpus_per_replica: float = Field(0.0, ge=0)
     num_cpus_per_replica: float = Field(1.0, gt=0)
     vllm: VLLMConfig = VLLMConfig()
+    api: APIConfig = APIConfig()
 
     def judge_config(self, model: ModelSpec) -> JudgeConfig:
         """The model as a generate-mode engine config (no chat template: Alpaca format)."""
@@ -81,8 +85,9 @@ class GenerationConfig(StrictModel):
             tokenizer=model.tokenizer,
             mode="generate",
             chat_template="never",
-            **self.model_dump(exclude={"vllm"}),
+            **self.model_dump(exclude={"vllm", "api"}),
             vllm=self.vllm,
+            api=self.api,
         )
 
 

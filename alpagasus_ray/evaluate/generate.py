@@ -4,6 +4,7 @@ filter's judge."""
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -12,6 +13,7 @@ import pyarrow as pa
 from alpagasus_ray.config import JudgeConfig
 from alpagasus_ray.evaluate.columns import (
     GEN_ERROR,
+    GEN_REQUEST,
     GEN_TEXT,
     GEN_TOKENS,
     PROMPT_IDS,
@@ -27,16 +29,18 @@ def _context_len(model: str, tokenizer: str, trust_remote_code: bool) -> int:
     return model_max_len(model, load_tokenizer(tokenizer, trust_remote_code), trust_remote_code)
 
 
-def _max_len(cfg: JudgeConfig) -> int:
-    tok = cfg.tokenizer or cfg.model
-    return cfg.max_model_len or _context_len(cfg.model, tok, cfg.trust_remote_code)
+def _max_len(cfg: JudgeConfig, tokenizer: str) -> int:
+    model = tokenizer if cfg.engine == "openai" else cfg.model  # an API model is only a name
+    return cfg.max_model_len or _context_len(model, tokenizer, cfg.trust_remote_code)
 
 
 class PromptStage:
     """Builds and tokenizes prompts; rows that cannot fit the context get an error instead.
 
     kind="answer": the Alpaca template on the question. kind="judge": the pairwise prompt
-    through the judge's chat template when it has one.
+    through the judge's chat template when it has one. An API engine also gets each row's
+    request (`engines/api.py`); without a configured tokenizer its prompts are neither
+    tokenized nor length-checked here (the server counts them and refuses what is too long).
     """
 
     def __init__(self, cfg: JudgeConfig, kind: Literal["answer", "judge"]):
@@ -44,63 +48,92 @@ class PromptStage:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         cfg = self.cfg
-        tok = load_tokenizer(cfg.tokenizer or cfg.model, cfg.trust_remote_code)
+        name = cfg.tokenizer_name()
+        tok = load_tokenizer(name, cfg.trust_remote_code) if name else None
         use_chat = cfg.chat_template == "auto" and bool(getattr(tok, "chat_template", None))
         rows = table.to_pylist()
-        texts: list[str | None] = []
+        messages: list[list[dict[str, str]] | None] = []
         errors: list[str | None] = []
         for r in rows:
             if self.kind == "answer" and r["problem"]:
-                texts.append(None)
+                messages.append(None)
                 errors.append(f"test set row: {r['problem']}")
             elif self.kind == "answer":
-                texts.append(alpaca_prompt(r["instruction"], r["input"]))
+                text = alpaca_prompt(r["instruction"], r["input"])
+                messages.append([{"role": "user", "content": text}])
                 errors.append(None)
             elif r["answer_1"] is None or r["answer_2"] is None:
-                texts.append(None)
+                messages.append(None)
                 errors.append("a model produced no answer for this question")
             else:
-                msgs = pair_messages(r["question"], r["answer_1"], r["answer_2"])
-                texts.append(render(msgs, tok, use_chat))
+                messages.append(pair_messages(r["question"], r["answer_1"], r["answer_2"]))
                 errors.append(None)
+        texts = [self._text(m, tok, use_chat) if m else None for m in messages]
         todo = [i for i, t in enumerate(texts) if t is not None]
-        enc = encode_prompts(tok, [texts[i] for i in todo], use_chat)
         ids: list[list[int] | None] = [None] * len(rows)
-        limit = _max_len(cfg) - cfg.max_new_tokens
-        for i, e in zip(todo, enc, strict=True):
-            if len(e) > limit:
-                errors[i] = f"prompt of {len(e)} tokens + {cfg.max_new_tokens} new > context"
-            else:
-                ids[i] = e
+        if tok is not None:
+            enc = encode_prompts(tok, [texts[i] for i in todo], use_chat)
+            limit = _max_len(cfg, name) - cfg.max_new_tokens
+            for i, e in zip(todo, enc, strict=True):
+                if len(e) > limit:
+                    errors[i] = f"prompt of {len(e)} tokens + {cfg.max_new_tokens} new > context"
+                else:
+                    ids[i] = e
         n_prompt = [len(x) if x is not None else None for x in ids]
-        return (
+        table = (
             table.append_column(PROMPT_IDS, pa.array(ids, type=pa.list_(pa.int64())))
             .append_column(PROMPT_TOKENS, pa.array(n_prompt, type=pa.int64()))
             .append_column(GEN_ERROR, pa.array(errors, type=pa.string()))
         )
+        if cfg.engine == "openai":
+            chat = cfg.api.endpoint == "chat"
+            reqs = [
+                json.dumps({"messages": m} if chat else {"prompt": t}) if e is None else None
+                for m, t, e in zip(messages, texts, errors, strict=True)
+            ]
+            table = table.append_column(GEN_REQUEST, pa.array(reqs, type=pa.string()))
+        return table
+
+    def _text(self, messages: list[dict[str, str]], tok: Any, use_chat: bool) -> str:
+        """The prompt as a local engine (or the completions endpoint) gets it: an answer is
+        the bare Alpaca prompt, a judgement the chat-rendered pairwise prompt."""
+        if self.kind == "answer":
+            return messages[0]["content"]
+        return render(messages, tok, use_chat)
 
 
-class HFGenerateStage:
-    """One actor per replica: the model loads once, then generates greedily for each batch."""
+class EngineGenerateStage:
+    """One actor per replica (HF or API engine): the engine starts once, then generates
+    greedily for each batch."""
 
-    def __init__(self, cfg: JudgeConfig):
+    def __init__(self, cfg: JudgeConfig, api: Any = None):
         from alpagasus_ray.engines import make_engine
 
-        self.engine = make_engine(cfg)
+        self.engine = make_engine(cfg, api)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         ids = table.column(PROMPT_IDS).to_pylist()
-        todo = [i for i, x in enumerate(ids) if x is not None]
-        outs = self.engine.judge([ids[i] for i in todo]) if todo else []
+        errors = table.column(GEN_ERROR).to_pylist()
+        reqs = (
+            table.column(GEN_REQUEST).to_pylist()
+            if GEN_REQUEST in table.column_names
+            else [None] * table.num_rows
+        )
+        todo = [i for i, e in enumerate(errors) if e is None]
+        outs = self.engine.judge([ids[i] for i in todo], [reqs[i] for i in todo]) if todo else []
         text: list[str | None] = [None] * table.num_rows
         ntok: list[int | None] = [None] * table.num_rows
-        errors = table.column(GEN_ERROR).to_pylist()
+        nprompt = table.column(PROMPT_TOKENS).to_pylist()
         for i, o in zip(todo, outs, strict=True):
             text[i], ntok[i] = (None if o.error else o.text), o.num_output_tokens
             errors[i] = o.error
-        table = table.set_column(
-            table.schema.get_field_index(GEN_ERROR), GEN_ERROR, pa.array(errors, pa.string())
-        )
+            if o.num_prompt_tokens is not None:
+                nprompt[i] = o.num_prompt_tokens
+        for name, values in ((GEN_ERROR, errors), (PROMPT_TOKENS, nprompt)):
+            idx = table.schema.get_field_index(name)
+            table = table.set_column(idx, name, pa.array(values, table.schema.field(idx).type))
+        if GEN_REQUEST in table.column_names:
+            table = table.drop_columns([GEN_REQUEST])
         return table.append_column(GEN_TEXT, pa.array(text, pa.string())).append_column(
             GEN_TOKENS, pa.array(ntok, pa.int64())
         )
@@ -118,10 +151,15 @@ def generate(ds: Any, cfg: JudgeConfig, kind: Literal["answer", "judge"], task_c
         from alpagasus_ray.evaluate.generate_vllm import generate_with_vllm
 
         return generate_with_vllm(ds, cfg, task_cpus)
+    api = None
+    if cfg.engine == "openai":  # one rate limit and cost cap for every replica
+        from alpagasus_ray.engines.api_budget import job_api
+
+        api = job_api(cfg)
     replicas = cfg.replicas if isinstance(cfg.replicas, int) else tuple(cfg.replicas)
     return ds.map_batches(
-        HFGenerateStage,
-        fn_constructor_kwargs={"cfg": cfg},
+        EngineGenerateStage,
+        fn_constructor_kwargs={"cfg": cfg, "api": api},
         batch_format="pyarrow",
         batch_size=cfg.batch_size,
         concurrency=replicas,

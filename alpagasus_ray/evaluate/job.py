@@ -27,6 +27,17 @@ from alpagasus_ray.io import filesystem, join, parquet_dataset, prepare_output, 
 ANSWERS, JUDGMENTS, OUTCOMES_FILE = "answers", "judgments", "outcomes.parquet"
 
 
+def check_apis(cfg: EvalConfig) -> None:
+    """API engines answer one cheap call (key, URL, model served) before Ray starts."""
+    from alpagasus_ray.filter.preflight import check_api
+
+    if cfg.judge.engine == "openai":
+        check_api(cfg.judge)
+    if cfg.generation.engine == "openai":
+        for i, m in enumerate(cfg.models):
+            check_api(cfg.generation.judge_config(m), "generation", f"models.{i}.path")
+
+
 def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Answers, judgements, outcomes and report; returns the manifest (written last)."""
     import ray.data
@@ -34,6 +45,7 @@ def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from alpagasus_ray.evaluate.report import write_eval_report
     from alpagasus_ray.runtime import init_ray, package_versions
 
+    check_apis(cfg)
     init_ray(cfg.ray)
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     prepare_output(fs, root, cfg.output.overwrite)

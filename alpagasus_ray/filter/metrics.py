@@ -70,6 +70,15 @@ def engine_metrics(
             metrics["prefix_cache_query_tokens"] = prefix_cache.queries
             metrics["prefix_cache_replicas"] = prefix_cache.replicas
             metrics["prefix_cache_note"] = PREFIX_CACHE_NOTE
+    elif judge.engine == "openai":
+        api = judge.api
+        metrics["cost"] = round(api.cost(tokens_in, tokens_out), 6)
+        metrics["cost_note"] = (
+            f"server-reported usage x {api.price_input_per_mtok:g} per 1M prompt tokens + "
+            f"{api.price_output_per_mtok:g} per 1M answer tokens (judge.api prices)"
+        )
+        metrics["prefix_cache_hit_rate"] = None
+        metrics["prefix_cache_note"] = "not read: the API server keeps its own counters"
     else:
         metrics["prefix_cache_hit_rate"] = None
         metrics["prefix_cache_note"] = "not applicable: the HF engine has no prefix cache"

@@ -60,11 +60,13 @@ def build_dataset(
     listing: tuple[Any, list[str], str] | None = None,
     done: Any = None,
     progress: Any = None,
+    api: Any = None,
 ) -> Any:
     """The lazy Ray Dataset of decided rows, ready to be written. `served_name` names the vLLM
     replicas, whose metrics the job reads back by it; `listing` is the input preflight listed,
     so the job reads exactly the files it checked and counts; `done` (an object ref to row
-    keys) the rows a resumed run has written already; `progress` counts decided rows."""
+    keys) the rows a resumed run has written already; `progress` counts decided rows; `api`
+    the budget and key an API judge's replicas share (`engines.api_budget.JobAPI`)."""
     judge = cfg.judge
     light = cfg.ray.task_cpus
     rows_per_block = cfg.input.rows_per_block or judge.batch_size
@@ -89,7 +91,7 @@ def build_dataset(
     else:
         ds = ds.map_batches(
             ScoreStage,
-            fn_constructor_kwargs={"judge": judge},
+            fn_constructor_kwargs={"judge": judge, "api": api},
             batch_format="pyarrow",
             batch_size=judge.batch_size,
             concurrency=_concurrency(judge.replicas),
@@ -168,7 +170,12 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     fs.makedirs(join(root, READ_LOG_DIR), exist_ok=True)
     served_name = served_model_name() if cfg.judge.engine == "vllm" else None
     counter = ProgressCounter.remote()
-    ds = build_dataset(cfg, served_name, listing, done, counter)
+    api = None
+    if cfg.judge.engine == "openai":  # one rate limit and cost cap for every replica
+        from alpagasus_ray.engines.api_budget import job_api
+
+        api = job_api(cfg.judge)
+    ds = build_dataset(cfg, served_name, listing, done, counter, api)
 
     from ray.data.datasource import FilenameProvider
 
@@ -187,6 +194,8 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     late = remove_late_files(fs, root, attempt, kept_files)
     if late:
         attempts[-1]["late_files_removed"] = late
+    if api is not None:
+        api.stop_if_over_budget(cfg.judge.api)  # no manifest: a rerun judges the rows not sent
     stats = ds.stats()
     log.info("pipeline stats:\n%s", stats)
 

@@ -29,9 +29,10 @@ class PreflightError(ValueError):
         super().__init__(f"{what} ({where}): {cause}")
 
 
-def preflight(cfg: JobConfig) -> tuple[Any, list[str], str]:
+def preflight(cfg: JobConfig, dry_run: bool = False) -> tuple[Any, list[str], str]:
     """Raise `PreflightError` for the first problem found; when the job can start, return
-    the input's listing (filesystem, files, format), which the job then reads."""
+    the input's listing (filesystem, files, format), which the job then reads. A dry run
+    (`estimate.py`) neither asks an API judge's server nor looks at the output."""
     try:
         fs, files, fmt = list_input_files(cfg.input, cfg.storage)
     except (FileNotFoundError, ValueError) as e:
@@ -40,8 +41,9 @@ def preflight(cfg: JobConfig) -> tuple[Any, list[str], str]:
         raise PreflightError("input", cfg.input.uri, storage_cause(e)) from None
     path, columns = _first_readable(fs, files, fmt, cfg.input.on_unreadable_file == "skip")
     check_mapping(cfg.input.columns, columns, path)
-    check_judge(cfg.judge)
-    check_output(cfg)
+    check_judge(cfg.judge, ask_server=not dry_run)
+    if not dry_run:
+        check_output(cfg)
     return fs, files, fmt
 
 
@@ -164,12 +166,49 @@ def check_mapping(mapping: ColumnMap, columns: set[str], path: str) -> None:
         )
 
 
-def check_judge(judge: JudgeConfig) -> None:
+def check_api(judge: JudgeConfig, section: str = "judge", model_key: str | None = None) -> None:
+    """An API judge: the key is set, and one cheap call (the server's model list) shows that
+    the URL answers, takes the key and serves `model`, before any row is read."""
+    import openai
+
+    from alpagasus_ray.engines.api import api_key, redact
+
+    api, env = judge.api, judge.api.api_key_env
+    if env and not os.environ.get(env):
+        cause = f"${env} is not set (a server without keys takes any value, or set it to null)"
+        raise PreflightError("judge API key", f"{section}.api.api_key_env", cause)
+    key = api_key(judge)
+    client = openai.OpenAI(base_url=api.base_url, api_key=key or "EMPTY", max_retries=1, timeout=15)
+    try:
+        served = [m.id for m in client.models.list()]
+    except openai.AuthenticationError as e:
+        cause = redact(f"the server refused the key in ${env}: HTTP {e.status_code}: {e}", key)
+        raise PreflightError("judge API key", f"{section}.api.api_key_env", cause) from None
+    except openai.NotFoundError:
+        return  # a server without a model list: the first requests will tell
+    except openai.APIError as e:
+        cause = redact(f"cannot use {api.base_url}: {type(e).__name__}: {e}", key)
+        raise PreflightError("judge API", f"{section}.api.base_url", cause) from None
+    finally:
+        client.close()
+    if served and judge.model not in served:
+        raise PreflightError(
+            "judge model",
+            model_key or f"{section}.model",
+            f"{judge.model!r} is not served at {api.base_url}; it serves: {', '.join(served)}",
+        )
+
+
+def check_judge(judge: JudgeConfig, ask_server: bool = True) -> None:
     """The judge model exists (a local folder) or is a well-formed hub id, and its tokenizer
-    loads: the prompt stage needs it, and without it every row would fail much later."""
+    loads: the prompt stage needs it, and without it every row would fail much later. An
+    API judge's model is a served name: the server is asked instead (`check_api`)."""
     from alpagasus_ray.models import load_tokenizer
 
-    for key in ("model", "tokenizer"):
+    if judge.engine == "openai" and ask_server:
+        check_api(judge)
+    keys = ("tokenizer",) if judge.engine == "openai" else ("model", "tokenizer")
+    for key in keys:
         name = getattr(judge, key)
         if name is None or "://" in name:
             continue
@@ -180,8 +219,8 @@ def check_judge(judge: JudgeConfig) -> None:
             raise PreflightError(
                 "judge model", f"judge.{key}", f"{name!r} is neither a folder nor a hub id"
             )
-    name = judge.tokenizer or judge.model
-    if "://" in name:
+    name = judge.tokenizer_name()
+    if name is None or "://" in name:
         return  # fetched by the replicas themselves; set judge.tokenizer to check it here
     try:
         load_tokenizer(name, judge.trust_remote_code)

@@ -53,11 +53,15 @@ KEY_SEP = "\x1f"  # between file and position in a row key
 def fingerprint(cfg: JobConfig, files: list[str]) -> dict[str, Any]:
     """What must not change between the attempts of one run, by config key."""
     listing = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+    api = {}
+    if cfg.judge.engine == "openai":  # what changes the judgement; not the URL, limits, prices
+        api = {f"judge.api.{k}": getattr(cfg.judge.api, k) for k in ("endpoint", "top_logprobs")}
     return {
         "input.uri": cfg.input.uri,
         "input files": f"{len(files)} files (listing {listing})",
         "input.columns": cfg.input.columns.model_dump(),
         **{f"judge.{k}": getattr(cfg.judge, k) for k in _JUDGE_KEYS},
+        **api,
         "prompt": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
         "filter.threshold": cfg.filter.threshold,
         "filter.keep_fraction": cfg.filter.keep_fraction,

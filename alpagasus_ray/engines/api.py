@@ -1,0 +1,207 @@
+"""An OpenAI-compatible API as a judge engine: the official `openai` SDK's async client,
+many requests in flight per replica, one job-wide budget (`api_budget.py`). Once the cost cap
+is reached, rows are no longer sent but still flow to the output as `engine_error` (nothing
+paid for is lost), and the job then stops without a manifest, so a rerun with a higher cap
+judges exactly those.
+
+Retries are the SDK's: 408, 409, 429, 5xx, timeouts and lost connections are retried with
+exponential backoff and jitter, and a server's `Retry-After` is honoured (up to two
+minutes). What is still wrong after the retries, and any other 4xx, fails that row alone
+(`engine_error`, with the status and the server's message); the job goes on. When most of
+the recent requests fail, the breaker stops the job: a wrong URL or a revoked key should
+cost seconds, not a million rows of errors.
+
+Logprobs mode reads the score digits from the first answer token's top-k log-probabilities
+(`top_logprobs`, by the tokens' text, so no tokenizer is needed): an API returns no more
+than its top k, so a digit outside them counts as 0 and a row whose digits hold too little
+of the probability fails as `low_score_mass`, as in the other engines, never with a
+guessed score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.engines.api_budget import JobAPI
+from alpagasus_ray.engines.base import JudgeEngine, JudgeOutput
+from alpagasus_ray.engines.judgement import SCORE_DIGITS
+from alpagasus_ray.errors import JudgeAPIStopped
+
+DIGIT_TOKENS = {d: d for d in SCORE_DIGITS}  # the "token ids" of this engine: the digits
+CHARS_PER_TOKEN = 4  # a prompt's tokens, estimated when no tokenizer is configured
+NOT_SENT = "not sent"  # a row the cost cap kept from the server: engine_error, so retried
+
+
+def api_key(cfg: JudgeConfig) -> str:
+    """The key, from the environment variable the config names; never from the config."""
+    name = cfg.api.api_key_env
+    return os.environ.get(name, "") if name else ""
+
+
+def redact(text: str, key: str) -> str:
+    return text.replace(key, "***") if key else text
+
+
+def digit_of(token: str) -> int | None:
+    """The score digit a token spells ("4", " 4", "▁4"), or None."""
+    t = token.strip().lstrip("▁Ġ")
+    return int(t) if len(t) == 1 and t.isdigit() and int(t) in DIGIT_TOKENS else None
+
+
+def digit_logprobs(top: Sequence[tuple[str, float]]) -> dict[int, float]:
+    """Top-k (token text, logprob) -> digit -> log P(digit), spellings summed."""
+    probs: dict[int, float] = {}
+    for token, lp in top:
+        d = digit_of(token)
+        if d is not None and lp is not None:
+            probs[d] = probs.get(d, 0.0) + math.exp(lp)
+    return {d: math.log(p) for d, p in probs.items() if p > 0}
+
+
+def estimate_tokens(messages: list[dict[str, str]] | None, text: str | None) -> int:
+    chars = sum(len(m.get("content", "")) for m in messages or []) + len(text or "")
+    return max(1, chars // CHARS_PER_TOKEN)
+
+
+class APIEngine(JudgeEngine):
+    """One per replica. `judge` takes each row's request (`{"messages": [...]}` for the chat
+    endpoint, `{"prompt": text}` for completions) and, when a tokenizer is configured, its
+    token ids, which the completions endpoint sends instead of the text and which size the
+    token budget."""
+
+    def __init__(self, cfg: JudgeConfig, job: JobAPI | None = None):
+        super().__init__(cfg)
+        import openai
+
+        self.openai = openai
+        self.budget = job.budget if job else None  # None: no limits, no cost cap
+        self.key = job.key.get_secret_value() if job else api_key(cfg)
+        self.loop = asyncio.new_event_loop()
+        self.client = openai.AsyncOpenAI(
+            base_url=cfg.api.base_url,
+            api_key=self.key or "EMPTY",
+            max_retries=cfg.api.max_retries,
+            timeout=cfg.api.timeout_s,
+        )
+        self.recent: deque[str | None] = deque(maxlen=cfg.api.breaker_window)
+        self.answer_tokens = 1 if cfg.mode == "logprobs" else cfg.max_new_tokens
+
+    @property
+    def score_tokens(self) -> dict[int, int]:
+        return DIGIT_TOKENS
+
+    def judge(
+        self,
+        prompts: Sequence[Sequence[int] | None],
+        requests: Sequence[str | None] | None = None,
+    ) -> list[JudgeOutput]:
+        reqs = [json.loads(r) if r else {} for r in requests or [None] * len(prompts)]
+        return self.loop.run_until_complete(self._judge_all(prompts, reqs))
+
+    async def _judge_all(self, prompts: Sequence[Any], reqs: list[dict]) -> list[JudgeOutput]:
+        gate = asyncio.Semaphore(self.cfg.api.max_concurrency)
+        reserved = [0.0]
+
+        async def one(ids: Any, req: dict) -> JudgeOutput:
+            async with gate:
+                out = await self._one(ids, req, reserved)
+            if out is not None:
+                self._breaker(out)
+                return out
+            return JudgeOutput(error=f"{NOT_SENT}: the next request would pass judge.api.max_cost")
+
+        outs = await asyncio.gather(*(one(p, r) for p, r in zip(prompts, reqs, strict=True)))
+        if self.budget is not None:
+            cost = sum(
+                self.cfg.api.cost(o.num_prompt_tokens or 0, o.num_output_tokens) for o in outs
+            )
+            await self.budget.settle.remote(reserved[0], cost)
+        return list(outs)
+
+    async def _one(
+        self, ids: Sequence[int] | None, req: dict, reserved: list[float]
+    ) -> JudgeOutput | None:
+        """One row's request; None when the cost cap leaves no room for it (not sent)."""
+        api = self.cfg.api
+        if self.budget is not None:
+            tokens = len(ids) if ids else estimate_tokens(req.get("messages"), req.get("prompt"))
+            cost = api.cost(tokens, self.answer_tokens)
+            wait = await self.budget.reserve.remote(tokens + self.answer_tokens, cost)
+            if wait is None:
+                return None
+            reserved[0] += cost
+            await asyncio.sleep(wait)
+        try:
+            return await self._call(ids, req)
+        except self.openai.APIStatusError as e:
+            return JudgeOutput(error=redact(f"HTTP {e.status_code}: {_message(e)}", self.key))
+        except self.openai.APIError as e:  # timeouts and lost connections, after the retries
+            return JudgeOutput(error=redact(f"{type(e).__name__}: {e}", self.key))
+
+    async def _call(self, ids: Sequence[int] | None, req: dict) -> JudgeOutput:
+        cfg, api = self.cfg, self.cfg.api
+        args: dict[str, Any] = {"model": cfg.model, "max_tokens": self.answer_tokens}
+        args["temperature"] = 0.0
+        if api.endpoint == "chat":
+            if cfg.mode == "logprobs":
+                args.update(logprobs=True, top_logprobs=api.top_logprobs)
+            res = await self.client.chat.completions.create(messages=req["messages"], **args)
+            choice = res.choices[0]
+            text = choice.message.content
+            content = choice.logprobs.content if choice.logprobs else None
+            top = [(t.token, t.logprob) for t in content[0].top_logprobs] if content else None
+        else:
+            if cfg.mode == "logprobs":
+                args["logprobs"] = api.top_logprobs
+            prompt = list(ids) if ids else req["prompt"]
+            res = await self.client.completions.create(prompt=prompt, **args)
+            choice = res.choices[0]
+            text = choice.text
+            lp = choice.logprobs
+            top = list(lp.top_logprobs[0].items()) if lp and lp.top_logprobs else None
+        usage = res.usage
+        out = JudgeOutput(
+            text=text,
+            num_output_tokens=usage.completion_tokens if usage else 0,
+            num_prompt_tokens=usage.prompt_tokens if usage else None,
+        )
+        if cfg.mode == "logprobs":
+            if top is None:
+                out.error = "the server returned no log-probabilities for the answer token"
+            else:
+                out.logprobs = digit_logprobs(top)
+        return out
+
+    def close(self) -> None:
+        """Close the client's connections on the engine's own loop, then the loop."""
+        self.loop.run_until_complete(self.client.close())
+        self.loop.close()
+
+    def _breaker(self, out: JudgeOutput) -> None:
+        """Stop the job when most of the recent requests failed."""
+        self.recent.append(out.error)
+        window, rate = self.cfg.api.breaker_window, self.cfg.api.breaker_failure_rate
+        failed = sum(e is not None for e in self.recent)
+        if len(self.recent) == window and failed >= rate * window:
+            raise JudgeAPIStopped(
+                "judge.api.base_url",
+                f"{failed} of the last {window} requests to {self.cfg.api.base_url} failed, "
+                f"the last with: {out.error or next(e for e in self.recent if e)}",
+            )
+
+
+def _message(e: Any) -> str:
+    """The server's own message: `{"error": {"message": ...}}` or `{"message": ...}`."""
+    body = e.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return " ".join(str(inner["message"]).split())[:500]
+    return " ".join(str(e.message).split())[:500]

@@ -1,0 +1,112 @@
+"""`alpagasus-ray filter --dry-run`: what a job would send to its judge, before any call.
+
+The input is read and every row validated and prompted exactly as the job would (the same
+stages), then counted: rows, the rows that would reach the judge, their prompt tokens (with
+the judge's tokenizer; for an API judge without `judge.tokenizer`, estimated from the text
+at 4 characters a token, and said so), the answer tokens at most, and the cost at the
+`judge.api` prices. Nothing is written and the judge is not called or loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from alpagasus_ray.config import JobConfig
+from alpagasus_ray.schema import DECISION, NUM_PROMPT_TOKENS, PROMPT_REQUEST
+
+
+def count_batch(table: pa.Table) -> pa.Table:
+    """One row of counts per batch, so the driver only sums a few numbers per block."""
+    from alpagasus_ray.engines.api import estimate_tokens
+
+    pending = pc.fill_null(pc.is_null(table.column(DECISION)), False)
+    todo = table.filter(pending)
+    counted = int(pc.sum(todo.column(NUM_PROMPT_TOKENS)).as_py() or 0)
+    estimated = 0
+    if PROMPT_REQUEST in todo.column_names:
+        n_tokens = todo.column(NUM_PROMPT_TOKENS).to_pylist()
+        for n, req in zip(n_tokens, todo.column(PROMPT_REQUEST).to_pylist(), strict=True):
+            if n is None and req:
+                r = json.loads(req)
+                estimated += estimate_tokens(r.get("messages"), r.get("prompt"))
+    counts = {
+        "rows": table.num_rows,
+        "to_judge": todo.num_rows,
+        "counted_tokens": counted,
+        "estimated_tokens": estimated,
+    }
+    return pa.table({k: [v] for k, v in counts.items()})
+
+
+def estimate(cfg: JobConfig) -> dict[str, Any]:
+    from alpagasus_ray.filter.pipeline import _concurrency
+    from alpagasus_ray.filter.preflight import preflight
+    from alpagasus_ray.filter.stages import PromptStage, ValidateStage
+    from alpagasus_ray.io import read_input
+    from alpagasus_ray.runtime import init_ray
+
+    listing = preflight(cfg, dry_run=True)
+    init_ray(cfg.ray)
+    judge, light = cfg.judge, cfg.ray.task_cpus
+    rows_per_block = cfg.input.rows_per_block or judge.batch_size
+    ds = read_input(cfg.input, cfg.storage, light, rows_per_block, None, listing)
+    ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
+    ds = ds.map_batches(
+        PromptStage,
+        fn_constructor_kwargs={"judge": judge},
+        batch_format="pyarrow",
+        batch_size=judge.batch_size,
+        concurrency=_concurrency(cfg.ray.prompt_workers),
+        num_cpus=cfg.ray.prompt_worker_cpus,
+    )
+    ds = ds.map_batches(count_batch, batch_format="pyarrow", num_cpus=light)
+    totals = {"rows": 0, "to_judge": 0, "counted_tokens": 0, "estimated_tokens": 0}
+    for row in ds.iter_rows():
+        for k in totals:
+            totals[k] += row[k]
+    prompt_tokens = totals["counted_tokens"] + totals["estimated_tokens"]
+    per_row = 1 if judge.mode == "logprobs" else judge.max_new_tokens
+    answer_tokens = totals["to_judge"] * per_row
+    cost = judge.api.cost(prompt_tokens, answer_tokens) if judge.engine == "openai" else None
+    return {
+        "rows_read": totals["rows"],
+        "rows_to_judge": totals["to_judge"],
+        "rows_quarantined": totals["rows"] - totals["to_judge"],
+        "prompt_tokens": prompt_tokens,
+        "prompt_tokens_estimated": totals["estimated_tokens"],
+        "answer_tokens_at_most": answer_tokens,
+        "expected_cost_at_most": cost,
+        "max_cost": judge.api.max_cost if judge.engine == "openai" else None,
+    }
+
+
+def render(e: dict[str, Any], cfg: JobConfig) -> str:
+    """The dry run's few lines for the console."""
+    judge = cfg.judge
+    how = (
+        f"of which {e['prompt_tokens_estimated']:,} estimated at 4 characters a token (no "
+        "judge.tokenizer)"
+        if e["prompt_tokens_estimated"]
+        else "counted with the judge's tokenizer"
+    )
+    per_row = "1 a row" if judge.mode == "logprobs" else f"up to {judge.max_new_tokens} a row"
+    lines = [
+        "dry run: nothing was sent to the judge and nothing was written",
+        f"rows read        {e['rows_read']:,}",
+        f"rows to judge    {e['rows_to_judge']:,} (quarantined before the judge: "
+        f"{e['rows_quarantined']:,})",
+        f"prompt tokens    {e['prompt_tokens']:,} ({how})",
+        f"answer tokens    at most {e['answer_tokens_at_most']:,} ({judge.mode}: {per_row})",
+    ]
+    if e["expected_cost_at_most"] is not None:
+        api = judge.api
+        cap = f"; judge.api.max_cost {api.max_cost:g}" if api.max_cost else ""
+        lines.append(
+            f"expected cost    at most {e['expected_cost_at_most']:.4f} (prices per 1M tokens: "
+            f"prompt {api.price_input_per_mtok:g}, answer {api.price_output_per_mtok:g}{cap})"
+        )
+    return "\n".join(lines)

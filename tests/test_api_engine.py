@@ -1,0 +1,329 @@
+"""The API judge against vLLM's own OpenAI-compatible server on 127.0.0.1 (vLLM lane), and
+behind a fault-injecting proxy: both modes and both endpoints against the HF engine on the
+same model, the filter and the evaluation end to end, retries and per-row failures, the
+job-wide rate limit, the breaker, the cost cap, the dry run, and the key kept out of sight."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from conftest import API_KEY, cli_refusal, write_jsonl
+from fault_proxy import FaultProxy, Rule
+
+from alpagasus_ray.cli import main
+from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.engines.api import APIEngine
+from alpagasus_ray.engines.hf import HFEngine
+from alpagasus_ray.io import MANIFEST
+from alpagasus_ray.prompts import rating_prompt_ids
+from alpagasus_ray.tiny import synthetic_examples
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+
+
+@pytest.fixture
+def proxy():
+    proxies: list[FaultProxy] = []
+
+    def start(server, *rules: Rule) -> tuple[FaultProxy, str]:
+        p = FaultProxy(server.root, list(rules))
+        proxies.append(p)
+        return p, p.start()
+
+    yield start
+    for p in proxies:
+        p.stop()
+
+
+def api_judge(base_url: str, model: str, **kw) -> JudgeConfig:
+    api = {"base_url": base_url, **kw.pop("api", {})}
+    return JudgeConfig(engine="openai", model=model, api=api, **kw)
+
+
+def digit_probs(logprobs: dict[int, float], score_tokens: dict[int, int]) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for token, lp in logprobs.items():
+        d = score_tokens[token]
+        out[d] = out.get(d, 0.0) + math.exp(lp)
+    return out
+
+
+def test_logprobs_through_the_api_equal_hf_on_the_same_tokens(smol_server, smollm2, key):
+    """Completions endpoint with the prompt stage's token ids: every digit the server returns
+    in its top 20 has the probability the HF engine computes over the full vocabulary. (Plain
+    prompts, no chat template: SmolLM2 then answers with digits in its top 20, where after
+    its chat template it often starts with "<".)"""
+    rows = synthetic_examples(12, seed=21)
+    hf_cfg = JudgeConfig(model=str(smollm2), dtype="float32", micro_batch_size=4)
+    hf = HFEngine(hf_cfg)
+    ids = rating_prompt_ids(hf.tokenizer, rows, "accuracy", "prefix", use_chat_template=False)
+    cfg = api_judge(smol_server.base_url, "smol", tokenizer=str(smollm2),
+                    api={"endpoint": "completions"})  # fmt: skip
+    api = APIEngine(cfg)
+    got = api.judge(ids, [None] * len(ids))
+    want = hf.judge(ids)
+    compared = 0
+    for g, w in zip(got, want, strict=True):
+        assert g.error is None and g.num_output_tokens == 1
+        assert g.num_prompt_tokens is not None
+        ref = digit_probs(w.logprobs, hf.score_tokens)
+        assert g.logprobs, "no score digit in the top 20"
+        for digit, lp in g.logprobs.items():
+            assert math.exp(lp) == pytest.approx(ref[digit], rel=2e-3, abs=1e-6)
+            compared += 1
+    assert compared >= 3 * len(rows)
+    assert [g.num_prompt_tokens for g in got] == [len(i) for i in ids]  # the ids we sent
+    api.close()
+
+
+def test_generate_mode_through_the_api_equals_hf(tiny_server, vllm_tiny):
+    rows = synthetic_examples(6, seed=22)
+    hf = HFEngine(JudgeConfig(model=str(vllm_tiny), mode="generate", max_new_tokens=12,
+                              dtype="float32"))  # fmt: skip
+    ids = rating_prompt_ids(hf.tokenizer, rows, "accuracy", "prefix")
+    cfg = api_judge(tiny_server.base_url, "tiny", mode="generate", max_new_tokens=12,
+                    api={"endpoint": "completions", "api_key_env": None})  # fmt: skip
+    api = APIEngine(cfg)
+    got = api.judge(ids, [None] * len(ids))
+    for g, w in zip(got, hf.judge(ids), strict=True):
+        assert g.error is None
+        assert g.text.rstrip("\ufffd") == w.text.rstrip("\ufffd")
+        assert g.num_output_tokens == w.num_output_tokens
+    api.close()
+
+
+def filter_job(tmp_path: Path, rows: list, base_url: str, model: str, *sets: str) -> list[str]:
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    (tmp_path / "job.yaml").write_text("{}\n")
+    args = ["filter", "--config", str(tmp_path / "job.yaml"), "--set", f"input.uri={src}"]
+    args += ["--set", f"output.uri={tmp_path / 'out'}"]
+    base = [
+        "judge.engine=openai",
+        f"judge.model={model}",
+        f"judge.api.base_url={base_url}",
+        "judge.min_score_mass=0.0",
+        "judge.batch_size=8",
+        "judge.num_cpus_per_replica=0.25",
+    ]
+    for item in [*base, *sets]:
+        args += ["--set", item]
+    return args
+
+
+def test_filter_end_to_end_with_an_api_judge(
+    ray_session, smol_server, smollm2, key, tmp_path, capsys
+):
+    rows = synthetic_examples(24, seed=23) + [{"instruction": "no output"}, "{broken"]
+    args = filter_job(tmp_path, rows, smol_server.base_url, "smol", f"judge.tokenizer={smollm2}",
+                      "judge.api.price_input_per_mtok=2", "judge.api.price_output_per_mtok=8",
+                      "judge.replicas=2")  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    out = tmp_path / "out"
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["status"] == "complete" and manifest["rows_read"] == 26
+    assert manifest["counts"]["quarantined"] == 2
+    table = pq.read_table(out / "data", partitioning="hive").to_pylist()
+    judged = [r for r in table if r["decision"] in ("kept", "rejected")]
+    assert len(judged) + manifest["counts"]["failed"] == 24
+    assert [r["reason_detail"] for r in table if r["reason"] == "engine_error"] == []
+    # The server counted the prompts we rendered locally, token for token.
+    from alpagasus_ray.models import load_tokenizer
+
+    tok = load_tokenizer(str(smollm2))
+    want = sorted(map(len, rating_prompt_ids(tok, rows[:24], "accuracy", "prefix")))
+    assert sorted(r["num_prompt_tokens"] for r in table if r["num_prompt_tokens"]) == want
+    metrics = manifest["engine_metrics"]
+    cost = (metrics["input_tokens"] * 2 + metrics["output_tokens"] * 8) / 1e6
+    assert metrics["cost"] == pytest.approx(cost) and metrics["output_tokens"] == 24
+    # The key is in no file of the output and in nothing printed.
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert API_KEY.encode() not in f.read_bytes(), f
+    assert API_KEY not in printed.out + printed.err
+
+
+def test_faults_are_retried_or_fail_their_row_alone(ray_session, tiny_server, proxy, tmp_path):
+    rows = synthetic_examples(30, seed=24)
+    for i, marker in enumerate(("FAULT-400", "FAULT-500", "FAULT-SLOW", "FAULT-DROP")):
+        rows[i]["instruction"] = f"{marker}: {rows[i]['instruction']}"
+    p, url = proxy(
+        tiny_server,
+        Rule("400", marker="FAULT-400"),
+        Rule("500", marker="FAULT-500"),
+        Rule("slow", marker="FAULT-SLOW", attempts=1, delay=4.0),
+        Rule("drop", marker="FAULT-DROP", attempts=1),
+        Rule("429", every=5, retry_after=1.0),
+        Rule("500", every=7),
+    )
+    args = filter_job(tmp_path, rows, url, "tiny", "judge.api.max_retries=3",
+                      "judge.api.timeout_s=2", "judge.api.max_concurrency=4",
+                      "judge.api.api_key_env=null")  # fmt: skip
+    assert main(args) == 0
+    out = tmp_path / "out"
+    manifest = json.loads((out / MANIFEST).read_text())
+    c = manifest["counts"]
+    assert manifest["rows_read"] == 30 == c["kept"] + c["rejected"] + c["quarantined"] + c["failed"]
+    table = pq.read_table(out / "data", partitioning="hive").to_pylist()
+    by_marker = {m: next(r for r in table if r["instruction"].startswith(m))
+                 for m in ("FAULT-400", "FAULT-500", "FAULT-SLOW", "FAULT-DROP")}  # fmt: skip
+    bad = by_marker["FAULT-400"]
+    assert (bad["decision"], bad["reason"]) == ("failed", "engine_error")
+    assert bad["reason_detail"].startswith("HTTP 400: injected 400")
+    assert p.count(marker="FAULT-400") == 1  # a 400 is not retried
+    down = by_marker["FAULT-500"]
+    assert down["reason"] == "engine_error" and down["reason_detail"].startswith("HTTP 500")
+    assert p.count(marker="FAULT-500") == 4  # the first try and 3 retries
+    for m in ("FAULT-SLOW", "FAULT-DROP"):  # retried (within max_retries), then judged
+        assert by_marker[m]["reason"] != "engine_error" and 2 <= p.count(marker=m) <= 4
+    others = [r for r in table if not r["instruction"].startswith("FAULT-")]
+    assert all(r["reason"] != "engine_error" for r in others)
+    # Every 429 was honoured: the same request came back no sooner than its Retry-After.
+    assert p.count("429") >= 5
+    for i, hit in enumerate(p.hits):
+        if hit.action == "429":
+            again = next(h for h in p.hits[i + 1 :] if h.body == hit.body)
+            assert again.at - hit.at >= 0.95
+
+
+def test_the_rate_limit_holds_for_all_replicas_together(ray_session, tiny_server, proxy, tmp_path):
+    p, url = proxy(tiny_server)
+    rows = synthetic_examples(30, seed=25)
+    args = filter_job(tmp_path, rows, url, "tiny", "judge.api.api_key_env=null",
+                      "judge.replicas=2", "judge.api.requests_per_minute=240")  # fmt: skip
+    assert main(args) == 0
+    posts = [h.at for h in p.hits if h.body]
+    assert len(posts) == 30
+    rate = (len(posts) - 1) / (posts[-1] - posts[0])
+    assert rate <= 4.0 * 1.05  # 240 a minute, spread over both replicas
+    assert rate >= 2.0  # and not far below it
+
+
+def test_the_breaker_stops_the_job_when_most_requests_fail(
+    ray_session, tiny_server, proxy, tmp_path, capsys
+):
+    p, url = proxy(tiny_server, Rule("401", after=12))  # a key revoked mid-run
+    rows = synthetic_examples(400, seed=26)
+    args = filter_job(tmp_path, rows, url, "tiny", "judge.api.api_key_env=null",
+                      "judge.api.breaker_window=16", "judge.api.max_concurrency=4")  # fmt: skip
+    start = time.monotonic()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+    assert err.startswith("alpagasus-ray filter: judge API stopped the job (judge.api.base_url): ")
+    assert "of the last 16 requests" in err and "HTTP 401: injected 401" in err
+    assert time.monotonic() - start < 120
+    assert p.count() < 200  # stopped long before the 400 rows were sent
+    assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_max_cost_stops_before_spending_more_and_a_rerun_goes_on(
+    ray_session, tiny_server, vllm_tiny, tmp_path, capsys
+):
+    rows = synthetic_examples(48, seed=27)
+    prices = ["judge.api.price_input_per_mtok=1000", "judge.api.api_key_env=null",
+              f"judge.tokenizer={vllm_tiny}", "judge.api.max_concurrency=2"]  # fmt: skip
+    args = filter_job(tmp_path, rows, tiny_server.base_url, "tiny", *prices,
+                      "judge.api.max_cost=2.0")  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+    assert err.startswith("alpagasus-ray filter: judge API stopped the job (judge.api.max_cost)")
+    assert "rows were not sent" in err
+    out = tmp_path / "out"
+    assert not (out / MANIFEST).exists()
+    written = pads.dataset(out / "data", partitioning="hive").to_table().to_pylist()
+    assert len(written) == 48  # every row reached the output: nothing paid for is lost
+    sent = [r for r in written if not (r["reason_detail"] or "").startswith("not sent")]
+    spent = sum(r["num_prompt_tokens"] * 1000 / 1e6 for r in sent)
+    assert 0 < spent <= 2.0 and 0 < len(sent) < 48
+    assert main(args[:-2] + ["--set", "judge.api.max_cost=100"]) == 0  # the same job, more money
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["status"] == "complete" and len(manifest["attempts"]) == 2
+    assert manifest["attempts"][1]["engine_errors_retried"] == 48 - len(sent)
+    assert manifest["attempts"][1]["rows_written"] == 48 - len(sent)
+
+
+def test_dry_run_counts_and_prices_without_a_call(tiny_server, vllm_tiny, proxy, tmp_path, capsys):
+    p, url = proxy(tiny_server)
+    rows = synthetic_examples(20, seed=28) + [{"instruction": "no output"}]
+    tok = ["judge.api.api_key_env=null", "judge.api.price_input_per_mtok=3"]
+    args = filter_job(tmp_path, rows, url, "tiny", *tok, f"judge.tokenizer={vllm_tiny}")
+    assert main([*args, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    from alpagasus_ray.models import load_tokenizer
+
+    tokens = sum(map(len, rating_prompt_ids(load_tokenizer(str(vllm_tiny)), rows[:20],
+                                            "accuracy", "prefix")))  # fmt: skip
+    assert "rows read        21" in printed and "rows to judge    20" in printed
+    assert f"prompt tokens    {tokens:,} (counted with the judge's tokenizer)" in printed
+    assert f"expected cost    at most {tokens * 3 / 1e6:.4f}" in printed
+    assert p.count() == 0 and not (tmp_path / "out").exists()
+    assert main([*filter_job(tmp_path, rows, url, "tiny", *tok), "--dry-run"]) == 0
+    assert "estimated at 4 characters a token (no judge.tokenizer)" in capsys.readouterr().out
+    assert p.count() == 0
+
+
+def test_mistakes_are_refused_before_any_row(smol_server, tmp_path, capsys, monkeypatch):
+    rows = synthetic_examples(4, seed=29)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-0123456789")
+    err, seconds = cli_refusal(capsys, filter_job(tmp_path, rows, smol_server.base_url, "smol"))
+    assert err.startswith("alpagasus-ray filter: judge API key (judge.api.api_key_env): the "
+                          "server refused the key in $OPENAI_API_KEY: HTTP 401")  # fmt: skip
+    assert "sk-wrong-0123456789" not in err and seconds < 30
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    err, _ = cli_refusal(capsys, filter_job(tmp_path, rows, smol_server.base_url, "smol-typo"))
+    assert err == (f"alpagasus-ray filter: judge model (judge.model): 'smol-typo' is not served "
+                   f"at {smol_server.base_url}; it serves: smol")  # fmt: skip
+    closed = "http://127.0.0.1:9/v1"
+    err, _ = cli_refusal(capsys, filter_job(tmp_path, rows, closed, "smol"))
+    assert err.startswith(
+        f"alpagasus-ray filter: judge API (judge.api.base_url): cannot use {closed}"
+    )
+    monkeypatch.delenv("OPENAI_API_KEY")
+    err, _ = cli_refusal(capsys, filter_job(tmp_path, rows, smol_server.base_url, "smol"))
+    assert err.startswith("alpagasus-ray filter: judge API key (judge.api.api_key_env): "
+                          "$OPENAI_API_KEY is not set")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluation_with_api_models_and_an_api_judge(
+    ray_session, tiny_server, smol_server, key, tmp_path
+):
+    from alpagasus_ray.config import build_config
+    from alpagasus_ray.evaluate.config import EvalConfig
+    from alpagasus_ray.evaluate.job import run_evaluate
+
+    questions = [{"id": i, "question": r["instruction"], "input": r["input"]}
+                 for i, r in enumerate(synthetic_examples(6, seed=30))]  # fmt: skip
+    test_set = write_jsonl(tmp_path / "questions.jsonl", questions)
+    cfg = {
+        "models": [{"name": "a", "path": "tiny"}, {"name": "b", "path": "tiny-b"}],
+        "generation": {"engine": "openai", "max_new_tokens": 16, "num_cpus_per_replica": 0.25,
+                       "api": {"base_url": tiny_server.base_url, "endpoint": "completions",
+                               "api_key_env": None}},
+        "judge": {"engine": "openai", "model": "smol", "max_new_tokens": 24,
+                  "num_cpus_per_replica": 0.25, "api": {"base_url": smol_server.base_url}},
+        "test_sets": [{"name": "mine", "path": str(test_set), "question": "question", "id": "id",
+                       "input": "input"}],
+        "output": {"uri": str(tmp_path / "eval"), "overwrite": True},
+    }  # fmt: skip
+    manifest = run_evaluate(build_config(EvalConfig, cfg))
+    assert manifest["status"] == "complete" and manifest["checks"]["ok"]
+    assert manifest["questions"] == 6 and manifest["judgments"] == 12  # both orders
+    answers = pads.dataset(str(tmp_path / "eval" / "answers")).to_table().to_pylist()
+    for r in answers:  # one model under two names: the same greedy answer
+        assert r["answer__a"] and r["answer__a"] == r["answer__b"]
+        assert r["answer_tokens__a"] > 0
+    judgments = pads.dataset(str(tmp_path / "eval" / "judgments")).to_table().to_pylist()
+    assert all(j["status"] in ("ok", "unparseable") for j in judgments)
+    assert all(j["judge_text"] for j in judgments)
