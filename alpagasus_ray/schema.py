@@ -29,6 +29,8 @@ REASON_DETAIL = "reason_detail"
 NUM_PROMPT_TOKENS = "num_prompt_tokens"
 NUM_OUTPUT_TOKENS = "num_output_tokens"
 SUSPICIOUS = "suspicious"  # the text addresses the judge (filter/suspicious.py)
+CONTENT_HASH = "content_hash"  # equal for exact duplicates (filter/duplicates.py)
+DUPLICATE_OF = "duplicate_of"  # a copy: `<source>:<row>` of the row judged in its place
 
 # Internal columns, dropped before writing. The readers add READ_SOURCE and READ_ROW, which
 # validation turns into SOURCE and SOURCE_ROW.
@@ -83,6 +85,8 @@ OUTPUT_SCHEMA = pa.schema(
         (NUM_PROMPT_TOKENS, pa.int32()),
         (NUM_OUTPUT_TOKENS, pa.int32()),
         (SUSPICIOUS, pa.bool_()),
+        (CONTENT_HASH, pa.string()),
+        (DUPLICATE_OF, pa.string()),
     ]
 )
 OWN_COLUMNS = frozenset(OUTPUT_SCHEMA.names) | frozenset(INTERNAL)

@@ -10,6 +10,7 @@ from typing import Any
 from alpagasus_ray.config import JobConfig
 from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
+from alpagasus_ray.filter.duplicates import DedupStage, SeenContent, settle_duplicates
 from alpagasus_ray.filter.metrics import engine_metrics
 from alpagasus_ray.filter.preflight import preflight
 from alpagasus_ray.filter.progress import ProgressCounter, ProgressLine
@@ -61,12 +62,15 @@ def build_dataset(
     done: Any = None,
     progress: Any = None,
     api: Any = None,
+    seen: Any = None,
 ) -> Any:
     """The lazy Ray Dataset of decided rows, ready to be written. `served_name` names the vLLM
     replicas, whose metrics the job reads back by it; `listing` is the input preflight listed,
     so the job reads exactly the files it checked and counts; `done` (an object ref to row
     keys) the rows a resumed run has written already; `progress` counts decided rows; `api`
-    the budget and key an API judge's replicas share (`engines.api_budget.JobAPI`)."""
+    the budget and key an API judge's replicas share (`engines.api_budget.JobAPI`); `seen`
+    the contents judged so far (a `filter.duplicates.SeenContent` actor), so that an exact
+    duplicate is not judged again."""
     judge = cfg.judge
     light = cfg.ray.task_cpus
     rows_per_block = cfg.input.rows_per_block or judge.batch_size
@@ -76,6 +80,8 @@ def build_dataset(
     if done is not None:
         ds = ds.map_batches(SkipDoneStage(done), batch_format="pyarrow", num_cpus=light)
     ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
+    if seen is not None:
+        ds = ds.map_batches(DedupStage(seen), batch_format="pyarrow", num_cpus=light)
     ds = ds.map_batches(
         PromptStage,
         fn_constructor_kwargs={"judge": judge},
@@ -152,11 +158,11 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     init_ray(cfg.ray)
     check_resources(cfg)  # a replica the cluster cannot run fails here, not after hours
     attempts = (previous or {}).get("attempts", [])
-    done, before, cleaned, kept_files = None, 0, {}, set()
-    if previous:
-        import ray
+    import ray
 
-        keys, cleaned, kept_files = resume_state(fs, root)
+    done, before, cleaned, kept_files, judged_contents = None, 0, {}, set(), {}
+    if previous:
+        keys, cleaned, kept_files, judged_contents = resume_state(fs, root)
         done, before = ray.put(keys), len(keys)
         if attempts:  # what the attempt that was cut off left behind
             attempts[-1]["rows_written"] = before - attempts[-1]["rows_before"]
@@ -175,7 +181,8 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         from alpagasus_ray.engines.api_budget import job_api
 
         api = job_api(cfg.judge)
-    ds = build_dataset(cfg, served_name, listing, done, counter, api)
+    seen = ray.remote(num_cpus=0)(SeenContent).remote(judged_contents)
+    ds = build_dataset(cfg, served_name, listing, done, counter, api, seen)
 
     from ray.data.datasource import FilenameProvider
 
@@ -194,6 +201,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     late = remove_late_files(fs, root, attempt, kept_files)
     if late:
         attempts[-1]["late_files_removed"] = late
+    settle_duplicates(fs, root, attempt)  # each copy takes its original's judgement
     if api is not None:
         api.stop_if_over_budget(cfg.judge.api)  # no manifest: a rerun judges the rows not sent
     stats = ds.stats()
@@ -226,6 +234,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         "invariant_ok": ok,
         "skipped_files": skipped,
         "kept_fraction": report["kept_fraction"],
+        "duplicates": report.get("duplicates", 0),
         "judge": judge,
         "prompt_hash": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
         "engine_metrics": throughput,

@@ -22,7 +22,7 @@ from alpagasus_ray.io import (
     write_bytes,
     write_json,
 )
-from alpagasus_ray.schema import DECISION, DECISIONS, REASON, SCORE, SUSPICIOUS
+from alpagasus_ray.schema import DECISION, DECISIONS, DUPLICATE_OF, REASON, SCORE, SUSPICIOUS
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 REPORT_JSON, REPORT_MD, HISTOGRAM = "report.json", "report.md", "score_histogram.png"
@@ -65,6 +65,8 @@ def compute_report(table: pa.Table, threshold: float, category: str | None) -> d
         "score_quantiles": quantiles,
         "reasons": dict(Counter(r for r in table.column(REASON).to_pylist() if r)),
     }
+    if DUPLICATE_OF in table.column_names:
+        report["duplicates"] = pc.sum(pc.is_valid(table.column(DUPLICATE_OF))).as_py() or 0
     if SUSPICIOUS in table.column_names:
         flagged = Counter(
             d for d, f in zip(decisions, table.column(SUSPICIOUS).to_pylist(), strict=True) if f
@@ -129,6 +131,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["reasons"]:
         lines += ["| reason | rows |", "|---|---:|"]
         lines += [f"| {r} | {n} |" for r, n in sorted(report["reasons"].items())] + [""]
+    if dups := report.get("duplicates"):
+        lines += [
+            f"{dups} exact duplicates were not judged again: each took the decision of the "
+            "row judged in its place (`duplicate_of`).",
+            "",
+        ]
     if flagged := report.get("suspicious", {}).get("rows"):
         lines += [
             f"{flagged} rows address the judge (`suspicious`: instructions to rate, score or "
@@ -171,7 +179,7 @@ def write_report(
     schema_names = output_dataset(fs, root).schema.names
     category = _category_column(schema_names, cfg)
     columns = [DECISION, SCORE, REASON] + ([category] if category else [])
-    columns += [SUSPICIOUS] if SUSPICIOUS in schema_names else []
+    columns += [c for c in (SUSPICIOUS, DUPLICATE_OF) if c in schema_names]
     table = read_output_table(fs, root, columns=columns)
     report = compute_report(table, threshold, category)
     if judged:

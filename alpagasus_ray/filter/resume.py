@@ -27,10 +27,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from alpagasus_ray.config import JobConfig
+from alpagasus_ray.filter.duplicates import seen_in_output
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.io import DATA_DIR, MANIFEST, RUN_MARKER, join, output_dataset, read_json
 from alpagasus_ray.prompts import prompt_hash
-from alpagasus_ray.schema import REASON, SOURCE, SOURCE_ROW, Reason
+from alpagasus_ray.schema import CONTENT_HASH, DUPLICATE_OF, REASON, SOURCE, SOURCE_ROW, Reason
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,10 @@ def remove_late_files(
 
 def resume_state(
     fs: fsspec.AbstractFileSystem, root: str
-) -> tuple[pa.Array, dict[str, int], set[str]]:
+) -> tuple[pa.Array, dict[str, int], set[str], dict[str, str]]:
     """Make the unfinished output consistent (steps 2 of the module docstring) and return
-    the keys of the rows it holds, what was cleaned up, and the data files it kept."""
+    the keys of the rows it holds, what was cleaned up, the data files it kept, and the
+    contents judged so far (for the duplicates still to come, `filter/duplicates.py`)."""
     files = data_files(fs, root)
     removed = retried = 0
     for path in files:
@@ -164,7 +166,11 @@ def resume_state(
                         pq.write_table(keep, f)
                 else:
                     fs.rm(path)
-    table = output_dataset(fs, root).to_table(columns=[SOURCE, SOURCE_ROW]) if files else None
+    table = None
+    if files:
+        dataset = output_dataset(fs, root)
+        extra = [c for c in (CONTENT_HASH, DUPLICATE_OF) if c in dataset.schema.names]
+        table = dataset.to_table(columns=[SOURCE, SOURCE_ROW, *extra])
     keys = row_keys(table) if table is not None else pa.array([], pa.string())
     if pc.sum(pc.is_null(keys)).as_py():
         raise PreflightError(
@@ -177,7 +183,10 @@ def resume_state(
         "engine_errors_retried": retried,
     }
     log.info("resuming %s: %s", root, stats)
-    return keys, stats, set(data_files(fs, root))
+    seen = seen_in_output(
+        table if table is not None and DUPLICATE_OF in table.column_names else None
+    )
+    return keys, stats, set(data_files(fs, root)), seen
 
 
 def row_keys(table: pa.Table, source: str = SOURCE, position: str = SOURCE_ROW) -> pa.Array:

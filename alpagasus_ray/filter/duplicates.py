@@ -1,0 +1,160 @@
+"""Exact duplicates are judged once: a copy takes the judgement of the row first seen with
+the same content, and points at it (`duplicate_of`).
+
+While rows stream, `DedupStage` asks one small actor (`SeenContent`) per batch which of its
+rows' content hashes were seen before: the first row with a content is judged; a copy is set
+aside in a `decision=duplicate` partition with the position of the row judged in its place
+(`<source file>:<row>`: ids cannot point, since a content id is the same for every copy),
+and no later stage touches it. Once every row is written, `settle_duplicates` gives each copy its
+original's decision, score and reasons and moves it to that decision's partition, so the
+output holds every row once, and rows read = kept + rejected + quarantined + failed.
+
+Memory: the actor keeps a 16-byte digest and the position of each distinct content, about
+200 bytes a row in Python (200 MB at a million distinct rows); the settling reads the copies
+and a few columns of the rows at their originals' positions, never the whole output's text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
+from alpagasus_ray.schema import (
+    CONTENT_HASH,
+    DECISION,
+    DUPLICATE_OF,
+    INPUT,
+    INSTRUCTION,
+    OUTPUT,
+    SOURCE,
+    SOURCE_ROW,
+    Decision,
+)
+
+DUPLICATE = "duplicate"  # a copy's decision until it is settled at the end of the run
+# What a copy takes from the row judged in its place.
+JUDGED_COLUMNS = (
+    "decision",
+    "score",
+    "score_probs",
+    "score_mass",
+    "judge_text",
+    "reason",
+    "reason_detail",
+)
+
+
+def content_hash(instruction: str | None, input: str | None, output: str | None) -> str:
+    """Equal for rows a judge cannot tell apart: the same three texts ("" = no input)."""
+    blob = "\x1e".join(x or "" for x in (instruction, input, output))
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def position(source: str, row: int) -> str:
+    return f"{source}:{row}"
+
+
+class SeenContent:
+    """The content hashes seen so far in a run, each with the position of the row judged."""
+
+    def __init__(self, seed: dict[str, str] | None = None):
+        self.first: dict[bytes, str] = {bytes.fromhex(k): v for k, v in (seed or {}).items()}
+
+    def claim(self, hashes: list[str], positions: list[str]) -> list[str | None]:
+        """Per row: None when it is the first with its content (it will be judged; a retried
+        task claims again and is still the first), else the position of the first."""
+        out: list[str | None] = []
+        for h, pos in zip(hashes, positions, strict=True):
+            first = self.first.setdefault(bytes.fromhex(h), pos)
+            out.append(None if first == pos else first)
+        return out
+
+
+class DedupStage:
+    """Marks the copies of a batch (decision `duplicate`, `duplicate_of`) and gives every
+    row still to judge its `content_hash`; rows already decided (quarantined) are left as
+    they are."""
+
+    def __init__(self, seen: Any):
+        self.seen = seen
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        import ray
+
+        todo = pending_rows(table)
+        texts = {c: table.column(c).to_pylist() for c in (INSTRUCTION, INPUT, OUTPUT)}
+        hashes: list[str | None] = [None] * table.num_rows  # only rows that can be judged
+        for i in todo:
+            hashes[i] = content_hash(*(texts[c][i] for c in texts))
+        sources, rows = table.column(SOURCE).to_pylist(), table.column(SOURCE_ROW).to_pylist()
+        here = [position(sources[i], rows[i]) for i in todo]
+        firsts = ray.get(self.seen.claim.remote([hashes[i] for i in todo], here)) if todo else []
+        decision = column_or_nulls(table, DECISION)
+        dup_of: list[str | None] = [None] * table.num_rows
+        for i, first in zip(todo, firsts, strict=True):
+            if first is not None:
+                decision[i], dup_of[i] = DUPLICATE, first
+        return with_columns(table, {CONTENT_HASH: hashes, DUPLICATE_OF: dup_of, DECISION: decision})
+
+
+def seen_in_output(table: pa.Table | None) -> dict[str, str]:
+    """A resumed run's seed: content hash -> position of each row judged (not a copy) so
+    far, from the output's `content_hash`, `duplicate_of`, `source` and `source_row`."""
+    if table is None or table.num_rows == 0:
+        return {}
+    judged = table.filter(
+        pc.and_(pc.is_null(table.column(DUPLICATE_OF)), pc.is_valid(table.column(CONTENT_HASH)))
+    )
+    places = map(position, judged.column(SOURCE).to_pylist(), judged.column(SOURCE_ROW).to_pylist())
+    return dict(zip(judged.column(CONTENT_HASH).to_pylist(), places, strict=True))
+
+
+def settle_duplicates(fs: Any, root: str, attempt: str) -> int:
+    """Give every copy its original's judgement and move it to that decision's partition;
+    returns how many copies were settled."""
+    from alpagasus_ray.io import DATA_DIR, join, output_dataset
+
+    folder = join(root, DATA_DIR, f"{DECISION}={DUPLICATE}")
+    if not fs.exists(folder):
+        return 0
+    files = [f for f in fs.find(folder) if f.endswith(".parquet")]
+    copies = pa.concat_tables(_read(fs, f) for f in files) if files else None
+    if copies is None or copies.num_rows == 0:
+        fs.rm(folder, recursive=True)
+        return 0
+    wanted = set(copies.column(DUPLICATE_OF).to_pylist())
+    src, row = zip(*(w.rsplit(":", 1) for w in wanted), strict=True)
+    near = pc.field(SOURCE).isin(pa.array(sorted(set(src)))) & pc.field(SOURCE_ROW).isin(
+        pa.array(sorted({int(r) for r in row}), pa.int64())
+    )  # a superset of the originals' positions, read without the rows' text
+    judged = output_dataset(fs, root).to_table(
+        columns=[SOURCE, SOURCE_ROW, *JUDGED_COLUMNS],
+        filter=near & (pc.field(DECISION) != DUPLICATE),
+    )
+    by_place = {position(r[SOURCE], r[SOURCE_ROW]): r for r in judged.to_pylist()}
+    cols = {c: column_or_nulls(copies, c) for c in JUDGED_COLUMNS}
+    for i, first in enumerate(copies.column(DUPLICATE_OF).to_pylist()):
+        original = by_place.get(first)
+        if original is None:  # cannot happen: the original is written before the end
+            raise RuntimeError(f"row {first}, judged for its duplicates, is not in the output")
+        for c in JUDGED_COLUMNS:
+            cols[c][i] = original.get(c)
+    settled = with_columns(copies, cols)
+    for d in Decision:
+        part = settled.filter(pc.equal(settled.column(DECISION), d.value))
+        if part.num_rows:
+            path = join(root, DATA_DIR, f"{DECISION}={d.value}", f"{attempt}_duplicates.parquet")
+            with fs.open(path, "wb") as f:
+                pq.write_table(part.drop_columns([DECISION]), f)
+    fs.rm(folder, recursive=True)
+    return copies.num_rows
+
+
+def _read(fs: Any, path: str) -> pa.Table:
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f)
