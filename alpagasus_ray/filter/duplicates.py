@@ -114,19 +114,19 @@ def seen_in_output(table: pa.Table | None) -> dict[str, str]:
     return dict(zip(judged.column(CONTENT_HASH).to_pylist(), places, strict=True))
 
 
-def settle_duplicates(fs: Any, root: str, attempt: str) -> int:
+def settle_duplicates(fs: Any, root: str, attempt: str) -> dict[str, int]:
     """Give every copy its original's judgement and move it to that decision's partition;
-    returns how many copies were settled."""
+    returns how many copies were settled into each decision."""
     from alpagasus_ray.io import DATA_DIR, join, output_dataset
 
     folder = join(root, DATA_DIR, f"{DECISION}={DUPLICATE}")
     if not fs.exists(folder):
-        return 0
+        return {}
     files = [f for f in fs.find(folder) if f.endswith(".parquet")]
     copies = pa.concat_tables(_read(fs, f) for f in files) if files else None
     if copies is None or copies.num_rows == 0:
         fs.rm(folder, recursive=True)
-        return 0
+        return {}
     wanted = set(copies.column(DUPLICATE_OF).to_pylist())
     src, row = zip(*(w.rsplit(":", 1) for w in wanted), strict=True)
     near = pc.field(SOURCE).isin(pa.array(sorted(set(src)))) & pc.field(SOURCE_ROW).isin(
@@ -145,14 +145,16 @@ def settle_duplicates(fs: Any, root: str, attempt: str) -> int:
         for c in JUDGED_COLUMNS:
             cols[c][i] = original.get(c)
     settled = with_columns(copies, cols)
+    moved: dict[str, int] = {}
     for d in Decision:
         part = settled.filter(pc.equal(settled.column(DECISION), d.value))
         if part.num_rows:
+            moved[d.value] = part.num_rows
             path = join(root, DATA_DIR, f"{DECISION}={d.value}", f"{attempt}_duplicates.parquet")
             with fs.open(path, "wb") as f:
                 pq.write_table(part.drop_columns([DECISION]), f)
     fs.rm(folder, recursive=True)
-    return copies.num_rows
+    return moved
 
 
 def _read(fs: Any, path: str) -> pa.Table:

@@ -196,12 +196,13 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
             ray_remote_args={"num_cpus": cfg.ray.task_cpus},
             filename_provider=FilenameProvider(dataset_uuid=attempt, file_format="parquet"),
         )
-    scored = time.time()
-    check_claim(fs, root, run_id)
-    late = remove_late_files(fs, root, attempt, kept_files)
-    if late:
-        attempts[-1]["late_files_removed"] = late
-    settle_duplicates(fs, root, attempt)  # each copy takes its original's judgement
+        scored = time.time()
+        check_claim(fs, root, run_id)
+        late = remove_late_files(fs, root, attempt, kept_files)
+        if late:
+            attempts[-1]["late_files_removed"] = late
+        # Each copy takes its original's judgement; the last progress line counts its kept.
+        counter.add.remote(0, settle_duplicates(fs, root, attempt).get("kept", 0))
     if api is not None:
         api.stop_if_over_budget(cfg.judge.api)  # no manifest: a rerun judges the rows not sent
     stats = ds.stats()
