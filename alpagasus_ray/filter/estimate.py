@@ -43,9 +43,9 @@ def count_batch(table: pa.Table) -> pa.Table:
 
 
 def estimate(cfg: JobConfig) -> dict[str, Any]:
-    from alpagasus_ray.filter.pipeline import _concurrency
+    from alpagasus_ray.filter.pipeline import prompted
     from alpagasus_ray.filter.preflight import preflight
-    from alpagasus_ray.filter.stages import PromptStage, ValidateStage
+    from alpagasus_ray.filter.stages import ValidateStage
     from alpagasus_ray.io import read_input
     from alpagasus_ray.runtime import init_ray
 
@@ -55,14 +55,7 @@ def estimate(cfg: JobConfig) -> dict[str, Any]:
     rows_per_block = cfg.input.rows_per_block or judge.batch_size
     ds = read_input(cfg.input, cfg.storage, light, rows_per_block, None, listing)
     ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
-    ds = ds.map_batches(
-        PromptStage,
-        fn_constructor_kwargs={"judge": judge},
-        batch_format="pyarrow",
-        batch_size=judge.batch_size,
-        concurrency=_concurrency(cfg.ray.prompt_workers),
-        num_cpus=cfg.ray.prompt_worker_cpus,
-    )
+    ds = prompted(ds, cfg)
     ds = ds.map_batches(count_batch, batch_format="pyarrow", num_cpus=light)
     totals = {"rows": 0, "to_judge": 0, "counted_tokens": 0, "estimated_tokens": 0}
     for row in ds.iter_rows():

@@ -55,6 +55,18 @@ def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
     return value if isinstance(value, int) else tuple(value)
 
 
+def prompted(ds: Any, cfg: JobConfig) -> Any:
+    """The prompt stage on its CPU actors: the job's, and the dry run's (`estimate.py`)."""
+    return ds.map_batches(
+        PromptStage,
+        fn_constructor_kwargs={"judge": cfg.judge},
+        batch_format="pyarrow",
+        batch_size=cfg.judge.batch_size,
+        concurrency=_concurrency(cfg.ray.prompt_workers),
+        num_cpus=cfg.ray.prompt_worker_cpus,
+    )
+
+
 def build_dataset(
     cfg: JobConfig,
     served_name: str | None = None,
@@ -82,14 +94,7 @@ def build_dataset(
     ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
     if seen is not None:
         ds = ds.map_batches(DedupStage(seen), batch_format="pyarrow", num_cpus=light)
-    ds = ds.map_batches(
-        PromptStage,
-        fn_constructor_kwargs={"judge": judge},
-        batch_format="pyarrow",
-        batch_size=judge.batch_size,
-        concurrency=_concurrency(cfg.ray.prompt_workers),
-        num_cpus=cfg.ray.prompt_worker_cpus,
-    )
+    ds = prompted(ds, cfg)
     if judge.engine == "vllm":
         from alpagasus_ray.filter.stages.vllm_score import score_with_vllm
 
