@@ -27,7 +27,8 @@ def test_copies_are_judged_once_and_take_their_originals_decision(
     ray_session, tiny_judge, tmp_path: Path
 ):
     rows = synthetic_examples(40, seed=31)
-    copied = [rows[0], rows[3], rows[0], rows[3], rows[17]]
+    # A copy with a key of its own: its block's columns differ from the other copies'.
+    copied = [rows[0], rows[3], rows[0], {**rows[3], "note": "extra"}, rows[17]]
     first = write_jsonl(tmp_path / "in" / "a.jsonl", rows + copied[:3])
     write_jsonl(tmp_path / "in" / "b.jsonl", [*copied[3:], {"instruction": "no output"}])
     distinct = len({(r["instruction"], r["input"], r["output"]) for r in rows})

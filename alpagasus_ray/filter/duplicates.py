@@ -123,7 +123,9 @@ def settle_duplicates(fs: Any, root: str, attempt: str) -> dict[str, int]:
     if not fs.exists(folder):
         return {}
     files = [f for f in fs.find(folder) if f.endswith(".parquet")]
-    copies = pa.concat_tables(_read(fs, f) for f in files) if files else None
+    # Blocks differ in the extra columns their rows brought (a quarantined record's keys).
+    tables = [_read(fs, f) for f in files]
+    copies = pa.concat_tables(tables, promote_options="permissive") if tables else None
     if copies is None or copies.num_rows == 0:
         fs.rm(folder, recursive=True)
         return {}
