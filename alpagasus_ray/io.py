@@ -171,19 +171,35 @@ def check_claim(fs: fsspec.AbstractFileSystem, root: str, run_id: str) -> None:
 
 
 def parquet_dataset(
-    fs: fsspec.AbstractFileSystem, path: str, partitioning: str | None = None
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    partitioning: str | None = None,
+    every_column: bool = False,
 ) -> Any:
-    """The Parquet files under `path` (local or S3) as one pyarrow dataset."""
+    """The Parquet files under `path` (local or S3) as one pyarrow dataset.
+
+    Its schema is the first file's, which is enough to read known columns. With
+    `every_column`, it is the union of every file's (one footer read per file), so that a
+    column only some blocks had (a quarantined record's own keys) is not lost on a rewrite.
+    """
+    import pyarrow as pa
     import pyarrow.dataset as pads
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     pafs = PyFileSystem(FSSpecHandler(fs))
-    return pads.dataset(path, filesystem=pafs, format="parquet", partitioning=partitioning)
+    found = pads.dataset(path, filesystem=pafs, format="parquet", partitioning=partitioning)
+    if not every_column:
+        return found
+    schemas = [found.schema, *(f.physical_schema for f in found.get_fragments())]
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    return pads.dataset(
+        path, schema=schema, filesystem=pafs, format="parquet", partitioning=partitioning
+    )
 
 
-def output_dataset(fs: fsspec.AbstractFileSystem, root: str) -> Any:
+def output_dataset(fs: fsspec.AbstractFileSystem, root: str, every_column: bool = False) -> Any:
     """The written partitions as a pyarrow dataset (hive `decision=` folders)."""
-    return parquet_dataset(fs, join(root, DATA_DIR), partitioning="hive")
+    return parquet_dataset(fs, join(root, DATA_DIR), "hive", every_column)
 
 
 def read_output_table(

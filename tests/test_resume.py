@@ -199,3 +199,24 @@ def test_keep_fraction_keeps_that_share_of_the_scored_rows(clean, source, tiny_j
     assert all(r["score"] < manifest["threshold"] for r in judged if r["decision"] == "rejected")
     assert 0.25 <= len(kept) / len(judged) < 0.25 + 5 / len(judged)  # ties at the quantile
     assert (out / "report.md").read_text().count(f"threshold {manifest['threshold']:g}") == 1
+
+
+def test_a_redecision_keeps_the_columns_only_some_files_have(tmp_path):
+    import fsspec
+
+    from alpagasus_ray.filter.redecide import redecide
+
+    kept, rejected = tmp_path / "data" / "decision=kept", tmp_path / "data" / "decision=rejected"
+    kept.mkdir(parents=True)
+    rejected.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "score": [4.8]}), kept / "0.parquet")
+    pq.write_table(
+        pa.table({"id": ["b"], "score": [3.0], "note": ["own key"]}), rejected / "1.parquet"
+    )
+    changed = redecide(fsspec.filesystem("file"), str(tmp_path), threshold=2.5)
+    assert changed == {"kept -> rejected": 0, "rejected -> kept": 1}
+    rows = pq.read_table(tmp_path / "data", partitioning="hive").to_pylist()
+    table = pq.ParquetDataset(tmp_path / "data").read()
+    assert sorted(table.column_names) == ["decision", "id", "note", "score"]
+    assert sorted((r["id"], r["decision"]) for r in rows) == [("a", "kept"), ("b", "kept")]
+    assert {r["id"]: r["note"] for r in table.to_pylist()} == {"a": None, "b": "own key"}

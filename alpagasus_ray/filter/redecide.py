@@ -46,7 +46,7 @@ def redecide(fs: fsspec.AbstractFileSystem, root: str, threshold: float) -> dict
     """Rewrite the output's decisions at `threshold`; returns how many rows changed."""
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    source = output_dataset(fs, root)
+    source = output_dataset(fs, root, every_column=True)
     fresh, old = join(root, DATA_DIR + ".redecided"), join(root, DATA_DIR)
     changed = {"kept -> rejected": 0, "rejected -> kept": 0}
 
