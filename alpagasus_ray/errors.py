@@ -23,7 +23,8 @@ class JudgeAPIStopped(RuntimeError):
 
     def __init__(self, key: str, cause: str):
         self.key, self.cause_line = key, cause
-        super().__init__(f"judge API stopped the job ({key}): {cause}")
+        who = "judge" if key.startswith("judge.") else "model"  # or an evaluation's answers
+        super().__init__(f"{who} API stopped the job ({key}): {cause}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.key, self.cause_line)

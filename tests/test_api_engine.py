@@ -9,6 +9,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -296,12 +297,10 @@ def test_mistakes_are_refused_before_any_row(smol_server, tmp_path, capsys, monk
     assert not (tmp_path / "out").exists()
 
 
-def test_evaluation_with_api_models_and_an_api_judge(
-    ray_session, tiny_server, smol_server, key, tmp_path
-):
+def api_evaluation(tmp_path: Path, models_url: str, judge_url: str, **api: Any) -> Any:
+    """Two served names of one model answer 6 questions; `api` adds to generation.api."""
     from alpagasus_ray.config import build_config
     from alpagasus_ray.evaluate.config import EvalConfig
-    from alpagasus_ray.evaluate.job import run_evaluate
 
     questions = [{"id": i, "question": r["instruction"], "input": r["input"]}
                  for i, r in enumerate(synthetic_examples(6, seed=30))]  # fmt: skip
@@ -309,15 +308,24 @@ def test_evaluation_with_api_models_and_an_api_judge(
     cfg = {
         "models": [{"name": "a", "path": "tiny"}, {"name": "b", "path": "tiny-b"}],
         "generation": {"engine": "openai", "max_new_tokens": 16, "num_cpus_per_replica": 0.25,
-                       "api": {"base_url": tiny_server.base_url, "endpoint": "completions",
-                               "api_key_env": None}},
+                       "api": {"base_url": models_url, "endpoint": "completions",
+                               "api_key_env": None, **api}},
         "judge": {"engine": "openai", "model": "smol", "max_new_tokens": 24,
-                  "num_cpus_per_replica": 0.25, "api": {"base_url": smol_server.base_url}},
+                  "num_cpus_per_replica": 0.25, "api": {"base_url": judge_url}},
         "test_sets": [{"name": "mine", "path": str(test_set), "question": "question", "id": "id",
                        "input": "input"}],
         "output": {"uri": str(tmp_path / "eval"), "overwrite": True},
     }  # fmt: skip
-    manifest = run_evaluate(build_config(EvalConfig, cfg))
+    return build_config(EvalConfig, cfg)
+
+
+def test_evaluation_with_api_models_and_an_api_judge(
+    ray_session, tiny_server, smol_server, key, tmp_path
+):
+    from alpagasus_ray.evaluate.job import run_evaluate
+
+    cfg = api_evaluation(tmp_path, tiny_server.base_url, smol_server.base_url)
+    manifest = run_evaluate(cfg)
     assert manifest["status"] == "complete" and manifest["checks"]["ok"]
     assert manifest["questions"] == 6 and manifest["judgments"] == 12  # both orders
     answers = pads.dataset(str(tmp_path / "eval" / "answers")).to_table().to_pylist()
@@ -327,3 +335,27 @@ def test_evaluation_with_api_models_and_an_api_judge(
     judgments = pads.dataset(str(tmp_path / "eval" / "judgments")).to_table().to_pylist()
     assert all(j["status"] in ("ok", "unparseable") for j in judgments)
     assert all(j["judge_text"] for j in judgments)
+
+
+def test_an_evaluation_stops_at_a_models_cost_cap_before_judging(
+    ray_session, tiny_server, smol_server, key, tmp_path
+):
+    from alpagasus_ray.errors import JudgeAPIStopped
+    from alpagasus_ray.evaluate.job import run_evaluate
+
+    cap = {"price_input_per_mtok": 1000, "max_cost": 0.15, "max_concurrency": 1}
+    cfg = api_evaluation(tmp_path, tiny_server.base_url, smol_server.base_url, **cap)
+    with pytest.raises(JudgeAPIStopped) as stopped:
+        run_evaluate(cfg)
+    line = str(stopped.value)
+    assert line.startswith("model API stopped the job (generation.api.max_cost): spent ")
+    assert "were not sent (error rows in answers/)" in line
+    answers = pads.dataset(str(tmp_path / "eval" / "answers")).to_table().to_pylist()
+    assert len(answers) == 6  # every question is in the answers, sent or not
+    for model in ("a", "b"):  # each model's answers have a cap of their own
+        sent = [r for r in answers if r[f"answer_error__{model}"] is None]
+        cut = [r for r in answers if (r[f"answer_error__{model}"] or "").startswith("not sent")]
+        assert sent and cut and len(sent) + len(cut) == 6
+    assert 0 < float(line.split("spent ")[1].split(" of ")[0]) <= 0.15
+    assert not (tmp_path / "eval" / "judgments").exists()  # nothing judged on cut answers
+    assert not (tmp_path / "eval" / "manifest.json").exists()

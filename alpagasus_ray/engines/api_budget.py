@@ -84,18 +84,24 @@ class JobAPI:
     budget: Any
     key: SecretStr
 
-    def stop_if_over_budget(self, api: APIConfig) -> None:
+    def stop_if_over_budget(
+        self,
+        api: APIConfig,
+        key: str = "judge.api.max_cost",
+        then: str = "in the output as failed, engine_error): rerun the same command with a "
+        "higher max_cost to judge them",
+    ) -> None:
         """After the write: rows the cost cap kept from the server end the job here, before
-        a manifest would call the output finished."""
+        a manifest would call the output finished. `key` names the cap, `then` says where
+        the rows are and what to do (after "N rows were not sent (")."""
         import ray
 
         totals = ray.get(self.budget.totals.remote())
         if totals["refused"]:
             raise JudgeAPIStopped(
-                "judge.api.max_cost",
+                key,
                 f"spent {totals['spent']:.4f} of {api.max_cost:g}; {totals['refused']} rows "
-                "were not sent (in the output as failed, engine_error): rerun the same "
-                "command with a higher max_cost to judge them",
+                f"were not sent ({then}",
             )
 
 

@@ -139,8 +139,12 @@ class EngineGenerateStage:
         )
 
 
-def generate(ds: Any, cfg: JudgeConfig, kind: Literal["answer", "judge"], task_cpus: float) -> Any:
-    """prompt -> engine: adds _gen_text / _gen_tokens / _gen_error to every row."""
+def generate(
+    ds: Any, cfg: JudgeConfig, kind: Literal["answer", "judge"], task_cpus: float
+) -> tuple[Any, Any]:
+    """prompt -> engine: adds _gen_text / _gen_tokens / _gen_error to every row. Also returns
+    an API engine's budget and key (`JobAPI`, None for a local engine), for the cost check
+    after the write."""
     ds = ds.map_batches(
         PromptStage(cfg, kind),
         batch_format="pyarrow",
@@ -150,14 +154,14 @@ def generate(ds: Any, cfg: JudgeConfig, kind: Literal["answer", "judge"], task_c
     if cfg.engine == "vllm":
         from alpagasus_ray.evaluate.generate_vllm import generate_with_vllm
 
-        return generate_with_vllm(ds, cfg, task_cpus)
+        return generate_with_vllm(ds, cfg, task_cpus), None
     api = None
     if cfg.engine == "openai":  # one rate limit and cost cap for every replica
         from alpagasus_ray.engines.api_budget import job_api
 
         api = job_api(cfg)
     replicas = cfg.replicas if isinstance(cfg.replicas, int) else tuple(cfg.replicas)
-    return ds.map_batches(
+    ds = ds.map_batches(
         EngineGenerateStage,
         fn_constructor_kwargs={"cfg": cfg, "api": api},
         batch_format="pyarrow",
@@ -166,3 +170,4 @@ def generate(ds: Any, cfg: JudgeConfig, kind: Literal["answer", "judge"], task_c
         num_gpus=cfg.num_gpus_per_replica or None,
         num_cpus=cfg.num_cpus_per_replica,
     )
+    return ds, api

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from alpagasus_ray.config import JudgeConfig
 from alpagasus_ray.evaluate.answers import FinishAnswers, PairRequests
 from alpagasus_ray.evaluate.config import EvalConfig
 from alpagasus_ray.evaluate.generate import generate
@@ -38,6 +39,16 @@ def check_apis(cfg: EvalConfig) -> None:
             check_api(cfg.generation.judge_config(m), "generation", f"models.{i}.path")
 
 
+def stop_if_over_budget(budgets: list[tuple[JudgeConfig, Any]], key: str, folder: str) -> None:
+    """An API engine's cost cap ends the evaluation after the step it cut short, without a
+    manifest: its unsent rows are error rows in `folder`, and an outcome over them would be
+    wrong. (Each model's answers and the judge have a cap of their own.)"""
+    for cfg, api in budgets:
+        if api is not None:
+            then = f"error rows in {folder}/): rerun with a higher max_cost and output.overwrite"
+            api.stop_if_over_budget(cfg.api, key, then)
+
+
 def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Answers, judgements, outcomes and report; returns the manifest (written last)."""
     import ray.data
@@ -52,19 +63,23 @@ def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
     light = cfg.ray.task_cpus
     started = time.time()
 
-    ds = read_questions(cfg)
+    ds, budgets = read_questions(cfg), []
     for m in cfg.models:
-        ds = generate(ds, cfg.generation.judge_config(m), "answer", light)
+        model = cfg.generation.judge_config(m)
+        ds, api = generate(ds, model, "answer", light)
+        budgets.append((model, api))
         ds = ds.map_batches(FinishAnswers(m.name), batch_format="pyarrow", num_cpus=light)
     ds.write_parquet(join(root, ANSWERS), filesystem=fs, ray_remote_args={"num_cpus": light})
+    stop_if_over_budget(budgets, "generation.api.max_cost", ANSWERS)  # judge no cut answers
     answered = time.time()
 
     pairs = cfg.model_pairs()
     ds = ray.data.read_parquet(join(root, ANSWERS), filesystem=fs, num_cpus=light)
     ds = ds.map_batches(PairRequests(pairs), batch_format="pyarrow", num_cpus=light)
-    ds = generate(ds, cfg.judge, "judge", light)
+    ds, api = generate(ds, cfg.judge, "judge", light)
     ds = ds.map_batches(finish_judgments, batch_format="pyarrow", num_cpus=light)
     ds.write_parquet(join(root, JUDGMENTS), filesystem=fs, ray_remote_args={"num_cpus": light})
+    stop_if_over_budget([(cfg.judge, api)], "judge.api.max_cost", JUDGMENTS)
     judged = time.time()
 
     answers = parquet_dataset(fs, join(root, ANSWERS)).to_table()
