@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 from conftest import job_config, write_jsonl
 
 from alpagasus_ray.filter.duplicates import SeenContent, content_hash
+from alpagasus_ray.filter.estimate import estimate
 from alpagasus_ray.filter.pipeline import run_filter
 from alpagasus_ray.tiny import synthetic_examples
 
@@ -36,6 +37,8 @@ def test_copies_are_judged_once_and_take_their_originals_decision(
     out = tmp_path / "out"
     cfg = job_config(str(first.parent), str(out), tiny_judge, judge__batch_size=8,
                      input__rows_per_block=8)  # fmt: skip
+    dry = estimate(cfg)  # the dry run counts what the job then judges
+    assert not out.exists()
     manifest = run_filter(cfg)
     assert manifest["status"] == "complete" and manifest["rows_read"] == 46
     assert sum(manifest["counts"].values()) == 46
@@ -62,6 +65,9 @@ def test_copies_are_judged_once_and_take_their_originals_decision(
             x for x in table if (x["instruction"], x["output"]) == (r["instruction"], r["output"])
         ]
         assert len({x["duplicate_of"] for x in same if x["duplicate_of"]}) == 1
+    assert (dry["rows_read"], dry["rows_to_judge"]) == (46, distinct)
+    assert (dry["duplicates"], dry["rows_quarantined"]) == (dups, 1)
+    assert dry["prompt_tokens"] == sum(r["num_prompt_tokens"] or 0 for r in table) > 0
     report = json.loads((out / "report.json").read_text())
     assert report["duplicates"] == dups
     assert f"{dups} exact duplicates" in (out / "report.md").read_text()

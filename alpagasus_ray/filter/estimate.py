@@ -1,10 +1,12 @@
 """`alpagasus-ray filter --dry-run`: what a job would send to its judge, before any call.
 
-The input is read and every row validated and prompted exactly as the job would (the same
-stages), then counted: rows, the rows that would reach the judge, their prompt tokens (with
+The input is read and every row validated, checked for exact duplicates and prompted exactly
+as the job would (the same stages), then counted: rows, the rows that would reach the judge
+(not the quarantined, not the copies of a content seen before), their prompt tokens (with
 the judge's tokenizer; for an API judge without `judge.tokenizer`, estimated from the text
 at 4 characters a token, and said so), the answer tokens at most, and the cost at the
-`judge.api` prices. Nothing is written and the judge is not called or loaded.
+`judge.api` prices. Nothing is written and the judge is not called or loaded. It counts as
+for a fresh output: a rerun that resumes an unfinished one judges only the rows it lacks.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alpagasus_ray.config import JobConfig
+from alpagasus_ray.filter.duplicates import DUPLICATE, DedupStage, SeenContent
 from alpagasus_ray.schema import DECISION, NUM_PROMPT_TOKENS, PROMPT_REQUEST
 
 
@@ -33,9 +36,11 @@ def count_batch(table: pa.Table) -> pa.Table:
             if n is None and req:
                 r = json.loads(req)
                 estimated += estimate_tokens(r.get("messages"), r.get("prompt"))
+    copies = pc.sum(pc.fill_null(pc.equal(table.column(DECISION), DUPLICATE), False))
     counts = {
         "rows": table.num_rows,
         "to_judge": todo.num_rows,
+        "duplicates": int(copies.as_py() or 0),
         "counted_tokens": counted,
         "estimated_tokens": estimated,
     }
@@ -43,6 +48,8 @@ def count_batch(table: pa.Table) -> pa.Table:
 
 
 def estimate(cfg: JobConfig) -> dict[str, Any]:
+    import ray
+
     from alpagasus_ray.filter.pipeline import prompted
     from alpagasus_ray.filter.preflight import preflight
     from alpagasus_ray.filter.stages import ValidateStage
@@ -55,9 +62,13 @@ def estimate(cfg: JobConfig) -> dict[str, Any]:
     rows_per_block = cfg.input.rows_per_block or judge.batch_size
     ds = read_input(cfg.input, cfg.storage, light, rows_per_block, None, listing)
     ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
+    seen = ray.remote(num_cpus=0)(SeenContent).remote()
+    ds = ds.map_batches(DedupStage(seen), batch_format="pyarrow", num_cpus=light)
     ds = prompted(ds, cfg)
     ds = ds.map_batches(count_batch, batch_format="pyarrow", num_cpus=light)
-    totals = {"rows": 0, "to_judge": 0, "counted_tokens": 0, "estimated_tokens": 0}
+    totals = dict.fromkeys(
+        ("rows", "to_judge", "duplicates", "counted_tokens", "estimated_tokens"), 0
+    )
     for row in ds.iter_rows():
         for k in totals:
             totals[k] += row[k]
@@ -68,7 +79,8 @@ def estimate(cfg: JobConfig) -> dict[str, Any]:
     return {
         "rows_read": totals["rows"],
         "rows_to_judge": totals["to_judge"],
-        "rows_quarantined": totals["rows"] - totals["to_judge"],
+        "rows_quarantined": totals["rows"] - totals["to_judge"] - totals["duplicates"],
+        "duplicates": totals["duplicates"],
         "prompt_tokens": prompt_tokens,
         "prompt_tokens_estimated": totals["estimated_tokens"],
         "answer_tokens_at_most": answer_tokens,
@@ -91,7 +103,7 @@ def render(e: dict[str, Any], cfg: JobConfig) -> str:
         "dry run: nothing was sent to the judge and nothing was written",
         f"rows read        {e['rows_read']:,}",
         f"rows to judge    {e['rows_to_judge']:,} (quarantined before the judge: "
-        f"{e['rows_quarantined']:,})",
+        f"{e['rows_quarantined']:,}; copies of a row judged once: {e['duplicates']:,})",
         f"prompt tokens    {e['prompt_tokens']:,} ({how})",
         f"answer tokens    at most {e['answer_tokens_at_most']:,} ({judge.mode}: {per_row})",
     ]
