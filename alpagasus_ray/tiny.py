@@ -35,8 +35,10 @@ _WORDS = {"cat": "chat", "house": "maison", "water": "eau", "book": "livre", "tr
 _TOPICS = ["sleep", "exercise", "reading", "saving money", "learning a language", "cooking"]
 
 
-def synthetic_examples(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Alpaca-shaped rows (instruction/input/output/category), some answers deliberately wrong."""
+def synthetic_examples(n: int, seed: int = 0, unique: bool = False) -> list[dict[str, Any]]:
+    """Alpaca-shaped rows (instruction/input/output/category), some answers deliberately wrong.
+    Drawn from a few templates, so rows repeat (exact duplicates) unless `unique` numbers
+    every instruction."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -62,6 +64,7 @@ def synthetic_examples(n: int, seed: int = 0) -> list[dict[str, Any]]:
             )
             row = (f"Give one tip about {topic}.", "", answer, "advice")
         instruction, inp, output, category = row
+        instruction = f"{instruction} (#{i})" if unique else instruction
         rows.append(
             {"instruction": instruction, "input": inp, "output": output, "category": category}
         )

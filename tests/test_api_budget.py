@@ -9,7 +9,7 @@ import math
 import pytest
 
 from alpagasus_ray.config import ConfigError, JobConfig, build_config
-from alpagasus_ray.engines.api import digit_logprobs, digit_of, redact
+from alpagasus_ray.engines.api import digit_logprobs, digit_of, redact, tokens_at_most
 from alpagasus_ray.engines.api_budget import Budget
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judge_output_to_judgement
@@ -37,6 +37,23 @@ def test_the_cost_cap_refuses_before_spending_more():
     b.settle(reserved=0.8, actual=0.3)  # what they really cost, from the usage
     assert b.reserve(1, 0.4, now=0.0) == 0.0 and b.spent == pytest.approx(0.3)
     assert b.refused == 1
+
+
+def test_without_a_tokenizer_the_cap_reserves_no_fewer_tokens_than_the_prompt_has(tiny_judge):
+    from alpagasus_ray.models import load_tokenizer
+    from alpagasus_ray.prompts import rating_messages
+    from alpagasus_ray.tiny import synthetic_examples
+
+    tok = load_tokenizer(str(tiny_judge))
+    odd = {"instruction": "Übersetze: ünïcödé ✓ 漢字 🙂", "input": "", "output": "ça va"}
+    for row in [*synthetic_examples(8, seed=40), odd]:
+        messages = rating_messages(
+            row["instruction"], row["input"], row["output"], "accuracy", "prefix"
+        )
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        assert len(ids) <= tokens_at_most(messages, None)
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert len(tok(text, add_special_tokens=False)["input_ids"]) <= tokens_at_most(None, text)
 
 
 def test_score_digits_are_read_by_their_text():

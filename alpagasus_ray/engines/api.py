@@ -36,6 +36,7 @@ from alpagasus_ray.errors import JudgeAPIStopped
 
 DIGIT_TOKENS = {d: d for d in SCORE_DIGITS}  # the "token ids" of this engine: the digits
 CHARS_PER_TOKEN = 4  # a prompt's tokens, estimated when no tokenizer is configured
+TEMPLATE_TOKENS = 16  # at most, per chat message: a template's role header and separators
 NOT_SENT = "not sent"  # a row the cost cap kept from the server: engine_error, so retried
 
 
@@ -66,8 +67,16 @@ def digit_logprobs(top: Sequence[tuple[str, float]]) -> dict[int, float]:
 
 
 def estimate_tokens(messages: list[dict[str, str]] | None, text: str | None) -> int:
+    """A prompt's tokens as most tokenizers count English (the dry run's expectation)."""
     chars = sum(len(m.get("content", "")) for m in messages or []) + len(text or "")
     return max(1, chars // CHARS_PER_TOKEN)
+
+
+def tokens_at_most(messages: list[dict[str, str]] | None, text: str | None) -> int:
+    """A bound on a prompt's tokens without its tokenizer, for the cost cap: byte-level
+    tokenizers give at most one token per UTF-8 byte, plus the chat template's tokens."""
+    parts = [m.get("content", "") for m in messages or []] + [text or ""]
+    return sum(len(p.encode()) for p in parts) + TEMPLATE_TOKENS * (len(messages or []) + 1)
 
 
 class APIEngine(JudgeEngine):
@@ -107,43 +116,44 @@ class APIEngine(JudgeEngine):
 
     async def _judge_all(self, prompts: Sequence[Any], reqs: list[dict]) -> list[JudgeOutput]:
         gate = asyncio.Semaphore(self.cfg.api.max_concurrency)
-        reserved = [0.0]
 
         async def one(ids: Any, req: dict) -> JudgeOutput:
             async with gate:
-                out = await self._one(ids, req, reserved)
+                out = await self._one(ids, req)
             if out is not None:
                 self._breaker(out)
                 return out
             return JudgeOutput(error=f"{NOT_SENT}: the next request would pass judge.api.max_cost")
 
-        outs = await asyncio.gather(*(one(p, r) for p, r in zip(prompts, reqs, strict=True)))
-        if self.budget is not None:
-            cost = sum(
-                self.cfg.api.cost(o.num_prompt_tokens or 0, o.num_output_tokens) for o in outs
-            )
-            await self.budget.settle.remote(reserved[0], cost)
-        return list(outs)
+        return list(await asyncio.gather(*(one(p, r) for p, r in zip(prompts, reqs, strict=True))))
 
-    async def _one(
-        self, ids: Sequence[int] | None, req: dict, reserved: list[float]
-    ) -> JudgeOutput | None:
-        """One row's request; None when the cost cap leaves no room for it (not sent)."""
-        api = self.cfg.api
+    async def _one(self, ids: Sequence[int] | None, req: dict) -> JudgeOutput | None:
+        """One row's request; None when the cost cap leaves no room for it (not sent).
+
+        Its cost is reserved at its most before it goes (exact prompt tokens with a
+        tokenizer, `tokens_at_most` without) and settled with the server's usage as soon as
+        it is answered; a request lost to a timeout or a dropped connection stays counted
+        at its reservation, since the provider may have billed it."""
+        api, reserved = self.cfg.api, 0.0
         if self.budget is not None:
-            tokens = len(ids) if ids else estimate_tokens(req.get("messages"), req.get("prompt"))
-            cost = api.cost(tokens, self.answer_tokens)
-            wait = await self.budget.reserve.remote(tokens + self.answer_tokens, cost)
+            tokens = len(ids) if ids else tokens_at_most(req.get("messages"), req.get("prompt"))
+            reserved = api.cost(tokens, self.answer_tokens)
+            wait = await self.budget.reserve.remote(tokens + self.answer_tokens, reserved)
             if wait is None:
                 return None
-            reserved[0] += cost
             await asyncio.sleep(wait)
         try:
-            return await self._call(ids, req)
+            out = await self._call(ids, req)
+            actual = api.cost(out.num_prompt_tokens or 0, out.num_output_tokens)
         except self.openai.APIStatusError as e:
-            return JudgeOutput(error=redact(f"HTTP {e.status_code}: {_message(e)}", self.key))
+            out = JudgeOutput(error=redact(f"HTTP {e.status_code}: {_message(e)}", self.key))
+            actual = 0.0  # refused, not billed
         except self.openai.APIError as e:  # timeouts and lost connections, after the retries
-            return JudgeOutput(error=redact(f"{type(e).__name__}: {e}", self.key))
+            out = JudgeOutput(error=redact(f"{type(e).__name__}: {e}", self.key))
+            actual = reserved
+        if self.budget is not None:
+            await self.budget.settle.remote(reserved, actual)
+        return out
 
     async def _call(self, ids: Sequence[int] | None, req: dict) -> JudgeOutput:
         cfg, api = self.cfg, self.cfg.api

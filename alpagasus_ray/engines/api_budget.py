@@ -6,8 +6,8 @@ So one small Ray actor holds the budget and hands out start times (a reservation
 blocking call): each request asks when it may go, sleeps that long on its own replica, and
 goes. Requests are spaced evenly (no burst), so a window of any minute holds at most the
 configured count. Cost is reserved before a request at its most (prompt + max answer
-tokens) and settled with the usage the server reports, so `max_cost` stops the job before
-it spends more, not after.
+tokens) and settled with the usage the server reports as soon as it is answered, so
+`max_cost` stops the job before it spends more, not after.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Budget:
         return start - now
 
     def settle(self, reserved: float, actual: float) -> None:
-        """A batch's requests are done: free what they reserved, count what they cost."""
+        """A request is done: free what it reserved, count what it cost."""
         self.reserved = max(0.0, self.reserved - reserved)
         self.spent += actual
 
