@@ -91,6 +91,45 @@ def test_a_killed_driver_resumes_and_ends_like_a_clean_run(clean, source, tiny_j
     assert_same_output(out, clean)
 
 
+def test_a_killed_judge_replica_is_replaced_and_the_run_ends_like_a_clean_run(
+    clean, source, tiny_judge, tmp_path
+):
+    # A replica's process dies mid-run (a lost GPU node, an OOM kill): Ray restarts the actor
+    # and retries its batch; no row is lost, none written twice, and no rerun is needed.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+
+    def replicas() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if cmd.startswith("ray::") and "ScoreStage" in cmd:
+                found.append(proc)
+        return found
+
+    out = tmp_path / "out"
+    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS)
+    killed, written_then = None, 0
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(run_filter, cfg)
+        deadline = time.monotonic() + 300
+        while killed is None and not run.done() and time.monotonic() < deadline:
+            files = list((out / "data").rglob("*.parquet"))
+            if files and replicas():  # judging is well under way
+                killed = replicas()[0].pid
+                os.kill(killed, signal.SIGKILL)
+                written_then = len(files)
+            time.sleep(0.1)
+        manifest = run.result(timeout=600)
+    assert killed is not None, "the run ended before a replica could be killed"
+    assert written_then < len(list((out / "data").rglob("*.parquet")))  # it went on after
+    assert manifest["status"] == "complete", manifest["invariant"]
+    assert len(manifest["attempts"]) == 1
+    assert manifest["attempts"][0]["rows_written"] == ROWS + 2
+    assert_same_output(out, clean)
+
+
 def doctored_copy(clean: Path, tmp_path: Path) -> tuple[Path, tuple[str, int]]:
     """The clean output as a killed run would leave it: no manifest, one row's judgement an
     `engine_error` in the failed partition, and a half-written data file."""
