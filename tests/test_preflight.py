@@ -77,7 +77,11 @@ def test_a_judge_folder_without_a_tokenizer(capsys, tmp_path):
     empty = tmp_path / "empty-model"
     empty.mkdir()
     err = refused(capsys, tmp_path, src, empty)
-    assert f"judge tokenizer (judge.model): cannot load '{empty}'" in err
+    assert err.endswith(f"judge tokenizer (judge.model): no tokenizer files in '{empty}' "
+                        "(tokenizer.json, ...)")  # fmt: skip
+    (empty / "tokenizer.json").write_text("{not json")
+    err = refused(capsys, tmp_path, src, empty)
+    assert f"judge tokenizer (judge.model): cannot load '{empty}': " in err
 
 
 def test_a_corrupt_parquet_file_is_named(capsys, tmp_path, tiny_judge):

@@ -174,7 +174,7 @@ def test_cli_train_reports_a_config_error(capsys):
     assert "multiple" in capsys.readouterr().err
 
 
-def test_an_unfinished_filter_output_is_refused(ray_session, tiny_judge, tmp_path):
+def test_an_unfinished_filter_output_is_refused(ray_session, tiny_judge, tmp_path, monkeypatch):
     """A filter run killed before its manifest leaves kept and rejected rows behind:
     training on them would be silently wrong, so `train` refuses at once."""
     from alpagasus_ray.io import UnfinishedFilterOutput
@@ -192,5 +192,10 @@ def test_an_unfinished_filter_output_is_refused(ray_session, tiny_judge, tmp_pat
     manifest.unlink()  # as a killed run leaves it
     with pytest.raises(UnfinishedFilterOutput, match="without manifest.json"):
         kept_input(cfg)
+
+    def no_ray(*_: object) -> None:
+        raise AssertionError("Ray was started before the refusal")
+
+    monkeypatch.setattr("alpagasus_ray.runtime.init_ray", no_ray)
     with pytest.raises(UnfinishedFilterOutput, match="without manifest.json"):
         run_train(cfg)

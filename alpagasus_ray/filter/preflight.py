@@ -20,6 +20,8 @@ JSON_SAMPLE_BYTES = 1 << 20  # read at most this much of the first JSON file
 JSON_SAMPLE_RECORDS = 100
 SKIP_PROBE_FILES = 10  # with on_unreadable_file=skip: files tried for a schema
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# What a folder's tokenizer is saved as (fast, sentencepiece, BPE vocab, GGUF, ...).
+_TOKENIZER_FILE = re.compile(r"tokenizer.*|vocab\..*|merges\.txt|.*\.model|.*\.gguf")
 
 
 class PreflightError(ValueError):
@@ -222,9 +224,14 @@ def check_judge(judge: JudgeConfig, ask_server: bool = True) -> None:
     name = judge.tokenizer_name()
     if name is None or "://" in name:
         return  # fetched by the replicas themselves; set judge.tokenizer to check it here
+    key = "judge.tokenizer" if judge.tokenizer else "judge.model"
+    folder = os.path.expanduser(name)
+    if os.path.isdir(folder) and not any(map(_TOKENIZER_FILE.match, os.listdir(folder))):
+        raise PreflightError(
+            "judge tokenizer", key, f"no tokenizer files in {name!r} (tokenizer.json, ...)"
+        )  # transformers would say it cannot convert a slow tokenizer: true, and no help
     try:
         load_tokenizer(name, judge.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; say which
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        key = "judge.tokenizer" if judge.tokenizer else "judge.model"
+        cause = " ".join(str(e).split())[:300] or type(e).__name__
         raise PreflightError("judge tokenizer", key, f"cannot load {name!r}: {cause}") from None

@@ -27,7 +27,7 @@ from alpagasus_ray.train.config import (
     grad_accumulation,
     run_dir,
 )
-from alpagasus_ray.train.data import training_dataset
+from alpagasus_ray.train.data import kept_input, training_dataset
 from alpagasus_ray.train.metrics import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -271,6 +271,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 
     from alpagasus_ray.runtime import init_ray
 
+    kept_input(cfg)  # an unfinished filter output is refused before Ray starts
     init_ray(cfg.ray)
     started = time.time()
     ds, counts = training_dataset(cfg)

@@ -1,0 +1,193 @@
+"""Time to fail: every mistake of the fail-fast list, run as a user would, prints a table.
+
+    python benchmarks/bench_refusals.py
+
+Each case is the `alpagasus-ray` command in a fresh process (Python start, imports and, where
+the check needs a cluster, a local Ray), timed from launch to exit, with its exit code and
+the last line it printed on stderr. The tests assert each line and code
+(`tests/test_preflight.py`, `test_resources.py`, `test_runtime_errors.py`, `test_train.py`);
+this script shows what a user sees and how long it takes. Everything is local: inputs in a
+temporary folder, the tiny random judge, an S3 server (moto) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROWS = [
+    {"instruction": "Add 2 and 2.", "input": "", "output": "4"},
+    {"instruction": "Name a colour.", "output": "Blue."},
+]
+
+
+def cli(*args: str) -> tuple[int, str, float]:
+    """(exit code, last stderr line, seconds) of `alpagasus-ray ARGS` in a fresh process."""
+    cmd = [sys.executable, "-m", "alpagasus_ray.cli", *args]
+    start = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    lines = done.stderr.strip().splitlines() or [""]
+    return done.returncode, lines[-1], time.monotonic() - start
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Cases:
+    """The mistakes, each a method that sets up its inputs under `root` and returns the
+    CLI arguments."""
+
+    def __init__(self, root: Path, judge: Path):
+        self.root, self.judge, self.outputs = root, judge, 0
+        self.jsonl = root / "rows.jsonl"
+        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+        self.config = root / "job.yaml"
+        self.config.write_text("filter: {threshold: 4.5}\n")
+
+    def filter(self, src: Path | str, *sets: str, model: Path | str | None = None) -> list[str]:
+        """A filter command with an output folder of its own (`sets` may replace it)."""
+        self.outputs += 1
+        args = ["filter", "--config", str(self.config), "--set", f"input.uri={src}"]
+        args += ["--set", f"output.uri={self.root / f'out-{self.outputs}'}"]
+        args += ["--set", f"judge.model={model or self.judge}"]
+        for item in sets:
+            args += ["--set", item]
+        return args
+
+    def missing_input(self) -> list[str]:
+        return self.filter(self.root / "typo.jsonl")
+
+    def bad_config_value(self) -> list[str]:
+        return self.filter(self.jsonl, "judge.mode=logprob")
+
+    def parquet_without_the_mapped_column(self) -> list[str]:
+        src = self.root / "rows.parquet"
+        pq.write_table(pa.Table.from_pylist([{"instruction": "a", "output": "b", "ctx": "c"}]), src)
+        return self.filter(src, "input.columns.input=context")
+
+    def parquet_without_the_output_column(self) -> list[str]:
+        src = self.root / "no-output.parquet"
+        pq.write_table(pa.Table.from_pylist([{"instruction": "a", "response": "b"}]), src)
+        return self.filter(src)
+
+    def mapping_typo_on_json_lines(self) -> list[str]:
+        return self.filter(self.jsonl, "input.columns.instruction=instrution")
+
+    def judge_folder_missing(self) -> list[str]:
+        return self.filter(self.jsonl, model=self.root / "no-such-model")
+
+    def judge_is_no_hub_id(self) -> list[str]:
+        return self.filter(self.jsonl, model="meta llama 8b!")
+
+    def judge_folder_without_a_tokenizer(self) -> list[str]:
+        (self.root / "empty-model").mkdir()
+        return self.filter(self.jsonl, model=self.root / "empty-model")
+
+    def corrupt_parquet_footer(self) -> list[str]:
+        src = self.root / "broken.parquet"
+        src.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+        return self.filter(src)
+
+    def corrupt_parquet_file_after_the_first(self) -> list[str]:
+        folder = self.root / "shards"
+        folder.mkdir()
+        pq.write_table(pa.Table.from_pylist(ROWS[:1]), folder / "a.parquet")
+        (folder / "b.parquet").write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
+        return self.filter(folder, "judge.num_cpus_per_replica=0.5", "ray.num_cpus=2")
+
+    def output_under_a_file(self) -> list[str]:
+        (self.root / "a-file").write_text("x")
+        return self.filter(self.jsonl, f"output.uri={self.root / 'a-file' / 'out'}")
+
+    def non_empty_output_without_overwrite(self) -> list[str]:
+        taken = self.root / "taken"
+        taken.mkdir()
+        (taken / "result.parquet").write_text("earlier work")
+        return self.filter(self.jsonl, f"output.uri={taken}")
+
+    def gpu_replica_on_a_cluster_without_gpus(self) -> list[str]:
+        return self.filter(self.jsonl, "judge.num_gpus_per_replica=1", "ray.num_cpus=2")
+
+    def replicas_that_leave_no_cpu_for_reading(self) -> list[str]:
+        return self.filter(self.jsonl, "judge.replicas=2", "judge.num_cpus_per_replica=0.9",
+                           "ray.num_cpus=2")  # fmt: skip
+
+    def api_key_variable_not_set(self) -> list[str]:
+        return self.filter(self.jsonl, "judge.engine=openai", "judge.model=gpt-4o-mini",
+                           "judge.api.base_url=http://127.0.0.1:9/v1",
+                           "judge.api.api_key_env=NO_SUCH_KEY_VARIABLE")  # fmt: skip
+
+    def api_url_that_does_not_answer(self) -> list[str]:
+        return self.filter(self.jsonl, "judge.engine=openai", "judge.model=gpt-4o-mini",
+                           "judge.api.base_url=http://127.0.0.1:9/v1",
+                           "judge.api.api_key_env=null", "judge.api.max_retries=0")  # fmt: skip
+
+    def s3_with_a_wrong_key(self, endpoint: str) -> list[str]:
+        return self.filter("s3://corpus/in/", f"storage.endpoint_url={endpoint}",
+                           "storage.access_key_id=AKIAWRONG", "storage.secret_access_key=wrong",
+                           "storage.region=us-east-1")  # fmt: skip
+
+    def train_on_an_unfinished_filter_output(self) -> list[str]:
+        out = self.root / "killed-run"
+        (out / "data" / "decision=kept").mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(ROWS[:1]), out / "data" / "decision=kept" / "a.parquet")
+        config = self.root / "train.yaml"
+        config.write_text(f"data: {{uri: {out}}}\nmodel: {{name: {self.judge}}}\n"
+                          f"run: {{storage_path: {self.root / 'runs'}}}\n")  # fmt: skip
+        return ["train", "--config", str(config)]
+
+
+def moto_with_auth() -> tuple[subprocess.Popen, str]:
+    """moto's S3 on 127.0.0.1 that checks credentials (every key unknown)."""
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def main() -> None:
+    from alpagasus_ray.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cases = Cases(root, build_tiny_model(root / "tiny-judge"))
+        server, endpoint = moto_with_auth()
+        runs: list[tuple[str, Callable[[], list[str]]]] = [
+            (name.replace("_", " "), getattr(cases, name))
+            for name in Cases.__dict__
+            if not name.startswith("_") and name not in ("filter", "s3_with_a_wrong_key")
+        ]
+        runs.append(("s3 with a wrong key", lambda: cases.s3_with_a_wrong_key(endpoint)))
+        print("| mistake | exit | s | the line |\n|---|---:|---:|---|")
+        try:
+            for label, make in runs:
+                code, line, seconds = cli(*make())
+                line = line.replace(str(root), "<tmp>").replace("|", "\\|")
+                print(f"| {label} | {code} | {seconds:.1f} | `{line}` |", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
