@@ -13,8 +13,6 @@ temporary folder, the tiny random judge, an S3 server (moto) on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from s3_server import start_s3_with_auth  # noqa: E402
 
 ROWS = [
     {"instruction": "Add 2 and 2.", "input": "", "output": "4"},
@@ -38,12 +39,6 @@ def cli(*args: str) -> tuple[int, str, float]:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     lines = done.stderr.strip().splitlines() or [""]
     return done.returncode, lines[-1], time.monotonic() - start
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Cases:
@@ -150,28 +145,13 @@ class Cases:
         return ["train", "--config", str(config)]
 
 
-def moto_with_auth() -> tuple[subprocess.Popen, str]:
-    """moto's S3 on 127.0.0.1 that checks credentials (every key unknown)."""
-    port = free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.2)
-    return server, f"http://127.0.0.1:{port}"
-
-
 def main() -> None:
     from alpagasus_ray.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cases = Cases(root, build_tiny_model(root / "tiny-judge"))
-        server, endpoint = moto_with_auth()
+        server, endpoint = start_s3_with_auth()
         runs: list[tuple[str, Callable[[], list[str]]]] = [
             (name.replace("_", " "), getattr(cases, name))
             for name in Cases.__dict__

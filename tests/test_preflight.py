@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import cli_refusal, filter_args, write_jsonl
+from s3_server import start_s3_with_auth
 
 from alpagasus_ray.config import JobConfig, build_config
 from alpagasus_ray.filter.preflight import preflight
@@ -119,24 +120,8 @@ def test_hub_ids_are_well_formed(model):
 
 @pytest.fixture(scope="module")
 def s3_with_auth():
-    """A second moto server on 127.0.0.1 that checks credentials (no IAM users: every key is
-    unknown), in its own process since moto's auth switch is process-wide."""
-    import os
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
+    server, endpoint = start_s3_with_auth()
+    yield endpoint
     server.terminate()
     server.wait(timeout=10)
 

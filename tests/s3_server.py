@@ -1,0 +1,28 @@
+"""moto's S3 server on 127.0.0.1 that checks credentials, in a process of its own (moto's
+auth switch is process-wide); with no IAM users, every key is unknown. For the tests and
+`benchmarks/bench_refusals.py`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+
+def start_s3_with_auth() -> tuple[subprocess.Popen, str]:
+    """(the server process, its endpoint URL), once it accepts connections."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    return server, f"http://127.0.0.1:{port}"
