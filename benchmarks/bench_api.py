@@ -74,7 +74,7 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    rows = synthetic_examples(args.rows, seed=0)
+    rows = synthetic_examples(args.rows, seed=0, unique=True)  # no copies: each row is sent
     models = {
         "tiny random Llama": build_tiny_model(tmp / "tiny", hidden_size=256),
         "SmolLM2-135M-Instruct": export_smollm2(tmp / "smol"),
