@@ -5,7 +5,7 @@ score histogram, as report.json, report.md and score_histogram.png."""
 from __future__ import annotations
 
 import io as _io
-from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
@@ -28,9 +28,18 @@ QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 REPORT_JSON, REPORT_MD, HISTOGRAM = "report.json", "report.md", "score_histogram.png"
 
 
+def _tally(table: pa.Table, *keys: str) -> list[dict[str, Any]]:
+    """Rows per distinct value of `keys`, counted by Arrow: a million-row output costs the
+    driver its few columns, not a Python object per row. Keys are compared as text."""
+    for key in keys:
+        idx = table.schema.get_field_index(key)
+        table = table.set_column(idx, key, table.column(key).cast(pa.string()))
+    return table.group_by(list(keys)).aggregate([([], "count_all")]).to_pylist()
+
+
 def count_decisions(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, int]:
     table = read_output_table(fs, root, columns=[DECISION])
-    return dict(Counter(table.column(DECISION).to_pylist()))
+    return {r[DECISION]: r["count_all"] for r in _tally(table, DECISION)}
 
 
 def _category_column(table_columns: list[str], cfg: ReportConfig) -> str | None:
@@ -40,9 +49,8 @@ def _category_column(table_columns: list[str], cfg: ReportConfig) -> str | None:
 
 
 def compute_report(table: pa.Table, threshold: float, category: str | None) -> dict[str, Any]:
-    decisions = table.column(DECISION).to_pylist()
-    counts = Counter(decisions)
-    total = len(decisions)
+    counts = {r[DECISION]: r["count_all"] for r in _tally(table, DECISION)}
+    total = table.num_rows
     scores = pc.drop_null(table.column(SCORE))
     quantiles = (
         dict(
@@ -63,19 +71,18 @@ def compute_report(table: pa.Table, threshold: float, category: str | None) -> d
         "scored": len(scores),
         "score_mean": pc.mean(scores).as_py() if len(scores) else None,
         "score_quantiles": quantiles,
-        "reasons": dict(Counter(r for r in table.column(REASON).to_pylist() if r)),
+        "reasons": {r[REASON]: r["count_all"] for r in _tally(table, REASON) if r[REASON]},
     }
     if DUPLICATE_OF in table.column_names:
         report["duplicates"] = pc.sum(pc.is_valid(table.column(DUPLICATE_OF))).as_py() or 0
     if SUSPICIOUS in table.column_names:
-        flagged = Counter(
-            d for d, f in zip(decisions, table.column(SUSPICIOUS).to_pylist(), strict=True) if f
-        )
-        report["suspicious"] = {"rows": sum(flagged.values()), **{d: flagged[d] for d in DECISIONS}}
+        flagged = table.filter(pc.fill_null(table.column(SUSPICIOUS), False))
+        by = {r[DECISION]: r["count_all"] for r in _tally(flagged, DECISION)}
+        report["suspicious"] = {"rows": flagged.num_rows, **{d: by.get(d, 0) for d in DECISIONS}}
     if category:
-        per: dict[str, Counter] = {}
-        for cat, dec in zip(table.column(category).to_pylist(), decisions, strict=True):
-            per.setdefault(str(cat), Counter())[dec] += 1
+        per: dict[str, dict[str, int]] = {}
+        for r in _tally(table, category, DECISION):
+            per.setdefault(str(r[category]), {})[r[DECISION]] = r["count_all"]
         report["category_column"] = category
         report["per_category"] = {
             cat: {d: c.get(d, 0) for d in DECISIONS} for cat, c in sorted(per.items())
@@ -83,7 +90,7 @@ def compute_report(table: pa.Table, threshold: float, category: str | None) -> d
     return report
 
 
-def histogram_png(scores: list[float], threshold: float, bins: int) -> bytes:
+def histogram_png(scores: Sequence[float], threshold: float, bins: int) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,7 +196,7 @@ def write_report(
     write_json(fs, join(root, REPORT_JSON), report)
     with fs.open(join(root, REPORT_MD), "w") as f:
         f.write(render_markdown(report))
-    scores = pc.drop_null(table.column(SCORE)).to_pylist()
+    scores = pc.drop_null(table.column(SCORE)).to_numpy()
     write_bytes(fs, join(root, HISTOGRAM), histogram_png(scores, threshold, cfg.histogram_bins))
     return report
 
