@@ -191,10 +191,7 @@ def parquet_dataset(
     if not every_column:
         return found
     schemas = [found.schema, *(f.physical_schema for f in found.get_fragments())]
-    schema = pa.unify_schemas(schemas, promote_options="permissive")
-    return pads.dataset(
-        path, schema=schema, filesystem=pafs, format="parquet", partitioning=partitioning
-    )
+    return found.replace_schema(pa.unify_schemas(schemas, promote_options="permissive"))
 
 
 def output_dataset(fs: fsspec.AbstractFileSystem, root: str, every_column: bool = False) -> Any:

@@ -115,9 +115,9 @@ def test_a_killed_judge_replica_is_replaced_and_the_run_ends_like_a_clean_run(
         run = pool.submit(run_filter, cfg)
         deadline = time.monotonic() + 300
         while killed is None and not run.done() and time.monotonic() < deadline:
-            files = list((out / "data").rglob("*.parquet"))
-            if files and replicas():  # judging is well under way
-                killed = replicas()[0].pid
+            files, alive = list((out / "data").rglob("*.parquet")), replicas()
+            if files and alive:  # judging is well under way
+                killed = alive[0].pid
                 os.kill(killed, signal.SIGKILL)
                 written_then = len(files)
             time.sleep(0.1)

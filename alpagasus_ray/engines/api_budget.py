@@ -88,12 +88,12 @@ class JobAPI:
         self,
         api: APIConfig,
         key: str = "judge.api.max_cost",
-        then: str = "in the output as failed, engine_error): rerun the same command with a "
-        "higher max_cost to judge them",
+        where: str = "in the output as failed, engine_error",
+        then: str = "rerun the same command with a higher max_cost to judge them",
     ) -> None:
         """After the write: rows the cost cap kept from the server end the job here, before
-        a manifest would call the output finished. `key` names the cap, `then` says where
-        the rows are and what to do (after "N rows were not sent (")."""
+        a manifest would call the output finished. `key` names the cap, `where` says where
+        the unsent rows are and `then` what to do."""
         import ray
 
         totals = ray.get(self.budget.totals.remote())
@@ -101,7 +101,7 @@ class JobAPI:
             raise JudgeAPIStopped(
                 key,
                 f"spent {totals['spent']:.4f} of {api.max_cost:g}; {totals['refused']} rows "
-                f"were not sent ({then}",
+                f"were not sent ({where}): {then}",
             )
 
 

@@ -43,10 +43,10 @@ def stop_if_over_budget(budgets: list[tuple[JudgeConfig, Any]], key: str, folder
     """An API engine's cost cap ends the evaluation after the step it cut short, without a
     manifest: its unsent rows are error rows in `folder`, and an outcome over them would be
     wrong. (Each model's answers and the judge have a cap of their own.)"""
+    then = "rerun with a higher max_cost and output.overwrite"
     for cfg, api in budgets:
         if api is not None:
-            then = f"error rows in {folder}/): rerun with a higher max_cost and output.overwrite"
-            api.stop_if_over_budget(cfg.api, key, then)
+            api.stop_if_over_budget(cfg.api, key, f"error rows in {folder}/", then)
 
 
 def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
