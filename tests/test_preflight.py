@@ -85,6 +85,56 @@ def test_a_judge_folder_without_a_tokenizer(capsys, tmp_path):
     assert f"judge tokenizer (judge.model): cannot load '{empty}': " in err
 
 
+def test_a_judge_tokenizer_without_score_digit_tokens(capsys, tmp_path):
+    """Logprobs mode reads the score from single digit tokens: a tokenizer without them is
+    refused at start, not after the first batch reached a replica."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "score": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path / "no-digits"
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(folder)
+    src = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    err = refused(capsys, tmp_path, src, folder)
+    assert err.startswith("alpagasus-ray filter: judge tokenizer (judge.model): the judge "
+                          "tokenizer has no single token for score digits {")  # fmt: skip
+
+
+DRIVER_PROBE = """
+import json, sys
+from alpagasus_ray.config import JobConfig, build_config
+from alpagasus_ray.filter.preflight import preflight
+from alpagasus_ray.filter.stages.vllm_score import judge_score_tokens
+
+cfg = build_config(JobConfig, json.loads(sys.argv[1]))
+preflight(cfg)
+tokens = judge_score_tokens(cfg.judge)
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers", "vllm"})
+print(json.dumps({"heavy": heavy, "tokens": tokens}))
+"""
+
+
+def test_the_driver_never_imports_torch(tmp_path, tiny_judge):
+    """The driver holds what it imports for the whole run (hours at a million rows): the
+    tokenizer checks run in a child, so torch and transformers never load in it."""
+    import json
+
+    from alpagasus_ray.engines.judgement import score_token_ids
+    from alpagasus_ray.models import load_tokenizer
+
+    src = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    data = {"input": {"uri": str(src)}, "output": {"uri": str(tmp_path / "out")},
+            "judge": {"model": str(tiny_judge)}}  # fmt: skip
+    cmd = [sys.executable, "-c", DRIVER_PROBE, json.dumps(data)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["heavy"] == []
+    expected = score_token_ids(load_tokenizer(str(tiny_judge)))
+    assert {int(k): v for k, v in seen["tokens"].items()} == expected
+
+
 def test_a_corrupt_parquet_file_is_named(capsys, tmp_path, tiny_judge):
     src = tmp_path / "broken.parquet"
     src.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")

@@ -205,7 +205,7 @@ def check_judge(judge: JudgeConfig, ask_server: bool = True) -> None:
     """The judge model exists (a local folder) or is a well-formed hub id, and its tokenizer
     loads: the prompt stage needs it, and without it every row would fail much later. An
     API judge's model is a served name: the server is asked instead (`check_api`)."""
-    from alpagasus_ray.models import load_tokenizer
+    from alpagasus_ray.tokenizer_probe import TokenizerProbeError, probe_tokenizer
 
     if judge.engine == "openai" and ask_server:
         check_api(judge)
@@ -231,7 +231,8 @@ def check_judge(judge: JudgeConfig, ask_server: bool = True) -> None:
             "judge tokenizer", key, f"no tokenizer files in {name!r} (tokenizer.json, ...)"
         )  # transformers would say it cannot convert a slow tokenizer: true, and no help
     try:
-        load_tokenizer(name, judge.trust_remote_code)
-    except Exception as e:  # noqa: BLE001 - transformers raises many kinds; say which
-        cause = " ".join(str(e).split())[:300] or type(e).__name__
-        raise PreflightError("judge tokenizer", key, f"cannot load {name!r}: {cause}") from None
+        facts = probe_tokenizer(name, judge.trust_remote_code)  # in a child: no torch here
+    except TokenizerProbeError as e:
+        raise PreflightError("judge tokenizer", key, f"cannot load {name!r}: {e}") from None
+    if judge.mode == "logprobs" and judge.engine != "openai" and facts["score_tokens_error"]:
+        raise PreflightError("judge tokenizer", key, facts["score_tokens_error"])

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from alpagasus_ray.config import JudgeConfig
 from alpagasus_ray.engines.base import JudgeOutput
-from alpagasus_ray.engines.judgement import judgement_fields, score_token_ids
+from alpagasus_ray.engines.judgement import judgement_fields
 from alpagasus_ray.engines.vllm import (
     ENGINE_COLUMNS,
     ERROR_COLUMN,
@@ -27,8 +27,8 @@ from alpagasus_ray.engines.vllm import (
     sampling_params,
 )
 from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
-from alpagasus_ray.models import load_tokenizer
 from alpagasus_ray.schema import DECISION, PROMPT_TOKEN_IDS, conform
+from alpagasus_ray.tokenizer_probe import probe_tokenizer
 
 SKIPPED = "alpagasus-ray: decided before scoring"
 CARRIED_PREFIX = "__carried__"
@@ -93,7 +93,10 @@ class VLLMResultStage:
 def judge_score_tokens(judge: JudgeConfig) -> dict[int, int]:
     """The judge tokenizer's score tokens, asked for by the request stage and read back by
     the postprocess."""
-    return score_token_ids(load_tokenizer(judge.tokenizer or judge.model, judge.trust_remote_code))
+    facts = probe_tokenizer(judge.tokenizer or judge.model, judge.trust_remote_code)
+    if facts["score_tokens_error"]:
+        raise ValueError(facts["score_tokens_error"])
+    return facts["score_tokens"]
 
 
 def build_judge_processor(

@@ -1,0 +1,63 @@
+"""What the driver needs to know of a judge's tokenizer, learnt in a child process.
+
+Loading a tokenizer through transformers imports torch: a few hundred MB that the driver of
+a million-row job would then hold for hours for one check. The child loads it the same way
+the workers will (`models.load_tokenizer`), answers in one JSON line and exits.
+
+Run as `python -m alpagasus_ray.tokenizer_probe NAME [--trust-remote-code]`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import lru_cache
+from typing import Any
+
+TIMEOUT_S = 300  # a hub id's tokenizer files are a few MB; a local folder takes seconds
+
+
+class TokenizerProbeError(Exception):
+    """The tokenizer does not load; the message is the cause on one line."""
+
+
+@lru_cache(maxsize=8)
+def probe_tokenizer(name: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    """{"score_tokens": {token id: digit} or None, "score_tokens_error": str or None}."""
+    cmd = [sys.executable, "-m", "alpagasus_ray.tokenizer_probe", name]
+    if trust_remote_code:
+        cmd.append("--trust-remote-code")
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        raise TokenizerProbeError(f"loading it took over {TIMEOUT_S} s") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = done.stderr.strip().splitlines()
+        raise TokenizerProbeError(tail[-1] if tail else f"exit code {done.returncode}")
+    facts = json.loads(lines[-1])
+    if facts.get("error"):
+        raise TokenizerProbeError(facts["error"])
+    facts["score_tokens"] = {int(k): v for k, v in (facts["score_tokens"] or {}).items()}
+    return facts
+
+
+def _facts(name: str, trust_remote_code: bool) -> dict[str, Any]:
+    from alpagasus_ray.engines.judgement import score_token_ids
+    from alpagasus_ray.models import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(name, trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds; say which
+        return {"error": " ".join(str(e).split())[:300] or type(e).__name__}
+    try:
+        return {"score_tokens": score_token_ids(tokenizer), "score_tokens_error": None}
+    except ValueError as e:
+        return {"score_tokens": None, "score_tokens_error": str(e)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_facts(sys.argv[1], "--trust-remote-code" in sys.argv[2:])))
