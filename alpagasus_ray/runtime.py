@@ -11,6 +11,7 @@ from typing import Any
 
 from alpagasus_ray.config import RayConfig
 
+BLOCK_BYTES = 16 * 2**20
 _VERSIONED = ("alpagasus-ray", "ray", "torch", "transformers", "pyarrow", "s3fs", "vllm")
 
 
@@ -32,6 +33,11 @@ def init_ray(cfg: RayConfig) -> None:
     # A stage's own error reaches the driver as itself (an API judge's breaker, say), not
     # wrapped in "UDF failed to process a data block", so the CLI can say it in one line.
     ctx.raise_original_map_exception = True
+    # A read task gathers what the reader yields into blocks of up to this size before they
+    # leave it (128 MiB by default): the most a reading worker holds of a file, whatever the
+    # file's size. The job's blocks are a few hundred rows (a few MB), so this only bounds
+    # the gathering, and an outsized row still makes a block of its own.
+    ctx.target_max_block_size = BLOCK_BYTES
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"address": cfg.address} if cfg.address else {}

@@ -92,6 +92,29 @@ def test_blocks_are_bounded_whatever_the_layout(ray_session, tmp_path):
         assert sum(sizes) == ROWS and max(sizes) <= 50 and len(sizes) >= ROWS // 50, sizes
 
 
+def test_a_read_task_gathers_at_most_a_bounded_block(ray_session, tmp_path):
+    """Ray gathers what a read task yields into blocks of up to `target_max_block_size`
+    (128 MiB by default) before they leave it: the job lowers that bound, and a row larger
+    than the bound still arrives whole."""
+    import ray.data
+
+    from alpagasus_ray.config import RayConfig
+    from alpagasus_ray.runtime import BLOCK_BYTES, init_ray
+
+    init_ray(RayConfig())
+    rows = synthetic_examples(40, seed=5)
+    rows[7]["output"] = "x" * (BLOCK_BYTES + 2**20)  # one row over the bound
+    src = write_jsonl(tmp_path / "big.jsonl", rows)
+    cfg = job_config(str(src), str(tmp_path / "out"), tmp_path)
+    ds = read_input(cfg.input, cfg.storage, 0.25, 8)
+    assert ray.data.DataContext.get_current().target_max_block_size == BLOCK_BYTES <= 32 * 2**20
+    assert ds.context.target_max_block_size == BLOCK_BYTES
+    got = [json.loads(r) for r in ds.to_pandas()["_json"]]
+    assert sorted(got, key=lambda r: r["instruction"]) == sorted(
+        rows, key=lambda r: r["instruction"]
+    )
+
+
 def test_wrong_input_leaves_the_previous_output_intact(ray_session, tiny_judge, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(20, seed=1))
     out = tmp_path / "out"
