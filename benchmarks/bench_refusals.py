@@ -91,6 +91,16 @@ class Cases:
         (self.root / "empty-model").mkdir()
         return self._filter(self.jsonl, model=self.root / "empty-model")
 
+    def judge_tokenizer_without_score_digits(self) -> list[str]:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        words = Tokenizer(models.WordLevel({"[UNK]": 0, "score": 1}, unk_token="[UNK]"))
+        words.pre_tokenizer = pre_tokenizers.Whitespace()
+        folder = self.root / "no-digits"
+        PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(folder)
+        return self._filter(self.jsonl, model=folder)
+
     def corrupt_parquet_footer(self) -> list[str]:
         src = self.root / "broken.parquet"
         src.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
