@@ -112,6 +112,18 @@ def build_tiny_tokenizer(extra_texts: list[str] | None = None, vocab_size: int =
     return fast
 
 
+def save_digitless_tokenizer(path: str | Path) -> Path:
+    """A word-level tokenizer that knows no digit: a logprobs judge cannot read a score
+    from it (what the start-up check refuses)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "score": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(path)
+    return Path(path)
+
+
 def build_tiny_model(
     path: str | Path,
     *,

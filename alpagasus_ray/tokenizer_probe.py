@@ -10,6 +10,7 @@ Run as `python -m alpagasus_ray.tokenizer_probe NAME [--trust-remote-code]`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from functools import lru_cache
@@ -28,9 +29,17 @@ def probe_tokenizer(name: str, trust_remote_code: bool = False) -> dict[str, Any
     cmd = [sys.executable, "-m", "alpagasus_ray.tokenizer_probe", name]
     if trust_remote_code:
         cmd.append("--trust-remote-code")
+    # The child imports this package from where the driver did, installed or not.
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     try:
         done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path},
         )
     except subprocess.TimeoutExpired:
         raise TokenizerProbeError(f"loading it took over {TIMEOUT_S} s") from None

@@ -92,13 +92,9 @@ class Cases:
         return self._filter(self.jsonl, model=self.root / "empty-model")
 
     def judge_tokenizer_without_score_digits(self) -> list[str]:
-        from tokenizers import Tokenizer, models, pre_tokenizers
-        from transformers import PreTrainedTokenizerFast
+        from alpagasus_ray.tiny import save_digitless_tokenizer
 
-        words = Tokenizer(models.WordLevel({"[UNK]": 0, "score": 1}, unk_token="[UNK]"))
-        words.pre_tokenizer = pre_tokenizers.Whitespace()
-        folder = self.root / "no-digits"
-        PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(folder)
+        folder = save_digitless_tokenizer(self.root / "no-digits")
         return self._filter(self.jsonl, model=folder)
 
     def corrupt_parquet_footer(self) -> list[str]:

@@ -88,13 +88,9 @@ def test_a_judge_folder_without_a_tokenizer(capsys, tmp_path):
 def test_a_judge_tokenizer_without_score_digit_tokens(capsys, tmp_path):
     """Logprobs mode reads the score from single digit tokens: a tokenizer without them is
     refused at start, not after the first batch reached a replica."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from alpagasus_ray.tiny import save_digitless_tokenizer
 
-    words = Tokenizer(models.WordLevel({"[UNK]": 0, "score": 1}, unk_token="[UNK]"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    folder = tmp_path / "no-digits"
-    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(folder)
+    folder = save_digitless_tokenizer(tmp_path / "no-digits")
     src = write_jsonl(tmp_path / "rows.jsonl", ROWS)
     err = refused(capsys, tmp_path, src, folder)
     assert err.startswith("alpagasus-ray filter: judge tokenizer (judge.model): the judge "
