@@ -210,8 +210,8 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         counter.add.remote(0, settle_duplicates(fs, root, attempt).get("kept", 0))
     if api is not None:
         api.stop_if_over_budget(cfg.judge.api)  # no manifest: a rerun judges the rows not sent
-    stats = ds.stats()
-    log.info("pipeline stats:\n%s", stats)
+    if cfg.ray.verbose:  # Ray's per-operator figures: dozens of lines, for debugging
+        log.info("pipeline stats:\n%s", ds.stats())
 
     rows_read, skipped, unread = count_read(cfg, fs, root, listing)
     threshold = decision_threshold(cfg, fs, root)
