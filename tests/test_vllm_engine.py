@@ -20,7 +20,15 @@ from alpagasus_ray.config import build_config
 from alpagasus_ray.evaluate.config import EvalConfig
 from alpagasus_ray.evaluate.job import run_evaluate
 from alpagasus_ray.filter.pipeline import run_filter
-from alpagasus_ray.schema import DECISION, DECISIONS, ID, REASON, SCORE, SCORE_MASS
+from alpagasus_ray.schema import (
+    DECISION,
+    DECISIONS,
+    DUPLICATE_OF,
+    ID,
+    REASON,
+    SCORE,
+    SCORE_MASS,
+)
 from alpagasus_ray.tiny import synthetic_examples
 
 pytestmark = pytest.mark.vllm
@@ -31,6 +39,13 @@ BAD_ROWS = [
     {"instruction": "Name a colour.", "input": "", "output": None},  # quarantined: null
     {"instruction": "Summarise.", "input": "word " * 3000, "output": "Words."},  # too long
 ]
+
+
+def judged_in_both(*rows: dict) -> bool:
+    """A copy of a row judged elsewhere counts no tokens of its own, and which copy of a
+    content is judged depends on the order blocks arrive in: token counts are compared only
+    where each run judged the row itself."""
+    return all(r.get(DUPLICATE_OF) is None for r in rows)
 
 
 def filter_job(tmp: Path, name: str, src: Path, model: Path, **over: Any) -> tuple[dict, dict]:
@@ -136,8 +151,11 @@ def test_generate_mode_parses_real_engine_text(ray_session, vllm_tiny, tiny_inpu
     judged = [r for r in vl.values() if r[DECISION] != "quarantined"]
     assert len(judged) == 40 and all(r["judge_text"] for r in judged)
     assert {r[REASON] for r in judged if r[DECISION] == "failed"} <= {"unparseable_judgement"}
+    both = [rid for rid in vl if judged_in_both(vl[rid], hf[rid])]
+    assert len(both) >= 26, both  # 33 distinct contents in 40 rows: at most 7 copies a run
     for rid, v in vl.items():
-        assert v["num_output_tokens"] == hf[rid]["num_output_tokens"], rid
+        if rid in both:
+            assert v["num_output_tokens"] == hf[rid]["num_output_tokens"], rid
         # The same greedy tokens; a cut-off multi-byte character at the end is rendered as
         # U+FFFD by the HF decode and held back by vLLM's incremental detokenizer.
         assert same_text(v["judge_text"], hf[rid]["judge_text"]), rid
@@ -212,7 +230,8 @@ def test_smollm2_generate_mode_matches_hf(ray_session, smollm2, smol_input, tmp_
     assert hf.keys() == vl.keys()
     for rid, v in vl.items():
         h = hf[rid]
-        assert v["num_output_tokens"] == h["num_output_tokens"], rid
+        if judged_in_both(v, h):
+            assert v["num_output_tokens"] == h["num_output_tokens"], rid
         assert same_text(v["judge_text"], h["judge_text"]), rid
         assert (v[DECISION], v[REASON], v[SCORE]) == (h[DECISION], h[REASON], h[SCORE]), rid
 
