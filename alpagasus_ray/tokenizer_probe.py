@@ -50,7 +50,8 @@ def probe_tokenizer(name: str, trust_remote_code: bool = False) -> dict[str, Any
     facts = json.loads(lines[-1])
     if facts.get("error"):
         raise TokenizerProbeError(facts["error"])
-    facts["score_tokens"] = {int(k): v for k, v in (facts["score_tokens"] or {}).items()}
+    if facts["score_tokens"] is not None:  # JSON keys are text; token ids are ints
+        facts["score_tokens"] = {int(k): v for k, v in facts["score_tokens"].items()}
     return facts
 
 
