@@ -132,6 +132,20 @@ def test_manifest_report_and_regeneration(filtered, tiny_judge, capsys):
     assert f"on `{manifest['config']['input']['uri']}`." in md
 
 
+def test_manifest_says_each_stage_s_rows_and_speed(filtered, source):
+    """Where the time went, per Ray Data operator in pipeline order."""
+    stages = filtered[1]["stages"]
+    names = [s["stage"] for s in stages]
+    parts = ("Read", "ValidateStage", "PromptStage", "ScoreStage", "DecideStage", "Write")
+    order = [next(i for i, n in enumerate(names) if part in n) for part in parts]
+    assert order == sorted(order), names
+    for stage in stages:
+        assert stage["rows"] == len(source[1]) + len(BAD_ROWS), stage  # every row went through
+        rate, wall = stage["rows_per_s"], stage["wall_s"]  # wall rounded to the millisecond
+        assert abs(rate * wall - stage["rows"]) <= rate * 0.0005 + 0.01, stage
+        assert stage["rows_per_task_s"] > 0
+
+
 def test_rerun_gives_identical_decisions(filtered, source, tiny_judge, tmp_path):
     cfg = job_config(
         str(source[0]), str(tmp_path / "run2"), tiny_judge, filter__threshold=THRESHOLD

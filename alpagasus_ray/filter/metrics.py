@@ -83,3 +83,31 @@ def engine_metrics(
         metrics["prefix_cache_hit_rate"] = None
         metrics["prefix_cache_note"] = "not applicable: the HF engine has no prefix cache"
     return metrics
+
+
+def stage_metrics(ds: Any) -> list[dict[str, Any]]:
+    """Each Ray Data operator of the finished job, in pipeline order: the rows it took in
+    (made, for the read), its wall time, its rows/s, and its rows/s per task (the busy time
+    of its tasks summed: one worker's speed). The slowest stage per task is where more
+    workers help; the lowest rows/s end to end is what the job waited on."""
+    stages: list[dict[str, Any]] = []
+
+    def walk(summary: Any) -> None:
+        for parent in summary.parents:
+            walk(parent)
+        for op in summary.operators_stats:
+            made = op.output_num_rows.sum if op.output_num_rows else 0
+            rows = op.total_input_num_rows or made
+            busy = op.wall_time.sum if op.wall_time else 0.0
+            stages.append(
+                {
+                    "stage": op.operator_name,
+                    "rows": rows,
+                    "wall_s": round(op.time_total_s, 3),
+                    "rows_per_s": _rate(rows, op.time_total_s),
+                    "rows_per_task_s": _rate(rows, busy),
+                }
+            )
+
+    walk(ds.get_stats_summary())
+    return stages

@@ -11,7 +11,7 @@ from alpagasus_ray.config import JobConfig
 from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
 from alpagasus_ray.filter.duplicates import DedupStage, SeenContent, settle_duplicates
-from alpagasus_ray.filter.metrics import engine_metrics
+from alpagasus_ray.filter.metrics import engine_metrics, stage_metrics
 from alpagasus_ray.filter.preflight import preflight
 from alpagasus_ray.filter.progress import ProgressCounter, ProgressLine
 from alpagasus_ray.filter.redecide import decision_threshold, redecide, redecide_finished
@@ -244,6 +244,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         "judge": judge,
         "prompt_hash": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
         "engine_metrics": throughput,
+        "stages": stage_metrics(ds),
         "threshold": threshold,
         "keep_fraction": cfg.filter.keep_fraction,
         "rows_per_s": round(rows_read / max(scored - started, 1e-9), 3),
