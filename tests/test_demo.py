@@ -25,8 +25,10 @@ def test_demo_command(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rows read 46 = kept" in proc.stdout  # 40 synthetic + 6 bad rows
     assert "RANDOM" in proc.stdout
-    # A newcomer sees the progress line and the summary, not Ray's per-operator stats.
+    # A newcomer sees the progress line and the summary, not Ray's per-operator stats, nor a
+    # progress bar for saving the tiny judge.
     assert "Operator 1" not in proc.stdout + proc.stderr
+    assert "Writing model shards" not in proc.stderr
     manifest = json.loads((tmp_path / "demo" / "filtered" / "manifest.json").read_text())
     assert manifest["invariant_ok"] and manifest["counts"]["quarantined"] == 6
     assert (tmp_path / "demo" / "filtered" / "score_histogram.png").stat().st_size > 0
