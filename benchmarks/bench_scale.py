@@ -11,7 +11,8 @@ else is the job as users run it (`run_filter`), each run in a process of its own
    against the fixed head tokenized once (`PromptEncoder`, after).
 2. End to end, per input layout (one JSON-lines file; 64 Parquet shards; and a one-file input
    of `--small` rows, to compare worker memory): rows/s, the driver's and the largest Ray
-   worker's peak RSS, and a plain pyarrow read + write of the same rows as the baseline.
+   worker's peak RSS, and a plain pyarrow read + write of the same rows as the baseline; then
+   each stage's rows/s, from the manifest's `stages`.
 3. Resume: the one-file job killed (SIGKILL, driver and Ray) once half its rows are written,
    then rerun: the share of the rows the rerun judged again.
 
@@ -212,7 +213,8 @@ def run_one(config: str) -> None:
     pipeline.ScoreStage = stand_in_score_stage()  # the STAND-IN judge: no model time
     ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
     manifest = pipeline.run_filter(build_config(JobConfig, json.loads(config)))
-    print(json.dumps({k: manifest[k] for k in ("rows_read", "invariant_ok", "invariant")}))
+    keys = ("rows_read", "invariant_ok", "invariant", "stages")
+    print(json.dumps({k: manifest[k] for k in keys}))
 
 
 def pipeline_table(
@@ -229,6 +231,7 @@ def pipeline_table(
         "| any worker's peak private MiB |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    stages: dict[str, list[dict[str, Any]]] = {}
     for label, path in layouts.items():
         config = {
             "input": {"uri": str(path), "rows_per_block": 512},
@@ -247,11 +250,19 @@ def pipeline_table(
         assert proc.returncode == 0 and result["invariant_ok"], result
         base = baseline(path, root / "baseline.parquet")
         rows = result["rows_read"]
+        stages[label] = result["stages"]
         print(
             f"| {label} | {rows:,} | {wall:.0f} | {rows / wall:,.0f} | {base:,.0f} | "
             f"{(rows / wall) / base:.3f}x | {rss.driver / 2**20:,.0f} | {rss.worker / 2**20:,.0f} "
             f"| {rss.worker_name} | {rss.private / 2**20:,.0f} |"
         )
+    print("\n### Per stage (the manifest's `stages`; Ray fuses some stages into one operator)\n")
+    print("| input | stage | rows | wall s | rows/s | rows/s per task |")
+    print("|---|---|---:|---:|---:|---:|")
+    for label, ops in stages.items():
+        for op in ops:
+            print(f"| {label} | {op['stage']} | {op['rows']:,} | {op['wall_s']:,.0f} "
+                  f"| {op['rows_per_s']:,.0f} | {op['rows_per_task_s']:,.0f} |")  # fmt: skip
 
 
 def written_rows(out: Path) -> int:
