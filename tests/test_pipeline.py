@@ -8,6 +8,7 @@ import pytest
 from conftest import job_config, write_jsonl
 
 from alpagasus_ray.cli import main
+from alpagasus_ray.filter.metrics import stage_metrics
 from alpagasus_ray.filter.pipeline import run_filter
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.tiny import synthetic_examples
@@ -144,6 +145,15 @@ def test_manifest_says_each_stage_s_rows_and_speed(filtered, source):
         rate, wall = stage["rows_per_s"], stage["wall_s"]  # wall rounded to the millisecond
         assert abs(rate * wall - stage["rows"]) <= rate * 0.0005 + 0.01, stage
         assert stage["rows_per_task_s"] > 0
+
+
+def test_stage_figures_that_cannot_be_read_cost_no_manifest(caplog):
+    class StatsGone:  # a Dataset whose stats Ray could not give back
+        def get_stats_summary(self):
+            raise RuntimeError("stats actor is gone")
+
+    assert stage_metrics(StatsGone()) == []
+    assert "stats actor is gone" in caplog.text
 
 
 def test_rerun_gives_identical_decisions(filtered, source, tiny_judge, tmp_path):
