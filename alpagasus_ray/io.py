@@ -66,6 +66,7 @@ def read_input(
     rows_per_block: int = 64,
     read_log: tuple[fsspec.AbstractFileSystem, str] | None = None,
     listing: tuple[Any, list[str], str] | None = None,
+    progress: Any = None,
 ) -> Any:
     """A streaming Ray Dataset of raw rows in blocks of at most `rows_per_block` rows; the
     driver never holds the data.
@@ -75,7 +76,8 @@ def read_input(
     keep their columns. JSON and JSONL records become one row each with the record's text in
     `_json`, so a broken line is one quarantined row, not a failed read. With `read_log`
     (filesystem, folder), each file read leaves its row count there (`read_log_records`).
-    `listing` is what `list_input_files` returned, when the caller has listed already.
+    `listing` is what `list_input_files` returned, when the caller has listed already;
+    `progress` a `filter.progress.ProgressCounter` that hears how far each file is read.
     """
     import ray.data
 
@@ -85,7 +87,12 @@ def read_input(
     kind = ParquetRecordsDatasource if fmt == "parquet" else JsonRecordsDatasource
     skip = cfg.on_unreadable_file == "skip"
     source = kind(
-        files, filesystem=fs, rows_per_block=rows_per_block, read_log=read_log, skip_unreadable=skip
+        files,
+        filesystem=fs,
+        rows_per_block=rows_per_block,
+        read_log=read_log,
+        skip_unreadable=skip,
+        progress=progress,
     )
     ds = ray.data.read_datasource(source, num_cpus=num_cpus)
     ds = ds.limit(cfg.limit) if cfg.limit else ds

@@ -47,7 +47,8 @@ class _BlockedDatasource(FileBasedDatasource):
     fails the read with its path; with `skip_unreadable` (`input.on_unreadable_file: skip`)
     its record says why and how many rows were read before, and the read goes on. Errors
     that Ray retries (`DataContext.retried_io_errors`: throttling, timeouts) are retried
-    first, never skipped.
+    first, never skipped. With `progress` (a `filter.progress.ProgressCounter`), it hears how
+    far each file has been read, so the progress line can estimate a JSON input's total.
     """
 
     def __init__(
@@ -57,12 +58,14 @@ class _BlockedDatasource(FileBasedDatasource):
         rows_per_block: int,
         read_log: tuple[Any, str] | None = None,
         skip_unreadable: bool = False,
+        progress: Any = None,
         **kwargs: Any,
     ):
         super().__init__(paths, **kwargs)
         self.rows_per_block = rows_per_block
         self.read_log = read_log
         self.skip_unreadable = skip_unreadable
+        self.progress = progress
 
     def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> Any:
         try:
@@ -99,8 +102,14 @@ class _BlockedDatasource(FileBasedDatasource):
             raise UnreadableInputError(path, error) from error
         return _Unopened(error)
 
+    def _reached(self, path: str, offset: int, rows: int, done: bool = False) -> None:
+        """Tell the progress counter how far into `path` the read is (fire and forget)."""
+        if self.progress is not None:
+            self.progress.reading.remote(path, offset, rows, done)
+
     def _log(self, path: str, rows: int, error: Exception | None) -> None:
         """One record per file, named by its path: a retried read task rewrites the same."""
+        self._reached(path, 0, rows, done=True)
         if self.read_log is None:
             return
         fs, folder = self.read_log
@@ -118,19 +127,40 @@ class JsonRecordsDatasource(_BlockedDatasource):
     few GB)."""
 
     def _blocks(self, f: Any, path: str) -> Iterator[pa.Table]:
-        text = io.TextIOWrapper(f, encoding="utf-8", errors="replace")
+        counted = _Counted(f)  # Ray's input streams cannot tell() their position
+        text = io.TextIOWrapper(io.BufferedReader(counted), encoding="utf-8", errors="replace")
         first = ""
         while not first.strip() and (line := text.readline()):
             first = line
-        if first.lstrip().startswith("["):
+        array = first.lstrip().startswith("[")
+        if array:
             records = _array_records(first + text.read())
         else:
             lines = itertools.chain([first], text)
             records = (line.rstrip("\r\n") for line in lines if line.strip())
         start = 0
         while chunk := list(itertools.islice(records, self.rows_per_block)):
-            yield _positioned(pa.table({RAW_JSON: chunk}), path, start)
+            table = _positioned(pa.table({RAW_JSON: chunk}), path, start)
             start += len(chunk)
+            if not array:  # an array is read whole first: its offset says nothing of its rows
+                self._reached(path, counted.bytes, start)
+            yield table
+
+
+class _Counted(io.RawIOBase):
+    """A binary stream that counts the bytes read through it."""
+
+    def __init__(self, f: Any):
+        self.f, self.bytes = f, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.f.read(len(buffer))
+        buffer[: len(data)] = data
+        self.bytes += len(data)
+        return len(data)
 
 
 def _array_records(text: str) -> Iterator[str]:

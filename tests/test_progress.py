@@ -9,7 +9,12 @@ import pyarrow.parquet as pq
 from conftest import job_config, write_jsonl
 
 from alpagasus_ray.filter.pipeline import run_filter
-from alpagasus_ray.filter.progress import ProgressCounter, ProgressLine, progress_text
+from alpagasus_ray.filter.progress import (
+    ProgressCounter,
+    ProgressLine,
+    estimate_total,
+    progress_text,
+)
 from alpagasus_ray.tiny import synthetic_examples
 
 
@@ -49,4 +54,42 @@ def test_the_job_ends_with_the_total_and_the_kept_count(ray_session, tiny_judge,
     src = write_jsonl(tmp_path / "in.jsonl", rows[:20])
     run_filter(job_config(str(src), str(tmp_path / "out2"), tiny_judge))
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("filter: 20 rows, "), last  # JSON: no total until it is read
+    assert last.startswith("filter: 20/20 rows (100.0%), "), last  # JSON: exact once read
+
+
+def test_a_json_total_is_estimated_from_bytes_until_every_file_is_read():
+    sizes = {"a.jsonl": 1000, "b.jsonl": 3000}
+    assert estimate_total({}, sizes) == (None, False)
+    assert estimate_total({"a.jsonl": (500, 50, False)}, sizes) == (400, False)
+    # A finished file counts all its bytes; its rows are exact.
+    files = {"a.jsonl": (0, 100, True), "b.jsonl": (1500, 120, False)}
+    assert estimate_total(files, sizes) == (220 + 132, False)
+    files["b.jsonl"] = (0, 290, True)
+    assert estimate_total(files, sizes) == (390, True)
+    assert progress_text(100, 400, 7, 10.0, estimated=True) == (
+        "filter: 100/~400 rows (25.0%), 10 rows/s, ETA 0m30s, kept 7"
+    )
+
+
+def test_the_read_tasks_say_how_far_into_each_file_they_are(ray_session, tmp_path):
+    """The real JSON-lines datasource, read block by block as a read task does."""
+    import pyarrow.fs as pafs
+    import ray
+
+    from alpagasus_ray.sources import JsonRecordsDatasource
+
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(5000, seed=4))
+    path, size = str(src), src.stat().st_size
+    counter = ProgressCounter.remote()
+    source = JsonRecordsDatasource([path], rows_per_block=100, progress=counter)
+    with pafs.LocalFileSystem().open_input_stream(path) as f:
+        blocks = source._read_stream(f, path)
+        for _ in range(10):
+            next(blocks)
+        files = ray.get(counter.read_files.remote())  # after the reports: one caller, in order
+        offset, rows, done = files[path]
+        assert rows == 1000 and not done and 0 < offset < size
+        total, exact = estimate_total(files, {path: size})
+        assert not exact and abs(total - 5000) < 250  # the rows are alike: a close estimate
+        assert sum(b.num_rows for b in blocks) == 4000
+    assert estimate_total(ray.get(counter.read_files.remote()), {path: size}) == (5000, True)

@@ -88,7 +88,7 @@ def build_dataset(
     rows_per_block = cfg.input.rows_per_block or judge.batch_size
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     read_log = (fs, join(root, READ_LOG_DIR))
-    ds = read_input(cfg.input, cfg.storage, light, rows_per_block, read_log, listing)
+    ds = read_input(cfg.input, cfg.storage, light, rows_per_block, read_log, listing, progress)
     if done is not None:
         ds = ds.map_batches(SkipDoneStage(done), batch_format="pyarrow", num_cpus=light)
     ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
@@ -128,6 +128,13 @@ def input_rows(cfg: JobConfig, listing: tuple[Any, list[str], str]) -> int | Non
     if cfg.input.limit:
         return min(cfg.input.limit, total) if total is not None else cfg.input.limit
     return total
+
+
+def input_sizes(listing: tuple[Any, list[str], str]) -> dict[str, int]:
+    """JSON input files' sizes in bytes, from which the progress line estimates the rows
+    before the read has counted them; none for Parquet, whose footers count them."""
+    fs, files, fmt = listing
+    return {path: fs.size(path) for path in files} if fmt == "json" else {}
 
 
 def _utc(seconds: float) -> str:
@@ -192,7 +199,8 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     from ray.data.datasource import FilenameProvider
 
     earlier = (before, count_decisions(fs, root).get("kept", 0) if before else 0)
-    with ProgressLine(counter, lambda: input_rows(cfg, listing), earlier):
+    rows_fn, sizes_fn = (lambda: input_rows(cfg, listing)), (lambda: input_sizes(listing))
+    with ProgressLine(counter, rows_fn, earlier, sizes=sizes_fn):
         ds.write_parquet(
             join(root, DATA_DIR),
             filesystem=fs,

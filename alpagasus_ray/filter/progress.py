@@ -3,8 +3,9 @@
 The decide stage reports each batch to a small actor (no CPU; a few bytes per batch); the
 driver reads it every few seconds and rewrites the line in place on a terminal, or prints a
 new line every `interval_s` otherwise (logs of `ray job submit`). The total is known for
-Parquet input (the footers' row counts, read in the background) and with `input.limit`; for
-JSON it is not known until the read ends, and the line says rows and rate only.
+Parquet input (the footers' row counts, read in the background) and with `input.limit`. For
+JSON it is estimated, marked `~`, from the files' sizes and how many rows the read tasks
+have found in how many bytes so far, and it is exact once every file has been read.
 """
 
 from __future__ import annotations
@@ -20,17 +21,45 @@ import ray
 
 @ray.remote(num_cpus=0)
 class ProgressCounter:
-    """Rows decided and kept so far, as the decide tasks report them."""
+    """Rows decided and kept so far, as the decide tasks report them; and how far the read
+    tasks are into each file: path -> (bytes, rows, read to its end)."""
 
     def __init__(self) -> None:
         self.rows = self.kept = 0
+        self.files: dict[str, tuple[int, int, bool]] = {}
 
     def add(self, rows: int, kept: int) -> None:
         self.rows += rows
         self.kept += kept
 
+    def reading(self, path: str, offset: int, rows: int, done: bool) -> None:
+        self.files[path] = (offset, rows, done)
+
     def read(self) -> tuple[int, int]:
         return self.rows, self.kept
+
+    def read_files(self) -> dict[str, tuple[int, int, bool]]:
+        return self.files
+
+
+def estimate_total(
+    files: dict[str, tuple[int, int, bool]], sizes: dict[str, int]
+) -> tuple[int | None, bool]:
+    """(total rows, exact) of the input whose files have `sizes` (bytes), from how far the
+    read is into each (`ProgressCounter.read_files`): exact once every file is read to its
+    end; before that, the rows found so far plus the bytes still unread at the rows per byte
+    seen so far; None before any row is found."""
+    if sizes and all(files.get(path, (0, 0, False))[2] for path in sizes):
+        return sum(files[path][1] for path in sizes), True
+    seen_rows = seen_bytes = 0
+    for path, (offset, rows, done) in files.items():
+        if path in sizes:  # a finished file's bytes are all of it, whatever it last reported
+            seen_rows += rows
+            seen_bytes += sizes[path] if done else min(offset, sizes[path])
+    if not seen_rows or not seen_bytes:
+        return None, False
+    unread = sum(sizes.values()) - seen_bytes
+    return seen_rows + round(max(unread, 0) * seen_rows / seen_bytes), False
 
 
 def _duration(seconds: float) -> str:
@@ -40,11 +69,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def progress_text(done: int, total: int | None, kept: int, rate: float) -> str:
-    """`filter: 12,345/300,000 rows (4.1%), 2,310 rows/s, ETA 2m05s, kept 4,321`."""
+def progress_text(
+    done: int, total: int | None, kept: int, rate: float, estimated: bool = False
+) -> str:
+    """`filter: 12,345/300,000 rows (4.1%), 2,310 rows/s, ETA 2m05s, kept 4,321`; an
+    estimated total reads `/~300,000`."""
     head = f"filter: {done:,}"
     if total:
-        head += f"/{total:,} rows ({done / total:.1%})"
+        head += f"/{'~' if estimated else ''}{total:,} rows ({done / total:.1%})"
     else:
         head += " rows"
     parts = [head, f"{rate:,.0f} rows/s"]
@@ -56,8 +88,10 @@ def progress_text(done: int, total: int | None, kept: int, rate: float) -> str:
 
 class ProgressLine:
     """Prints the progress of `counter` until stopped. `total` is a callable that may take a
-    while (it runs in the printing thread); `start` is (rows, kept) of earlier attempts (a
-    resume), counted as done but not in the rate."""
+    while (it runs in the printing thread); where it gives None, `sizes` (a callable giving
+    the input files' sizes, also run there) lets the total be estimated as the read goes.
+    `start` is (rows, kept) of earlier attempts (a resume), counted as done but not in the
+    rate."""
 
     def __init__(
         self,
@@ -66,9 +100,12 @@ class ProgressLine:
         start: tuple[int, int] = (0, 0),
         stream: TextIO | None = None,
         interval_s: float | None = None,
+        sizes: Callable[[], dict[str, int]] | None = None,
     ):
         self.counter, self.total_fn, self.start = counter, total, start
+        self.sizes_fn = sizes
         self.total: int | None = None
+        self.sizes: dict[str, int] = {}
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval_s = interval_s if interval_s is not None else (1.0 if self.tty else 10.0)
@@ -88,18 +125,28 @@ class ProgressLine:
     def _run(self) -> None:
         try:
             self.total = self.total_fn() if self.total_fn else None
+            if self.total is None and self.sizes_fn:
+                self.sizes = self.sizes_fn()
         except Exception:  # noqa: BLE001 - without a total the line shows rows and rate
             self.total = None
         while not self._stop.wait(self.interval_s):
             self._print()
 
     def _print(self, final: bool = False) -> None:
+        total, estimated = self.total, False
         try:
             rows, kept = ray.get(self.counter.read.remote(), timeout=10)
+            if total is None and self.sizes:
+                files = ray.get(self.counter.read_files.remote(), timeout=10)
+                total, exact = estimate_total(files, self.sizes)
+                estimated = not exact
+                if estimated and total is not None:  # never less than what is done
+                    total = max(total, self.start[0] + rows)
         except Exception:  # noqa: BLE001 - progress must never fail the job
             return
         rate = rows / max(time.monotonic() - self._started, 1e-9)
-        text = progress_text(self.start[0] + rows, self.total, self.start[1] + kept, rate)
+        done = self.start[0] + rows
+        text = progress_text(done, total, self.start[1] + kept, rate, estimated)
         if self.tty:
             self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
         else:
