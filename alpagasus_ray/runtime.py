@@ -23,9 +23,10 @@ def init_ray(cfg: RayConfig) -> None:
     import ray.data  # configures its loggers on import; quieten them after
 
     level = logging.INFO if cfg.verbose else logging.CRITICAL
+    ours = logging.getLogger().handlers  # the root's, which Ray may have copied to its own
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         for handler in logging.getLogger(name).handlers:
-            if _is_console(handler):  # Ray's log files keep everything
+            if _is_console(handler) and handler not in ours:  # Ray's log files keep all
                 handler.setLevel(level)
     # Ray Data's per-operator bars are for debugging; the job prints one progress line.
     ctx = ray.data.DataContext.get_current()
