@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+from alpagasus_ray.bpe_cache import CachedBPE
+
 SYSTEM_PROMPT = (
     "We would like to request your feedback on the performance of AI assistant in response to "
     "the instruction and the given input displayed following."
@@ -140,15 +142,32 @@ class PromptEncoder:
     checked at start on probe rows (if they disagree, every row takes the full path: the
     tokenizer adds a prefix space, say), and a row whose first field starts with whitespace,
     which a tokenizer may merge with the newline before the cut, takes the full path too.
+    The rows' text is encoded through a word cache (`bpe_cache.CachedBPE`) where the
+    tokenizer's pipeline allows one, else by the tokenizer itself; with the cache, the fixed
+    end of the prompt (the paper layout's rubric) is tokenized once too, from a cut the cache
+    proves safe.
     """
 
-    def __init__(self, tokenizer: Any, dimension: Dimension, layout: Layout, chat: bool = True):
+    def __init__(
+        self,
+        tokenizer: Any,
+        dimension: Dimension,
+        layout: Layout,
+        chat: bool = True,
+        word_cache: bool = True,
+    ):
         self.tokenizer, self.dimension, self.layout = tokenizer, dimension, layout
         self.chat = chat and bool(getattr(tokenizer, "chat_template", None))
         text = render(rating_messages(*_MARKS, dimension, layout), tokenizer, self.chat)
         pieces = _MARK_SPLIT.split(text)
         self.head, self.pieces = pieces[0], pieces[1:]  # the row's part starts at a field
         self.head_ids = encode_prompts(tokenizer, [self.head], self.chat)[0]
+        self.words = CachedBPE.from_tokenizer(tokenizer) if word_cache else None
+        self.tail_ids: list[int] = []  # the fixed end of a prompt, where it can be cut off
+        cut = self.words.cut(self.pieces[-1]) if self.words and self.pieces else None
+        if cut is not None and self.pieces[-1] not in _MARKS:
+            self.tail_ids = self.words.encode(self.pieces[-1][cut:])
+            self.pieces[-1] = self.pieces[-1][:cut]
         self.split = bool(self.pieces) and self._split(_PROBES) == self.full(_PROBES)
 
     def __call__(self, rows: list[Mapping[str, Any]]) -> list[list[int]]:
@@ -173,6 +192,8 @@ class PromptEncoder:
 
     def _split(self, rows: list[Mapping[str, Any]]) -> list[list[int]]:
         texts = [self._row_text(r) for r in rows]
+        if self.words is not None:
+            return [self.head_ids + self.words.encode(t) + self.tail_ids for t in texts]
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is None:  # a slow (Python) tokenizer
             return [self.head_ids + list(x) for x in encode_prompts(self.tokenizer, texts, True)]

@@ -130,6 +130,7 @@ EDGE_ROWS = [
 def assert_split_equals_whole(tokenizer, rows, layout: str) -> PromptEncoder:
     encoder = PromptEncoder(tokenizer, "accuracy", layout)
     assert encoder.split, "the head is not tokenized once: every row takes the full path"
+    assert encoder.words is not None, "the rows' text does not take the word cache"
     assert encoder(rows) == encoder.full(rows)
     return encoder
 
@@ -142,3 +143,5 @@ def test_the_fixed_head_is_tokenized_once_with_identical_ids(tiny_judge, shared_
     tok = load_tokenizer(str(tiny_judge))
     encoder = assert_split_equals_whole(tok, rows + EDGE_ROWS + synthetic_examples(50), layout)
     assert len(encoder.head_ids) > 30  # system prompt and template header (and rubric)
+    if layout == "paper":  # the rubric comes last: tokenized once, from a safe cut
+        assert len(encoder.tail_ids) > 30

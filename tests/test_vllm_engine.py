@@ -275,11 +275,25 @@ def test_evaluation_answers_with_vllm(ray_session, vllm_tiny, tiny_judge, tmp_pa
 
 
 @pytest.mark.parametrize("layout", ["paper", "prefix"])
-def test_smollm2_prompts_tokenize_the_head_once_with_identical_ids(smollm2, layout):
-    """SmolLM2's real chat template and 49k BPE: the split path gives the same ids."""
+def test_smollm2_prompts_tokenize_the_head_once_with_identical_ids(smollm2, shared_data, layout):
+    """SmolLM2's real chat template and 49k BPE: the split path, with its word cache, gives
+    the same ids on every real Alpaca row (some with non-ASCII text)."""
+    import json
+
     from test_prompts import EDGE_ROWS, assert_split_equals_whole
 
     from alpagasus_ray.models import load_tokenizer
 
-    rows = synthetic_examples(2000, seed=5) + EDGE_ROWS
+    real = json.loads((shared_data / "alpaca_random_9k.json").read_text())
+    rows = real + synthetic_examples(500, seed=5) + EDGE_ROWS
     assert_split_equals_whole(load_tokenizer(str(smollm2)), rows, layout)
+
+
+def test_smollm2_word_cache_is_exact_on_adversarial_text(smollm2):
+    from test_bpe_cache import assert_exact, tricky_texts
+
+    from alpagasus_ray.models import load_tokenizer
+
+    backend = load_tokenizer(str(smollm2)).backend_tokenizer
+    texts = tricky_texts(5000, seed=3) + ["<|im_start|>user\nhi<|im_end|>\n"]
+    assert assert_exact(backend, texts).cuts
