@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from itertools import chain, groupby
 from typing import Any
 
@@ -235,13 +236,19 @@ class CachedBPE:
 
     def encode(self, text: str) -> list[int]:
         out: list[int] = []
+        self._around(self.raw, text, self._segment, out)
+        return out
+
+    def _around(
+        self, tokens: re.Pattern, text: str, gap: Callable[[str, list[int]], None], out: list[int]
+    ) -> None:
+        """Each added token's id where `tokens` finds one, and `gap` on the text between."""
         pos = 0
-        for m in self.raw.finditer(text):
-            self._segment(text[pos : m.start()], out)
+        for m in tokens.finditer(text):
+            gap(text[pos : m.start()], out)
             out.append(self.added_ids[m.group()])
             pos = m.end()
-        self._segment(text[pos:], out)
-        return out
+        gap(text[pos:], out)
 
     def _segment(self, text: str, out: list[int]) -> None:
         """Ids of text with no raw-text added token in it, appended to `out`."""
@@ -249,13 +256,8 @@ class CachedBPE:
             return
         if _NOT_PLAIN.search(text):
             self._other(text, out)
-            return
-        pos = 0
-        for m in self.normalized.finditer(text):
-            self._words(text[pos : m.start()], out)
-            out.append(self.added_ids[m.group()])
-            pos = m.end()
-        self._words(text[pos:], out)
+        else:
+            self._around(self.normalized, text, self._words, out)
 
     def _other(self, text: str, out: list[int]) -> None:
         """Text with characters outside printable ASCII: the words around them are encoded
