@@ -164,10 +164,11 @@ class PromptEncoder:
         self.head_ids = encode_prompts(tokenizer, [self.head], self.chat)[0]
         self.words = CachedBPE.from_tokenizer(tokenizer) if word_cache else None
         self.tail_ids: list[int] = []  # the fixed end of a prompt, where it can be cut off
-        cut = self.words.cut(self.pieces[-1]) if self.words and self.pieces else None
-        if cut is not None and self.pieces[-1] not in _MARKS:
-            self.tail_ids = self.words.encode(self.pieces[-1][cut:])
-            self.pieces[-1] = self.pieces[-1][:cut]
+        last = self.pieces[-1] if self.pieces and self.pieces[-1] not in _MARKS else ""
+        cut = self.words.cut(last) if self.words is not None else None
+        if cut is not None:
+            self.tail_ids = self.words.encode(last[cut:])
+            self.pieces[-1] = last[:cut]
         self.split = bool(self.pieces) and self._split(_PROBES) == self.full(_PROBES)
 
     def __call__(self, rows: list[Mapping[str, Any]]) -> list[list[int]]:
