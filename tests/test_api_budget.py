@@ -1,16 +1,21 @@
-"""The API judge's pieces that need no server: the job-wide budget's arithmetic, reading the
-score digits from a top-k list, the config's rules, and the key kept out of errors. The
+"""The API judge's pieces that need no server: the job-wide budget's arithmetic and its
+spending kept over a restart of its actor and over a resume, reading the score digits from a
+top-k list, the config's rules, and the key kept out of errors. The
 engine itself runs against vLLM's real server in the vLLM lane (`test_api_engine.py`)."""
 
 from __future__ import annotations
 
 import math
+import os
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from alpagasus_ray.config import ConfigError, JobConfig, build_config
 from alpagasus_ray.engines.api import digit_logprobs, digit_of, redact, tokens_at_most
-from alpagasus_ray.engines.api_budget import Budget
+from alpagasus_ray.engines.api_budget import SPEND_FILE, Budget, JobAPI, job_api
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judge_output_to_judgement
 
@@ -94,3 +99,67 @@ def test_the_key_is_masked_in_error_text():
         "Incorrect API key provided: ***"
     )
     assert redact("no key here", "") == "no key here"
+
+
+def _budget_job(root: Path) -> JobAPI:
+    """A job's budget (cap 1.0) kept under the output `root`, as the filter makes it."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    api = {"base_url": "http://127.0.0.1:1/v1", "max_cost": 1.0, "api_key_env": None}
+    return job_api(_job(engine="openai", model="m", api=api).judge, LocalFileSystem(), str(root))
+
+
+def _restart(actor: Any) -> None:
+    """Kill `actor` as a lost node would and wait until Ray has restarted it (a call the old
+    process still answered would prove nothing)."""
+    import ray
+
+    def pid() -> int:
+        return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+    before = pid()
+    ray.kill(actor, no_restart=False)
+    while pid() == before:
+        time.sleep(0.1)
+
+
+def test_spending_outlives_a_restart_of_the_budget_actor(ray_session, tmp_path):
+    """Ray restarts the actor when its node is lost: it goes on with what was spent and
+    what is in flight (which settles on it), so the cap still holds."""
+    import ray
+
+    job = _budget_job(tmp_path)
+    actor = job.budget
+    assert ray.get(actor.reserve.remote(1, 0.4)) == 0.0
+    ray.get(actor.settle.remote(0.4, 0.3))
+    assert ray.get(actor.reserve.remote(1, 0.4)) == 0.0  # in flight when the actor goes
+    _restart(actor)
+    totals = ray.get(actor.totals.remote())
+    assert totals["spent"] == pytest.approx(0.3) and totals["reserved"] == pytest.approx(0.4)
+    assert ray.get(actor.reserve.remote(1, 0.4)) is None  # 0.3 + 0.4 + 0.4 would pass 1.0
+    ray.get(actor.settle.remote(0.4, 0.2))  # the request in flight comes back
+    assert ray.get(actor.reserve.remote(1, 0.4)) == 0.0  # 0.5 + 0.4: room again
+    _restart(actor)
+    totals = ray.get(actor.totals.remote())
+    assert totals["spent"] == pytest.approx(0.5) and totals["refused"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SPEND_FILE]  # no temp file left
+    ray.kill(actor)
+
+
+def test_a_resumed_run_starts_with_what_the_earlier_ones_spent(ray_session, tmp_path):
+    """A new job on the same output (a resume) starts from the spending kept there; what was
+    in flight when the earlier run died may have been billed, so it counts as spent."""
+    import ray
+
+    first = _budget_job(tmp_path).budget
+    ray.get(first.reserve.remote(1, 0.4))
+    ray.get(first.settle.remote(0.4, 0.3))
+    ray.get(first.reserve.remote(1, 0.2))  # never settled: the run dies here
+    ray.kill(first)
+    again = _budget_job(tmp_path).budget
+    totals = ray.get(again.totals.remote())
+    assert totals["spent"] == pytest.approx(0.5) and totals["reserved"] == 0.0
+    assert totals["refused"] == 0  # a new attempt's own count
+    assert ray.get(again.reserve.remote(1, 0.6)) is None  # 0.5 + 0.6 would pass 1.0
+    assert ray.get(again.reserve.remote(1, 0.5)) == 0.0
+    ray.kill(again)

@@ -7,9 +7,10 @@ judges exactly those.
 Retries are the SDK's: 408, 409, 429, 5xx, timeouts and lost connections are retried with
 exponential backoff and jitter, and a server's `Retry-After` is honoured (up to two
 minutes). What is still wrong after the retries, and any other 4xx, fails that row alone
-(`engine_error`, with the status and the server's message); the job goes on. When most of
-the recent requests fail, the breaker stops the job: a wrong URL or a revoked key should
-cost seconds, not a million rows of errors.
+(`engine_error`, with the status and the server's message); so does a 200 that is no usable
+completion (no choices, a null answer, a body that is not JSON), with what was wrong in it;
+the job goes on. When most of the recent requests fail, the breaker stops the job: a wrong
+URL or a revoked key should cost seconds, not a million rows of errors.
 
 Logprobs mode reads the score digits from the first answer token's top-k log-probabilities
 (`top_logprobs`, by the tokens' text, so no tokenizer is needed): an API returns no more
@@ -132,8 +133,7 @@ class APIEngine(JudgeEngine):
 
         Its cost is reserved at its most before it goes (exact prompt tokens with a
         tokenizer, `tokens_at_most` without) and settled with the server's usage as soon as
-        it is answered; a request lost to a timeout or a dropped connection stays counted
-        at its reservation, since the provider may have billed it."""
+        it is answered, whatever the answer (`_failure`)."""
         api, reserved = self.cfg.api, 0.0
         if self.budget is not None:
             tokens = len(ids) if ids else tokens_at_most(req.get("messages"), req.get("prompt"))
@@ -142,18 +142,33 @@ class APIEngine(JudgeEngine):
             if wait is None:
                 return None
             await asyncio.sleep(wait)
+        actual = reserved  # what a request cut off here (cancelled) is counted at
         try:
             out = await self._call(ids, req)
             actual = api.cost(out.num_prompt_tokens or 0, out.num_output_tokens)
-        except self.openai.APIStatusError as e:
-            out = JudgeOutput(error=redact(f"HTTP {e.status_code}: {_message(e)}", self.key))
-            actual = 0.0  # refused, not billed
-        except self.openai.APIError as e:  # timeouts and lost connections, after the retries
-            out = JudgeOutput(error=redact(f"{type(e).__name__}: {e}", self.key))
-            actual = reserved
-        if self.budget is not None:
-            await self.budget.settle.remote(reserved, actual)
+        except Exception as e:
+            out, actual = self._failure(e, reserved)
+        finally:  # even a reply nobody foresaw frees its reservation
+            if self.budget is not None:
+                await self.budget.settle.remote(reserved, actual)
         return out
+
+    def _failure(self, e: Exception, reserved: float) -> tuple[JudgeOutput, float]:
+        """A failed request's row error, and the cost it is counted at: a refusal (4xx, 5xx)
+        is not billed; a request lost to a timeout or a dropped connection may have been, so
+        it stays at its reservation; a 200 that is no usable completion (`BadReply`, or a
+        body the SDK could not read) was answered: at its usage, or its reservation."""
+        if isinstance(e, self.openai.APIStatusError):
+            return JudgeOutput(error=redact(f"HTTP {e.status_code}: {_message(e)}", self.key)), 0.0
+        cost = reserved
+        if isinstance(e, self.openai.APIError):
+            what = f"{type(e).__name__}: {e}"
+        elif isinstance(e, BadReply):
+            what = f"unexpected reply: {e}"
+            cost = reserved if e.usage is None else self.cfg.api.cost(*e.usage)
+        else:
+            what = f"unexpected reply: {type(e).__name__}: {e}"
+        return JudgeOutput(error=redact(what, self.key)), cost
 
     async def _call(self, ids: Sequence[int] | None, req: dict) -> JudgeOutput:
         cfg, api = self.cfg, self.cfg.api
@@ -163,25 +178,29 @@ class APIEngine(JudgeEngine):
             if cfg.mode == "logprobs":
                 args.update(logprobs=True, top_logprobs=api.top_logprobs)
             res = await self.client.chat.completions.create(messages=req["messages"], **args)
-            choice = res.choices[0]
-            text = choice.message.content
+            choice = _first_choice(res)
+            text = choice.message.content if choice.message else None
             content = choice.logprobs.content if choice.logprobs else None
             top = [(t.token, t.logprob) for t in content[0].top_logprobs] if content else None
+            where = "choices[0].message.content"
         else:
             if cfg.mode == "logprobs":
                 args["logprobs"] = api.top_logprobs
             prompt = list(ids) if ids else req["prompt"]
             res = await self.client.completions.create(prompt=prompt, **args)
-            choice = res.choices[0]
+            choice = _first_choice(res)
             text = choice.text
             lp = choice.logprobs
             top = list(lp.top_logprobs[0].items()) if lp and lp.top_logprobs else None
+            where = "choices[0].text"
         usage = res.usage
         out = JudgeOutput(
             text=text,
             num_output_tokens=usage.completion_tokens if usage else 0,
             num_prompt_tokens=usage.prompt_tokens if usage else None,
         )
+        if cfg.mode == "generate" and text is None:
+            raise BadReply(f"{where} is null", _usage(res))
         if cfg.mode == "logprobs":
             if top is None:
                 out.error = "the server returned no log-probabilities for the answer token"
@@ -205,6 +224,31 @@ class APIEngine(JudgeEngine):
                 f"{failed} of the last {window} requests to {self.cfg.api.base_url} failed, "
                 f"the last with: {out.error or next(e for e in self.recent if e)}",
             )
+
+
+class BadReply(Exception):
+    """A 200 that is no usable completion: its row fails, the rest of the batch goes on.
+    `usage`: the (prompt, answer) tokens the reply still reported, to charge them."""
+
+    def __init__(self, what: str, usage: tuple[int, int] | None = None):
+        super().__init__(what)
+        self.usage = usage
+
+
+def _usage(res: Any) -> tuple[int, int] | None:
+    usage = getattr(res, "usage", None)
+    prompt = getattr(usage, "prompt_tokens", None)
+    return None if prompt is None else (prompt, getattr(usage, "completion_tokens", 0) or 0)
+
+
+def _first_choice(res: Any) -> Any:
+    """The reply's first choice, or BadReply saying why there is none."""
+    choices = getattr(res, "choices", None)
+    if not isinstance(choices, list):
+        raise BadReply(f"not a completion: {' '.join(str(res).split())[:200]!r}")
+    if not choices:
+        raise BadReply("no choices (an empty `choices` list)", _usage(res))
+    return choices[0]
 
 
 def _message(e: Any) -> str:
