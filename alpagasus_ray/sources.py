@@ -128,13 +128,16 @@ class JsonRecordsDatasource(_BlockedDatasource):
 
     def _blocks(self, f: Any, path: str) -> Iterator[pa.Table]:
         counted = _Counted(f)  # Ray's input streams cannot tell() their position
-        text = io.TextIOWrapper(io.BufferedReader(counted), encoding="utf-8", errors="replace")
-        first = ""
+        # newline="": a parser's line and column are the file's own, CRLF or not.
+        text = io.TextIOWrapper(
+            io.BufferedReader(counted), encoding="utf-8", errors="replace", newline=""
+        )
+        head = first = ""
         while not first.strip() and (line := text.readline()):
-            first = line
+            first, head = line, head + line
         array = first.lstrip().startswith("[")
         if array:
-            records = _array_records(first + text.read())
+            records = _array_records(head + text.read())
         else:
             lines = itertools.chain([first], text)
             records = (line.rstrip("\r\n") for line in lines if line.strip())
@@ -164,15 +167,11 @@ class _Counted(io.RawIOBase):
 
 
 def _array_records(text: str) -> Iterator[str]:
-    """The records of one JSON array document, each as JSON text."""
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        # The file is one broken document: nothing in it can be trusted as a row.
-        yield text[:2000] + f"\n<<unparseable JSON array: {e}>>"
-        return
-    for record in records:
-        yield json.dumps(record, ensure_ascii=False)
+    """The records of one JSON array document, each as JSON text. A document that does not
+    parse (a half-downloaded file) raises the parser's error: it is a file error, like a
+    corrupt Parquet file (`_skip_or_raise`), since no record in it can be trusted as a row."""
+    records = json.loads(text)
+    return (json.dumps(record, ensure_ascii=False) for record in records)
 
 
 class ParquetRecordsDatasource(_BlockedDatasource):

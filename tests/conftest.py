@@ -132,6 +132,23 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
     return path
 
 
+def write_cut_array(path: Path, records: int = 300) -> tuple[Path, str]:
+    """A JSON array file cut half way, like a half-downloaded alpaca_data.json; (path, the
+    parser's own error for it, as the job must say it)."""
+    rows = [
+        {"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)}
+        for i in range(records)
+    ]
+    text = json.dumps(rows, indent=4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text[: len(text) // 2])
+    try:
+        json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        return path, f"JSONDecodeError: {e}"
+    raise AssertionError("the cut array parses")
+
+
 def filter_args(
     tmp_path: Path, src: Path | str, model: Path | str, *sets: str, config: str = "{}\n"
 ) -> list[str]:

@@ -5,7 +5,7 @@ import json
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import job_config, write_jsonl
+from conftest import filter_args, job_config, write_cut_array, write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.filter.metrics import stage_metrics
@@ -98,12 +98,13 @@ def test_partitions_are_plain_parquet(filtered):
 
 def test_extra_columns_survive(filtered, source):
     rows = output_rows(filtered[0])
-    by_row_no = {r["row_no"]: r for r in rows if r["row_no"] is not None}
+    # JSON input: carried keys are JSON text, whatever shape they have (`json_text`).
+    by_row_no = {json.loads(r["row_no"]): r for r in rows if r["row_no"] is not None}
     assert sorted(by_row_no) == list(range(len(source[1])))
     for i, original in enumerate(source[1]):
         got = by_row_no[i]
         assert (got["instruction"], got["output"]) == (original["instruction"], original["output"])
-        assert got["category"] == original["category"]
+        assert json.loads(got["category"]) == original["category"]
 
 
 def test_every_quarantine_reason_is_recorded(filtered):
@@ -217,3 +218,87 @@ def test_parquet_shards_column_mapping_and_generate_mode(ray_session, tiny_judge
         assert r["decision"] in ("failed", "kept", "rejected")
         if r["decision"] == "failed":
             assert r["reason"] == "unparseable_judgement"
+
+
+JOB = "judge: {num_cpus_per_replica: 0.5, batch_size: 16}\n"
+
+
+def test_a_cut_json_array_after_the_first_file_fails_with_its_path(
+    ray_session, capsys, tmp_path, tiny_judge
+):
+    """Preflight samples the first file only: a later broken array fails its read, once,
+    as the file error a corrupt Parquet file is, not as one quarantined row."""
+    write_jsonl(tmp_path / "in" / "a.jsonl", synthetic_examples(8, seed=1))
+    bad, error = write_cut_array(tmp_path / "in" / "b.json")
+    code = main(filter_args(tmp_path, tmp_path / "in", tiny_judge, config=JOB))
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        f"alpagasus-ray filter: input file ({bad}): cannot read it: {error}"
+    ), err
+
+
+def test_a_cut_json_array_is_skipped_and_a_broken_line_stays_one_row(
+    ray_session, tmp_path, tiny_judge
+):
+    rows = synthetic_examples(8, seed=1)
+    write_jsonl(tmp_path / "in" / "a.jsonl", [*rows, '{"instruction": "broken json line", '])
+    bad, error = write_cut_array(tmp_path / "in" / "b.json")
+    cfg = job_config(
+        str(tmp_path / "in"), str(tmp_path / "out"), tiny_judge, input__on_unreadable_file="skip"
+    )
+    manifest = run_filter(cfg)
+    assert [(r["path"], r["rows"], r["error"]) for r in manifest["skipped_files"]] == [
+        (str(bad), 0, error)
+    ]
+    assert manifest["status"] == "complete"
+    assert manifest["rows_read"] == len(rows) + 1 == sum(manifest["counts"].values())
+    quarantined = [r for r in output_rows(tmp_path / "out") if r["decision"] == "quarantined"]
+    assert [r["reason"] for r in quarantined] == ["malformed_json"]
+
+
+# One JSON shape per block of 4 rows (judge.batch_size, input.rows_per_block): blocks whose
+# own inference would give `meta` int64, string, struct, list, bool or null.
+SHAPES = [None, 7, "seven", {"k": [1, "a"]}, [1, 2.5], True, 2.5]
+
+
+def test_json_extras_of_any_shape_come_through_as_json_text(ray_session, tmp_path, tiny_judge):
+    rows = synthetic_examples(4 * len(SHAPES), seed=5)
+    for i, r in enumerate(rows):
+        r["row_no"], r["meta"] = i, SHAPES[i // 4]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out"
+    cfg = job_config(str(src), str(out), tiny_judge, judge__batch_size=4, input__rows_per_block=4)
+    manifest = run_filter(cfg)
+    assert manifest["status"] == "complete" and manifest["rows_read"] == len(rows)
+    got = output_rows(out)
+    assert sorted(json.loads(r["row_no"]) for r in got) == list(range(len(rows)))
+    for r in got:
+        meta = None if r["meta"] is None else json.loads(r["meta"])
+        assert meta == rows[json.loads(r["row_no"])]["meta"]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["per_category"]) == {r["category"] for r in rows}  # plain, not '"math"'
+
+
+def test_parquet_extras_whose_types_differ_across_files_come_through(
+    ray_session, tmp_path, tiny_judge
+):
+    """File a has `meta` int64, file b string: carried as JSON text (found from the footers
+    before judging); `row_no`, the same type in both, keeps its Parquet type."""
+    import pyarrow as pa
+
+    rows = synthetic_examples(16, seed=6)
+    metas = [*range(8), *(f"m{i}" for i in range(8))]
+    (tmp_path / "in").mkdir()
+    for k, name in enumerate("ab"):
+        part = range(8 * k, 8 * k + 8)
+        table = {c: [rows[i][c] for i in part] for c in ("instruction", "input", "output")}
+        table |= {"row_no": list(part), "meta": [metas[i] for i in part]}
+        pq.write_table(pa.table(table), tmp_path / "in" / f"{name}.parquet")
+    out = tmp_path / "out"
+    manifest = run_filter(job_config(str(tmp_path / "in"), str(out), tiny_judge))
+    assert manifest["status"] == "complete" and manifest["rows_read"] == 16
+    got = output_rows(out)
+    assert sorted(r["row_no"] for r in got) == list(range(16))
+    assert all(json.loads(r["meta"]) == metas[r["row_no"]] for r in got)

@@ -3,8 +3,10 @@
 import json
 
 import pyarrow as pa
+import pytest
 
 from alpagasus_ray.config import ColumnMap
+from alpagasus_ray.errors import UnreadableInputError
 from alpagasus_ray.filter.stages import ValidateStage
 from alpagasus_ray.schema import OUTPUT_SCHEMA, RAW_JSON, READ_ROW, READ_SOURCE
 from alpagasus_ray.sources import JsonRecordsDatasource
@@ -77,8 +79,9 @@ def test_column_mapping_extras_and_collisions():
     }
     row = ValidateStage(cols)(json_table([rec])).to_pylist()[0]
     assert (row["instruction"], row["input"], row["output"]) == ("Q", "C", "R")
-    assert row["category"] == "qa" and row["meta"] == {"k": [1, 2]}
-    assert row["orig_score"] == 9  # an input column named like one of ours is kept, renamed
+    # Carried keys are JSON text (`json_text`), whatever their JSON shape.
+    assert row["category"] == '"qa"' and json.loads(row["meta"]) == {"k": [1, 2]}
+    assert row["orig_score"] == "9"  # an input column named like one of ours is kept, renamed
     assert "context" not in row and "response" not in row
 
 
@@ -92,7 +95,7 @@ def test_ids_are_content_hashes_or_the_configured_column():
 
     cols = ColumnMap(id="uid")
     out = ValidateStage(cols)(json_table([{**rec, "uid": 7}, rec])).to_pylist()
-    assert out[0]["id"] == "7" and out[0]["decision"] is None and out[0]["uid"] == 7
+    assert out[0]["id"] == "7" and out[0]["decision"] is None and out[0]["uid"] == "7"
     assert out[1]["decision"] == "quarantined" and out[1]["reason"] == "missing_field"
 
 
@@ -123,6 +126,33 @@ def test_parquet_rows_keep_their_arrow_columns_untouched():
     for field in OUTPUT_SCHEMA:
         if field.name in out.column_names:
             assert out.schema.field(field.name).type == field.type
+
+
+def test_json_extras_have_one_type_whatever_a_block_holds():
+    """Blocks are validated apart: a key that is an int in one block and a string, a dict or
+    null in others must still be one column type, or the blocks cannot be joined."""
+    values = [7, "seven", {"k": [1, "a"]}, [1, 2.5], True, None]
+    blocks = [
+        ValidateStage(ColumnMap())(json_table([{"instruction": "a", "output": "b", "meta": v}]))
+        for v in values
+    ]
+    assert {b.schema.field("meta").type for b in blocks} == {pa.string()}
+    got = pa.concat_tables(blocks).column("meta").to_pylist()
+    assert [None if m is None else json.loads(m) for m in got] == values
+    assert got[1] == '"seven"' and got[-1] is None  # null stays null, not "null"
+    bad = ValidateStage(ColumnMap())(json_table([{"instruction": "a", "meta": 1}])).to_pylist()
+    assert bad[0]["reason"] == "missing_field" and bad[0]["meta"] == "1"  # quarantined: same
+
+
+def test_parquet_columns_named_as_json_are_carried_as_json_text():
+    """A column whose type differs across files (`preflight.conflicting_columns`)."""
+    table = pa.table({"instruction": ["a", "b"], "output": ["c", "d"], "meta": [3, None]})
+    table = table.append_column("source", pa.array([1, 2]))
+    out = ValidateStage(ColumnMap(), ["meta", "source"])(table)
+    assert out.column("meta").to_pylist() == ["3", None]
+    assert out.column("orig_source").to_pylist() == ["1", "2"]  # renamed, then as JSON text
+    plain = ValidateStage(ColumnMap())(table)
+    assert plain.schema.field("meta").type == pa.int64()  # otherwise its Parquet type
 
 
 def test_parquet_with_a_non_string_column_quarantines_each_row():
@@ -160,6 +190,11 @@ def test_json_files_are_split_into_records(ray_session, tmp_path):
     assert {r[READ_SOURCE] for r in rows} == {str(lines)}
     assert [r[READ_ROW] for r in rows] == [0, 1, 2, 3]  # positions count records, not lines
     broken = tmp_path / "y.json"
-    broken.write_text('[{"a": 1},')
-    (block,) = read_records(broken)
-    assert block.num_rows == 1 and "unparseable JSON array" in block.column(RAW_JSON)[0].as_py()
+    broken.write_text('\r\n[{"a": 1},\r\n {"a": 2')
+    # A broken array is a file error, at the parser's position in the file (CRLF and all).
+    with pytest.raises(UnreadableInputError) as caught:
+        read_records(broken)
+    assert str(caught.value) == (
+        f"input file ({broken}): cannot read it: "
+        "JSONDecodeError: Expecting ',' delimiter: line 3 column 9 (char 22)"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from typing import Any
 
 import pyarrow as pa
@@ -48,6 +49,12 @@ def carried_name(name: str) -> str:
     return f"orig_{name}" if name in OWN_COLUMNS else name
 
 
+def json_text(value: Any) -> str | None:
+    """A carried value as JSON text, null kept null: one string column whatever the value's
+    JSON shape, so blocks validated apart always agree on the column's type."""
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
 def quarantined(reason: Reason, detail: str, raw: str, source: str | None) -> dict[str, Any]:
     """A record that could not even be parsed: quarantined with its raw text's hash as id."""
     return {
@@ -67,8 +74,14 @@ def _read_column(table: pa.Table, name: str) -> list[Any]:
 
 
 class ValidateStage:
-    def __init__(self, columns: ColumnMap):
+    """Blocks are validated apart, so a carried column's type cannot depend on the values a
+    block happens to hold: JSON input carries every non-canonical key as JSON text
+    (`json_text`); Parquet input keeps its Arrow columns, except `json_columns`, whose types
+    differ across the input's files (`preflight.conflicting_columns`), also as JSON text."""
+
+    def __init__(self, columns: ColumnMap, json_columns: Collection[str] = ()):
         self.columns = columns
+        self.json_columns = frozenset(json_columns)
         self.mapped = {INSTRUCTION: columns.instruction, OUTPUT: columns.output}
         if columns.input:
             self.mapped[INPUT] = columns.input
@@ -107,7 +120,7 @@ class ValidateStage:
                     continue
                 name = carried_name(key)
                 if name not in row:
-                    row[name] = record[key]
+                    row[name] = json_text(record[key])
                     if name not in extras:
                         extras.append(name)
             rows.append(row)
@@ -125,8 +138,12 @@ class ValidateStage:
         out[SOURCE] = pa.array(_read_column(table, READ_SOURCE), pa.string())
         out[SOURCE_ROW] = pa.array(_read_column(table, READ_ROW), pa.int64())
         for name in table.column_names:
-            if name not in self.consumed and name not in (READ_SOURCE, READ_ROW):
-                out[carried_name(name)] = table.column(name)
+            if name in self.consumed or name in (READ_SOURCE, READ_ROW):
+                continue
+            column = table.column(name)
+            if name in self.json_columns:
+                column = pa.array([json_text(v) for v in column.to_pylist()], pa.string())
+            out[carried_name(name)] = column
         for name in _OWN_TAIL:
             out[name] = own.column(name)
         return conform(pa.table(out))
