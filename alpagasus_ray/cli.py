@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from alpagasus_ray.config import ConfigError, JobConfig, build_config, load_config
-from alpagasus_ray.errors import JudgeAPIStopped, UnreadableInputError, first_line
+from alpagasus_ray.errors import (
+    InvariantError,
+    JudgeAPIStopped,
+    UnreadableInputError,
+    first_line,
+)
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.filter.resources import ResourceError
 from alpagasus_ray.io import OutputTakenError, UnfinishedFilterOutput
@@ -64,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="read and prompt the input, print rows, prompt tokens and the expected cost; "
         "no judge call, nothing written",
     )
+    filt.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="judge again the engine_error rows of a finished output (sets "
+        "output.retry_failed=true); every other row stays as it is",
+    )
     rep = add("report", help="regenerate the report of a finished output")
     rep.add_argument("output_uri")
     demo = add("demo", help="run the real pipeline offline on a tiny random judge")
@@ -79,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_filter(args: argparse.Namespace) -> dict[str, Any]:
     from alpagasus_ray.filter.pipeline import run_filter
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = args.overrides + (["output.retry_failed=true"] if args.retry_failed else [])
+    cfg = load_config(args.config, overrides)
     if args.dry_run:
         from alpagasus_ray.filter.estimate import estimate, render
 
@@ -253,6 +265,20 @@ def root_cause(error: BaseException) -> BaseException:
     return error
 
 
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
+RESUMABLE = ("filter", "train")  # a rerun of these continues where the interrupted one was
+
+
+def interrupted(args: argparse.Namespace, error: BaseException) -> int:
+    """Ctrl-C is the user's own stop, not a failure: one line, no traceback (unless verbose),
+    exit 130. The output is left as a killed run leaves it, which a rerun resumes."""
+    if args.verbose:
+        traceback.print_exception(error)
+    hint = "; rerun the same command to resume" if args.command in RESUMABLE else ""
+    print(f"alpagasus-ray {args.command}: interrupted{hint}", file=sys.stderr)
+    return INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -260,12 +286,16 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.append("ray.verbose=true")
     try:
         COMMANDS[args.command](args)
+    except KeyboardInterrupt as e:
+        return interrupted(args, e)
     except Exception as e:  # noqa: BLE001 - every failure ends in one line (or, verbose, all)
         cause = root_cause(e)
+        if isinstance(cause, KeyboardInterrupt):  # Ctrl-C inside something that wrapped it
+            return interrupted(args, e)
         if args.verbose:
             traceback.print_exception(e)
         code = 2 if isinstance(cause, REFUSALS) else 1
-        if code == 2 or isinstance(cause, (OutputTakenError, JudgeAPIStopped)):
+        if code == 2 or isinstance(cause, (OutputTakenError, JudgeAPIStopped, InvariantError)):
             line = str(cause)  # ours: already one line that names the key, file or output
         else:
             line = f"failed: {first_line(cause)}"

@@ -23,7 +23,14 @@ from alpagasus_ray.evaluate.config import EvalConfig
 from alpagasus_ray.evaluate.generate import generate
 from alpagasus_ray.evaluate.outcomes import combine_judgments, finish_judgments
 from alpagasus_ray.evaluate.questions import read_questions
-from alpagasus_ray.io import filesystem, join, parquet_dataset, prepare_output, write_json
+from alpagasus_ray.io import (
+    claim_output,
+    filesystem,
+    join,
+    parquet_dataset,
+    prepare_output,
+    write_json,
+)
 
 ANSWERS, JUDGMENTS, OUTCOMES_FILE = "answers", "judgments", "outcomes.parquet"
 
@@ -60,6 +67,7 @@ def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
     init_ray(cfg.ray)
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     prepare_output(fs, root, cfg.output.overwrite)
+    claim_output(fs, root, {"command": "evaluate"})  # ours: `overwrite` may replace it
     light = cfg.ray.task_cpus
     started = time.time()
 

@@ -106,6 +106,18 @@ def lr_lambda(kind: str, warmup: int, total: int, offset: int = 0) -> Any:
 # ---------------------------------------------------------------- the worker loop
 
 
+def read_checkpoint(d: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[Any]]:
+    """A checkpoint's weights, optimizer state, progress and metrics history. Tensors and
+    plain values only (`weights_only`): a checkpoint folder is data, and loading one must
+    not run code that whoever wrote it put in a pickle."""
+    import torch
+
+    weights = torch.load(os.path.join(d, MODEL_FILE), weights_only=True)
+    optim_state = torch.load(os.path.join(d, OPTIM_FILE), weights_only=True)
+    state = json.loads(Path(d, STATE_FILE).read_text())
+    return weights, optim_state, state, read_jsonl(LOCAL, os.path.join(d, METRICS_FILE))
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker: resume, train, checkpoint each epoch, export."""
     import ray.train
@@ -138,10 +150,8 @@ def train_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # weights before wrapping, so DDP and FSDP load them alike
         with checkpoint.as_directory() as d:
-            model.load_state_dict(torch.load(os.path.join(d, MODEL_FILE)), strict=not t.lora)
-            optim_state = torch.load(os.path.join(d, OPTIM_FILE), weights_only=False)
-            state = json.loads(Path(d, STATE_FILE).read_text())
-            history = read_jsonl(LOCAL, os.path.join(d, METRICS_FILE))
+            weights, optim_state, state, history = read_checkpoint(d)
+            model.load_state_dict(weights, strict=not t.lora)
     model = ray.train.torch.prepare_model(
         model, parallel_strategy=t.strategy, parallel_strategy_kwargs=fsdp_kwargs(model, t.strategy)
     )
