@@ -91,6 +91,11 @@ class OutputConfig(StrictModel):
     uri: str
     overwrite: bool = False
     max_rows_per_file: int | None = Field(None, gt=0)
+    retry_failed: bool = Field(
+        False,
+        description="judge again the engine_error rows of a finished output (the same "
+        "command's settings); its other rows are kept as they are",
+    )
 
 
 # Engine kwargs that have their own field: set them there, so the prompt stage's length check,

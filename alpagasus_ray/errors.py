@@ -17,6 +17,11 @@ class UnreadableInputError(OSError):
         return type(self), (self.path, self.cause_line)
 
 
+class InvariantError(RuntimeError):
+    """Rows were lost or duplicated between input and output: the output is committed as
+    `inconsistent`, and the command fails."""
+
+
 class JudgeAPIStopped(RuntimeError):
     """An API judge that stopped the job on purpose: the breaker (most recent requests
     failed) or the cost cap. Said as one line naming the key to look at."""

@@ -11,11 +11,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import cli_refusal, filter_args, write_jsonl
+from conftest import cli_refusal, filter_args, write_cut_array, write_jsonl
+from fsspec.implementations.local import LocalFileSystem
 from s3_server import start_s3_with_auth
 
 from alpagasus_ray.config import JobConfig, build_config
-from alpagasus_ray.filter.preflight import preflight
+from alpagasus_ray.filter.preflight import conflicting_columns, preflight
 
 ROWS = [
     {"instruction": "Add 2 and 2.", "input": "", "output": "4"},
@@ -59,6 +60,26 @@ def test_a_json_array_is_sampled_without_reading_it_all(capsys, tmp_path, tiny_j
     err = refused(capsys, tmp_path, src, tiny_judge)
     assert "(input.columns.instruction=instruction)" in err
     assert "its columns are: completion, prompt" in err
+
+
+def test_a_cut_json_array_is_refused_with_the_parser_s_position(capsys, tmp_path, tiny_judge):
+    """A half-downloaded array is a file error, like a corrupt Parquet file: not one
+    `malformed_json` row standing for the records lost."""
+    src, error = write_cut_array(tmp_path / "alpaca_data.json")
+    err = refused(capsys, tmp_path, src, tiny_judge)
+    assert err == f"alpagasus-ray filter: input file ({src}): cannot read it: {error}"
+    assert "(char " in err
+
+
+def test_parquet_columns_whose_types_conflict_are_found_from_footers(tmp_path):
+    first, second, third = (tmp_path / f"{k}.parquet" for k in "abc")
+    base = {"instruction": ["a"], "output": ["b"]}
+    pq.write_table(pa.table({**base, "meta": [1], "n": pa.array([1], pa.int32())}), first)
+    pq.write_table(pa.table({**base, "meta": ["one"], "n": pa.array([2], pa.int64())}), second)
+    third.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")  # left to its read
+    files = [str(first), str(second), str(third)]
+    assert conflicting_columns(LocalFileSystem(), files, "parquet") == ["meta"]  # n: promoted
+    assert conflicting_columns(LocalFileSystem(), files[:1], "parquet") == []
 
 
 def test_a_judge_path_that_does_not_exist(capsys, tmp_path):
@@ -204,3 +225,76 @@ def test_a_non_empty_output_is_refused_before_ray_starts(capsys, tmp_path, tiny_
     err = refused(capsys, tmp_path, src, tiny_judge, f"output.uri={taken}")
     assert err.endswith(f"{taken} is not empty; set output.overwrite=true to replace it")
     assert (taken / "result.parquet").read_text() == "earlier work"
+
+
+def refused_apart(capsys, tmp_path: Path, src: str, out: str, judge: Path) -> tuple[str, float]:
+    """`overwrite=true` into an output that overlaps the input: refused, nothing touched."""
+    before = sorted(p for p in tmp_path.rglob("*") if p.name != "job.yaml")
+    sets = (f"output.uri={out}", "output.overwrite=true")
+    err, elapsed = cli_refusal(capsys, filter_args(tmp_path, src, judge, *sets))
+    assert sorted(p for p in tmp_path.rglob("*") if p.name != "job.yaml") == before
+    assert err.startswith(f"alpagasus-ray filter: output (output.uri): {out} ")
+    assert err.endswith("; choose an output.uri outside the input"), err
+    return err, elapsed
+
+
+def input_tree(tmp_path: Path) -> Path:
+    """tmp_path/data/{a,b}/rows.jsonl"""
+    for part in ("a", "b"):
+        write_jsonl(tmp_path / "data" / part / "rows.jsonl", ROWS)
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize(
+    ("src", "out", "said"),
+    [
+        ("data", "data", "is the input {src}"),  # the input's own folder
+        ("data", ".", "holds the input {src}"),  # its parent
+        ("data", "data/a/filtered", "lies inside the input folder {src}"),
+        ("data/a/rows.jsonl", "data/a", "holds the input {src}"),  # a single file
+        ("data/*/rows.jsonl", "data", "holds the input {src}"),  # a glob's folder
+        ("data/*/rows.jsonl", "data/b", "holds the input {data}/b/rows.jsonl"),  # one listed
+        ("data/*/*.json*", "data/c", "lies where the input glob {src} reaches"),
+    ],
+)
+def test_an_output_over_the_input_is_refused_before_anything_is_touched(
+    capsys, tmp_path, tiny_judge, src, out, said
+):
+    """`overwrite` used to delete such an input before reading it."""
+    data = input_tree(tmp_path)
+    src, out = str(tmp_path / src), str(tmp_path / out)
+    err, elapsed = refused_apart(capsys, tmp_path, src, out, tiny_judge)
+    assert err.split(f"{out} ", 1)[1].startswith(said.format(data=data, src=src)), err
+    assert elapsed < 30
+    print(f"refused in {elapsed:.2f} s: {err}")
+
+
+def test_an_output_over_the_input_through_a_link_is_refused(capsys, tmp_path, tiny_judge):
+    data = input_tree(tmp_path)
+    (tmp_path / "link").symlink_to(data)
+    err, _ = refused_apart(capsys, tmp_path, str(data), str(tmp_path / "link"), tiny_judge)
+    assert f"{tmp_path / 'link'} is the input {data}" in err
+
+
+def test_an_output_beside_a_glob_input_is_allowed(tmp_path, tiny_judge):
+    """`data/*.jsonl` does not reach `data/filtered/...`: a common layout, not refused."""
+    src = write_jsonl(tmp_path / "data" / "rows.jsonl", ROWS)
+    data = {"input": {"uri": f"{src.parent}/*.jsonl"},
+            "output": {"uri": str(src.parent / "filtered"), "overwrite": True},
+            "judge": {"model": str(tiny_judge)}}  # fmt: skip
+    preflight(build_config(JobConfig, data))
+
+
+def test_overwrite_refuses_a_folder_it_did_not_write(capsys, tmp_path, tiny_judge):
+    src = write_jsonl(tmp_path / "in.jsonl", ROWS)
+    theirs = tmp_path / "theirs"
+    (theirs / "sub").mkdir(parents=True)
+    (theirs / "sub" / "result.parquet").write_text("earlier work")
+    sets = (f"output.uri={theirs}", "output.overwrite=true")
+    err, elapsed = cli_refusal(capsys, filter_args(tmp_path, src, tiny_judge, *sets))
+    assert err == (
+        f"alpagasus-ray filter: output (output.uri): {theirs} is not empty and was not "
+        "written by alpagasus-ray; choose another output.uri or empty it yourself"
+    )
+    assert (theirs / "sub" / "result.parquet").read_text() == "earlier work"
+    print(f"refused in {elapsed:.2f} s: {err}")

@@ -4,6 +4,7 @@ clean run; a rerun with other settings is refused, saying what changed."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -174,8 +176,8 @@ def test_files_a_killed_attempt_writes_late_are_not_counted_twice(
     late.rename(parked)
     taking_stock = pipeline.resume_state
 
-    def then_the_late_file_lands(fs, root):
-        state = taking_stock(fs, root)
+    def then_the_late_file_lands(*args, **kwargs):
+        state = taking_stock(*args, **kwargs)
         parked.rename(late)  # written by the dead attempt's orphan task, after the stock-take
         return state
 
@@ -252,10 +254,66 @@ def test_a_redecision_keeps_the_columns_only_some_files_have(tmp_path):
     pq.write_table(
         pa.table({"id": ["b"], "score": [3.0], "note": ["own key"]}), rejected / "1.parquet"
     )
-    changed = redecide(fsspec.filesystem("file"), str(tmp_path), threshold=2.5)
+    old = [str(kept / "0.parquet"), str(rejected / "1.parquet")]
+    new, changed = redecide(fsspec.filesystem("file"), str(tmp_path), old, threshold=2.5)
     assert changed == {"kept -> rejected": 0, "rejected -> kept": 1}
-    rows = pq.read_table(tmp_path / "data", partitioning="hive").to_pylist()
-    table = pq.ParquetDataset(tmp_path / "data").read()
+    assert not set(new) & set(old) and all(Path(f).exists() for f in old + new)
+    rows = pq.ParquetDataset(new, partitioning="hive").read().to_pylist()
+    table = pq.ParquetDataset(new, partitioning="hive").read()
     assert sorted(table.column_names) == ["decision", "id", "note", "score"]
     assert sorted((r["id"], r["decision"]) for r in rows) == [("a", "kept"), ("b", "kept")]
     assert {r["id"]: r["note"] for r in table.to_pylist()} == {"a": None, "b": "own key"}
+
+
+def committed_with_an_engine_error(clean: Path, tmp_path: Path) -> tuple[Path, tuple[str, int]]:
+    """The clean output as a finished run with one API failure leaves it: one row an
+    `engine_error` in the failed partition, committed by a manifest that lists it."""
+    from alpagasus_ray.filter.manifest import commit, counts_of, file_entries
+
+    out, victim = doctored_copy(clean, tmp_path)
+    (out / "data" / "decision=kept" / "partial.parquet").unlink()
+    manifest = json.loads((clean / MANIFEST).read_text())
+    files = [str(p) for p in (out / "data").rglob("*.parquet")]
+    manifest["files"] = file_entries(fsspec.filesystem("file"), str(out), files)
+    manifest["counts"] = {**manifest["counts"], **counts_of(manifest["files"])}
+    commit(fsspec.filesystem("file"), str(out), manifest)
+    return out, victim
+
+
+def test_retry_failed_judges_only_the_engine_errors_of_a_finished_output(
+    clean, source, tiny_judge, tmp_path
+):
+    out, victim = committed_with_an_engine_error(clean, tmp_path)
+    failed_file = out / "data" / "decision=failed" / "err.parquet"
+    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS)
+    with pytest.raises(PreflightError, match="holds a finished run .nothing changed; .*retry"):
+        run_filter(cfg)  # a plain rerun changes nothing
+    manifest = run_filter(cfg.model_copy(update={"output": cfg.output.model_copy(
+        update={"retry_failed": True})}))  # fmt: skip
+    assert manifest["status"] == "complete", manifest["invariant"]
+    last = manifest["attempts"][-1]
+    assert last["engine_errors_retried"] == 1
+    assert last["rows_written"] == 1  # the retried row, nothing else judged again
+    assert rows_by_position(out)[victim]["decision"] == "kept"
+    assert not failed_file.exists()  # replaced by the commit, then removed
+    assert_same_output(out, clean)
+
+
+def test_an_input_changed_since_the_first_attempt_is_refused(ray_session, tiny_judge, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(12, seed=5))
+    out = tmp_path / "out"
+    cfg = job_config(str(src), str(out), tiny_judge, **SETTINGS)
+    run_filter(cfg)
+    lines = src.read_text().splitlines(keepends=True)
+    edited = lines[0] + "".join(lines[1:]).replace("a", "b", 3)  # the same size
+    assert len(edited) == len(src.read_text()) and edited != src.read_text()
+    src.write_text(edited)
+    with pytest.raises(PreflightError, match=rf"finished run .input file {src} changed"):
+        run_filter(cfg)  # finished: a re-decision would mix two inputs' rows
+    (out / MANIFEST).unlink()  # as a run killed half way leaves it
+    with pytest.raises(PreflightError, match=rf"^resume \(input files\): .*input file {src} "):
+        run_filter(cfg)
+    assert cfg.output.overwrite is False
+    manifest = run_filter(cfg.model_copy(update={"output": cfg.output.model_copy(
+        update={"overwrite": True})}))  # fmt: skip
+    assert manifest["status"] == "complete" and manifest["rows_read"] == 12

@@ -36,6 +36,7 @@ from alpagasus_ray.schema import (
     Decision,
 )
 
+SETTLED_SUFFIX = "_duplicates.parquet"  # the file of the copies an attempt settled
 DUPLICATE = "duplicate"  # a copy's decision until it is settled at the end of the run
 # What a copy takes from the row judged in its place.
 JUDGED_COLUMNS = (
@@ -114,15 +115,17 @@ def seen_in_output(table: pa.Table | None) -> dict[str, str]:
     return dict(zip(judged.column(CONTENT_HASH).to_pylist(), places, strict=True))
 
 
-def settle_duplicates(fs: Any, root: str, attempt: str) -> dict[str, int]:
-    """Give every copy its original's judgement and move it to that decision's partition;
-    returns how many copies were settled into each decision."""
+def settle_duplicates(fs: Any, root: str, attempt: str, live: list[str]) -> dict[str, int]:
+    """Give every copy among the run's data files `live` its original's judgement and move
+    it to that decision's partition; returns how many copies were settled into each
+    decision. Copies are never committed (a manifest lists no `duplicate` file), so their
+    folder goes as soon as they are settled."""
     from alpagasus_ray.io import DATA_DIR, join, output_dataset
 
     folder = join(root, DATA_DIR, f"{DECISION}={DUPLICATE}")
     if not fs.exists(folder):
         return {}
-    files = [f for f in fs.find(folder) if f.endswith(".parquet")]
+    files = [f for f in live if f.startswith(folder + "/")]
     # Blocks differ in the extra columns their rows brought (a quarantined record's keys).
     tables = [_read(fs, f) for f in files]
     copies = pa.concat_tables(tables, promote_options="permissive") if tables else None
@@ -134,7 +137,8 @@ def settle_duplicates(fs: Any, root: str, attempt: str) -> dict[str, int]:
     near = pc.field(SOURCE).isin(pa.array(sorted(set(src)))) & pc.field(SOURCE_ROW).isin(
         pa.array(sorted({int(r) for r in row}), pa.int64())
     )  # a superset of the originals' positions, read without the rows' text
-    judged = output_dataset(fs, root).to_table(
+    originals = [f for f in live if not f.startswith(folder + "/")]
+    judged = output_dataset(fs, root, originals).to_table(
         columns=[SOURCE, SOURCE_ROW, *JUDGED_COLUMNS],
         filter=near & (pc.field(DECISION) != DUPLICATE),
     )
@@ -152,7 +156,7 @@ def settle_duplicates(fs: Any, root: str, attempt: str) -> dict[str, int]:
         part = settled.filter(pc.equal(settled.column(DECISION), d.value))
         if part.num_rows:
             moved[d.value] = part.num_rows
-            path = join(root, DATA_DIR, f"{DECISION}={d.value}", f"{attempt}_duplicates.parquet")
+            path = join(root, DATA_DIR, f"{DECISION}={d.value}", f"{attempt}{SETTLED_SUFFIX}")
             with fs.open(path, "wb") as f:
                 pq.write_table(part.drop_columns([DECISION]), f)
     fs.rm(folder, recursive=True)

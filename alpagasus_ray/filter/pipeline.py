@@ -5,29 +5,41 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from alpagasus_ray.config import JobConfig
 from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
-from alpagasus_ray.filter.duplicates import DedupStage, SeenContent, settle_duplicates
+from alpagasus_ray.errors import InvariantError
+from alpagasus_ray.filter.duplicates import DUPLICATE, DedupStage, SeenContent, settle_duplicates
+from alpagasus_ray.filter.manifest import (
+    commit,
+    counts_of,
+    file_entries,
+    listed_files,
+    remove_files,
+    remove_unlisted,
+    unlisted,
+)
 from alpagasus_ray.filter.metrics import engine_metrics, stage_metrics
-from alpagasus_ray.filter.preflight import preflight
+from alpagasus_ray.filter.preflight import conflicting_columns, preflight
 from alpagasus_ray.filter.progress import ProgressCounter, ProgressLine
 from alpagasus_ray.filter.redecide import decision_threshold, redecide, redecide_finished
-from alpagasus_ray.filter.report import count_decisions, write_report
+from alpagasus_ray.filter.report import write_report
 from alpagasus_ray.filter.resources import check_resources
 from alpagasus_ray.filter.resume import (
+    attempt_files,
     check_rerun,
+    data_files,
     fingerprint,
-    remove_late_files,
     resume_state,
 )
 from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 from alpagasus_ray.filter.stages.skip_done import SkipDoneStage
 from alpagasus_ray.io import (
     DATA_DIR,
-    MANIFEST,
     READ_LOG_DIR,
     check_claim,
     claim_output,
@@ -37,17 +49,12 @@ from alpagasus_ray.io import (
     read_input,
     read_log_records,
     read_output_table,
-    write_json,
 )
 from alpagasus_ray.prompts import prompt_hash
 from alpagasus_ray.runtime import init_ray, package_versions
 from alpagasus_ray.schema import DECISION, DECISIONS, NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 
 log = logging.getLogger(__name__)
-
-
-class InvariantError(RuntimeError):
-    """Rows were lost or duplicated between input and output."""
 
 
 def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
@@ -91,7 +98,10 @@ def build_dataset(
     ds = read_input(cfg.input, cfg.storage, light, rows_per_block, read_log, listing, progress)
     if done is not None:
         ds = ds.map_batches(SkipDoneStage(done), batch_format="pyarrow", num_cpus=light)
-    ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
+    # Parquet columns whose types differ across files are carried as JSON text (footers only).
+    as_json = conflicting_columns(*listing) if listing else []
+    validate = ValidateStage(cfg.input.columns, as_json)
+    ds = ds.map_batches(validate, batch_format="pyarrow", num_cpus=light)
     if seen is not None:
         ds = ds.map_batches(DedupStage(seen), batch_format="pyarrow", num_cpus=light)
     ds = prompted(ds, cfg)
@@ -160,82 +170,139 @@ def count_read(
     return sum(r["rows"] for r in records.values()), skipped, unread
 
 
-def run_filter(cfg: JobConfig) -> dict[str, Any]:
-    """Run the whole job; returns the manifest (also written, last, to the output)."""
-    listing = preflight(cfg)  # a mistake costs seconds: before Ray or the output is touched
-    fs, root = filesystem(cfg.output.uri, cfg.storage)
-    mode, previous = check_rerun(cfg, fs, root, listing[1])
-    if mode == "redecide":  # only filter.threshold / keep_fraction changed: no judge call
-        return redecide_finished(cfg, fs, root, fingerprint(cfg, listing[1]))
-    init_ray(cfg.ray)
-    check_resources(cfg)  # a replica the cluster cannot run fails here, not after hours
-    attempts = (previous or {}).get("attempts", [])
+@dataclass
+class Attempt:
+    """One attempt at an output: where it starts from, and what it claims."""
+
+    run_id: str
+    prefix: str  # of this attempt's data file names
+    attempts: list[dict[str, Any]]
+    fingerprint: dict[str, Any]
+    done: Any = None  # an object ref to the keys of the rows the output holds already
+    before: int = 0  # those rows
+    kept_files: set[str] = field(default_factory=set)  # the data files that stay
+    judged_contents: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+
+def start_attempt(
+    cfg: JobConfig, fs: Any, root: str, listing: Any, mode: str, previous: dict | None
+) -> Attempt:
+    """Take stock of the output and claim it: empty for a fresh run; for a resume, the
+    rows an unfinished run wrote; for a retry, the rows a committed manifest lists."""
     import ray
 
-    done, before, cleaned, kept_files, judged_contents = None, 0, {}, set(), {}
-    if previous:
-        keys, cleaned, kept_files, judged_contents = resume_state(fs, root)
-        done, before = ray.put(keys), len(keys)
-        if attempts:  # what the attempt that was cut off left behind
-            attempts[-1]["rows_written"] = before - attempts[-1]["rows_before"]
-    else:
+    if mode == "fresh":
         prepare_output(fs, root, cfg.output.overwrite)
-    started = time.time()
-    attempts.append({"started_at": _utc(started), "rows_before": before, **cleaned})
-    marker = {"fingerprint": fingerprint(cfg, listing[1]), "attempts": attempts}
-    run_id = claim_output(fs, root, marker)
-    attempt = f"{run_id[:12]}-{len(attempts)}"  # the prefix of this attempt's data files
+    attempts = (previous or {}).get("attempts", [])
+    prefix = f"{uuid.uuid4().hex[:12]}-{len(attempts) + 1}"
+    state = Attempt("", prefix, attempts, fingerprint(cfg, listing))
+    cleaned: dict[str, int] = {}
+    if mode != "fresh":
+        files = listed_files(root, previous) if mode == "retry" else data_files(fs, root)
+        if mode == "retry":  # what an earlier change left when it died
+            remove_unlisted(fs, root, files)
+        keys, cleaned, state.kept_files, state.judged_contents = resume_state(
+            fs, root, files, prefix, committed=mode == "retry"
+        )
+        state.done, state.before = ray.put(keys), len(keys)
+        if attempts and mode == "resume":  # what the attempt that was cut off left behind
+            attempts[-1]["rows_written"] = state.before - attempts[-1]["rows_before"]
+    attempts.append({"started_at": _utc(state.started), "rows_before": state.before, **cleaned})
+    state.run_id = claim_output(fs, root, {"fingerprint": state.fingerprint, "attempts": attempts})
     fs.makedirs(join(root, READ_LOG_DIR), exist_ok=True)
+    return state
+
+
+def run_files(fs: Any, root: str, state: Attempt) -> list[str]:
+    """The data files of the output this attempt makes: those it kept at its start and
+    those it wrote, less the copies `settle_duplicates` has settled and removed."""
+    copies = f"/{DECISION}={DUPLICATE}/"
+    files = state.kept_files | set(attempt_files(fs, root, state.prefix))
+    return sorted(f for f in files if copies not in f or fs.exists(f))
+
+
+def run_filter(cfg: JobConfig) -> dict[str, Any]:
+    """Run the whole job; returns the manifest, whose commit ends it."""
+    listing = preflight(cfg)  # a mistake costs seconds: before Ray or the output is touched
+    fs, root = filesystem(cfg.output.uri, cfg.storage)
+    mode, previous = check_rerun(cfg, fs, root, listing)
+    if mode == "redecide":  # only filter.threshold / keep_fraction changed: no judge call
+        return redecide_finished(cfg, fs, root, fingerprint(cfg, listing))
+    init_ray(cfg.ray)
+    check_resources(cfg)  # a replica the cluster cannot run fails here, not after hours
+    import ray
+
+    state = start_attempt(cfg, fs, root, listing, mode, previous)
     served_name = served_model_name() if cfg.judge.engine == "vllm" else None
     counter = ProgressCounter.remote()
     api = None
     if cfg.judge.engine == "openai":  # one rate limit and cost cap for every replica
         from alpagasus_ray.engines.api_budget import job_api
 
-        api = job_api(cfg.judge)
-    seen = ray.remote(num_cpus=0)(SeenContent).remote(judged_contents)
-    ds = build_dataset(cfg, served_name, listing, done, counter, api, seen)
+        api = job_api(cfg.judge, fs, root)  # its spending kept in the output
+    seen = ray.remote(num_cpus=0)(SeenContent).remote(state.judged_contents)
+    ds = build_dataset(cfg, served_name, listing, state.done, counter, api, seen)
 
     from ray.data.datasource import FilenameProvider
 
-    earlier = (before, count_decisions(fs, root).get("kept", 0) if before else 0)
+    kept_before = counts_of(file_entries(fs, root, sorted(state.kept_files))).get("kept", 0)
     rows_fn, sizes_fn = (lambda: input_rows(cfg, listing)), (lambda: input_sizes(listing))
-    with ProgressLine(counter, rows_fn, earlier, sizes=sizes_fn):
+    with ProgressLine(counter, rows_fn, (state.before, kept_before), sizes=sizes_fn):
         ds.write_parquet(
             join(root, DATA_DIR),
             filesystem=fs,
             partition_cols=[DECISION],
             max_rows_per_file=cfg.output.max_rows_per_file,
             ray_remote_args={"num_cpus": cfg.ray.task_cpus},
-            filename_provider=FilenameProvider(dataset_uuid=attempt, file_format="parquet"),
+            filename_provider=FilenameProvider(dataset_uuid=state.prefix, file_format="parquet"),
         )
         scored = time.time()
-        check_claim(fs, root, run_id)
-        late = remove_late_files(fs, root, attempt, kept_files)
-        if late:
-            attempts[-1]["late_files_removed"] = late
+        check_claim(fs, root, state.run_id)
         # Each copy takes its original's judgement; the last progress line counts its kept.
-        counter.add.remote(0, settle_duplicates(fs, root, attempt).get("kept", 0))
+        settled = settle_duplicates(fs, root, state.prefix, run_files(fs, root, state))
+        counter.add.remote(0, settled.get("kept", 0))
     if api is not None:
         api.stop_if_over_budget(cfg.judge.api)  # no manifest: a rerun judges the rows not sent
     if cfg.ray.verbose:  # Ray's per-operator figures: dozens of lines, for debugging
         log.info("pipeline stats:\n%s", ds.stats())
+    live = run_files(fs, root, state)
+    metrics = {"stages": stage_metrics(ds), "scored": scored, "served_name": served_name}
+    return finish_run(cfg, fs, root, listing, state, live, metrics)
 
+
+def finish_run(
+    cfg: JobConfig,
+    fs: Any,
+    root: str,
+    listing: Any,
+    state: Attempt,
+    live: list[str],
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Decide (a keep fraction needs every score), count, and commit the manifest that
+    lists `live`, the attempt's data files; then retire the files it no longer lists."""
     rows_read, skipped, unread = count_read(cfg, fs, root, listing)
-    threshold = decision_threshold(cfg, fs, root)
+    threshold = decision_threshold(cfg, fs, root, live)
     if threshold != cfg.filter.threshold:  # keep_fraction: decided now that all are scored
-        redecide(fs, root, threshold)
-    counts = count_decisions(fs, root)
-    tokens = read_output_table(fs, root, columns=[NUM_PROMPT_TOKENS, NUM_OUTPUT_TOKENS])
+        live, _ = redecide(fs, root, live, threshold)
+    entries = file_entries(fs, root, live)
+    counts = counts_of(entries)
+    tokens = read_output_table(fs, root, live, columns=[NUM_PROMPT_TOKENS, NUM_OUTPUT_TOKENS])
+    served_name, scored, started = metrics["served_name"], metrics["scored"], state.started
     prefix_cache = read_prefix_cache(served_name) if served_name else None
     throughput = engine_metrics(tokens, scored - started, cfg.judge, prefix_cache)
     judge = cfg.judge.model_dump(include={"model", "engine", "mode", "dimension", "layout"})
     judged = {**judge, "input": cfg.input.uri}
-    report = write_report(fs, root, cfg.report, threshold, judged, skipped)
+    report = write_report(fs, root, live, cfg.report, threshold, judged, skipped)
     finished = time.time()
 
     total = sum(counts.values())
-    attempts[-1]["rows_written"] = total - before
+    attempts = state.attempts
+    attempts[-1]["rows_written"] = total - state.before
+    stale = unlisted(fs, root, live)
+    if stale:  # written late by an earlier attempt, or replaced by this one
+        attempts[-1]["late_files_removed"] = len(stale)
     invariant = f"rows_read ({rows_read}) == kept + rejected + quarantined + failed ({total})"
     if unread:
         invariant += f"; {len(unread)} input files not read to their end, e.g. {unread[0]}"
@@ -252,7 +319,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         "judge": judge,
         "prompt_hash": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
         "engine_metrics": throughput,
-        "stages": stage_metrics(ds),
+        "stages": metrics["stages"],
         "threshold": threshold,
         "keep_fraction": cfg.filter.keep_fraction,
         "rows_per_s": round(rows_read / max(scored - started, 1e-9), 3),
@@ -263,11 +330,14 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         },
         "started_at": _utc(started),
         "attempts": attempts,
+        "fingerprint": state.fingerprint,
+        "files": entries,
         "versions": package_versions(),
         "config": cfg.redacted(),
     }
-    check_claim(fs, root, run_id)
-    write_json(fs, join(root, MANIFEST), manifest)
-    if not manifest["invariant_ok"]:
-        raise InvariantError(manifest["invariant"])
+    check_claim(fs, root, state.run_id)
+    commit(fs, root, manifest)
+    remove_files(fs, stale)
+    if not ok:
+        raise InvariantError(invariant)
     return manifest

@@ -14,11 +14,13 @@ import re
 from typing import Any
 
 from alpagasus_ray.config import ColumnMap, JobConfig, JudgeConfig
-from alpagasus_ray.io import list_input_files
+from alpagasus_ray.errors import first_line
+from alpagasus_ray.io import is_local, list_input_files
 
 JSON_SAMPLE_BYTES = 1 << 20  # read at most this much of the first JSON file
 JSON_SAMPLE_RECORDS = 100
 SKIP_PROBE_FILES = 10  # with on_unreadable_file=skip: files tried for a schema
+FOOTER_THREADS = 8  # Parquet footers read at once (`conflicting_columns`)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # What a folder's tokenizer is saved as (fast, sentencepiece, BPE vocab, GGUF, ...).
 _TOKENIZER_FILE = re.compile(r"tokenizer.*|vocab\..*|merges\.txt|.*\.model|.*\.gguf")
@@ -41,6 +43,8 @@ def preflight(cfg: JobConfig, dry_run: bool = False) -> tuple[Any, list[str], st
         raise PreflightError("input", "input.uri", str(e)) from None
     except OSError as e:  # credentials, permissions, an unreachable endpoint
         raise PreflightError("input", cfg.input.uri, storage_cause(e)) from None
+    if not dry_run:
+        check_output_apart(cfg, fs, files)
     path, columns = _first_readable(fs, files, fmt, cfg.input.on_unreadable_file == "skip")
     check_mapping(cfg.input.columns, columns, path)
     check_judge(cfg.judge, ask_server=not dry_run)
@@ -74,17 +78,25 @@ def storage_cause(error: BaseException) -> str:
 
 def check_output(cfg: JobConfig) -> None:
     """The output can be written (S3: the bucket answers to these credentials; local: the
-    nearest existing folder is a writable folder), and is empty unless `output.overwrite`
-    or an unfinished run to resume."""
-    from alpagasus_ray.io import filesystem
+    nearest existing folder is a writable folder), and is empty unless an unfinished run to
+    resume, or `output.overwrite` over an output this tool wrote (its marker)."""
+    from alpagasus_ray.io import (
+        filesystem,
+        foreign_output_cause,
+        is_marked_output,
+        output_entries,
+    )
 
     uri = cfg.output.uri
     try:
         fs, root = filesystem(uri, cfg.storage)
         if fs.exists(root) and not fs.isdir(root):
             raise PreflightError("output", "output.uri", f"{uri} is a file, not a folder")
-        if fs.exists(root) and fs.ls(root) and not cfg.output.overwrite:
+        taken = bool(output_entries(fs, root))
+        if taken and not cfg.output.overwrite:
             _check_reusable(fs, root, uri)
+        elif taken and not is_marked_output(fs, root):  # overwrite replaces only our own
+            raise PreflightError("output", "output.uri", foreign_output_cause(uri))
         if uri.startswith(("s3://", "s3a://")):
             fs.ls(root.split("/")[0])  # one cheap call: bucket and credentials
             return
@@ -96,6 +108,75 @@ def check_output(cfg: JobConfig) -> None:
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
         what = "not a folder" if not os.path.isdir(parent) else "not writable"
         raise PreflightError("output", "output.uri", f"cannot create {uri}: {parent} is {what}")
+
+
+def check_output_apart(cfg: JobConfig, in_fs: Any, files: list[str]) -> None:
+    """The output neither is nor holds the input (`files` too), nor lies in an input folder
+    or where an input glob reaches: `overwrite` would delete the input before it is read, a
+    rerun would read the output as input. Compared as resolved absolute paths on disk, as
+    bucket/key prefixes on S3."""
+    from alpagasus_ray.io import filesystem
+
+    out_fs, root = filesystem(cfg.output.uri, cfg.storage)
+    _, path = filesystem(cfg.input.uri, cfg.storage)
+    if type(out_fs) is not type(in_fs):
+        return  # local and S3, or two kinds of store: apart
+    out, uri = _resolved(out_fs, root), cfg.input.uri
+    glob = any(ch in path for ch in "*?[")
+    unglobbed = _glob_base(path) if glob else path
+    base = _resolved(in_fs, unglobbed)
+    if _within(base, out):
+        _apart_error(cfg, f"{'is' if base == out and not glob else 'holds'} the input {uri}")
+    folders: dict[str, str] = {}  # each listed file's folder, once (a million shards: a few)
+    for file in files:
+        folders.setdefault(os.path.dirname(file), file)
+    for folder, file in folders.items():
+        if _within(_resolved(in_fs, folder), out):
+            _apart_error(cfg, f"holds the input {_shown(in_fs, file)}")
+    if glob and _within(out, base) and _glob_reaches(base + path[len(unglobbed) :], out):
+        _apart_error(cfg, f"lies where the input glob {uri} reaches")
+    if not glob and in_fs.isdir(path) and _within(out, base):
+        _apart_error(cfg, f"lies inside the input folder {uri}")
+
+
+def _apart_error(cfg: JobConfig, what: str) -> None:
+    cause = f"{cfg.output.uri} {what}; choose an output.uri outside the input"
+    raise PreflightError("output", "output.uri", cause)
+
+
+def _resolved(fs: Any, path: str) -> str:
+    """A local path absolute with its links resolved; a store's bucket/key as it is."""
+    if is_local(fs):
+        return os.path.realpath(os.path.expanduser(path))
+    return path.rstrip("/")
+
+
+def _shown(fs: Any, path: str) -> str:
+    """A path as the user writes it: local as it is, else with its scheme (s3://...)."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def _glob_base(pattern: str) -> str:
+    """The folder a glob searches: its path up to the first part with a wildcard."""
+    parts = pattern.split("/")
+    first = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    return "/".join(parts[:first]) or "/"
+
+
+def _glob_reaches(pattern: str, out: str) -> bool:
+    """Whether the input glob would match files a run writes into `out`."""
+    from fsspec.utils import glob_translate
+
+    from alpagasus_ray.io import DATA_DIR, MANIFEST, READ_LOG_DIR, RUN_MARKER
+
+    data = f"{DATA_DIR}/decision=kept/0.parquet"
+    written = (MANIFEST, RUN_MARKER, f"{READ_LOG_DIR}/0.json", data)
+    regex = re.compile(glob_translate(pattern))
+    return any(regex.match(f"{out}/{name}") for name in written)
 
 
 def _first_readable(fs: Any, files: list[str], fmt: str, skip: bool) -> tuple[str, set[str]]:
@@ -119,10 +200,25 @@ def first_file_columns(fs: Any, path: str, fmt: str) -> set[str]:
             with fs.open(path, "rb") as f:
                 return set(pq.read_schema(f).names)
         with fs.open(path, "rb") as f:
-            head = f.read(JSON_SAMPLE_BYTES).decode("utf-8", errors="replace")
+            data = f.read(JSON_SAMPLE_BYTES + 1)
+        head = data[:JSON_SAMPLE_BYTES].decode("utf-8", errors="replace")
     except Exception as e:  # noqa: BLE001 - a corrupt or unreadable file, said with its path
         raise PreflightError("input file", path, f"cannot read it: {e}") from None
+    if len(data) <= JSON_SAMPLE_BYTES:
+        _check_whole_array(head, path)
     return set().union(*(r.keys() for r in _sample_records(head))) if head.strip() else set()
+
+
+def _check_whole_array(text: str, path: str) -> None:
+    """A JSON array file read whole that does not parse (cut short, say) is refused with the
+    parser's own line, as its read would fail (`sources._array_records`); a larger one
+    fails or is skipped when it is read. JSON lines are left to validation, line by line."""
+    if not text.lstrip().startswith("["):
+        return
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PreflightError("input file", path, f"cannot read it: {first_line(e)}") from None
 
 
 def _sample_records(head: str) -> list[dict[str, Any]]:
@@ -147,6 +243,49 @@ def _sample_records(head: str) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return [r for r in records if isinstance(r, dict)]
+
+
+def conflicting_columns(fs: Any, files: list[str], fmt: str) -> list[str]:
+    """The Parquet columns whose types differ across the input's files beyond what Arrow
+    promotes (`pa.unify_schemas(..., promote_options="permissive")`; int64 in one file,
+    string in another). Their blocks could not be joined or written as one column, whichever
+    rows share a block, so validation carries them as JSON text. Read from the footers
+    alone, before anything is judged; a footer that cannot be read is left to that file's
+    read, which fails or skips it."""
+    if fmt != "parquet" or len(files) < 2:
+        return []
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def footer(path: str) -> Any:
+        try:
+            with fs.open(path, "rb") as f:
+                return pq.read_schema(f)
+        except Exception:  # noqa: BLE001 - the read of that file says why
+            return None
+
+    with ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        schemas = [s for s in pool.map(footer, files) if s is not None]
+    try:
+        pa.unify_schemas(schemas, promote_options="permissive")
+        return []  # the usual case: one check for all files
+    except pa.ArrowException:
+        pass
+    types: dict[str, list[Any]] = {}
+    for schema in schemas:
+        for field in schema:
+            seen = types.setdefault(field.name, [])
+            if field.type not in seen:
+                seen.append(field.type)
+    conflicting = []
+    for name, kinds in types.items():
+        try:
+            pa.unify_schemas([pa.schema([(name, t)]) for t in kinds], promote_options="permissive")
+        except pa.ArrowException:
+            conflicting.append(name)
+    return sorted(conflicting)
 
 
 def check_mapping(mapping: ColumnMap, columns: set[str], path: str) -> None:

@@ -3,12 +3,14 @@
 
 Only `kept` and `rejected` rows move; `quarantined` and `failed` rows have no score to
 compare and keep their decision. The rows stream through the driver in record batches
-(pyarrow datasets, bounded memory) into a new `data/` that replaces the old one at the end.
+(pyarrow datasets, bounded memory) into new files beside the old ones; a new manifest that
+lists them is the commit (`filter/manifest.py`), and only then are the old files removed.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import fsspec
@@ -17,8 +19,18 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from alpagasus_ray.config import JobConfig
+from alpagasus_ray.errors import InvariantError
+from alpagasus_ray.filter.manifest import (
+    commit,
+    committed,
+    counts_of,
+    file_entries,
+    listed_files,
+    remove_unlisted,
+)
+from alpagasus_ray.filter.resume import REDECIDED_PREFIX
 from alpagasus_ray.io import DATA_DIR, join, output_dataset, read_output_table
-from alpagasus_ray.schema import DECISION, SCORE, Decision
+from alpagasus_ray.schema import DECISION, DECISIONS, SCORE, Decision
 
 log = logging.getLogger(__name__)
 _JUDGED = pa.array([Decision.KEPT.value, Decision.REJECTED.value])
@@ -33,21 +45,25 @@ def keep_threshold(scores: pa.Array, keep_fraction: float) -> float:
     return float(pc.quantile(scores, q=1.0 - keep_fraction, interpolation="higher")[0].as_py())
 
 
-def decision_threshold(cfg: JobConfig, fs: fsspec.AbstractFileSystem, root: str) -> float:
+def decision_threshold(
+    cfg: JobConfig, fs: fsspec.AbstractFileSystem, root: str, files: list[str]
+) -> float:
     """`filter.threshold`, or the quantile `filter.keep_fraction` asks for."""
     if cfg.filter.keep_fraction is None:
         return cfg.filter.threshold
-    table = read_output_table(fs, root, columns=[SCORE, DECISION])
+    table = read_output_table(fs, root, files, columns=[SCORE, DECISION])
     judged = table.filter(pc.is_in(table.column(DECISION), value_set=_JUDGED))
     return keep_threshold(judged.column(SCORE), cfg.filter.keep_fraction)
 
 
-def redecide(fs: fsspec.AbstractFileSystem, root: str, threshold: float) -> dict[str, int]:
-    """Rewrite the output's decisions at `threshold`; returns how many rows changed."""
+def redecide(
+    fs: fsspec.AbstractFileSystem, root: str, files: list[str], threshold: float
+) -> tuple[list[str], dict[str, int]]:
+    """The data `files` decided again at `threshold`, written as new files (the old ones
+    are left for the caller to retire after its commit); returns (new files, rows moved)."""
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    source = output_dataset(fs, root, every_column=True)
-    fresh, old = join(root, DATA_DIR + ".redecided"), join(root, DATA_DIR)
+    source = output_dataset(fs, root, files, every_column=True)
     changed = {"kept -> rejected": 0, "rejected -> kept": 0}
 
     def batches() -> Any:
@@ -73,45 +89,46 @@ def redecide(fs: fsspec.AbstractFileSystem, root: str, threshold: float) -> dict
     schema = source.schema.set(
         source.schema.get_field_index(DECISION), pa.field(DECISION, pa.string())
     )
+    written: list[str] = []
     pads.write_dataset(
         batches(),
-        fresh,
+        join(root, DATA_DIR),
         schema=schema,
         format="parquet",
         filesystem=PyFileSystem(FSSpecHandler(fs)),
         partitioning=pads.partitioning(pa.schema([(DECISION, pa.string())]), flavor="hive"),
-        existing_data_behavior="delete_matching",
+        basename_template=f"{REDECIDED_PREFIX}{uuid.uuid4().hex[:12]}-{{i}}.parquet",
+        existing_data_behavior="overwrite_or_ignore",
+        file_visitor=lambda f: written.append(f.path),
     )
-    fs.rm(old, recursive=True)
-    fs.mv(fresh, old, recursive=True)
     log.info("re-decided %s at threshold %g from stored scores: %s", root, threshold, changed)
-    return changed
+    return written, changed
 
 
 def redecide_finished(
     cfg: JobConfig, fs: fsspec.AbstractFileSystem, root: str, fingerprint: dict[str, Any]
 ) -> dict[str, Any]:
-    """A finished output re-decided at the new settings: data, report, manifest and the
-    fingerprint in `run.json` follow; the judge is not called."""
-    from alpagasus_ray.filter.report import count_decisions, write_report
-    from alpagasus_ray.io import MANIFEST, RUN_MARKER, read_json, write_json
-    from alpagasus_ray.schema import DECISIONS
+    """A finished output re-decided at the new settings, committed as a new manifest (with
+    the new fingerprint); the judge is not called."""
+    from alpagasus_ray.filter.report import write_report
 
-    manifest = read_json(fs, join(root, MANIFEST))
-    threshold = decision_threshold(cfg, fs, root)
-    changed = redecide(fs, root, threshold)
-    counts = count_decisions(fs, root)
-    judged = {**manifest["judge"], "input": cfg.input.uri}
-    report = write_report(fs, root, cfg.report, threshold, judged, manifest.get("skipped_files"))
+    manifest = committed(fs, root, cfg.output.uri)
+    old = listed_files(root, manifest)
+    remove_unlisted(fs, root, old)  # what an earlier change left when it died
+    threshold = decision_threshold(cfg, fs, root, old)
+    new, changed = redecide(fs, root, old, threshold)
+    entries = file_entries(fs, root, new)
+    counts = counts_of(entries)
     total = sum(counts.values())
     ok = manifest["rows_read"] == total
     manifest.update(
         status="complete" if ok else "inconsistent",
+        files=entries,
         counts={d: counts.get(d, 0) for d in DECISIONS},
         invariant=f"rows_read ({manifest['rows_read']}) == kept + rejected + quarantined + "
         f"failed ({total})",
         invariant_ok=ok,
-        kept_fraction=report["kept_fraction"],
+        kept_fraction=counts.get(Decision.KEPT.value, 0) / total if total else 0.0,
         redecided={
             "from_threshold": manifest["threshold"],
             "keep_fraction": cfg.filter.keep_fraction,
@@ -120,9 +137,15 @@ def redecide_finished(
         },
         threshold=threshold,
         keep_fraction=cfg.filter.keep_fraction,
+        fingerprint=fingerprint,
         config=cfg.redacted(),
     )
-    run = read_json(fs, join(root, RUN_MARKER))
-    write_json(fs, join(root, RUN_MARKER), {**run, "fingerprint": fingerprint})
-    write_json(fs, join(root, MANIFEST), manifest)
+    manifest.pop("format_version", None)
+    judged = {**manifest["judge"], "input": cfg.input.uri}
+    skipped = manifest.get("skipped_files")
+    write_report(fs, root, new, cfg.report, threshold, judged, skipped)
+    commit(fs, root, manifest)
+    remove_unlisted(fs, root, new)
+    if not ok:
+        raise InvariantError(manifest["invariant"])
     return manifest

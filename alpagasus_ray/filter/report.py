@@ -5,6 +5,7 @@ score histogram, as report.json, report.md and score_histogram.png."""
 from __future__ import annotations
 
 import io as _io
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,15 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alpagasus_ray.config import ReportConfig
-from alpagasus_ray.io import (
-    MANIFEST,
-    join,
-    output_dataset,
-    read_json,
-    read_output_table,
-    write_bytes,
-    write_json,
-)
+from alpagasus_ray.filter.manifest import committed, listed_files
+from alpagasus_ray.io import join, output_dataset, read_output_table, write_atomic
 from alpagasus_ray.schema import DECISION, DECISIONS, DUPLICATE_OF, REASON, SCORE, SUSPICIOUS
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -37,22 +31,23 @@ def _tally(table: pa.Table, *keys: str) -> list[dict[str, Any]]:
     return table.group_by(list(keys)).aggregate([([], "count_all")]).to_pylist()
 
 
-def count_decisions(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, int]:
-    """Rows per decision from the files' footers and their `decision=` folders: no data is
-    read, so the count costs the same at a million rows as at a thousand."""
-    import pyarrow.dataset as pads
-
-    counts: dict[str, int] = {}
-    for fragment in output_dataset(fs, root).get_fragments():
-        decision = str(pads.get_partition_keys(fragment.partition_expression)[DECISION])
-        counts[decision] = counts.get(decision, 0) + fragment.metadata.num_rows
-    return counts
-
-
 def _category_column(table_columns: list[str], cfg: ReportConfig) -> str | None:
     if cfg.category_column:
         return cfg.category_column if cfg.category_column in table_columns else None
     return "category" if "category" in table_columns else None
+
+
+def _plain(text: Any) -> str:
+    """A category as its plain text: JSON input carries extra columns as JSON text (`"math"`,
+    quotes and all; `validate.json_text`), Parquet input as they are (`math`)."""
+    if isinstance(text, str) and text.startswith('"'):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            return text
+        if isinstance(value, str):
+            return value
+    return str(text)
 
 
 def compute_report(table: pa.Table, threshold: float, category: str | None) -> dict[str, Any]:
@@ -89,7 +84,8 @@ def compute_report(table: pa.Table, threshold: float, category: str | None) -> d
     if category:
         per: dict[str, dict[str, int]] = {}
         for r in _tally(table, category, DECISION):
-            per.setdefault(str(r[category]), {})[r[DECISION]] = r["count_all"]
+            by = per.setdefault(_plain(r[category]), {})
+            by[r[DECISION]] = by.get(r[DECISION], 0) + r["count_all"]
         report["category_column"] = category
         report["per_category"] = {
             cat: {d: c.get(d, 0) for d in DECISIONS} for cat, c in sorted(per.items())
@@ -183,28 +179,32 @@ def render_markdown(report: dict[str, Any]) -> str:
 def write_report(
     fs: fsspec.AbstractFileSystem,
     root: str,
+    files: list[str],
     cfg: ReportConfig,
     threshold: float,
     judged: dict[str, Any] | None = None,
     skipped: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """report.json, report.md and the histogram. `judged` says what judged which input (the
+    """report.json, report.md and the histogram of the data `files`, each written whole or
+    not at all. A change of the output writes them before its commit: a process that dies
+    in between leaves the old state committed with the new report, and the rerun, which
+    makes the same change again, writes it again. `judged` says what judged which input (the
     manifest's `judge` section plus `input`), so a report read alone still says so."""
-    schema_names = output_dataset(fs, root).schema.names
+    schema_names = output_dataset(fs, root, files).schema.names
     category = _category_column(schema_names, cfg)
     columns = [DECISION, SCORE, REASON] + ([category] if category else [])
     columns += [c for c in (SUSPICIOUS, DUPLICATE_OF) if c in schema_names]
-    table = read_output_table(fs, root, columns=columns)
+    table = read_output_table(fs, root, files, columns=columns)
     report = compute_report(table, threshold, category)
     if judged:
         report["judged"] = judged
     if skipped:
         report["skipped_files"] = skipped
-    write_json(fs, join(root, REPORT_JSON), report)
-    with fs.open(join(root, REPORT_MD), "w") as f:
-        f.write(render_markdown(report))
+    text = json.dumps(report, indent=2, default=str) + "\n"
+    write_atomic(fs, join(root, REPORT_JSON), text.encode())
+    write_atomic(fs, join(root, REPORT_MD), render_markdown(report).encode())
     scores = pc.drop_null(table.column(SCORE)).to_numpy()
-    write_bytes(fs, join(root, HISTOGRAM), histogram_png(scores, threshold, cfg.histogram_bins))
+    write_atomic(fs, join(root, HISTOGRAM), histogram_png(scores, threshold, cfg.histogram_bins))
     return report
 
 
@@ -214,10 +214,9 @@ def regenerate(uri: str, storage: Any = None) -> dict[str, Any]:
     from alpagasus_ray.io import filesystem
 
     fs, root = filesystem(uri, storage or StorageConfig())
-    if not fs.exists(join(root, MANIFEST)):
-        raise FileNotFoundError(f"{uri} has no {MANIFEST}: not a finished filter output")
-    manifest = read_json(fs, join(root, MANIFEST))
+    manifest = committed(fs, root, uri)
     cfg = ReportConfig.model_validate(manifest["config"].get("report", {}))
     judged = {**manifest["judge"], "input": manifest["config"]["input"]["uri"]}
     skipped = manifest.get("skipped_files")
-    return write_report(fs, root, cfg, manifest["threshold"], judged, skipped)
+    files = listed_files(root, manifest)
+    return write_report(fs, root, files, cfg, manifest["threshold"], judged, skipped)

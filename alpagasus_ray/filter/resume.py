@@ -9,6 +9,10 @@ attach at read time. A rerun into an output that has `run.json` but no manifest:
    `engine_error` rows out of the `failed` partition, so they are judged again;
 3. skips, right after the read, every row whose (file, position) is in the output already.
 
+`output.retry_failed=true` on a finished output does steps 2 and 3 from the files its
+manifest lists, without changing any of them: the new attempt's files and a new manifest
+replace the old state in one commit (`filter/manifest.py`).
+
 Ray Data's own checkpointing (`ray.data.checkpoint`) would do step 3, but it keys rows by one
 column that must exist at read time and cannot retry a written row (`engine_error`); this
 keeps the same principle (filter right after the read, by what the write committed) with the
@@ -17,7 +21,6 @@ output itself as the checkpoint, so there is no second store to keep consistent 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
@@ -27,9 +30,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from alpagasus_ray.config import JobConfig
-from alpagasus_ray.filter.duplicates import seen_in_output
+from alpagasus_ray.filter.duplicates import SETTLED_SUFFIX, seen_in_output
+from alpagasus_ray.filter.manifest import read_manifest
 from alpagasus_ray.filter.preflight import PreflightError
-from alpagasus_ray.io import DATA_DIR, MANIFEST, RUN_MARKER, join, output_dataset, read_json
+from alpagasus_ray.io import DATA_DIR, RUN_MARKER, join, output_dataset, read_json
 from alpagasus_ray.prompts import prompt_hash
 from alpagasus_ray.schema import CONTENT_HASH, DUPLICATE_OF, REASON, SOURCE, SOURCE_ROW, Reason
 
@@ -51,15 +55,24 @@ _JUDGE_KEYS = (
 KEY_SEP = "\x1f"  # between file and position in a row key
 
 
-def fingerprint(cfg: JobConfig, files: list[str]) -> dict[str, Any]:
-    """What must not change between the attempts of one run, by config key."""
-    listing = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+def file_identity(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """What tells a file's content apart without reading it: size and ETag or version id on
+    S3, size and modification time on disk."""
+    info = fs.info(path)
+    tag = info.get("VersionId") or info.get("ETag") or info.get("mtime") or info.get("LastModified")
+    return f"{info.get('size')}:{str(tag).strip(chr(34))}"
+
+
+def fingerprint(cfg: JobConfig, listing: tuple[Any, list[str], str]) -> dict[str, Any]:
+    """What must not change between the attempts of one run, by config key; the input
+    files' identities too, so that a resumed run judges the input it was started on."""
+    fs, files, _ = listing
     api = {}
     if cfg.judge.engine == "openai":  # what changes the judgement; not the URL, limits, prices
         api = {f"judge.api.{k}": getattr(cfg.judge.api, k) for k in ("endpoint", "top_logprobs")}
     return {
         "input.uri": cfg.input.uri,
-        "input files": f"{len(files)} files (listing {listing})",
+        INPUT_FILES: {path: file_identity(fs, path) for path in files},
         "input.columns": cfg.input.columns.model_dump(),
         **{f"judge.{k}": getattr(cfg.judge, k) for k in _JUDGE_KEYS},
         **api,
@@ -69,106 +82,153 @@ def fingerprint(cfg: JobConfig, files: list[str]) -> dict[str, Any]:
     }
 
 
+INPUT_FILES = "input files"
+REDECIDED_PREFIX = "redecided-"  # the files of a re-decision (filter/redecide.py)
+
+
+def is_derived(name: str) -> bool:
+    return name.startswith(REDECIDED_PREFIX) or name.endswith(SETTLED_SUFFIX)
+
+
 DECISION_KEYS = ("filter.threshold", "filter.keep_fraction")  # re-decided without judging
 
 
+def _what_changed(key: str, before: Any, now: Any) -> str:
+    """One clause naming what changed: for the input files, the first file added, removed
+    or changed since the first attempt."""
+    if key != INPUT_FILES or not isinstance(before, dict):
+        return f"{key} was {before!r}, now {now!r}"
+    for path in sorted(set(before) | set(now)):
+        if path not in now:
+            return f"input file {path} is gone"
+        if path not in before:
+            return f"input file {path} is new"
+        if before[path] != now[path]:
+            return f"input file {path} changed (size:version {before[path]} -> {now[path]})"
+    return f"{key} changed"
+
+
 def check_rerun(
-    cfg: JobConfig, fs: fsspec.AbstractFileSystem, root: str, files: list[str]
+    cfg: JobConfig, fs: fsspec.AbstractFileSystem, root: str, listing: tuple[Any, list, str]
 ) -> tuple[str, dict[str, Any] | None]:
     """What a run into an existing output does: ("fresh", None) to start afresh (empty
-    output, or `overwrite`), ("resume", run) to continue an unfinished run, ("redecide", run)
-    when only the decision settings of a finished run changed. Anything else is refused,
-    saying what changed, since the output would mix two kinds of decisions."""
+    output, or `overwrite`), ("resume", run) to continue an unfinished run, ("redecide",
+    manifest) when only the decision settings of a finished run changed, ("retry",
+    manifest) for `output.retry_failed` on a finished run. Anything else is refused, saying
+    what changed, since the output would mix two kinds of decisions."""
     if cfg.output.overwrite or not fs.exists(join(root, RUN_MARKER)):
         return "fresh", None
-    run = read_json(fs, join(root, RUN_MARKER))
-    finished = fs.exists(join(root, MANIFEST))
+    manifest = read_manifest(fs, root, cfg.output.uri)
+    run = manifest if manifest is not None else read_json(fs, join(root, RUN_MARKER))
     start_over = "rerun with its settings, or set output.overwrite=true to start over"
-    if cfg.input.limit and not finished:
+    if cfg.input.limit and manifest is None:
         raise PreflightError(
             "resume", "input.limit", f"a run with a row limit cannot resume {cfg.output.uri}"
         )
-    before, now = run.get("fingerprint") or {}, fingerprint(cfg, files)
+    before, now = run.get("fingerprint") or {}, fingerprint(cfg, listing)
     changed = [k for k in now if before.get(k) != now[k]]
     judged_alike = not [k for k in changed if k not in DECISION_KEYS]
-    if finished and changed and judged_alike:
-        return "redecide", run
-    if finished:
-        why = "nothing changed" if not changed else f"{changed[0]} changed"
+    if manifest is not None and cfg.output.retry_failed and not changed:
+        return "retry", manifest
+    if manifest is not None and changed and judged_alike and not cfg.output.retry_failed:
+        return "redecide", manifest
+    if manifest is not None:
+        why = "nothing changed" if not changed else _what_changed(changed[0], before.get(
+            changed[0]), now[changed[0]])  # fmt: skip
         raise PreflightError(
             "output",
             "output.uri",
             f"{cfg.output.uri} holds a finished run ({why}; only filter.threshold or "
-            "filter.keep_fraction can change without judging again); set "
-            "output.overwrite=true to replace it",
+            "filter.keep_fraction can change without judging again, and "
+            "output.retry_failed=true judges its engine_error rows again with the same "
+            "settings); set output.overwrite=true to replace it",
         )
     if changed:
         key = changed[0]
         raise PreflightError(
             "resume",
             key,
-            f"the unfinished run in {cfg.output.uri} used {before.get(key)!r}, this one "
-            f"{now[key]!r}; {start_over}",
+            f"the unfinished run in {cfg.output.uri} cannot go on: "
+            f"{_what_changed(key, before.get(key), now[key])}; {start_over}",
         )
     return "resume", run
 
 
 def data_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Every data file under the output: what an unfinished run, which only its own writer
+    reads, has written so far."""
     data = join(root, DATA_DIR)
     return [f for f in fs.find(data) if f.endswith(".parquet")] if fs.exists(data) else []
 
 
-def remove_late_files(
-    fs: fsspec.AbstractFileSystem, root: str, attempt: str, kept: set[str]
-) -> int:
-    """Remove the data files that an earlier attempt's tasks finished after this attempt
-    took stock of the output (a killed driver's write tasks can outlive it by a moment):
-    their rows were not in the output then, so this attempt judged and wrote them again.
-    This attempt's own files start with `attempt`; `kept` is what it found at start."""
-    late = [
-        f
-        for f in data_files(fs, root)
-        if f not in kept and not f.rsplit("/", 1)[-1].startswith(attempt)
-    ]
-    for path in late:
+def attempt_files(fs: fsspec.AbstractFileSystem, root: str, attempt: str) -> list[str]:
+    """The data files this attempt wrote: their names start with its prefix."""
+    return [f for f in data_files(fs, root) if f.rsplit("/", 1)[-1].startswith(attempt)]
+
+
+def drop_derived(fs: fsspec.AbstractFileSystem, files: list[str]) -> list[str]:
+    """Remove what an unfinished run derives from its rows at the end of an attempt (settled
+    copies, a keep fraction's re-decided files) and return the other files: an attempt cut
+    off while deriving them leaves them beside their sources, and the next attempt derives
+    them again (copies are found again, without a judge call)."""
+    derived = [f for f in files if is_derived(f.rsplit("/", 1)[-1])]
+    for path in derived:
         fs.rm(path)
-    if late:
-        log.info("removed %d data files written late by an earlier attempt", len(late))
-    return len(late)
+    return [f for f in files if f not in set(derived)]
+
+
+def _engine_errors(path: str, table: pa.Table) -> pa.Array | None:
+    """Which rows of a `failed` file the engine failed on (retried), or None."""
+    if "decision=failed" not in path or REASON not in table.column_names:
+        return None
+    mask = pc.fill_null(pc.equal(table.column(REASON), Reason.ENGINE_ERROR.value), False)
+    return mask if pc.any(mask).as_py() else None
 
 
 def resume_state(
-    fs: fsspec.AbstractFileSystem, root: str
+    fs: fsspec.AbstractFileSystem, root: str, files: list[str], attempt: str, committed: bool
 ) -> tuple[pa.Array, dict[str, int], set[str], dict[str, str]]:
-    """Make the unfinished output consistent (steps 2 of the module docstring) and return
-    the keys of the rows it holds, what was cleaned up, the data files it kept, and the
-    contents judged so far (for the duplicates still to come, `filter/duplicates.py`)."""
-    files = data_files(fs, root)
-    removed = retried = 0
+    """Take stock of an output before judging the rest: return the keys of the rows it
+    holds, what was cleaned up, the data files that stay, and the contents judged so far
+    (for the duplicates still to come, `filter/duplicates.py`).
+
+    `engine_error` rows are taken out of the `failed` files, so they are judged again. In an
+    unfinished output (step 2 of the module docstring), which no reader trusts, a file cut
+    off by the kill is removed and a failed file is rewritten in place (whole or, cut off
+    again, removed at the next attempt). In a committed one (`committed`: retry-failed), no
+    file is touched: the failed rows that stay go to a new file of this attempt, and the old
+    file leaves the output with the next commit."""
+    live, removed, retried = [], 0, 0
+    if not committed:
+        files = drop_derived(fs, files)
     for path in files:
         try:
             with fs.open(path, "rb") as f:
                 table = pq.read_table(f)
         except Exception:  # noqa: BLE001 - cut off by the kill: its rows are judged again
+            if committed:
+                raise
             fs.rm(path)
             removed += 1
             continue
-        if "decision=failed" in path and REASON in table.column_names:
-            transient = pc.fill_null(
-                pc.equal(table.column(REASON), Reason.ENGINE_ERROR.value), False
-            )
-            n = pc.sum(transient).as_py() or 0
-            if n:
-                retried += n
-                keep = table.filter(pc.invert(transient))
-                if keep.num_rows:
-                    with fs.open(path, "wb") as f:
-                        pq.write_table(keep, f)
-                else:
-                    fs.rm(path)
+        transient = _engine_errors(path, table)
+        if transient is None:
+            live.append(path)
+            continue
+        retried += pc.sum(transient).as_py()
+        keep = table.filter(pc.invert(transient))
+        target = path
+        if committed:
+            target = f"{path.rsplit('/', 1)[0]}/{attempt}_retained_{len(live)}.parquet"
+        if keep.num_rows:
+            with fs.open(target, "wb") as f:
+                pq.write_table(keep, f)
+            live.append(target)
+        elif not committed:
+            fs.rm(path)
     table = None
-    if files:
-        dataset = output_dataset(fs, root)
+    if live:
+        dataset = output_dataset(fs, root, live)
         extra = [c for c in (CONTENT_HASH, DUPLICATE_OF) if c in dataset.schema.names]
         table = dataset.to_table(columns=[SOURCE, SOURCE_ROW, *extra])
     keys = row_keys(table) if table is not None else pa.array([], pa.string())
@@ -186,7 +246,7 @@ def resume_state(
     seen = seen_in_output(
         table if table is not None and DUPLICATE_OF in table.column_names else None
     )
-    return keys, stats, set(data_files(fs, root)), seen
+    return keys, stats, set(live), seen
 
 
 def row_keys(table: pa.Table, source: str = SOURCE, position: str = SOURCE_ROW) -> pa.Array:

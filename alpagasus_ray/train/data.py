@@ -23,7 +23,6 @@ from alpagasus_ray.io import (
     UnfinishedFilterOutput,
     filesystem,
     join,
-    read_json,
 )
 from alpagasus_ray.prompts import alpaca_prompt
 from alpagasus_ray.schema import DECISION, INPUT, INSTRUCTION, OUTPUT, REASON, Decision
@@ -136,25 +135,26 @@ class PadCollate(NumpyBatchCollateFn):
         return {INPUT_IDS: ids, ATTENTION_MASK: mask, LABELS: lab}
 
 
-def kept_input(cfg: TrainConfig) -> TrainData:
-    """A finished filter output trains on its kept partition only; an unfinished one (a
-    `data/` folder or run marker without a complete manifest) is refused."""
+def kept_input(cfg: TrainConfig) -> tuple[TrainData, tuple[Any, list[str], str] | None]:
+    """(data, listing): a finished filter output trains on the kept files its committed
+    manifest lists (the listing `read_input` takes), never on a folder listing; an
+    unfinished one (a `data/` folder or run marker without a complete manifest) is refused.
+    Any other input is read as it is (listing None)."""
+    from alpagasus_ray.filter.manifest import committed, listed_files
+
     fs, root = filesystem(cfg.data.uri, cfg.storage)
     if fs.exists(join(root, MANIFEST)):
-        status = read_json(fs, join(root, MANIFEST)).get("status")
-        if status != "complete":
-            raise UnfinishedFilterOutput(
-                f"data.uri {cfg.data.uri}: the filter output's manifest says status "
-                f"{status!r}, not 'complete'; fix or rerun the filter before training on it"
-            )
-        uri = join(cfg.data.uri, DATA_DIR, "decision=kept")
-        return cfg.data.model_copy(update={"uri": uri, "format": "parquet"})
+        manifest = committed(fs, root, f"data.uri {cfg.data.uri}")
+        files = listed_files(root, manifest, (Decision.KEPT.value,))
+        if not files:
+            raise FileNotFoundError(f"data.uri {cfg.data.uri}: the filter kept no rows")
+        return cfg.data.model_copy(update={"format": "parquet"}), (fs, files, "parquet")
     if fs.exists(join(root, DATA_DIR)) or fs.exists(join(root, RUN_MARKER)):
         raise UnfinishedFilterOutput(
             f"data.uri {cfg.data.uri} is a filter output without manifest.json: its run did "
             f"not finish (rerun the filter to complete it); refusing to train on partial data"
         )
-    return cfg.data
+    return cfg.data, None
 
 
 def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
@@ -169,8 +169,8 @@ def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
     from alpagasus_ray.filter.stages import ValidateStage
     from alpagasus_ray.io import read_input
 
-    data, light = kept_input(cfg), cfg.ray.task_cpus
-    ds = read_input(data, cfg.storage, light)
+    (data, listing), light = kept_input(cfg), cfg.ray.task_cpus
+    ds = read_input(data, cfg.storage, light, listing=listing)
     ds = ds.map_batches(ValidateStage(data.columns), batch_format="pyarrow", num_cpus=light)
     ds = ds.map_batches(
         EncodeStage,

@@ -1,0 +1,280 @@
+"""The manifest is the commit: readers read only the files it lists, and a process killed at
+any step of a change leaves a committed state that the rerun completes.
+
+The crash tests run the real CLI in a subprocess (`crash_driver.py`) that SIGKILLs itself at
+one named step, then check what every reader sees, then rerun the same command and compare
+with a clean run's output (ids and decisions; scores to float noise)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import job_config, write_jsonl
+
+from alpagasus_ray.filter.manifest import committed, listed_files
+from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.filter.preflight import PreflightError
+from alpagasus_ray.filter.report import regenerate
+from alpagasus_ray.io import MANIFEST, UnfinishedFilterOutput, filesystem
+from alpagasus_ray.tiny import synthetic_examples
+
+ROWS = 40
+SETTINGS = {"judge__batch_size": 8, "filter__threshold": 2.0, "output__overwrite": False}
+REDECIDE = {**SETTINGS, "filter__threshold": 2.4}  # a re-decision of the clean output
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    rows = synthetic_examples(ROWS, seed=31) + [{"instruction": "no output"}, "{broken"]
+    rows += [rows[0], rows[1]]  # two copies: settled at the end of the run
+    return write_jsonl(tmp_path_factory.mktemp("commit") / "in.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def clean(ray_session, tiny_judge, source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "out"
+    manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
+    assert manifest["status"] == "complete", manifest["invariant"]
+    return out
+
+
+def committed_rows(uri: str, storage=None) -> dict[tuple[str, int], dict]:
+    """The rows of the files a committed manifest lists, by position; every listed file
+    exists and they hold exactly the manifest's counts."""
+    from alpagasus_ray.config import StorageConfig
+
+    fs, root = filesystem(uri, storage or StorageConfig())
+    manifest = committed(fs, root, uri)
+    files = listed_files(root, manifest)
+    rows = []
+    for path, entry in zip(files, manifest["files"], strict=True):
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        assert table.num_rows == entry["rows"], path
+        cols = ["source", "source_row", "id", "score", "reason"]
+        for row in table.select(cols).to_pylist():
+            rows.append({**row, "decision": entry["decision"]})
+    counts = {d: sum(r["decision"] == d for r in rows) for d in manifest["counts"]}
+    assert counts == manifest["counts"]
+    keyed = {(r["source"], r["source_row"]): r for r in rows}
+    assert len(keyed) == len(rows), "a row is in the output twice"
+    return keyed
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key, row in b.items():
+        assert (a[key]["id"], a[key]["decision"], a[key]["reason"]) == (
+            row["id"],
+            row["decision"],
+            row["reason"],
+        )
+        if row["score"] is not None:
+            assert a[key]["score"] == pytest.approx(row["score"], abs=1e-4)
+
+
+def assert_readers_agree(uri: str, tiny_judge: Path, tmp_path: Path, storage=None) -> bool:
+    """`report` and `train`'s reader either refuse the output or read exactly the state its
+    committed manifest lists; True when there is such a state."""
+    from alpagasus_ray.train.config import TrainConfig
+    from alpagasus_ray.train.data import kept_input
+
+    train = TrainConfig.model_validate(
+        {
+            "data": {"uri": uri},
+            "model": {"name": str(tiny_judge)},
+            "run": {"name": "sft", "storage_path": str(tmp_path / "runs")},
+            **({"storage": storage.model_dump()} if storage else {}),
+        }
+    )
+    try:
+        rows = committed_rows(uri, storage)
+    except UnfinishedFilterOutput:
+        for reader in (lambda: regenerate(uri, storage), lambda: kept_input(train)):
+            with pytest.raises(UnfinishedFilterOutput):
+                reader()
+        return False
+    report = regenerate(uri, storage)
+    assert report["rows"] == len(rows)
+    assert report["counts"]["kept"] == sum(r["decision"] == "kept" for r in rows.values())
+    fs, root = filesystem(uri, storage or train.storage)
+    kept = listed_files(root, committed(fs, root, uri), ("kept",))
+    assert sorted(kept_input(train)[1][1]) == sorted(kept)
+    return True
+
+
+def killed_at(point: str, config: Path, *extra: str) -> str:
+    """Run the filter with `config` until `point`; returns its stderr. Whatever Ray
+    processes the killed driver started go with its process group."""
+    cmd = [sys.executable, str(HERE / "crash_driver.py"), point, "filter", "--config"]
+    proc = subprocess.Popen(
+        [*cmd, str(config), *extra],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+    )
+    try:
+        _, err = proc.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone with its driver
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL, f"{point} was never reached:\n{err[-3000:]}"
+    assert f"killed {point}" in err
+    return err
+
+
+def write_config(cfg, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    return path
+
+
+def test_readers_read_only_what_the_manifest_lists(clean, source, tiny_judge, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    listed = committed_rows(str(out))
+    stray = out / "data" / "decision=kept" / "stray.parquet"  # e.g. left by a dead change
+    shutil.copy(next((out / "data" / "decision=rejected").glob("*.parquet")), stray)
+    assert assert_readers_agree(str(out), tiny_judge, tmp_path)  # the stray file is not read
+    assert committed_rows(str(out)) == listed
+    cfg = job_config(str(source), str(out), tiny_judge, **REDECIDE)
+    run_filter(cfg)  # a re-decision: the next change of the output removes it
+    assert not stray.exists()
+    assert len(committed_rows(str(out))) == len(listed)
+
+
+def test_the_manifest_is_versioned_and_an_older_one_refused(clean, tiny_judge, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["format_version"] == 2
+    assert sum(f["rows"] for f in manifest["files"]) == manifest["rows_read"]
+    del manifest["format_version"]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(UnfinishedFilterOutput, match="manifest format 1"):
+        regenerate(str(out))
+
+
+REDECIDE_POINTS = [
+    "after:filter.redecide.redecide",  # new files written, nothing committed
+    "after:filter.report.write_atomic#1",  # the new report half written
+    "before:filter.redecide.commit",  # report written, not committed
+    "after:filter.redecide.commit",  # committed, the old files still there
+]
+
+
+@pytest.fixture(scope="module")
+def redecided(clean, source, tiny_judge, tmp_path_factory) -> dict:
+    """The clean output re-decided at 2.4 without a kill: what every crashed one must end as."""
+    out = tmp_path_factory.mktemp("redecided") / "out"
+    shutil.copytree(clean, out)
+    run_filter(job_config(str(source), str(out), tiny_judge, **REDECIDE))
+    return committed_rows(str(out))
+
+
+def rerun(cfg) -> None:
+    """The same command again: it completes the change, or says there is nothing left."""
+    try:
+        run_filter(cfg)
+    except PreflightError as e:
+        assert "nothing changed" in str(e)
+
+
+@pytest.mark.parametrize("point", REDECIDE_POINTS)
+def test_a_redecision_killed_anywhere_leaves_a_committed_state(
+    clean, source, tiny_judge, redecided, tmp_path, point
+):
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    before = committed_rows(str(out))
+    cfg = job_config(str(source), str(out), tiny_judge, **REDECIDE)
+    killed_at(point, write_config(cfg, tmp_path / "job.yaml"))
+    assert assert_readers_agree(str(out), tiny_judge, tmp_path)  # old or new, whole
+    state = committed_rows(str(out))
+    assert state == before or state.keys() == redecided.keys()
+    rerun(cfg)
+    assert_same(committed_rows(str(out)), redecided)
+    report = json.loads((out / "report.json").read_text())
+    assert (
+        report["threshold"] == 2.4
+        and report["counts"] == committed(*filesystem(str(out), cfg.storage), str(out))["counts"]
+    )
+
+
+RUN_POINTS = [
+    "after:filter.pipeline.settle_duplicates",  # copies settled, nothing committed
+    "after:filter.pipeline.redecide",  # keep_fraction's files beside their sources
+    "before:filter.pipeline.commit",
+    "after:filter.pipeline.commit",  # committed, a replaced file still there
+]
+
+
+@pytest.mark.parametrize("point", RUN_POINTS)
+def test_a_run_killed_at_its_end_resumes_to_a_clean_output(
+    clean, source, tiny_judge, tmp_path, point
+):
+    out = tmp_path / "out"
+    keep = {"filter__keep_fraction": 0.5} if "redecide" in point or "commit" in point else {}
+    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, **keep)
+    killed_at(point, write_config(cfg, tmp_path / "job.yaml"))
+    done = assert_readers_agree(str(out), tiny_judge, tmp_path)
+    assert done == (point == "after:filter.pipeline.commit")
+    rerun(cfg)
+    rows = committed_rows(str(out))
+    if keep:  # the reference: the clean run decided at the same fraction
+        ref = tmp_path / "ref"
+        shutil.copytree(clean, ref)
+        run_filter(job_config(str(source), str(ref), tiny_judge, **SETTINGS, **keep))
+        assert_same(rows, committed_rows(str(ref)))
+    else:
+        assert_same(rows, committed_rows(str(clean)))
+    data = {str(p) for p in (out / "data").rglob("*.parquet")}
+    fs, root = filesystem(str(out), cfg.storage)
+    listed = set(listed_files(root, committed(fs, root, str(out))))
+    if point == "after:filter.pipeline.commit":  # a replaced file the next change removes
+        assert data > listed
+    else:  # the rerun committed and removed what it replaced
+        assert data == listed
+
+
+def test_a_redecision_on_s3_killed_anywhere_leaves_a_committed_state(
+    clean, source, tiny_judge, redecided, s3_endpoint, tmp_path
+):
+    import boto3
+    from test_s3 import CREDENTIALS
+
+    bucket = "alpagasus-commit"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing-secret",
+    ).create_bucket(Bucket=bucket)
+    s3 = {"storage__endpoint_url": s3_endpoint, **CREDENTIALS}
+    for i, point in enumerate(REDECIDE_POINTS):
+        uri = f"s3://{bucket}/run-{i}"
+        cfg = job_config(str(source), uri, tiny_judge, **SETTINGS, **s3)
+        fs, root = filesystem(uri, cfg.storage)
+        fs.put(str(clean), root, recursive=True)
+        cfg = job_config(str(source), uri, tiny_judge, **REDECIDE, **s3)
+        killed_at(point, write_config(cfg, tmp_path / f"job-{i}.yaml"))
+        fs.invalidate_cache()
+        assert assert_readers_agree(uri, tiny_judge, tmp_path, cfg.storage)
+        rerun(cfg)
+        fs.invalidate_cache()
+        rows = {(Path(k[0]).name, k[1]): r for k, r in committed_rows(uri, cfg.storage).items()}
+        ref = {(Path(k[0]).name, k[1]): r for k, r in redecided.items()}
+        assert_same(rows, ref)
