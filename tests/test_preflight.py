@@ -298,3 +298,17 @@ def test_overwrite_refuses_a_folder_it_did_not_write(capsys, tmp_path, tiny_judg
     )
     assert (theirs / "sub" / "result.parquet").read_text() == "earlier work"
     print(f"refused in {elapsed:.2f} s: {err}")
+
+
+def test_the_api_engine_without_its_sdk_names_the_extra(tmp_path, capsys, monkeypatch):
+    """A user's install without the `api` extra: one line naming it, not a ModuleNotFoundError
+    after Ray starts."""
+    monkeypatch.setitem(sys.modules, "openai", None)  # `import openai` raises ImportError
+    src = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "a", "output": "b"}])
+    api = ("judge.engine=openai", "judge.api.base_url=http://127.0.0.1:9/v1")
+    args = filter_args(tmp_path, src, "some-model", *api, "judge.api.api_key_env=null")
+    line, _ = cli_refusal(capsys, args)
+    assert line == (
+        "alpagasus-ray filter: judge API (judge.engine): the API engine needs the OpenAI SDK: "
+        "pip install 'alpagasus-ray[api]'"
+    )

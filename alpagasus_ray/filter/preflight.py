@@ -310,7 +310,11 @@ def check_mapping(mapping: ColumnMap, columns: set[str], path: str) -> None:
 def check_api(judge: JudgeConfig, section: str = "judge", model_key: str | None = None) -> None:
     """An API judge: the key is set, and one cheap call (the server's model list) shows that
     the URL answers, takes the key and serves `model`, before any row is read."""
-    import openai
+    try:
+        import openai
+    except ImportError:
+        cause = "the API engine needs the OpenAI SDK: pip install 'alpagasus-ray[api]'"
+        raise PreflightError("judge API", f"{section}.engine", cause) from None
 
     from alpagasus_ray.engines.api import api_key, redact
 
