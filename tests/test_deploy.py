@@ -50,6 +50,11 @@ def test_docker_base_image_matches_the_pins():
     minimum = tuple(int(x) for x in re.findall(r"\d+", pyproject["project"]["requires-python"]))
     assert image_python >= minimum
     assert "[vllm" in dockerfile  # the image serves the vLLM judge
+    # ... at the version the contract tests check (the Makefile installs that one for them)
+    vllm_pin = next(d for d in pyproject["project"]["optional-dependencies"]["vllm"] if
+                    d.startswith("vllm"))  # fmt: skip
+    assert re.fullmatch(r"vllm==\d+\.\d+\.\d+", vllm_pin), vllm_pin
+    assert f"--no-deps {vllm_pin}" in (ROOT / "Makefile").read_text()
 
 
 def test_cluster_image_is_the_one_the_dockerfile_documents():
