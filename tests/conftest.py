@@ -119,6 +119,30 @@ def s3_endpoint():
     server.stop()
 
 
+def s3_client(endpoint: str) -> Any:
+    """A boto3 client of the moto server at `endpoint`, with the tests' credentials."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing-secret",
+    )
+
+
+def assert_same_rows(a: dict[Any, dict], b: dict[Any, dict]) -> None:
+    """Two outputs' rows by position hold the same rows: ids, decisions and reasons alike,
+    scores to float noise (rows share batches differently from run to run)."""
+    assert a.keys() == b.keys()
+    for key, row in b.items():
+        got = (a[key]["id"], a[key]["decision"], a[key]["reason"])
+        assert got == (row["id"], row["decision"], row["reason"]), key
+        if row["score"] is not None:
+            assert a[key]["score"] == pytest.approx(row["score"], abs=1e-4)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import job_config, write_jsonl
+from conftest import assert_same_rows, job_config, s3_client, write_jsonl
 
 from alpagasus_ray.filter.manifest import committed, listed_files
 from alpagasus_ray.filter.pipeline import run_filter
@@ -70,18 +70,6 @@ def committed_rows(uri: str, storage=None) -> dict[tuple[str, int], dict]:
     keyed = {(r["source"], r["source_row"]): r for r in rows}
     assert len(keyed) == len(rows), "a row is in the output twice"
     return keyed
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key, row in b.items():
-        assert (a[key]["id"], a[key]["decision"], a[key]["reason"]) == (
-            row["id"],
-            row["decision"],
-            row["reason"],
-        )
-        if row["score"] is not None:
-            assert a[key]["score"] == pytest.approx(row["score"], abs=1e-4)
 
 
 def assert_readers_agree(uri: str, tiny_judge: Path, tmp_path: Path, storage=None) -> bool:
@@ -205,7 +193,7 @@ def test_a_redecision_killed_anywhere_leaves_a_committed_state(
     state = committed_rows(str(out))
     assert state == before or state.keys() == redecided.keys()
     rerun(cfg)
-    assert_same(committed_rows(str(out)), redecided)
+    assert_same_rows(committed_rows(str(out)), redecided)
     report = json.loads((out / "report.json").read_text())
     assert (
         report["threshold"] == 2.4
@@ -237,9 +225,9 @@ def test_a_run_killed_at_its_end_resumes_to_a_clean_output(
         ref = tmp_path / "ref"
         shutil.copytree(clean, ref)
         run_filter(job_config(str(source), str(ref), tiny_judge, **SETTINGS, **keep))
-        assert_same(rows, committed_rows(str(ref)))
+        assert_same_rows(rows, committed_rows(str(ref)))
     else:
-        assert_same(rows, committed_rows(str(clean)))
+        assert_same_rows(rows, committed_rows(str(clean)))
     data = {str(p) for p in (out / "data").rglob("*.parquet")}
     fs, root = filesystem(str(out), cfg.storage)
     listed = set(listed_files(root, committed(fs, root, str(out))))
@@ -252,17 +240,10 @@ def test_a_run_killed_at_its_end_resumes_to_a_clean_output(
 def test_a_redecision_on_s3_killed_anywhere_leaves_a_committed_state(
     clean, source, tiny_judge, redecided, s3_endpoint, tmp_path
 ):
-    import boto3
     from test_s3 import CREDENTIALS
 
     bucket = "alpagasus-commit"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing-secret",
-    ).create_bucket(Bucket=bucket)
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
     s3 = {"storage__endpoint_url": s3_endpoint, **CREDENTIALS}
     for i, point in enumerate(REDECIDE_POINTS):
         uri = f"s3://{bucket}/run-{i}"
@@ -277,4 +258,63 @@ def test_a_redecision_on_s3_killed_anywhere_leaves_a_committed_state(
         fs.invalidate_cache()
         rows = {(Path(k[0]).name, k[1]): r for k, r in committed_rows(uri, cfg.storage).items()}
         ref = {(Path(k[0]).name, k[1]): r for k, r in redecided.items()}
-        assert_same(rows, ref)
+        assert_same_rows(rows, ref)
+
+
+def with_an_engine_error(clean: Path, out: Path) -> tuple[str, int]:
+    """`clean` copied to `out` as a finished run with one API failure leaves it: a kept row
+    an `engine_error` in the failed partition, committed by a manifest that lists it."""
+    import fsspec
+    import pyarrow as pa
+
+    from alpagasus_ray.filter.manifest import commit, counts_of, file_entries
+
+    shutil.copytree(clean, out)
+    kept = sorted((out / "data" / "decision=kept").glob("*.parquet"))[0]
+    table = pq.read_table(kept)
+    victim = table.slice(0, 1).to_pylist()[0]
+    pq.write_table(table.slice(1), kept)
+    victim.update(score=None, score_probs=None, reason="engine_error", reason_detail="boom")
+    failed = out / "data" / "decision=failed"
+    failed.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([victim], schema=table.schema), failed / "err.parquet")
+    manifest = json.loads((out / MANIFEST).read_text())
+    fs = fsspec.filesystem("file")
+    manifest["files"] = file_entries(fs, str(out), [str(p) for p in out.rglob("*.parquet")])
+    manifest["counts"] = {**manifest["counts"], **counts_of(manifest["files"])}
+    commit(fs, str(out), manifest)
+    return victim["source"], victim["source_row"]
+
+
+@pytest.mark.parametrize(
+    "point", ["after:filter.pipeline.resume_state", "before:filter.pipeline.commit"]
+)
+def test_a_retry_killed_leaves_the_committed_state_and_its_rerun_completes(
+    clean, source, tiny_judge, tmp_path, point
+):
+    out = tmp_path / "out"
+    victim = with_an_engine_error(clean, out)
+    before = committed_rows(str(out))
+    assert before[victim]["reason"] == "engine_error"
+    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, output__retry_failed=True)
+    killed_at(point, write_config(cfg, tmp_path / "job.yaml"))
+    assert assert_readers_agree(str(out), tiny_judge, tmp_path)
+    assert committed_rows(str(out)) == before  # the retry's files are in no manifest
+    manifest = run_filter(cfg)
+    assert manifest["attempts"][-1]["rows_written"] == 1  # the failed row alone
+    assert_same_rows(committed_rows(str(out)), committed_rows(str(clean)))
+
+
+def test_a_resume_killed_after_taking_stock_resumes_again(clean, source, tiny_judge, tmp_path):
+    """Killed before its commit, then killed again once the resumed attempt has taken stock
+    of what the first one wrote and claimed the output: the third attempt ends as a clean
+    run."""
+    out = tmp_path / "out"
+    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS)
+    config = write_config(cfg, tmp_path / "job.yaml")
+    killed_at("before:filter.pipeline.commit", config)
+    killed_at("after:filter.pipeline.claim_output", config)
+    assert not assert_readers_agree(str(out), tiny_judge, tmp_path)  # unfinished: refused
+    manifest = run_filter(cfg)
+    assert manifest["status"] == "complete" and len(manifest["attempts"]) == 3
+    assert_same_rows(committed_rows(str(out)), committed_rows(str(clean)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from conftest import cli_refusal, filter_args, write_jsonl
+from conftest import cli_refusal, filter_args, s3_client, write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.config import StorageConfig
@@ -103,10 +103,7 @@ def test_a_folder_without_the_marker_is_never_removed(tmp_path):
 @pytest.fixture(scope="module")
 def s3(s3_endpoint):
     """A bucket with a small input, and the `--set`s that point a job at it."""
-    import boto3
-
-    keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing-secret"}
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **keys)
+    client = s3_client(s3_endpoint)
     for bucket in (BUCKET, ROOT_BUCKET):
         client.create_bucket(Bucket=bucket)
     storage_cfg = StorageConfig(endpoint_url=s3_endpoint, region="us-east-1", **S3_KEYS)

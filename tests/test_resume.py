@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import job_config, write_jsonl
+from conftest import assert_same_rows, job_config, write_jsonl
 
 from alpagasus_ray.filter.pipeline import run_filter
 from alpagasus_ray.filter.preflight import PreflightError
@@ -38,16 +38,7 @@ def rows_by_position(out: Path) -> dict[tuple[str, int], dict]:
 
 
 def assert_same_output(resumed: Path, clean: Path) -> None:
-    a, b = rows_by_position(resumed), rows_by_position(clean)
-    assert a.keys() == b.keys()
-    for key, row in b.items():
-        assert (a[key]["id"], a[key]["decision"], a[key]["reason"]) == (
-            row["id"],
-            row["decision"],
-            row["reason"],
-        )
-        if row["score"] is not None:
-            assert a[key]["score"] == pytest.approx(row["score"], abs=1e-4)
+    assert_same_rows(rows_by_position(resumed), rows_by_position(clean))
 
 
 @pytest.fixture(scope="module")

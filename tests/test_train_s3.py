@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import write_jsonl
+from conftest import s3_client, write_jsonl
 
 from alpagasus_ray.config import build_config
 from alpagasus_ray.io import filesystem
@@ -34,15 +34,7 @@ def test_train_reads_checkpoints_and_exports_on_s3(ray_session, tiny_judge, s3_e
             "storage": storage,
         },
     )
-    import boto3
-
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing-secret",
-    ).create_bucket(Bucket=BUCKET)
+    s3_client(s3_endpoint).create_bucket(Bucket=BUCKET)
     fs, _ = filesystem(f"s3://{BUCKET}", cfg.storage)
     local = write_jsonl(tmp_path / "rows.jsonl", synthetic_examples(8, seed=5))
     fs.put(str(local), f"{BUCKET}/data/rows.jsonl")
