@@ -300,6 +300,12 @@ class ReportConfig(StrictModel):
         None, description="Count decisions per value of this column; default: 'category' if any."
     )
     histogram_bins: int = Field(21, gt=1)
+    examples: int = Field(
+        3,
+        ge=0,
+        description="Rows to look at in the report: this many of each kind (highest, lowest, "
+        "closest to the threshold, suspicious, each failure reason); 0: none.",
+    )
 
 
 class JobConfig(StrictModel):

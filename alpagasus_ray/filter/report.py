@@ -1,6 +1,7 @@
 """The filter report, computed from the written output alone (so it can be regenerated):
-counts per decision, kept fraction, score quantiles, reasons, per-category counts and the
-score histogram, as report.json, report.md and score_histogram.png."""
+counts per decision, kept fraction, score quantiles, reasons, per-category counts, rows to
+look at (filter/examples.py) and the score histogram, as report.json, report.md and
+score_histogram.png."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alpagasus_ray.config import ReportConfig
+from alpagasus_ray.filter import examples as _examples
 from alpagasus_ray.filter.manifest import committed, listed_files
 from alpagasus_ray.io import join, output_dataset, read_output_table, write_atomic
-from alpagasus_ray.schema import DECISION, DECISIONS, DUPLICATE_OF, REASON, SCORE, SUSPICIOUS
+from alpagasus_ray.schema import DECISION, DECISIONS, DUPLICATE_OF, ID, REASON, SCORE, SUSPICIOUS
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 REPORT_JSON, REPORT_MD, HISTOGRAM = "report.json", "report.md", "score_histogram.png"
@@ -172,6 +174,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             *(f"| `{r['path']}` | {r['error']} | {r['rows']} |" for r in skipped),
             "",
         ]
+    if examples := report.get("examples"):
+        lines += _examples.render(examples, report["threshold"])
     lines.append(f"![score histogram]({HISTOGRAM})")
     return "\n".join(lines) + "\n"
 
@@ -194,8 +198,11 @@ def write_report(
     category = _category_column(schema_names, cfg)
     columns = [DECISION, SCORE, REASON] + ([category] if category else [])
     columns += [c for c in (SUSPICIOUS, DUPLICATE_OF) if c in schema_names]
+    columns += [ID] if cfg.examples and ID in schema_names else []
     table = read_output_table(fs, root, files, columns=columns)
     report = compute_report(table, threshold, category)
+    if cfg.examples and ID in table.column_names:
+        report["examples"] = _examples.examples(fs, root, files, table, threshold, cfg.examples)
     if judged:
         report["judged"] = judged
     if skipped:
