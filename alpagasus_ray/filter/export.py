@@ -1,0 +1,249 @@
+"""Export a finished filter output for a fine-tuning stack: Alpaca JSON, chat `messages`
+JSONL, one Parquet file or a Hugging Face `datasets` folder.
+
+Only the files the committed manifest lists are read (a folder listing may hold a dead
+run's leftovers), one record batch at a time, so a million-row export holds one batch in
+memory. The destination appears whole or not at all: it is written to a temporary file
+and renamed (or, on S3, uploaded once) at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from alpagasus_ray.config import StorageConfig
+from alpagasus_ray.filter.manifest import committed, listed_files
+from alpagasus_ray.filter.redecide import keep_threshold
+from alpagasus_ray.io import PARQUET_EXT, filesystem, is_local, output_dataset
+from alpagasus_ray.schema import (
+    DECISIONS,
+    INPUT,
+    INSTRUCTION,
+    OUTPUT,
+    OWN_COLUMNS,
+    SCORE,
+    SOURCE,
+    TRIPLE,
+    Decision,
+)
+
+FORMATS = ("alpaca", "messages", "hf", "parquet")
+SELECTIONS = (*DECISIONS, "all")
+JUDGED = (Decision.KEPT.value, Decision.REJECTED.value)  # the rows that have a score
+
+
+class ExportRefused(ValueError):
+    """An export that cannot be done as asked, said in one line (the CLI exits 2)."""
+
+
+def export(
+    uri: str,
+    fmt: str,
+    to: str,
+    decision: str = Decision.KEPT.value,
+    min_score: float | None = None,
+    keep_fraction: float | None = None,
+    extra_columns: bool = False,
+    system_prompt: str | None = None,
+    overwrite: bool = False,
+    storage: StorageConfig | None = None,
+) -> dict[str, Any]:
+    """Write the selected rows of the finished output at `uri` to `to` in `fmt`; returns
+    {rows, format, to}. `min_score`/`keep_fraction` select among the kept and rejected rows
+    by their stored scores (no judging), instead of by `decision`."""
+    storage = storage or StorageConfig()
+    if fmt not in FORMATS:
+        raise ExportRefused(f"export: unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    if decision not in SELECTIONS:
+        raise ExportRefused(f"export: --decision {decision!r}; one of {', '.join(SELECTIONS)}")
+    if min_score is not None and keep_fraction is not None:
+        raise ExportRefused("export: give --min-score or --keep-fraction, not both")
+    if system_prompt and fmt != "messages":
+        raise ExportRefused("export: --system-prompt is for --format messages only")
+    if keep_fraction is not None and not 0 < keep_fraction <= 1:
+        raise ExportRefused(f"export: --keep-fraction {keep_fraction:g} is not in (0, 1]")
+    fs, root = filesystem(uri, storage)
+    manifest = committed(fs, root, uri)
+    out_fs, dest = filesystem(to, storage)
+    check_destination(fs, root, out_fs, dest, to, fmt, overwrite)
+    if fmt == "hf":
+        require_datasets()
+
+    by_score = min_score is not None or keep_fraction is not None
+    decisions = JUDGED if by_score else () if decision == "all" else (decision,)
+    files = listed_files(root, manifest, decisions)
+    source = output_dataset(fs, root, files, every_column=extra_columns) if files else None
+    extras = extra_names(source.schema) if source is not None and extra_columns else []
+    where = None
+    if source is not None and by_score:
+        if min_score is None:
+            scores = source.to_table(columns=[SCORE]).column(SCORE).combine_chunks()
+            try:
+                min_score = keep_threshold(scores, keep_fraction)
+            except ValueError as e:
+                raise ExportRefused(f"export --keep-fraction: {e}") from None
+        where = pc.field(SCORE) >= min_score
+    batches = rows_of(source, extras, where) if source is not None else iter(())
+    schema = output_schema(source, extras)
+
+    # On disk, beside the destination, so that the last step is a rename.
+    near = os.path.dirname(os.path.abspath(dest)) if is_local(out_fs) else None
+    if near:
+        os.makedirs(near, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".alpagasus-export-", dir=near) as tmp:
+        local = os.path.join(tmp, "export")
+        rows = write_local(fmt, local, batches, schema, extras, system_prompt)
+        publish(out_fs, local, dest, fmt == "hf", overwrite)
+    return {"rows": rows, "format": fmt, "to": to}
+
+
+def extra_names(schema: pa.Schema) -> list[str]:
+    """The user's own columns: everything the filter did not add."""
+    return [n for n in schema.names if n not in OWN_COLUMNS]
+
+
+def output_schema(source: pads.Dataset | None, extras: list[str]) -> pa.Schema:
+    fields = [pa.field(c, pa.string()) for c in TRIPLE]
+    if source is not None:
+        fields += [source.schema.field(n) for n in extras]
+    return pa.schema(fields)
+
+
+def rows_of(source: pads.Dataset, extras: list[str], where: Any) -> Iterator[pa.RecordBatch]:
+    """The selected rows, batch by batch; a null input becomes "" (Alpaca's convention)."""
+    columns = [*TRIPLE, SOURCE, *extras]
+    for batch in source.to_batches(columns=columns, filter=where):
+        if batch.num_rows:
+            table = pa.Table.from_batches([batch])
+            filled = pc.fill_null(table.column(INPUT).cast(pa.string()), "")
+            yield table.set_column(table.column_names.index(INPUT), INPUT, filled).to_batches()[0]
+
+
+def records(batch: pa.RecordBatch, extras: list[str]) -> Iterator[dict[str, Any]]:
+    """A batch as Alpaca dicts (instruction, input, output in that order), with extras;
+    extras of JSON input were stored as JSON text and are decoded back."""
+    for row in batch.to_pylist():
+        record = {c: row[c] for c in TRIPLE}
+        from_json = not str(row.get(SOURCE) or "").lower().endswith(PARQUET_EXT)
+        for name in extras:
+            record[name] = decoded(row[name]) if from_json else row[name]
+        yield record
+
+
+def decoded(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def messages(record: dict[str, Any], extras: list[str], system: str | None) -> dict[str, Any]:
+    """One chat example: [system], user (instruction, then the input after a blank line),
+    assistant (the output); a quarantined row's missing text stays empty or null."""
+    user = (record[INSTRUCTION] or "") + ("\n\n" + record[INPUT] if record[INPUT] else "")
+    turns = [{"role": "system", "content": system}] if system else []
+    turns += [{"role": "user", "content": user}, {"role": "assistant", "content": record[OUTPUT]}]
+    return {"messages": turns, **{n: record[n] for n in extras}}
+
+
+def write_local(
+    fmt: str,
+    path: str,
+    batches: Iterator[pa.RecordBatch],
+    schema: pa.Schema,
+    extras: list[str],
+    system: str | None,
+) -> int:
+    """Write the export to the local `path` as it streams in; returns the rows written."""
+    rows = 0
+    if fmt in ("parquet", "hf"):
+        target = path if fmt == "parquet" else path + ".parquet"
+        with pq.ParquetWriter(target, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch.drop_columns([SOURCE]).cast(schema))
+                rows += batch.num_rows
+        if fmt == "hf":
+            save_hf(target, path)
+        return rows
+    dumps = json.dumps
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("[" if fmt == "alpaca" else "")
+        for batch in batches:
+            for record in records(batch, extras):
+                if fmt == "alpaca":
+                    f.write(("\n" if not rows else ",\n") + dumps(record, ensure_ascii=False))
+                else:
+                    f.write(dumps(messages(record, extras, system), ensure_ascii=False) + "\n")
+                rows += 1
+        f.write("\n]\n" if fmt == "alpaca" else "")
+    return rows
+
+
+def require_datasets() -> None:
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        raise ExportRefused(
+            "export --format hf needs Hugging Face datasets: pip install 'alpagasus-ray[export]'"
+        ) from None
+
+
+def save_hf(parquet: str, folder: str) -> None:
+    """A `datasets.load_from_disk` folder from the streamed Parquet file (memory-mapped
+    Arrow, not loaded into memory); its cache stays in the temporary folder."""
+    import datasets
+
+    cache = os.path.join(os.path.dirname(folder), "hf-cache")
+    ds = datasets.Dataset.from_parquet(parquet, cache_dir=cache)
+    ds.save_to_disk(folder)
+
+
+def check_destination(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    out_fs: fsspec.AbstractFileSystem,
+    dest: str,
+    to: str,
+    fmt: str,
+    overwrite: bool,
+) -> None:
+    """Refuse to write into the filter output (its files are the manifest's alone), over an
+    existing destination without `overwrite`, or over a folder that is not an export."""
+    same = is_local(fs) == is_local(out_fs)
+    norm = (lambda p: os.path.realpath(p)) if is_local(out_fs) else (lambda p: p.rstrip("/"))
+    if same and (norm(dest) + "/").startswith(norm(root) + "/"):
+        raise ExportRefused(f"export: --to {to} is inside the filter output; write elsewhere")
+    if not out_fs.exists(dest):
+        return
+    if not overwrite:
+        raise FileExistsError(f"export: {to} exists; pass --overwrite to replace it")
+    if out_fs.isdir(dest) and not (fmt == "hf" and out_fs.exists(f"{dest}/dataset_info.json")):
+        raise ExportRefused(f"export: {to} is a folder that is not a datasets export; not replaced")
+
+
+def publish(
+    out_fs: fsspec.AbstractFileSystem, local: str, dest: str, folder: bool, overwrite: bool
+) -> None:
+    """Put the finished local export at `dest`: a rename in its own folder on disk (the
+    name never holds a half file), one upload on S3 once it is complete."""
+    if not is_local(out_fs):
+        if overwrite and out_fs.exists(dest):
+            out_fs.rm(dest, recursive=True)
+        out_fs.put(local, dest, recursive=folder)
+        return
+    if folder and os.path.isdir(dest):
+        shutil.rmtree(dest)
+    os.replace(local, dest)  # the temporary folder is beside `dest`: one rename
