@@ -64,6 +64,15 @@ def ray_session():
     ray.shutdown()
 
 
+def session_cluster_env() -> dict[str, str]:
+    """The environment for a CLI subprocess that runs its job on this session's Ray (as
+    `ray job submit` runs one on a cluster), instead of starting a local Ray of its own:
+    on a loaded 2-core machine a second Ray's start-up can time out, and it costs seconds."""
+    import ray
+
+    return {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+
+
 @pytest.fixture(scope="session")
 def tiny_judge(tmp_path_factory) -> Path:
     """A tiny random Llama with a chat template, saved locally."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import assert_same_rows, job_config, s3_client, write_jsonl
+from conftest import assert_same_rows, job_config, s3_client, session_cluster_env, write_jsonl
 
 from alpagasus_ray.filter.manifest import committed, listed_files
 from alpagasus_ray.filter.pipeline import run_filter
@@ -103,8 +103,8 @@ def assert_readers_agree(uri: str, tiny_judge: Path, tmp_path: Path, storage=Non
 
 
 def killed_at(point: str, config: Path, *extra: str) -> str:
-    """Run the filter with `config` until `point`; returns its stderr. Whatever Ray
-    processes the killed driver started go with its process group."""
+    """Run the filter with `config` until `point`, on this session's Ray; returns its
+    stderr. Ray ends the killed driver's job, as it does on a cluster."""
     cmd = [sys.executable, str(HERE / "crash_driver.py"), point, "filter", "--config"]
     proc = subprocess.Popen(
         [*cmd, str(config), *extra],
@@ -112,7 +112,7 @@ def killed_at(point: str, config: Path, *extra: str) -> str:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        env={**session_cluster_env(), "PYTHONPATH": str(HERE.parent)},
     )
     try:
         _, err = proc.communicate(timeout=600)
