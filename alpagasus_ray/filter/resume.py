@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from alpagasus_ray.config import JobConfig
 from alpagasus_ray.filter.duplicates import SETTLED_SUFFIX, seen_in_output
-from alpagasus_ray.filter.manifest import read_manifest
+from alpagasus_ray.filter.manifest import listed_files, read_manifest, remove_unlisted
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.io import DATA_DIR, RUN_MARKER, join, output_dataset, read_json
 from alpagasus_ray.prompts import prompt_hash
@@ -115,7 +115,8 @@ def check_rerun(
     output, or `overwrite`), ("resume", run) to continue an unfinished run, ("redecide",
     manifest) when only the decision settings of a finished run changed, ("retry",
     manifest) for `output.retry_failed` on a finished run. Anything else is refused, saying
-    what changed, since the output would mix two kinds of decisions."""
+    what changed, since the output would mix two kinds of decisions; a finished run asked
+    for again loses only the files its manifest no longer lists."""
     if cfg.output.overwrite or not fs.exists(join(root, RUN_MARKER)):
         return "fresh", None
     manifest = read_manifest(fs, root, cfg.output.uri)
@@ -133,6 +134,8 @@ def check_rerun(
     if manifest is not None and changed and judged_alike and not cfg.output.retry_failed:
         return "redecide", manifest
     if manifest is not None:
+        if not changed:  # the last step of a change that died after its commit, if any
+            remove_unlisted(fs, root, listed_files(root, manifest))
         why = "nothing changed" if not changed else _what_changed(changed[0], before.get(
             changed[0]), now[changed[0]])  # fmt: skip
         raise PreflightError(
