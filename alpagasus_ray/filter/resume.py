@@ -86,8 +86,10 @@ INPUT_FILES = "input files"
 REDECIDED_PREFIX = "redecided-"  # the files of a re-decision (filter/redecide.py)
 
 
-def is_derived(name: str) -> bool:
-    return name.startswith(REDECIDED_PREFIX) or name.endswith(SETTLED_SUFFIX)
+def is_derived(name: str, settling: bool) -> bool:
+    """A re-decision's file, or settled copies while copies are still left to settle (the
+    settling was cut off; once done, its files are complete and stay)."""
+    return name.startswith(REDECIDED_PREFIX) or (settling and name.endswith(SETTLED_SUFFIX))
 
 
 DECISION_KEYS = ("filter.threshold", "filter.keep_fraction")  # re-decided without judging
@@ -170,11 +172,12 @@ def attempt_files(fs: fsspec.AbstractFileSystem, root: str, attempt: str) -> lis
 
 
 def drop_derived(fs: fsspec.AbstractFileSystem, files: list[str]) -> list[str]:
-    """Remove what an unfinished run derives from its rows at the end of an attempt (settled
-    copies, a keep fraction's re-decided files) and return the other files: an attempt cut
-    off while deriving them leaves them beside their sources, and the next attempt derives
-    them again (copies are found again, without a judge call)."""
-    derived = [f for f in files if is_derived(f.rsplit("/", 1)[-1])]
+    """Remove what an unfinished run derived from its rows at the end of an attempt but did
+    not finish (a keep fraction's re-decided files, settled copies while some are still
+    unsettled) and return the other files: such files stand beside their sources, and the
+    next attempt derives them again (copies are found again, without a judge call)."""
+    settling = any("/decision=duplicate/" in f for f in files)  # copies left to settle
+    derived = [f for f in files if is_derived(f.rsplit("/", 1)[-1], settling)]
     for path in derived:
         fs.rm(path)
     return [f for f in files if f not in set(derived)]
