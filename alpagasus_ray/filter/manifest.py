@@ -104,15 +104,19 @@ def listed_files(root: str, manifest: dict[str, Any], decisions: tuple[str, ...]
     return [join(data, e["path"]) for e in entries if not decisions or e["decision"] in decisions]
 
 
+def data_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """Every `.parquet` file under the output's own `data/`: what its writer lists to take
+    stock of an unfinished run, or to find what no manifest lists; never what a reader
+    reads."""
+    data = join(root, DATA_DIR)
+    return [f for f in fs.find(data) if f.endswith(".parquet")] if fs.exists(data) else []
+
+
 def unlisted(fs: fsspec.AbstractFileSystem, root: str, live: list[str]) -> list[str]:
     """The data files of this output that `live` (the committed state) does not list: what
-    an earlier change wrote and then replaced, or left behind when it died. Only `.parquet`
-    files under the output's own `data/` are ever considered."""
-    folder = join(root, DATA_DIR)
-    if not fs.exists(folder):
-        return []
+    an earlier change wrote and then replaced, or left behind when it died."""
     keep = {p.rstrip("/") for p in live}
-    return [f for f in fs.find(folder) if f.endswith(".parquet") and f not in keep]
+    return [f for f in data_files(fs, root) if f not in keep]
 
 
 def remove_files(fs: fsspec.AbstractFileSystem, paths: list[str]) -> None:

@@ -17,6 +17,7 @@ from alpagasus_ray.filter.duplicates import DUPLICATE, DedupStage, SeenContent, 
 from alpagasus_ray.filter.manifest import (
     commit,
     counts_of,
+    data_files,
     file_entries,
     listed_files,
     remove_files,
@@ -32,7 +33,6 @@ from alpagasus_ray.filter.resources import check_resources
 from alpagasus_ray.filter.resume import (
     attempt_files,
     check_rerun,
-    data_files,
     fingerprint,
     resume_state,
 )

@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 
 from alpagasus_ray.config import JobConfig
 from alpagasus_ray.filter.duplicates import SETTLED_SUFFIX, seen_in_output
-from alpagasus_ray.filter.manifest import listed_files, read_manifest, remove_unlisted
+from alpagasus_ray.filter.manifest import data_files, listed_files, read_manifest, remove_unlisted
 from alpagasus_ray.filter.preflight import PreflightError
-from alpagasus_ray.io import DATA_DIR, RUN_MARKER, join, output_dataset, read_json
+from alpagasus_ray.io import RUN_MARKER, join, output_dataset, read_json
 from alpagasus_ray.prompts import prompt_hash
 from alpagasus_ray.schema import CONTENT_HASH, DUPLICATE_OF, REASON, SOURCE, SOURCE_ROW, Reason
 
@@ -159,13 +159,6 @@ def check_rerun(
     return "resume", run
 
 
-def data_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
-    """Every data file under the output: what an unfinished run, which only its own writer
-    reads, has written so far."""
-    data = join(root, DATA_DIR)
-    return [f for f in fs.find(data) if f.endswith(".parquet")] if fs.exists(data) else []
-
-
 def attempt_files(fs: fsspec.AbstractFileSystem, root: str, attempt: str) -> list[str]:
     """The data files this attempt wrote: their names start with its prefix."""
     return [f for f in data_files(fs, root) if f.rsplit("/", 1)[-1].startswith(attempt)]
@@ -180,7 +173,8 @@ def drop_derived(fs: fsspec.AbstractFileSystem, files: list[str]) -> list[str]:
     derived = [f for f in files if is_derived(f.rsplit("/", 1)[-1], settling)]
     for path in derived:
         fs.rm(path)
-    return [f for f in files if f not in set(derived)]
+    gone = set(derived)
+    return [f for f in files if f not in gone]
 
 
 def _engine_errors(path: str, table: pa.Table) -> pa.Array | None:
