@@ -30,6 +30,14 @@ CONFIG = (
 CLI = Path(sys.executable).with_name("alpagasus-ray")
 
 
+def interruptible() -> None:
+    """In the child, before it runs the CLI: SIGINT as a terminal's foreground command has it.
+    A runner started in the background by a non-interactive shell (`make test &`, some CI)
+    ignores SIGINT, and an ignored signal stays ignored across exec, so the CLI, rightly,
+    would never see the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(done: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not done():
@@ -73,7 +81,8 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path, tiny_judge, ray_tmp,
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
-    proc = subprocess.Popen(cmd, start_new_session=to == "group", **pipes)
+    proc = subprocess.Popen(cmd, start_new_session=to == "group", preexec_fn=interruptible,
+                            **pipes)  # fmt: skip
     try:  # run.json is written once Ray is up and the output is claimed
         wait_for(lambda: (out / RUN_MARKER).exists() or proc.poll() is not None, 600, RUN_MARKER)
         assert proc.poll() is None, proc.communicate()
@@ -100,3 +109,30 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path, tiny_judge, ray_tmp,
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["rows_read"] == ROWS == sum(manifest["counts"].values())
     assert manifest["status"] == "complete" and len(manifest["attempts"]) == 2
+
+
+def test_a_killed_command_leaves_no_ray_process(tmp_path, tiny_judge, ray_tmp):
+    """SIGKILL, as an out-of-memory killer does: the command cannot clean up, and Ray 2.60's
+    agents outlive their raylet; the watcher it started with its Ray ends them."""
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(ROWS, seed=7))
+    out = tmp_path / "out"
+    cmd = [str(CLI), *filter_args(tmp_path, src, tiny_judge, config=CONFIG)]
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        wait_for(lambda: (out / RUN_MARKER).exists() or proc.poll() is not None, 600, RUN_MARKER)
+        assert proc.poll() is None, proc.communicate()
+        started = psutil.Process(proc.pid).children(recursive=True)
+        names = {p.name() for p in started}
+        assert any("raylet" in n for n in names), names  # the CLI's own Ray
+        reaper = [p for p in started if "alpagasus_ray.reaper" in " ".join(p.cmdline())]
+        assert len(reaper) == 1, [p.cmdline() for p in started]
+    finally:
+        proc.kill()
+    proc.wait(timeout=60)
+    # The watcher ends once it has ended what was left, seconds after the kill; Ray's agents
+    # alone stay about a minute. No process of the command's may outlive the watcher.
+    wait_for(lambda: not alive(reaper), 300, "the watcher to end")
+    assert not [p.cmdline() for p in alive(started)]
+    assert not ray_processes(ray_tmp)

@@ -1,0 +1,94 @@
+"""No Ray process outlives the command that started it.
+
+A command that starts a local Ray instance (`ray.init()` with no cluster to join) is the
+parent of that instance's processes. At a normal exit `ray.shutdown()` ends them, and when the
+command is killed most of them end by themselves; but some do not (Ray 2.60's dashboard and
+runtime-env agents log "raylet is dead" and stay). So such a command starts this watcher,
+in a session of its own (a terminal's Ctrl-C does not reach it), holding the read end of a
+pipe whose write end only the command has: when the pipe closes, the command has ended,
+however it ended. The watcher then gives Ray a grace period to end by itself and ends, by
+their ids, the processes it saw under the command that are still running, and nothing else.
+
+    python -m alpagasus_ray.reaper PID   (stdin: the pipe from process PID)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+
+import psutil
+
+SCAN_S = 0.5  # how often the processes under the command are listed while it runs
+GRACE_S = 10.0  # what Ray gets to end its processes itself before the watcher does
+# A Ray instance's session folder, named for its start: in its processes' command lines.
+SESSION = re.compile(r"[^\s='\"]*/session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+")
+
+
+def watch(parent: int, pipe: int, scan_s: float = SCAN_S, grace_s: float = GRACE_S) -> int:
+    """List the processes under `parent` until `pipe` closes, then end those still running
+    after `grace_s`; returns how many it ended. A process is known by its id and its start
+    time, so an id the system gave to another process since is never touched; one started
+    between two listings (a Ray worker) is known by the session folder of the Ray
+    instance the command started, in its command line."""
+    try:
+        root = psutil.Process(parent)
+        since = root.create_time()
+    except psutil.NoSuchProcess:
+        return 0
+    seen: dict[int, float] = {}
+    sessions: set[str] = set()
+    while True:
+        _list_under(root, seen, sessions)
+        ready, _, _ = select.select([pipe], [], [], scan_s)
+        if ready and not os.read(pipe, 4096):
+            break
+    time.sleep(grace_s)
+    ended = 0
+    for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
+        info = proc.info
+        ours = seen.get(proc.pid) == info["create_time"] or (
+            (info["create_time"] or 0) >= since
+            and any(s in " ".join(info["cmdline"] or []) for s in sessions)
+        )
+        if ours and proc.pid != os.getpid() and info["status"] != psutil.STATUS_ZOMBIE:
+            try:
+                proc.kill()
+                ended += 1
+            except psutil.Error:  # ended already
+                continue
+    return ended
+
+
+def _list_under(root: psutil.Process, seen: dict[int, float], sessions: set[str]) -> None:
+    try:
+        children = root.children(recursive=True)
+    except psutil.Error:  # the command ended while it was being looked at
+        return
+    for child in children:
+        try:
+            if child.pid != os.getpid() and child.pid not in seen:
+                seen[child.pid] = child.create_time()
+                sessions.update(SESSION.findall(" ".join(child.cmdline())))
+        except psutil.Error:  # ended between the listing and the look
+            continue
+
+
+def start_reaper() -> subprocess.Popen:
+    """Start the watcher for this process; the returned handle's stdin is the pipe, and
+    must stay open for as long as this process runs (it closes when the process ends)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "alpagasus_ray.reaper", str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]), sys.stdin.fileno())

@@ -1,0 +1,87 @@
+"""The watcher that ends what a killed command leaves running (`alpagasus_ray/reaper.py`):
+only the processes that were under the command, and only once the command has ended."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from alpagasus_ray.reaper import watch
+
+SESSION = "/tmp/ray-test/session_2026-12-02_01-30-39_818190_1198"
+# A stand-in for a command that starts a local Ray: it starts a child that starts a
+# grandchild (as the raylet starts its agents), prints their ids, and waits to be killed.
+COMMAND = f"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import subprocess, sys, time; g = subprocess.Popen(['sleep', '600']); "
+    "print(g.pid, flush=True); time.sleep(600)", "{SESSION}/sockets/raylet"],
+    stdout=subprocess.PIPE, text=True)
+grandchild = child.stdout.readline().strip()
+print(child.pid, grandchild, flush=True)
+time.sleep(600)
+"""
+
+
+def gone(pid: int, timeout: float = 120.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def sleeper(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", *args])
+
+
+def test_a_killed_command_leaves_nothing_it_started_and_nothing_else_is_touched():
+    bystander = subprocess.Popen(["sleep", "600"])  # not under the command
+    older = sleeper(f"{SESSION}/x")  # names the session, but was running before the command
+    time.sleep(0.05)  # start times have a clock tick's resolution
+    command = subprocess.Popen([sys.executable, "-c", COMMAND], stdout=subprocess.PIPE, text=True)
+    read, write = os.pipe()
+    late = None
+    try:
+        child, grandchild = map(int, command.stdout.readline().split())
+        late = sleeper(f"{SESSION}/worker")  # started by the instance between two listings
+        watcher = subprocess.Popen(
+            [sys.executable, "-c", f"from alpagasus_ray.reaper import watch; "
+             f"print(watch({command.pid}, 0, scan_s=0.1, grace_s=0.5))"],
+            stdin=read, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        os.close(read)
+        time.sleep(1.0)  # the watcher has listed what runs under the command
+        assert watcher.poll() is None  # the pipe is open: the command still runs
+        command.send_signal(signal.SIGKILL)  # no clean-up of its own
+        command.wait(timeout=60)
+        assert watcher.poll() is None  # the write end is still open here: not ended yet
+        os.close(write)  # now the pipe closes, as it does when its only holder dies
+        write = None
+        out, _ = watcher.communicate(timeout=120)
+        assert int(out) == 3  # the child and grandchild, orphaned by the kill, and the late one
+        assert gone(child) and gone(grandchild) and gone(late.pid)
+        assert bystander.poll() is None and older.poll() is None
+    finally:
+        for proc in (command, bystander, older, late):
+            if proc is not None:
+                proc.kill()
+        if write is not None:
+            os.close(write)
+
+
+def test_a_command_already_ended_is_not_watched():
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    read, write = os.pipe()
+    os.close(write)
+    assert watch(int(done.stdout), read, scan_s=0.1, grace_s=0.0) == 0
