@@ -19,7 +19,7 @@ from conftest import API_KEY, cli_refusal, write_jsonl
 from fault_proxy import BAD_REPLIES, FaultProxy, Rule
 
 from alpagasus_ray.cli import main
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.config import SCORE_LINE_TOKENS, JudgeConfig
 from alpagasus_ray.engines.api import APIEngine, tokens_at_most
 from alpagasus_ray.engines.api_budget import SPEND_FILE
 from alpagasus_ray.engines.hf import HFEngine
@@ -90,19 +90,26 @@ def test_logprobs_through_the_api_equal_hf_on_the_same_tokens(smol_server, smoll
     api.close()
 
 
-def test_generate_mode_through_the_api_equals_hf(tiny_server, vllm_tiny):
-    rows = synthetic_examples(6, seed=22)
-    hf = HFEngine(JudgeConfig(model=str(vllm_tiny), mode="generate", max_new_tokens=12,
-                              dtype="float32"))  # fmt: skip
+@pytest.mark.parametrize("stop", [False, True])
+def test_generate_mode_through_the_api_equals_hf(tiny_server, vllm_tiny, stop):
+    """`stop`: judge.stop_after_score_line, a stop sequence the server applies (vLLM's own
+    stop handling) against the HF engine's stop strings: the same text, the same tokens."""
+    rows = synthetic_examples(12 if stop else 6, seed=22)
+    longer = {"max_new_tokens": 40, "stop_after_score_line": True} if stop else {}
+    hf = HFEngine(JudgeConfig(model=str(vllm_tiny), mode="generate", dtype="float32",
+                              **{"max_new_tokens": 12, **longer}))  # fmt: skip
     ids = rating_prompt_ids(hf.tokenizer, rows, "accuracy", "prefix")
-    cfg = api_judge(tiny_server.base_url, "tiny", mode="generate", max_new_tokens=12,
-                    api={"endpoint": "completions", "api_key_env": None})  # fmt: skip
+    cfg = api_judge(tiny_server.base_url, "tiny", mode="generate",
+                    api={"endpoint": "completions", "api_key_env": None},
+                    **{"max_new_tokens": 12, **longer})  # fmt: skip
     api = APIEngine(cfg)
     got = api.judge(ids, [None] * len(ids))
     for g, w in zip(got, hf.judge(ids), strict=True):
         assert g.error is None
         assert g.text.rstrip("\ufffd") == w.text.rstrip("\ufffd")
         assert g.num_output_tokens == w.num_output_tokens
+    if stop:  # some answers did stop at a line break, before the token cap
+        assert any(g.num_output_tokens < SCORE_LINE_TOKENS for g in got)
     api.close()
 
 

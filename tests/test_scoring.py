@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.config import SCORE_LINE_TOKENS, JudgeConfig
 from alpagasus_ray.engines import JudgeOutput, judge_output_to_judgement, score_token_ids
 from alpagasus_ray.engines.hf import HFEngine
 from alpagasus_ray.filter.stages.decide import decide
@@ -91,6 +91,22 @@ def test_hf_generate_mode(tiny_judge, prompts):
     outs = HFEngine(cfg).judge(prompts[:3])
     assert all(isinstance(o.text, str) and 0 < o.num_output_tokens <= 6 for o in outs)
     assert all(o.logprobs is None and o.error is None for o in outs)
+
+
+def test_generate_mode_can_stop_at_the_end_of_the_score_line(tiny_judge, prompts):
+    """Greedy decoding, so the stopped answer is the full one's first line (or its first
+    SCORE_LINE_TOKENS tokens when that line is longer), and costs only its own tokens."""
+    cfg = {"model": str(tiny_judge), "mode": "generate", "max_new_tokens": 40}
+    full = HFEngine(JudgeConfig(**cfg)).judge(prompts)
+    short = HFEngine(JudgeConfig(**cfg, stop_after_score_line=True)).judge(prompts)
+    stopped = 0
+    for f, s in zip(full, short, strict=True):
+        assert "\n" not in s.text and f.text.startswith(s.text.rstrip("\ufffd"))
+        assert s.num_output_tokens <= min(SCORE_LINE_TOKENS, f.num_output_tokens)
+        if s.num_output_tokens < SCORE_LINE_TOKENS:  # it stopped at the line's end
+            assert s.text == f.text.split("\n")[0]
+            stopped += 1
+    assert stopped >= 3  # the tiny judge writes a line break early in several of them
 
 
 def test_hf_isolates_a_row_that_breaks(tiny_judge, prompts):

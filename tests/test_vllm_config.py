@@ -8,7 +8,13 @@ import functools
 import pyarrow as pa
 import pytest
 
-from alpagasus_ray.config import ConfigError, JobConfig, JudgeConfig, build_config
+from alpagasus_ray.config import (
+    SCORE_LINE_TOKENS,
+    ConfigError,
+    JobConfig,
+    JudgeConfig,
+    build_config,
+)
 from alpagasus_ray.engines.vllm import (
     INSTALL_HINT,
     concurrency,
@@ -63,6 +69,8 @@ def test_sampling_params_per_mode():
         sampling_params(judge())
     gen = sampling_params(judge(mode="generate"))
     assert gen == {"temperature": 0.0, "max_tokens": 256}
+    short = sampling_params(judge(mode="generate", stop_after_score_line=True))
+    assert short == {"temperature": 0.0, "max_tokens": SCORE_LINE_TOKENS, "stop": ["\n"]}
     with pytest.raises(ValueError):
         judge(vllm={"top_logprobs": 20})  # gone: the digits are asked for by id
 

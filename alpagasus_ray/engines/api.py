@@ -101,7 +101,7 @@ class APIEngine(JudgeEngine):
             timeout=cfg.api.timeout_s,
         )
         self.recent: deque[str | None] = deque(maxlen=cfg.api.breaker_window)
-        self.answer_tokens = 1 if cfg.mode == "logprobs" else cfg.max_new_tokens
+        self.answer_tokens = cfg.answer_tokens()
 
     @property
     def score_tokens(self) -> dict[int, int]:
@@ -174,6 +174,8 @@ class APIEngine(JudgeEngine):
         cfg, api = self.cfg, self.cfg.api
         args: dict[str, Any] = {"model": cfg.model, "max_tokens": self.answer_tokens}
         args["temperature"] = 0.0
+        if cfg.stop():
+            args["stop"] = cfg.stop()
         if api.endpoint == "chat":
             if cfg.mode == "logprobs":
                 args.update(logprobs=True, top_logprobs=api.top_logprobs)

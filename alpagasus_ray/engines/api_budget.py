@@ -196,7 +196,10 @@ def job_api(judge: JudgeConfig, fs: Any = None, root: str | None = None) -> JobA
     if fs is not None and root is not None:
         every = 0.0 if isinstance(fs, LocalFileSystem) else REMOTE_FLUSH_S
         spend = SpendFile(fs, join(root, SPEND_FILE), every)
+    from alpagasus_ray.runtime import beside_driver
+
     actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(BudgetActor)
+    actor = actor.options(**beside_driver())
     env = judge.api.api_key_env
     key = SecretStr(os.environ.get(env, "") if env else "")
     return JobAPI(actor.remote(judge.api, spend, uuid.uuid4().hex), key)

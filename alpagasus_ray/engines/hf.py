@@ -13,7 +13,8 @@ from alpagasus_ray.models import load_causal_lm, load_tokenizer
 
 class HFEngine(JudgeEngine):
     """`logprobs` mode: one forward pass per micro-batch and no decoding; `generate` mode:
-    greedy decoding up to `max_new_tokens`, as the paper did through an API."""
+    greedy decoding up to `max_new_tokens` (or to the end of the score's line), as the paper
+    did through an API."""
 
     def __init__(self, cfg: JudgeConfig, model: Any = None, tokenizer: Any = None):
         super().__init__(cfg)
@@ -104,19 +105,35 @@ class HFEngine(JudgeEngine):
         ]
 
     def _generate(self, ids: Any, mask: Any) -> list[JudgeOutput]:
+        stop = self.cfg.stop()
+        extra = {"stop_strings": stop, "tokenizer": self.tokenizer} if stop else {}
         out = self.model.generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=self.cfg.max_new_tokens,
+            max_new_tokens=self.cfg.answer_tokens(),
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
+            **extra,
         )
         new = out[:, ids.shape[1] :]
         results = []
         eos = self.tokenizer.eos_token_id
         for row in new.tolist():
             n = next((i for i, t in enumerate(row) if t == eos), len(row))
+            cut = self._stopped_at(row[:n], stop[0]) if stop else None
+            if cut is not None:  # the stop string ends the text, as vLLM's leaves it out
+                text = self.tokenizer.decode(row[:cut], skip_special_tokens=True)
+                results.append(JudgeOutput(text=text.split(stop[0])[0], num_output_tokens=cut))
+                continue
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
             # Tokens generated, the end-of-sequence token included, as vLLM counts them.
             results.append(JudgeOutput(text=text, num_output_tokens=min(n + 1, len(row))))
         return results
+
+    def _stopped_at(self, row: list[int], stop: str) -> int | None:
+        """How many tokens it took to write `stop` (the rest of the row is padding), or None
+        when it never came. Answers here are a few tokens, so decoding each prefix is cheap."""
+        for i in range(1, len(row) + 1):
+            if stop in self.tokenizer.decode(row[:i], skip_special_tokens=True):
+                return i
+        return None

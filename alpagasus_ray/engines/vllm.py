@@ -110,7 +110,10 @@ def sampling_params(judge: JudgeConfig, score_tokens: Iterable[int] = ()) -> dic
         if not ids:
             raise ValueError("logprobs mode needs the judge tokenizer's score token ids")
         return {"temperature": 0.0, "max_tokens": 1, "logprob_token_ids": ids}
-    return {"temperature": 0.0, "max_tokens": judge.max_new_tokens}
+    params: dict[str, Any] = {"temperature": 0.0, "max_tokens": judge.answer_tokens()}
+    if judge.stop():
+        params["stop"] = judge.stop()  # vLLM leaves the stop string out of the text
+    return params
 
 
 def engine_kwargs(judge: JudgeConfig, served_name: str | None = None) -> dict[str, Any]:

@@ -6,8 +6,18 @@ from typing import Any
 
 import pyarrow as pa
 
+from alpagasus_ray.filter.progress import batch_key
 from alpagasus_ray.filter.stages.common import column_or_nulls, with_columns
-from alpagasus_ray.schema import DECISION, REASON, REASON_DETAIL, SCORE, Decision, conform
+from alpagasus_ray.schema import (
+    DECISION,
+    REASON,
+    REASON_DETAIL,
+    SCORE,
+    SOURCE,
+    SOURCE_ROW,
+    Decision,
+    conform,
+)
 
 
 def decide(score: float | None, threshold: float) -> Decision:
@@ -35,5 +45,6 @@ class DecideStage:
                     reason[i], detail[i] = "not_scored", "no stage produced a score"
         table = with_columns(table, {DECISION: decision, REASON: reason, REASON_DETAIL: detail})
         if self.progress is not None:
-            self.progress.add.remote(len(decision), decision.count(Decision.KEPT.value))
+            key = batch_key(column_or_nulls(table, SOURCE), column_or_nulls(table, SOURCE_ROW))
+            self.progress.add.remote(len(decision), decision.count(Decision.KEPT.value), key)
         return conform(table, drop_internal=True)

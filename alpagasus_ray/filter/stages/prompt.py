@@ -49,7 +49,7 @@ class PromptStage:
             else None
         )
         # Room the answer needs: one token to read log-probs from, or the whole generation.
-        self.reserve = 1 if judge.mode == "logprobs" else judge.max_new_tokens
+        self.reserve = judge.answer_tokens()
 
     def __call__(self, table: pa.Table) -> pa.Table:
         todo = pending_rows(table)

@@ -1,0 +1,100 @@
+"""The judge as a step of anyone's Ray Data pipeline: a Dataset of (instruction, input,
+response) rows in, the same rows out with the judge's columns, decided against a threshold.
+
+    import ray
+    from alpagasus_ray import JudgeConfig, judge_dataset
+
+    ds = ray.data.read_parquet("s3://bucket/sft/")  # ...then the user's own dedup, language id
+    judged = judge_dataset(ds, JudgeConfig(model="Qwen/Qwen2.5-7B-Instruct"), threshold=4.5)
+    judged.filter(lambda row: row["decision"] == "kept").write_parquet("s3://bucket/kept/")
+
+The filter job (`filter/pipeline.py`) runs exactly these stages after its reader; what it adds
+around them is what makes an output a committed, resumable record: the read log, resume,
+exact-duplicate settling, the manifest and the report. A row that cannot be judged is
+not dropped here either: it comes out `quarantined` (a missing, null, non-string or empty
+field) or `failed` (the engine's error), with the reason in `reason` and `reason_detail`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from alpagasus_ray.config import ColumnMap, JudgeConfig, RayConfig
+from alpagasus_ray.filter.duplicates import DedupStage
+from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
+
+
+def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
+    """Ray Data semantics: an int is a fixed pool, a pair an autoscaling (min, max) pool."""
+    return value if isinstance(value, int) else tuple(value)
+
+
+def prompted(ds: Any, judge: JudgeConfig, ray: RayConfig) -> Any:
+    """The prompt stage on its CPU actors: the job's, and the dry run's (`estimate.py`)."""
+    return ds.map_batches(
+        PromptStage,
+        fn_constructor_kwargs={"judge": judge},
+        batch_format="pyarrow",
+        batch_size=judge.batch_size,
+        concurrency=_concurrency(ray.prompt_workers),
+        num_cpus=ray.prompt_worker_cpus,
+    )
+
+
+def scored(ds: Any, judge: JudgeConfig, ray: RayConfig, api: Any, served_name: str | None) -> Any:
+    """The judge's replicas: vLLM through Ray's LLM processor, the others as an actor pool."""
+    if judge.engine == "vllm":
+        from alpagasus_ray.filter.stages.vllm_score import score_with_vllm
+
+        return score_with_vllm(ds, judge, ray.task_cpus, served_name)
+    return ds.map_batches(
+        ScoreStage,
+        fn_constructor_kwargs={"judge": judge, "api": api},
+        batch_format="pyarrow",
+        batch_size=judge.batch_size,
+        concurrency=_concurrency(judge.replicas),
+        num_gpus=judge.num_gpus_per_replica or None,
+        num_cpus=judge.num_cpus_per_replica,
+    )
+
+
+def judge_dataset(
+    ds: Any,
+    judge: JudgeConfig,
+    threshold: float = 4.5,
+    columns: ColumnMap | None = None,
+    ray: RayConfig | None = None,
+    *,
+    api: Any = None,
+    seen: Any = None,
+    progress: Any = None,
+    served_name: str | None = None,
+    json_columns: Collection[str] = (),
+) -> Any:
+    """Validate, prompt, score and decide the rows of the Ray Dataset `ds`, lazily.
+
+    `columns` names the input's instruction, input and response columns (Alpaca's by
+    default); its other columns pass through, one that collides with ours as `orig_<name>`.
+    Each row gains `id`, `score` (and, by mode, `score_probs`, `score_mass`, `judge_text`),
+    `decision` (kept if score >= `threshold`), `reason`, `reason_detail`, `suspicious` and
+    token counts. An API judge gets a rate limit and cost cap of its own unless `api` (an
+    `engines.api_budget.JobAPI`) is given. The job's own wiring: `seen` (a
+    `filter.duplicates.SeenContent` actor) judges an exact duplicate once, `progress` hears
+    of every decided batch, `served_name` names the vLLM replicas for their metrics, and
+    `json_columns` are carried as JSON text (their types differ across the input's files).
+    """
+    if not 0.0 <= threshold <= 5.0:  # FilterConfig's bound: scores run from 0 to 5
+        raise ValueError(f"threshold must be between 0 and 5, not {threshold!r}")
+    ray = ray or RayConfig()
+    if judge.engine == "openai" and api is None:
+        from alpagasus_ray.engines.api_budget import job_api
+
+        api = job_api(judge)
+    light = ray.task_cpus
+    validate = ValidateStage(columns or ColumnMap(), json_columns)
+    ds = ds.map_batches(validate, batch_format="pyarrow", num_cpus=light)
+    if seen is not None:
+        ds = ds.map_batches(DedupStage(seen), batch_format="pyarrow", num_cpus=light)
+    ds = scored(prompted(ds, judge, ray), judge, ray, api, served_name)
+    return ds.map_batches(DecideStage(threshold, progress), batch_format="pyarrow", num_cpus=light)
