@@ -22,8 +22,10 @@ from typing import Any
 
 from alpagasus_ray.config import ConfigError, JobConfig, build_config, load_config
 from alpagasus_ray.errors import (
+    CalibrationRefused,
     InvariantError,
     JudgeAPIStopped,
+    StorageNotShared,
     UnreadableInputError,
     first_line,
 )
@@ -74,6 +76,23 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (else the AWS environment)")
 
 
+def _add_calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("output_uri", nargs="?", help="a finished filter output (or use --config)")
+    p.add_argument("--labels", required=True, help="reference labels: JSONL, JSON or Parquet")
+    p.add_argument("--label", required=True, help="the label column: booleans, or scores")
+    p.add_argument("--key", default="index", help="the label file's column naming the row")
+    p.add_argument("--match", default="position", help="what --key holds: the row's position "
+                   "in its input file (default), or an output column such as id")  # fmt: skip
+    p.add_argument("--threshold", type=float, help="the judge's cut (default: the output's)")
+    p.add_argument("--label-threshold", type=float, default=4.5, help="keep cut for scores")
+    p.add_argument("--to", default="calibration", help="folder for the report (or s3://)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--config", help="judge the first --sample rows of this job's input first")
+    p.add_argument("--sample", type=int, help="how many rows to judge with --config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (else the AWS environment)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alpagasus-ray", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=200, help="synthetic examples to filter")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     _add_export_args(add("export", help="write a finished output's rows for fine-tuning"))
+    _add_calibrate_args(add("calibrate", help="how far the judge agrees with reference labels"))
     _add_config_args(add("evaluate", help="answer the test sets, judge pairwise"))
     _add_config_args(add("train", help="fine-tune a causal LM on the kept rows"))
     _add_config_args(add("pipeline", help="filter, then fine-tune on the kept rows"))
@@ -147,6 +167,30 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
         storage=StorageConfig(endpoint_url=args.endpoint_url),
     )
     print(f"exported {result['rows']} rows as {result['format']} to {result['to']}")
+    return result
+
+
+def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    from alpagasus_ray.calibrate.job import calibrate
+    from alpagasus_ray.config import StorageConfig
+
+    output, storage = args.output_uri, StorageConfig(endpoint_url=args.endpoint_url)
+    if (output is None) == (args.config is None):
+        raise ConfigError("calibrate: give a finished output or --config (not both)")
+    if args.config:
+        from alpagasus_ray.filter.pipeline import run_filter
+
+        sample = [f"input.limit={args.sample}"] if args.sample else []
+        cfg = load_config(args.config, args.overrides + sample)
+        output, storage = cfg.output.uri, cfg.storage
+        _print_summary(run_filter(cfg), output)
+    result = calibrate(output, args.labels, args.label, args.to, key=args.key,
+                       match=args.match, threshold=args.threshold,
+                       label_threshold=args.label_threshold, resamples=args.resamples,
+                       storage=storage)  # fmt: skip
+    from alpagasus_ray.calibrate.render import summary_line
+
+    print(summary_line(result, args.to))
     return result
 
 
@@ -268,6 +312,7 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
 
 
 COMMANDS = {
+    "calibrate": cmd_calibrate,
     "evaluate": cmd_evaluate,
     "export": cmd_export,
     "filter": cmd_filter,
@@ -280,10 +325,12 @@ COMMANDS = {
 
 # Mistakes in what was asked for: one line on stderr, exit code 2, no traceback.
 REFUSALS = (
+    CalibrationRefused,
     ConfigError,
     ExportRefused,
     PreflightError,
     ResourceError,
+    StorageNotShared,
     UnfinishedFilterOutput,
     UnreadableInputError,
     FileNotFoundError,

@@ -20,6 +20,11 @@ from pydantic import (
     model_validator,
 )
 
+# judge.stop_after_score_line: the score's line ends at the first line break; a score line
+# ("Score: 4.5", "4.5/5") is a handful of tokens, so this budget only bounds a rambling one.
+SCORE_LINE_END = "\n"
+SCORE_LINE_TOKENS = 24
+
 
 class ConfigError(ValueError):
     """A configuration problem, reported with the dotted key that caused it."""
@@ -209,6 +214,13 @@ class JudgeConfig(StrictModel):
     chat_template: Literal["auto", "never"] = "auto"
     max_model_len: int | None = Field(None, gt=8, description="Default: from the tokenizer/model.")
     max_new_tokens: int = Field(256, gt=0, description="Generate mode only (the paper: 256).")
+    stop_after_score_line: bool = Field(
+        False,
+        description="Generate mode: stop decoding at the first line break (the paper's prompt "
+        f"puts the score alone on the first line), after {SCORE_LINE_TOKENS} tokens at most: a "
+        "few output tokens a row instead of up to max_new_tokens, and judge_text holds the "
+        "score line only, no explanation.",
+    )
     min_score_mass: float = Field(
         0.5, ge=0.0, le=1.0, description="Logprobs mode: below this mass on '0'..'5', fail the row."
     )
@@ -259,7 +271,23 @@ class JudgeConfig(StrictModel):
             )
         if self.engine == "openai" and not self.api.base_url:
             raise ValueError("judge.engine=openai needs judge.api.base_url")
+        if self.stop_after_score_line and self.mode != "generate":
+            raise ValueError("judge.stop_after_score_line is for mode generate (logprobs mode "
+                             "reads a single token already)")  # fmt: skip
         return self
+
+    def answer_tokens(self) -> int:
+        """The most tokens one answer may take: what a prompt leaves room for, what an API
+        call reserves, and what a dry run prices."""
+        if self.mode == "logprobs":
+            return 1
+        if self.stop_after_score_line:
+            return min(self.max_new_tokens, SCORE_LINE_TOKENS)
+        return self.max_new_tokens
+
+    def stop(self) -> list[str] | None:
+        """Where generate mode stops before `answer_tokens`: the end of the score's line."""
+        return [SCORE_LINE_END] if self.stop_after_score_line else None
 
     def tokenizer_name(self) -> str | None:
         """The tokenizer the prompt stage counts and checks with. An API judge's `model` is a

@@ -17,6 +17,10 @@ class UnreadableInputError(OSError):
         return type(self), (self.path, self.cause_line)
 
 
+class CalibrationRefused(ValueError):
+    """A label file or a match that `alpagasus-ray calibrate` cannot use."""
+
+
 class InvariantError(RuntimeError):
     """Rows were lost or duplicated between input and output: the output is committed as
     `inconsistent`, and the command fails."""
@@ -39,3 +43,20 @@ def first_line(cause: BaseException | str) -> str:
     text = str(cause).strip()
     first = text.splitlines()[0] if text else ""
     return first if isinstance(cause, str) else f"{type(cause).__name__}: {first}"
+
+
+class StorageNotShared(OSError):
+    """A local input or output that a node of the cluster cannot see: the rows it reads or
+    writes there would be on one node's disk, and go with the node."""
+
+    def __init__(self, key: str, path: str, node: str):
+        self.key, self.path, self.node = key, path, node
+        what = key.split(".")[0]
+        super().__init__(
+            f"{what} ({key}): node {node} does not see {path}: on a cluster, a local path "
+            f"must be on a disk every node shares (NFS or another shared mount); use one, "
+            f"or s3://"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.key, self.path, self.node)

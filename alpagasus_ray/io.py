@@ -93,6 +93,7 @@ def read_input(
         read_log=read_log,
         skip_unreadable=skip,
         progress=progress,
+        local=is_local(fs),
     )
     ds = ray.data.read_datasource(source, num_cpus=num_cpus)
     ds = ds.limit(cfg.limit) if cfg.limit else ds
@@ -126,9 +127,9 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
-    with fs.open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
+    """`obj` as indented JSON, written whole or not at all (`write_atomic`)."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+    write_atomic(fs, path, text.encode())
 
 
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
@@ -245,7 +246,7 @@ def claim_output(
     returns the run id that `check_claim` expects to find there at the end."""
     run_id = uuid.uuid4().hex
     marker = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), **(extra or {})}
-    write_json(fs, join(root, RUN_MARKER), marker)
+    write_json(fs, join(root, RUN_MARKER), marker)  # a kill leaves the old or the new
     return run_id
 
 
@@ -309,4 +310,10 @@ def read_output_table(
     files: list[str],
     columns: list[str] | None = None,
 ) -> Any:
+    """The rows of `files`; with none (nothing written: every input file was skipped as
+    unreadable), an empty table of the `columns` asked for, as there is no schema to read."""
+    if not files:
+        import pyarrow as pa
+
+        return pa.table({c: pa.array([], pa.null()) for c in columns or []})
     return output_dataset(fs, root, files).to_table(columns=columns)

@@ -5,13 +5,19 @@ imports another to get it."""
 from __future__ import annotations
 
 import logging
+import os
 import platform
+import subprocess
 from importlib import metadata
 from typing import Any
 
 from alpagasus_ray.config import RayConfig
+from alpagasus_ray.reaper import start_reaper
 
 BLOCK_BYTES = 16 * 2**20
+# The watcher that ends what a local Ray leaves running after this process (`reaper.py`):
+# kept for the process's lifetime, since closing its pipe tells it this process has ended.
+_REAPER: subprocess.Popen | None = None
 _VERSIONED = ("alpagasus-ray", "ray", "torch", "transformers", "pyarrow", "s3fs", "vllm")
 
 
@@ -44,7 +50,47 @@ def init_ray(cfg: RayConfig) -> None:
     kwargs: dict[str, Any] = {"address": cfg.address} if cfg.address else {}
     if cfg.num_cpus and not cfg.address:
         kwargs["num_cpus"] = cfg.num_cpus
+    if not cfg.address and not os.environ.get("RAY_ADDRESS"):  # it may start a local Ray
+        global _REAPER
+        _REAPER = _REAPER or start_reaper()
     ray.init(log_to_driver=cfg.verbose, logging_level=level, **kwargs)
+
+
+def beside_driver() -> dict[str, Any]:
+    """Actor options that place one of the job's helpers (progress counter, duplicate index,
+    API budget) on the driver's own node: anywhere else, the loss of a worker node would
+    take the helper's state with it and fail a job that Ray otherwise carries on (its tasks
+    retried, its replicas restarted); the driver's node going takes the job anyway."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
+
+
+def node_name(node_id: str, address: str) -> str:
+    """A node as the job's lines name it: its id's start and its address."""
+    return f"{node_id[:12]} ({address})"
+
+
+def this_node() -> str:
+    """The node the calling task or actor runs on."""
+    import ray
+
+    return node_name(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())
+
+
+def ended_nodes() -> dict[str, str]:
+    """The cluster's nodes that have ended, by id, as `id (address): why`: what ended between
+    two calls is what a run lost (a preempted node) or the autoscaler removed (an idle one)."""
+    import ray
+
+    return {
+        n["NodeID"]: f"{n['NodeID']} ({n['NodeManagerAddress']}): "
+        f"{n.get('DeathReasonMessage') or 'ended'}"
+        for n in ray.nodes()
+        if not n["Alive"]
+    }
 
 
 def _is_console(handler: logging.Handler) -> bool:

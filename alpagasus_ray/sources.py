@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
-from alpagasus_ray.errors import UnreadableInputError, first_line
+from alpagasus_ray.errors import StorageNotShared, UnreadableInputError, first_line
+from alpagasus_ray.runtime import this_node
 from alpagasus_ray.schema import RAW_JSON, READ_ROW, READ_SOURCE
 
 
@@ -45,7 +46,9 @@ class _BlockedDatasource(FileBasedDatasource):
     JSON record there (path, rows, error): the job counts the rows it read from these as they
     flow, instead of reading the input a second time. A file that cannot be opened or parsed
     fails the read with its path; with `skip_unreadable` (`input.on_unreadable_file: skip`)
-    its record says why and how many rows were read before, and the read goes on. Errors
+    its record says why and how many rows were read before, and the read goes on. A local
+    file the driver listed and this node cannot find is never skipped: the node does not
+    share the driver's disk (or the file went), and the job stops naming both. Errors
     that Ray retries (`DataContext.retried_io_errors`: throttling, timeouts) are retried
     first, never skipped. With `progress` (a `filter.progress.ProgressCounter`), it hears how
     far each file has been read, so the progress line can estimate a JSON input's total.
@@ -59,9 +62,11 @@ class _BlockedDatasource(FileBasedDatasource):
         read_log: tuple[Any, str] | None = None,
         skip_unreadable: bool = False,
         progress: Any = None,
+        local: bool = False,
         **kwargs: Any,
     ):
         super().__init__(paths, **kwargs)
+        self.local = local  # the files are on the driver's local disk, listed there
         self.rows_per_block = rows_per_block
         self.read_log = read_log
         self.skip_unreadable = skip_unreadable
@@ -98,6 +103,8 @@ class _BlockedDatasource(FileBasedDatasource):
         or are skipped when asked to."""
         if any(pattern in str(error) for pattern in self._data_context.retried_io_errors):
             raise error
+        if self.local and isinstance(error, FileNotFoundError):  # listed by the driver
+            raise StorageNotShared("input.uri", path, this_node()) from error
         if not self.skip_unreadable:
             raise UnreadableInputError(path, error) from error
         return _Unopened(error)
@@ -115,8 +122,11 @@ class _BlockedDatasource(FileBasedDatasource):
         fs, folder = self.read_log
         name = hashlib.sha256(path.encode()).hexdigest()[:16] + ".json"
         record = {"path": path, "rows": rows, "error": error and first_line(error)}
-        with fs.open(f"{folder}/{name}", "w") as out:
-            json.dump(record, out)
+        try:
+            with fs.open(f"{folder}/{name}", "w") as out:
+                json.dump(record, out)
+        except FileNotFoundError as e:  # the driver made the folder: this node cannot see it
+            raise StorageNotShared("output.uri", folder, this_node()) from e
 
 
 class JsonRecordsDatasource(_BlockedDatasource):

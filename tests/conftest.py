@@ -32,8 +32,30 @@ if VLLM_LANE:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache per replica
 
 
+# What `--quick` (`make check`) leaves out: the tests that start Ray, a model server, an S3
+# server or a cluster, or that are marked as long. The rest check configs, parsing, prompts,
+# metrics, docs and layout in a minute or two, for the inner loop; `make test` runs all.
+HEAVY_FIXTURES = {"ray_session", "fake_cluster", "tiny_server", "smol_server", "s3_endpoint"}
+HEAVY_MARKERS = ("slow", "vllm", "multinode")
+
+
+def pytest_addoption(parser):
+    light = "only the tests that start no Ray, server or cluster (make check)"
+    parser.addoption("--quick", action="store_true", help=light)
+
+
+def is_heavy(item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(fixtures & HEAVY_FIXTURES) or any(item.get_closest_marker(m) for m in HEAVY_MARKERS)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Outside the lane, `vllm` tests skip with the command that runs them."""
+    """With `--quick`, only the light tests; outside the lane, `vllm` tests skip with the
+    command that runs them."""
+    if config.getoption("--quick"):
+        heavy = [item for item in items if is_heavy(item)]
+        config.hook.pytest_deselected(items=heavy)
+        items[:] = [item for item in items if not is_heavy(item)]
     if VLLM_LANE:
         return
     skip = pytest.mark.skip(reason="needs vllm-cpu: run `make test-vllm` (the .venv-vllm lane)")

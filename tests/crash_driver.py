@@ -5,7 +5,9 @@ exact step of a state change, for the crash tests (`test_commit.py`).
 
 WHEN is `before` or `after` the N-th call (default 1) of the function ATTR as MODULE
 (under `alpagasus_ray.`) calls it. The process kills itself, as an out-of-memory killer or a
-lost node would: no `finally`, no `atexit`, nothing flushed.
+lost node would: no `finally`, no `atexit`, nothing flushed. WHEN `hold` stalls the process
+before that call instead, until something else ends it: a test that loses a node mid-run
+holds the job there, so a fast machine cannot finish the job before the loss.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 
@@ -29,8 +32,16 @@ def arm(point: str) -> None:
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
+    def hold() -> None:
+        sys.stderr.write(f"crash_driver: holding {point}\n")
+        sys.stderr.flush()
+        while True:
+            time.sleep(60)
+
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
+        if when == "hold" and calls[0] == wanted:
+            hold()
         if when == "before" and calls[0] == wanted:
             die()
         result = real(*args, **kwargs)

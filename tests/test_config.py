@@ -59,6 +59,8 @@ def test_bad_value_is_named(cfg_file):
         load_config(cfg_file, ["judge.mode=vibes"])
     with pytest.raises(ConfigError, match=r"judge\.replicas"):
         load_config(cfg_file, ["judge.replicas=[4, 2]"])
+    with pytest.raises(ConfigError, match=r"stop_after_score_line is for mode generate"):
+        load_config(cfg_file, ["judge.stop_after_score_line=true"])  # logprobs: one token
 
 
 def test_missing_required_key_is_named(tmp_path):

@@ -141,6 +141,8 @@ def test_manifest_says_each_stage_s_rows_and_speed(filtered, source):
     parts = ("Read", "ValidateStage", "PromptStage", "ScoreStage", "DecideStage", "Write")
     order = [next(i for i, n in enumerate(names) if part in n) for part in parts]
     assert order == sorted(order), names
+    # The storage check runs in the write's own task: where each batch is written.
+    assert any("MapBatches(OnSharedDisk)->Write" in n for n in names), names
     for stage in stages:
         assert stage["rows"] == len(source[1]) + len(BAD_ROWS), stage  # every row went through
         rate, wall = stage["rows_per_s"], stage["wall_s"]  # wall rounded to the millisecond

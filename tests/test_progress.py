@@ -12,6 +12,7 @@ from alpagasus_ray.filter.pipeline import run_filter
 from alpagasus_ray.filter.progress import (
     ProgressCounter,
     ProgressLine,
+    batch_key,
     estimate_total,
     progress_text,
 )
@@ -51,10 +52,28 @@ def test_the_job_ends_with_the_total_and_the_kept_count(ray_session, tiny_judge,
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("filter: 48/48 rows (100.0%), "), last
     assert last.endswith(f", kept {manifest['counts']['kept']}")
+    attempt = manifest["attempts"][-1]  # nothing was retried, no node ended
+    assert attempt["batches_decided_again"] == 0 and attempt["nodes_ended"] == []
     src = write_jsonl(tmp_path / "in.jsonl", rows[:20])
     run_filter(job_config(str(src), str(tmp_path / "out2"), tiny_judge))
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("filter: 20/20 rows (100.0%), "), last  # JSON: exact once read
+
+
+def test_a_batch_decided_again_is_counted_once(ray_session):
+    """A task Ray runs again after its worker or node was lost reports its batch again: the
+    line must not pass the rows read (it once showed 1,564/1,500 after a lost node)."""
+    import ray
+
+    counter = ProgressCounter.remote()
+    first = batch_key(["a.jsonl"] * 8, list(range(8)))
+    ray.get(counter.add.remote(8, 3, first))
+    ray.get(counter.add.remote(8, 3, batch_key(["a.jsonl"] * 8, list(range(8, 16)))))
+    ray.get(counter.add.remote(8, 3, first))  # the retried task
+    ray.get(counter.add.remote(0, 2))  # settled copies: no batch of their own
+    assert ray.get(counter.read.remote()) == (16, 8)
+    assert ray.get(counter.batches_reported_again.remote()) == 1
+    assert batch_key([None], [None]) is None  # rows with no place: a user's dataset
 
 
 def test_a_json_total_is_estimated_from_bytes_until_every_file_is_read():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import filter_args, job_config
+from conftest import filter_args, job_config, write_cut_array
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.filter.pipeline import run_filter
@@ -81,6 +81,24 @@ def test_unreadable_files_are_skipped_and_listed(ray_session, tmp_path, tiny_jud
     assert manifest["rows_read"] == 20 + 48 == sum(manifest["counts"].values())
     report = (tmp_path / "out" / "report.md").read_text()
     assert "2 unreadable input files skipped" in report and str(halfway) in report
+
+
+def test_a_run_whose_every_file_is_skipped_is_complete_with_nothing_in_it(
+    ray_session, tmp_path, tiny_judge
+):
+    """A half-downloaded JSON array too big for preflight to see its end (over 1 MiB), alone,
+    with `skip`: the output says so (nothing read, the file listed), and its readers work."""
+    bad, error = write_cut_array(tmp_path / "in" / "alpaca_data.json", records=40000)
+    assert bad.stat().st_size > 2**20
+    cfg = job_config(str(tmp_path / "in"), str(tmp_path / "out"), tiny_judge,
+                     input__on_unreadable_file="skip")  # fmt: skip
+    manifest = run_filter(cfg)
+    assert manifest["status"] == "complete" and manifest["rows_read"] == 0
+    assert set(manifest["counts"].values()) == {0} and manifest["files"] == []
+    assert [(r["path"], r["rows"], r["error"]) for r in manifest["skipped_files"]] == [
+        (str(bad), 0, error)
+    ]
+    assert "1 unreadable input file skipped" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_verbose_brings_back_the_traceback(capsys, tmp_path, tiny_judge):

@@ -7,7 +7,8 @@
 2. Each pair of models is judged on every question in both orders with the paper's pairwise
    prompt, written to `judgments/` with the judge's raw text.
 3. The driver combines the (small) judgement table into per-question outcomes
-   (`outcomes.py`) and the report (`report.py`). The rule is in `pairwise.py` and the README.
+   (`outcomes.py`) and the report (`report.py`). The rule is in `pairwise.py` and
+   docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -115,11 +115,24 @@ def seen_in_output(table: pa.Table | None) -> dict[str, str]:
     return dict(zip(judged.column(CONTENT_HASH).to_pylist(), places, strict=True))
 
 
-def settle_duplicates(fs: Any, root: str, attempt: str, live: list[str]) -> dict[str, int]:
+def settle_duplicates(
+    fs: Any, root: str, attempt: str, live: list[str], num_cpus: float = 0.25
+) -> dict[str, int]:
     """Give every copy among the run's data files `live` its original's judgement and move
     it to that decision's partition; returns how many copies were settled into each
-    decision. Copies are never committed (a manifest lists no `duplicate` file), so their
-    folder goes as soon as they are settled."""
+    decision. A Ray task does it, so the driver never holds the copies; run again (a task
+    retried after a lost node), it writes the same files again."""
+    import ray
+
+    settle = ray.remote(num_cpus=num_cpus)(_settle)
+    moved = ray.get(settle.remote(fs, root, attempt, live))
+    fs.invalidate_cache()  # the task wrote and removed files: S3 listings cached here are stale
+    return moved
+
+
+def _settle(fs: Any, root: str, attempt: str, live: list[str]) -> dict[str, int]:
+    """Copies are never committed (a manifest lists no `duplicate` file), so their folder
+    goes as soon as they are settled."""
     from alpagasus_ray.io import DATA_DIR, join, output_dataset
 
     folder = join(root, DATA_DIR, f"{DECISION}={DUPLICATE}")

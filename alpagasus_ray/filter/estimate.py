@@ -50,7 +50,7 @@ def count_batch(table: pa.Table) -> pa.Table:
 def estimate(cfg: JobConfig) -> dict[str, Any]:
     import ray
 
-    from alpagasus_ray.filter.pipeline import prompted
+    from alpagasus_ray.filter.judge import prompted
     from alpagasus_ray.filter.preflight import preflight
     from alpagasus_ray.filter.stages import ValidateStage
     from alpagasus_ray.io import read_input
@@ -64,7 +64,7 @@ def estimate(cfg: JobConfig) -> dict[str, Any]:
     ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=light)
     seen = ray.remote(num_cpus=0)(SeenContent).remote()
     ds = ds.map_batches(DedupStage(seen), batch_format="pyarrow", num_cpus=light)
-    ds = prompted(ds, cfg)
+    ds = prompted(ds, cfg.judge, cfg.ray)
     ds = ds.map_batches(count_batch, batch_format="pyarrow", num_cpus=light)
     totals = dict.fromkeys(
         ("rows", "to_judge", "duplicates", "counted_tokens", "estimated_tokens"), 0
@@ -73,7 +73,7 @@ def estimate(cfg: JobConfig) -> dict[str, Any]:
         for k in totals:
             totals[k] += row[k]
     prompt_tokens = totals["counted_tokens"] + totals["estimated_tokens"]
-    per_row = 1 if judge.mode == "logprobs" else judge.max_new_tokens
+    per_row = judge.answer_tokens()
     answer_tokens = totals["to_judge"] * per_row
     cost = judge.api.cost(prompt_tokens, answer_tokens) if judge.engine == "openai" else None
     return {
@@ -98,7 +98,7 @@ def render(e: dict[str, Any], cfg: JobConfig) -> str:
         if e["prompt_tokens_estimated"]
         else "counted with the judge's tokenizer"
     )
-    per_row = "1 a row" if judge.mode == "logprobs" else f"up to {judge.max_new_tokens} a row"
+    per_row = "1 a row" if judge.mode == "logprobs" else f"up to {judge.answer_tokens()} a row"
     lines = [
         "dry run: nothing was sent to the judge and nothing was written",
         f"rows read        {e['rows_read']:,}",

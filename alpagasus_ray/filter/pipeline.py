@@ -1,5 +1,5 @@
-"""The filter job: read -> validate -> prompt -> score -> decide -> write, then report and
-manifest. Streaming end to end on Ray Data: the driver only ever sees counts."""
+"""The filter job: read -> skip done -> the judge (`filter/judge.py`) -> write, then report
+and manifest. Streaming end to end on Ray Data: the driver only ever sees counts."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from alpagasus_ray.config import JobConfig
 from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
 from alpagasus_ray.errors import InvariantError
-from alpagasus_ray.filter.duplicates import DUPLICATE, DedupStage, SeenContent, settle_duplicates
+from alpagasus_ray.filter.duplicates import DUPLICATE, SeenContent, settle_duplicates
+from alpagasus_ray.filter.judge import judge_dataset
 from alpagasus_ray.filter.manifest import (
     commit,
     counts_of,
@@ -36,7 +37,7 @@ from alpagasus_ray.filter.resume import (
     fingerprint,
     resume_state,
 )
-from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
+from alpagasus_ray.filter.shared_storage import OnSharedDisk, check_nodes_see, local_sizes
 from alpagasus_ray.filter.stages.skip_done import SkipDoneStage
 from alpagasus_ray.io import (
     DATA_DIR,
@@ -44,6 +45,7 @@ from alpagasus_ray.io import (
     check_claim,
     claim_output,
     filesystem,
+    is_local,
     join,
     prepare_output,
     read_input,
@@ -51,27 +53,10 @@ from alpagasus_ray.io import (
     read_output_table,
 )
 from alpagasus_ray.prompts import prompt_hash
-from alpagasus_ray.runtime import init_ray, package_versions
+from alpagasus_ray.runtime import beside_driver, ended_nodes, init_ray, package_versions
 from alpagasus_ray.schema import DECISION, DECISIONS, NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 
 log = logging.getLogger(__name__)
-
-
-def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
-    """Ray Data semantics: an int is a fixed pool, a pair an autoscaling (min, max) pool."""
-    return value if isinstance(value, int) else tuple(value)
-
-
-def prompted(ds: Any, cfg: JobConfig) -> Any:
-    """The prompt stage on its CPU actors: the job's, and the dry run's (`estimate.py`)."""
-    return ds.map_batches(
-        PromptStage,
-        fn_constructor_kwargs={"judge": cfg.judge},
-        batch_format="pyarrow",
-        batch_size=cfg.judge.batch_size,
-        concurrency=_concurrency(cfg.ray.prompt_workers),
-        num_cpus=cfg.ray.prompt_worker_cpus,
-    )
 
 
 def build_dataset(
@@ -90,9 +75,8 @@ def build_dataset(
     the budget and key an API judge's replicas share (`engines.api_budget.JobAPI`); `seen`
     the contents judged so far (a `filter.duplicates.SeenContent` actor), so that an exact
     duplicate is not judged again."""
-    judge = cfg.judge
     light = cfg.ray.task_cpus
-    rows_per_block = cfg.input.rows_per_block or judge.batch_size
+    rows_per_block = cfg.input.rows_per_block or cfg.judge.batch_size
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     read_log = (fs, join(root, READ_LOG_DIR))
     ds = read_input(cfg.input, cfg.storage, light, rows_per_block, read_log, listing, progress)
@@ -100,27 +84,18 @@ def build_dataset(
         ds = ds.map_batches(SkipDoneStage(done), batch_format="pyarrow", num_cpus=light)
     # Parquet columns whose types differ across files are carried as JSON text (footers only).
     as_json = conflicting_columns(*listing) if listing else []
-    validate = ValidateStage(cfg.input.columns, as_json)
-    ds = ds.map_batches(validate, batch_format="pyarrow", num_cpus=light)
-    if seen is not None:
-        ds = ds.map_batches(DedupStage(seen), batch_format="pyarrow", num_cpus=light)
-    ds = prompted(ds, cfg)
-    if judge.engine == "vllm":
-        from alpagasus_ray.filter.stages.vllm_score import score_with_vllm
-
-        ds = score_with_vllm(ds, judge, light, served_name)
-    else:
-        ds = ds.map_batches(
-            ScoreStage,
-            fn_constructor_kwargs={"judge": judge, "api": api},
-            batch_format="pyarrow",
-            batch_size=judge.batch_size,
-            concurrency=_concurrency(judge.replicas),
-            num_gpus=judge.num_gpus_per_replica or None,
-            num_cpus=judge.num_cpus_per_replica,
-        )
-    decide = DecideStage(cfg.filter.threshold, progress)
-    return ds.map_batches(decide, batch_format="pyarrow", num_cpus=light)
+    return judge_dataset(
+        ds,
+        cfg.judge,
+        cfg.filter.threshold,
+        cfg.input.columns,
+        cfg.ray,
+        api=api,
+        seen=seen,
+        progress=progress,
+        served_name=served_name,
+        json_columns=as_json,
+    )
 
 
 def input_rows(cfg: JobConfig, listing: tuple[Any, list[str], str]) -> int | None:
@@ -181,31 +156,30 @@ class Attempt:
     done: Any = None  # an object ref to the keys of the rows the output holds already
     before: int = 0  # those rows
     kept_files: set[str] = field(default_factory=set)  # the data files that stay
-    judged_contents: dict[str, str] = field(default_factory=dict)
+    judged_contents: Any = None  # a ref to content hash -> position of the row judged
     started: float = field(default_factory=time.time)
 
 
 def start_attempt(
-    cfg: JobConfig, fs: Any, root: str, listing: Any, mode: str, previous: dict | None
+    cfg: JobConfig, fs: Any, root: str, now: dict[str, Any], mode: str, previous: dict | None
 ) -> Attempt:
     """Take stock of the output and claim it: empty for a fresh run; for a resume, the
     rows an unfinished run wrote; for a retry, the rows a committed manifest lists."""
-    import ray
 
     if mode == "fresh":
         prepare_output(fs, root, cfg.output.overwrite)
     attempts = (previous or {}).get("attempts", [])
     prefix = f"{uuid.uuid4().hex[:12]}-{len(attempts) + 1}"
-    state = Attempt("", prefix, attempts, fingerprint(cfg, listing))
+    state = Attempt("", prefix, attempts, now)
     cleaned: dict[str, int] = {}
     if mode != "fresh":
         files = listed_files(root, previous) if mode == "retry" else data_files(fs, root)
         if mode == "retry":  # what an earlier change left when it died
             remove_unlisted(fs, root, files)
-        keys, cleaned, state.kept_files, state.judged_contents = resume_state(
-            fs, root, files, prefix, committed=mode == "retry"
+        state.done, cleaned, state.kept_files, state.judged_contents = resume_state(
+            fs, root, files, prefix, committed=mode == "retry", num_cpus=cfg.ray.task_cpus
         )
-        state.done, state.before = ray.put(keys), len(keys)
+        state.before = cleaned["rows_kept"]
         if attempts and mode == "resume":  # what the attempt that was cut off left behind
             attempts[-1]["rows_written"] = state.before - attempts[-1]["rows_before"]
     attempts.append({"started_at": _utc(state.started), "rows_before": state.before, **cleaned})
@@ -226,23 +200,31 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
     """Run the whole job; returns the manifest, whose commit ends it."""
     listing = preflight(cfg)  # a mistake costs seconds: before Ray or the output is touched
     fs, root = filesystem(cfg.output.uri, cfg.storage)
-    mode, previous = check_rerun(cfg, fs, root, listing)
+    now = fingerprint(cfg, listing)  # the input files' identities: a stat (or HEAD) each
+    mode, previous = check_rerun(cfg, fs, root, now)
     if mode == "redecide":  # only filter.threshold / keep_fraction changed: no judge call
-        return redecide_finished(cfg, fs, root, fingerprint(cfg, listing))
+        return redecide_finished(cfg, fs, root, now)
     init_ray(cfg.ray)
     check_resources(cfg)  # a replica the cluster cannot run fails here, not after hours
     import ray
 
-    state = start_attempt(cfg, fs, root, listing, mode, previous)
+    state = start_attempt(cfg, fs, root, now, mode, previous)
+    local_root = root if is_local(fs) else None
+    check_nodes_see(local_root, local_sizes(listing))  # a node's own disk?
+    ended_before = ended_nodes()
     served_name = served_model_name() if cfg.judge.engine == "vllm" else None
-    counter = ProgressCounter.remote()
+    counter = ProgressCounter.options(**beside_driver()).remote()
     api = None
     if cfg.judge.engine == "openai":  # one rate limit and cost cap for every replica
         from alpagasus_ray.engines.api_budget import job_api
 
         api = job_api(cfg.judge, fs, root)  # its spending kept in the output
-    seen = ray.remote(num_cpus=0)(SeenContent).remote(state.judged_contents)
+    seen = ray.remote(num_cpus=0)(SeenContent).options(**beside_driver())
+    seen = seen.remote(state.judged_contents)
     ds = build_dataset(cfg, served_name, listing, state.done, counter, api, seen)
+    if local_root:  # for the nodes that join later: where each batch is written
+        on_disk = OnSharedDisk(local_root)
+        ds = ds.map_batches(on_disk, batch_format="pyarrow", num_cpus=cfg.ray.task_cpus)
 
     from ray.data.datasource import FilenameProvider
 
@@ -260,13 +242,17 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
         scored = time.time()
         check_claim(fs, root, state.run_id)
         # Each copy takes its original's judgement; the last progress line counts its kept.
-        settled = settle_duplicates(fs, root, state.prefix, run_files(fs, root, state))
+        live = run_files(fs, root, state)
+        settled = settle_duplicates(fs, root, state.prefix, live, cfg.ray.task_cpus)
         counter.add.remote(0, settled.get("kept", 0))
     if api is not None:
         api.stop_if_over_budget(cfg.judge.api)  # no manifest: a rerun judges the rows not sent
     if cfg.ray.verbose:  # Ray's per-operator figures: dozens of lines, for debugging
         log.info("pipeline stats:\n%s", ds.stats())
     live = run_files(fs, root, state)
+    state.attempts[-1]["batches_decided_again"] = ray.get(counter.batches_reported_again.remote())
+    ended = ended_nodes()
+    state.attempts[-1]["nodes_ended"] = sorted(v for k, v in ended.items() if k not in ended_before)
     metrics = {"stages": stage_metrics(ds), "scored": scored, "served_name": served_name}
     return finish_run(cfg, fs, root, listing, state, live, metrics)
 

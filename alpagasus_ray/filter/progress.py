@@ -22,15 +22,29 @@ import ray
 @ray.remote(num_cpus=0)
 class ProgressCounter:
     """Rows decided and kept so far, as the decide tasks report them; and how far the read
-    tasks are into each file: path -> (bytes, rows, read to its end)."""
+    tasks are into each file: path -> (bytes, rows, read to its end).
+
+    A task Ray runs again (its worker or node was lost after it reported) reports its batch
+    again: a batch is known by its first row's place and its size (`batch_key`), counted
+    once, and the repeats are counted apart, for the manifest (a run that survived a lost
+    node says so)."""
 
     def __init__(self) -> None:
-        self.rows = self.kept = 0
+        self.rows = self.kept = self.repeats = 0
+        self.batches: set[str] = set()
         self.files: dict[str, tuple[int, int, bool]] = {}
 
-    def add(self, rows: int, kept: int) -> None:
+    def add(self, rows: int, kept: int, batch: str | None = None) -> None:
+        if batch is not None:
+            if batch in self.batches:
+                self.repeats += 1
+                return
+            self.batches.add(batch)
         self.rows += rows
         self.kept += kept
+
+    def batches_reported_again(self) -> int:
+        return self.repeats
 
     def reading(self, path: str, offset: int, rows: int, done: bool) -> None:
         self.files[path] = (offset, rows, done)
@@ -40,6 +54,14 @@ class ProgressCounter:
 
     def read_files(self) -> dict[str, tuple[int, int, bool]]:
         return self.files
+
+
+def batch_key(sources: list[Any], rows: list[Any]) -> str | None:
+    """A decided batch's identity across task retries: its first row's file and position,
+    and its size; None where rows carry no place (a user's own dataset)."""
+    if not sources or sources[0] is None or rows[0] is None:
+        return None
+    return f"{sources[0]}\x1f{rows[0]}\x1f{len(rows)}"
 
 
 def estimate_total(

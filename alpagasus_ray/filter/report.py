@@ -108,6 +108,13 @@ def histogram_png(scores: Sequence[float], threshold: float, bins: int) -> bytes
     ax.set_ylabel("examples")
     ax.set_title(f"Score distribution ({len(scores)} scored examples)")
     ax.legend()
+    return figure_png(fig)
+
+
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes, closed (a long-lived process keeps no figures)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
@@ -167,7 +174,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
     if skipped := report.get("skipped_files"):
         lines += [
-            f"{len(skipped)} unreadable input files skipped (`input.on_unreadable_file: skip`):",
+            f"{len(skipped)} unreadable input file{'s' * (len(skipped) != 1)} skipped "
+            "(`input.on_unreadable_file: skip`):",
             "",
             "| file | error | rows read before it |",
             "|---|---|---:|",

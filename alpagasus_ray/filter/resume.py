@@ -67,15 +67,17 @@ def fingerprint(cfg: JobConfig, listing: tuple[Any, list[str], str]) -> dict[str
     """What must not change between the attempts of one run, by config key; the input
     files' identities too, so that a resumed run judges the input it was started on."""
     fs, files, _ = listing
-    api = {}
+    extra: dict[str, Any] = {}
     if cfg.judge.engine == "openai":  # what changes the judgement; not the URL, limits, prices
-        api = {f"judge.api.{k}": getattr(cfg.judge.api, k) for k in ("endpoint", "top_logprobs")}
+        extra = {f"judge.api.{k}": getattr(cfg.judge.api, k) for k in ("endpoint", "top_logprobs")}
+    if cfg.judge.stop_after_score_line:  # named only when on, so earlier runs still resume
+        extra["judge.stop_after_score_line"] = True
     return {
         "input.uri": cfg.input.uri,
         INPUT_FILES: {path: file_identity(fs, path) for path in files},
         "input.columns": cfg.input.columns.model_dump(),
         **{f"judge.{k}": getattr(cfg.judge, k) for k in _JUDGE_KEYS},
-        **api,
+        **extra,
         "prompt": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
         "filter.threshold": cfg.filter.threshold,
         "filter.keep_fraction": cfg.filter.keep_fraction,
@@ -111,14 +113,15 @@ def _what_changed(key: str, before: Any, now: Any) -> str:
 
 
 def check_rerun(
-    cfg: JobConfig, fs: fsspec.AbstractFileSystem, root: str, listing: tuple[Any, list, str]
+    cfg: JobConfig, fs: fsspec.AbstractFileSystem, root: str, now: dict[str, Any]
 ) -> tuple[str, dict[str, Any] | None]:
-    """What a run into an existing output does: ("fresh", None) to start afresh (empty
-    output, or `overwrite`), ("resume", run) to continue an unfinished run, ("redecide",
-    manifest) when only the decision settings of a finished run changed, ("retry",
-    manifest) for `output.retry_failed` on a finished run. Anything else is refused, saying
-    what changed, since the output would mix two kinds of decisions; a finished run asked
-    for again loses only the files its manifest no longer lists."""
+    """What a run whose `fingerprint` is `now` does in an existing output: ("fresh", None)
+    to start afresh (empty output, or `overwrite`), ("resume", run) to continue an
+    unfinished run, ("redecide", manifest) when only the decision settings of a finished
+    run changed, ("retry", manifest) for `output.retry_failed` on a finished run. Anything
+    else is refused, saying what changed, since the output would mix two kinds of
+    decisions; a finished run asked for again loses only the files its manifest no longer
+    lists."""
     if cfg.output.overwrite or not fs.exists(join(root, RUN_MARKER)):
         return "fresh", None
     manifest = read_manifest(fs, root, cfg.output.uri)
@@ -128,7 +131,7 @@ def check_rerun(
         raise PreflightError(
             "resume", "input.limit", f"a run with a row limit cannot resume {cfg.output.uri}"
         )
-    before, now = run.get("fingerprint") or {}, fingerprint(cfg, listing)
+    before = run.get("fingerprint") or {}
     changed = [k for k in now if before.get(k) != now[k]]
     judged_alike = not [k for k in changed if k not in DECISION_KEYS]
     if manifest is not None and cfg.output.retry_failed and not changed:
@@ -186,67 +189,98 @@ def _engine_errors(path: str, table: pa.Table) -> pa.Array | None:
 
 
 def resume_state(
-    fs: fsspec.AbstractFileSystem, root: str, files: list[str], attempt: str, committed: bool
-) -> tuple[pa.Array, dict[str, int], set[str], dict[str, str]]:
-    """Take stock of an output before judging the rest: return the keys of the rows it
-    holds, what was cleaned up, the data files that stay, and the contents judged so far
-    (for the duplicates still to come, `filter/duplicates.py`).
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    files: list[str],
+    attempt: str,
+    committed: bool,
+    num_cpus: float = 0.25,
+) -> tuple[Any, dict[str, int], set[str], Any]:
+    """Take stock of an output before judging the rest: return an object ref to the keys of
+    the rows it holds, what was cleaned up (`rows_kept` the number of those keys), the data
+    files that stay, and an object ref to the contents judged so far (for the duplicates
+    still to come, `filter/duplicates.py`).
 
-    `engine_error` rows are taken out of the `failed` files, so they are judged again. In an
-    unfinished output (step 2 of the module docstring), which no reader trusts, a file cut
-    off by the kill is removed and a failed file is rewritten in place (whole or, cut off
-    again, removed at the next attempt). In a committed one (`committed`: retry-failed), no
-    file is touched: the failed rows that stay go to a new file of this attempt, and the old
-    file leaves the output with the next commit."""
-    live, removed, retried = [], 0, 0
+    Ray tasks do the reading, a task a file, then one for the keys, so the driver never
+    holds a file's rows: `engine_error` rows are taken out of the `failed` files, so they
+    are judged again. In an unfinished output (step 2 of the module docstring), which no
+    reader trusts, a file cut off by the kill is removed and a failed file is rewritten in
+    place (whole or, cut off again, removed at the next attempt). In a committed one
+    (`committed`: retry-failed), no file is touched: the failed rows that stay go to a new
+    file of this attempt, and the old file leaves the output with the next commit."""
+    import ray
+
     if not committed:
         files = drop_derived(fs, files)
-    for path in files:
-        try:
-            with fs.open(path, "rb") as f:
-                table = pq.read_table(f)
-        except Exception:  # noqa: BLE001 - cut off by the kill: its rows are judged again
-            if committed:
-                raise
-            fs.rm(path)
-            removed += 1
-            continue
-        transient = _engine_errors(path, table)
-        if transient is None:
-            live.append(path)
-            continue
-        retried += pc.sum(transient).as_py()
-        keep = table.filter(pc.invert(transient))
-        target = path
-        if committed:
-            target = f"{path.rsplit('/', 1)[0]}/{attempt}_retained_{len(live)}.parquet"
-        if keep.num_rows:
-            with fs.open(target, "wb") as f:
-                pq.write_table(keep, f)
-            live.append(target)
-        elif not committed:
-            fs.rm(path)
-    table = None
-    if live:
-        dataset = output_dataset(fs, root, live)
-        extra = [c for c in (CONTENT_HASH, DUPLICATE_OF) if c in dataset.schema.names]
-        table = dataset.to_table(columns=[SOURCE, SOURCE_ROW, *extra])
-    keys = row_keys(table) if table is not None else pa.array([], pa.string())
-    if pc.sum(pc.is_null(keys)).as_py():
+    check = ray.remote(num_cpus=num_cpus)(_take_stock_of_file)
+    targets = [
+        f"{path.rsplit('/', 1)[0]}/{attempt}_retained_{i}.parquet" if committed else path
+        for i, path in enumerate(files)
+    ]
+    pairs = zip(files, targets, strict=True)
+    checked = ray.get([check.remote(fs, path, target, committed) for path, target in pairs])
+    fs.invalidate_cache()  # the tasks wrote and removed files: cached S3 listings are stale
+    live = [path for path, _, _ in checked if path is not None]
+    stock = ray.remote(num_cpus=num_cpus, num_returns=3)(_keys_of_output)
+    keys, seen, summary = stock.remote(fs, root, live)
+    rows, unplaced = ray.get(summary)
+    if unplaced:
         raise PreflightError(
             "resume", "output.uri", f"{root} was written without row positions (an older "
             "version); set output.overwrite=true to start over"
         )  # fmt: skip
     stats = {
-        "rows_kept": len(keys),
-        "partial_files_removed": removed,
-        "engine_errors_retried": retried,
+        "rows_kept": rows,
+        "partial_files_removed": sum(removed for _, removed, _ in checked),
+        "engine_errors_retried": sum(retried for _, _, retried in checked),
     }
     log.info("resuming %s: %s", root, stats)
-    seen = seen_in_output(
-        table if table is not None and DUPLICATE_OF in table.column_names else None
-    )
     return keys, stats, set(live), seen
+
+
+def _take_stock_of_file(
+    fs: fsspec.AbstractFileSystem, path: str, target: str, committed: bool
+) -> tuple[str | None, int, int]:
+    """One data file at a resume: (the file that holds its rows now, or None; 1 if it was
+    removed as cut off; the `engine_error` rows taken out). A file cut off by a kill has no
+    Parquet footer, so only `failed` files, which may be rewritten, are read whole."""
+    whole = "decision=failed" in path
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f) if whole else pq.read_metadata(f)
+    except Exception:  # noqa: BLE001 - cut off by the kill: its rows are judged again
+        if committed:
+            raise
+        if fs.exists(path):  # gone already if Ray runs this task again
+            fs.rm(path)
+        return None, 1, 0
+    transient = _engine_errors(path, table) if whole else None
+    if transient is None:
+        return path, 0, 0
+    keep = table.filter(pc.invert(transient))
+    retried = table.num_rows - keep.num_rows
+    if keep.num_rows:
+        with fs.open(target, "wb") as f:
+            pq.write_table(keep, f)
+        return target, 0, retried
+    if not committed:
+        fs.rm(path)
+    return None, 0, retried
+
+
+def _keys_of_output(
+    fs: fsspec.AbstractFileSystem, root: str, live: list[str]
+) -> tuple[pa.Array, dict[str, str], tuple[int, int]]:
+    """The keys of the rows in `live`, the contents judged among them, and (how many rows,
+    how many without a position): read in a task, only the few columns these need."""
+    if not live:
+        return pa.array([], pa.string()), {}, (0, 0)
+    dataset = output_dataset(fs, root, live)
+    extra = [c for c in (CONTENT_HASH, DUPLICATE_OF) if c in dataset.schema.names]
+    table = dataset.to_table(columns=[SOURCE, SOURCE_ROW, *extra])
+    keys = row_keys(table)
+    seen = seen_in_output(table if DUPLICATE_OF in table.column_names else None)
+    return keys, seen, (len(keys), pc.sum(pc.is_null(keys)).as_py() or 0)
 
 
 def row_keys(table: pa.Table, source: str = SOURCE, position: str = SOURCE_ROW) -> pa.Array:
