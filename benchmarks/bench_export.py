@@ -1,6 +1,6 @@
 """Export a finished output in every format and load it back with the library that reads it.
 
-    python benchmarks/bench_export.py [--input FILE] [--keep-fraction 0.17]
+    python benchmarks/bench_export.py [--input FILE] [--keep-fraction 0.17] [--output DIR]
 
 One filter run (the tiny random judge, `filter.keep_fraction`, since its scores sit below
 4.5) on FILE (default: the shared Alpaca 9k beside the repo, else 9,229 synthetic rows), then
@@ -8,15 +8,17 @@ One filter run (the tiny random judge, `filter.keep_fraction`, since its scores 
 folder and one Parquet file, each in a fresh process. Each export is loaded back with its
 consumer (`json`, `datasets.load_dataset("json")`, `datasets.load_from_disk`, pyarrow) and
 compared, row for row, with the kept partition the manifest lists. Peak RSS is the export
-process's own (`wait4`), against the filter run's in the same table.
+process's own high-water mark, against the filter run's. `--output` exports a
+finished output already there instead (the filter of the 9k takes minutes on a laptop).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
-import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,14 +33,20 @@ TRIPLE = ("instruction", "input", "output")
 
 
 def run(*args: str) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB) of `alpagasus-ray ARGS` in a fresh process."""
+    """(seconds, peak RSS in MiB) of `alpagasus-ray ARGS` in a fresh process. The peak is the
+    process's own high-water mark (`VmHWM`), read until it exits: `wait4`'s `ru_maxrss` would
+    count this script's own memory too, since a child spawned with vfork starts in it."""
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "alpagasus_ray.cli", *args])
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak_kib = 0
+    while proc.poll() is None:
+        with contextlib.suppress(OSError):  # gone, or a zombie without VmHWM: the last stands
+            found = re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{proc.pid}/status").read_text())
+            peak_kib = max(peak_kib, int(found[1]) if found else 0)
+        time.sleep(0.05)
     if proc.returncode:
         raise SystemExit(f"alpagasus-ray {' '.join(args)}: exit {proc.returncode}")
-    return time.monotonic() - start, usage.ru_maxrss / 1024
+    return time.monotonic() - start, peak_kib / 1024
 
 
 def kept_partition(out: Path) -> collections.Counter:
@@ -58,12 +66,14 @@ def kept_partition(out: Path) -> collections.Counter:
     return rows
 
 
-def from_messages(row: dict) -> tuple:
-    """The triple a chat example came from (the input follows the instruction after a
-    blank line, as `export` joins them; no Alpaca instruction here holds one)."""
-    user, assistant = (t["content"] for t in row["messages"])
-    instruction, _, given = user.partition("\n\n")
-    return instruction, given, assistant
+def as_chat(triples: collections.Counter) -> collections.Counter:
+    """The (user, assistant) turns `export` makes of each triple: the instruction, then the
+    input after a blank line. Compared this way, since an instruction may hold a blank line
+    itself (14 of the shared 9k's do), so a chat turn cannot be split back into a triple."""
+    chat = collections.Counter()
+    for (instruction, given, output), n in triples.items():
+        chat[((instruction or "") + ("\n\n" + given if given else ""), output)] += n
+    return chat
 
 
 def load_back(fmt: str, path: Path) -> tuple[str, collections.Counter]:
@@ -72,12 +82,14 @@ def load_back(fmt: str, path: Path) -> tuple[str, collections.Counter]:
     import pyarrow.parquet as pq
 
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
     if fmt == "alpaca":
         rows = json.loads(path.read_text())
         return "json.load", collections.Counter(tuple(r[c] for c in TRIPLE) for r in rows)
     if fmt == "messages":
         ds = datasets.load_dataset("json", data_files=str(path), split="train")
-        return 'datasets.load_dataset("json")', collections.Counter(map(from_messages, ds))
+        turns = (tuple(t["content"] for t in r["messages"]) for r in ds)
+        return 'datasets.load_dataset("json")', collections.Counter(turns)
     if fmt == "hf":
         ds = datasets.load_from_disk(str(path))
         return "datasets.load_from_disk", collections.Counter(
@@ -98,36 +110,50 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", type=Path, default=SHARED_9K if SHARED_9K.exists() else None)
     ap.add_argument("--keep-fraction", type=float, default=0.17)
+    ap.add_argument("--output", type=Path, help="a finished output to export, not filtered here")
     args = ap.parse_args()
     from alpagasus_ray.tiny import build_tiny_model, synthetic_examples, write_jsonl
 
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
-    src = args.input or write_jsonl(synthetic_examples(9229, seed=3), work / "in.jsonl")
-    out = work / "out"
-    cfg = {
-        "input": {"uri": str(src)},
-        "output": {"uri": str(out)},
-        "judge": {"model": str(build_tiny_model(work / "judge")), "min_score_mass": 0.0},
-        "filter": {"keep_fraction": args.keep_fraction},
-    }
-    (work / "job.yaml").write_text(yaml.safe_dump(cfg))
-    filter_s, filter_rss = run("filter", "--config", str(work / "job.yaml"))
-    counts = json.loads((out / "manifest.json").read_text())["counts"]
-    want = kept_partition(out)
-    print(f"input {src}: {sum(counts.values())} rows, {counts}; filter {filter_s:.0f} s, "
-          f"peak RSS {filter_rss:.0f} MiB")  # fmt: skip
+    out = args.output or work / "out"
+    if not args.output:
+        src = args.input or write_jsonl(synthetic_examples(9229, seed=3), work / "in.jsonl")
+        cfg = {
+            "input": {"uri": str(src)},
+            "output": {"uri": str(out)},
+            "judge": {"model": str(build_tiny_model(work / "judge")), "min_score_mass": 0.0},
+            "filter": {"keep_fraction": args.keep_fraction},
+        }
+        (work / "job.yaml").write_text(yaml.safe_dump(cfg))
+        filter_s, filter_rss = run("filter", "--config", str(work / "job.yaml"))
+        print(f"filter of {src}: {filter_s:.0f} s, driver peak RSS {filter_rss:.0f} MiB")
+    manifest = json.loads((out / "manifest.json").read_text())
+    kept = kept_partition(out)
+    print(f"output {out}: {manifest['rows_read']} rows read, {manifest['counts']}")
     print("\n| format | loaded back by | rows | equal to the kept partition | MiB | "
           "export s | export peak RSS MiB |\n|---|---|---:|---|---:|---:|---:|")  # fmt: skip
+    alpaca_rss = 0.0
     names = {"alpaca": "kept.json", "messages": "kept.jsonl", "hf": "kept-hf"}
     for fmt, name in {**names, "parquet": "kept.parquet"}.items():
         dest = work / name
         secs, rss = run("export", str(out), "--format", fmt, "--to", str(dest))
+        alpaca_rss = rss if fmt == "alpaca" else alpaca_rss
         consumer, got = load_back(fmt, dest)
+        want = as_chat(kept) if fmt == "messages" else kept
         same = "yes" if got == want else f"NO ({sum((got - want).values())} extra, "
         same += "" if got == want else f"{sum((want - got).values())} missing)"
         print(f"| {fmt} | `{consumer}` | {sum(got.values())} | {same} | {size_mib(dest):.1f} "
               f"| {secs:.1f} | {rss:.0f} |")  # fmt: skip
-    print(f"\n(kept partition: {sum(want.values())} rows; files under {work})")
+    # Memory with the rows: every decision's rows (the whole output) against the kept ones.
+    every, every_rss = run("export", str(out), "--format", "alpaca", "--decision", "all",
+                           "--to", str(work / "all.json"))  # fmt: skip
+    rows_all = len(json.loads((work / "all.json").read_text()))
+    print(
+        f"\nalpaca, --decision all: {rows_all} rows ({rows_all / sum(kept.values()):.2f}x the "
+        f"kept), {size_mib(work / 'all.json'):.1f} MiB, {every:.1f} s, peak RSS "
+        f"{every_rss:.0f} MiB ({every_rss / alpaca_rss:.2f}x the kept export's)"
+    )
+    print(f"(kept partition: {sum(kept.values())} rows; files under {work})")
 
 
 if __name__ == "__main__":
