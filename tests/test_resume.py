@@ -60,7 +60,10 @@ def test_a_killed_driver_resumes_and_ends_like_a_clean_run(clean, source, tiny_j
     cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS)
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
-    cmd = [sys.executable, "-m", "alpagasus_ray.cli", "filter", "--config", str(config)]
+    # Held before its commit (`crash_driver.py`): a fast machine cannot finish the run between
+    # the look at its files and the kill.
+    hold = [str(Path(__file__).with_name("crash_driver.py")), "hold:filter.pipeline.check_claim"]
+    cmd = [sys.executable, *hold, "filter", "--config", str(config)]
     driver = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
