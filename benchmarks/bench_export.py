@@ -70,9 +70,12 @@ def as_chat(triples: collections.Counter) -> collections.Counter:
     """The (user, assistant) turns `export` makes of each triple: the instruction, then the
     input after a blank line. Compared this way, since an instruction may hold a blank line
     itself (14 of the shared 9k's do), so a chat turn cannot be split back into a triple."""
+    from alpagasus_ray.filter.export import messages
+
     chat = collections.Counter()
-    for (instruction, given, output), n in triples.items():
-        chat[((instruction or "") + ("\n\n" + given if given else ""), output)] += n
+    for triple, n in triples.items():
+        turns = messages(dict(zip(TRIPLE, triple, strict=True)), [], None)["messages"]
+        chat[tuple(t["content"] for t in turns)] += n
     return chat
 
 
