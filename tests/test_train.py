@@ -120,26 +120,6 @@ def test_rerun_resumes_from_the_checkpoint(trained):
     assert new[0]["loss"] < 0.5 * first_epoch_loss
 
 
-def test_trains_on_a_filter_outputs_kept_partition(ray_session, tiny_judge, tmp_path):
-    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(24, seed=2) + [{"x": 1}])
-    out = tmp_path / "filtered"
-    manifest = run_filter(job_config(str(src), str(out), tiny_judge, filter__threshold=2.0))
-    kept = manifest["counts"]["kept"]
-    assert kept >= 2
-    cfg = train_config(
-        str(out),
-        tiny_judge,
-        tmp_path / "runs",
-        epochs=1,
-        global_batch_size=2,
-        per_device_batch_size=1,
-    )
-    summary = run_train(cfg)
-    assert summary["rows_read"] == kept == summary["examples"]
-    assert summary["skipped_rows"] == 0 and summary["epochs_done"] == 1
-    assert summary["steps"] == kept // 2
-
-
 def test_config_rejects_a_global_batch_the_workers_cannot_split(tiny_judge, tmp_path):
     with pytest.raises(ConfigError, match="multiple"):
         train_config("x.jsonl", tiny_judge, tmp_path, global_batch_size=6)

@@ -80,6 +80,7 @@ def test_filter_then_finetune_on_the_kept_rows(ray_session, tiny_judge, tmp_path
     summary = json.loads((tmp_path / "runs" / "sft" / "summary.json").read_text())
     # Exactly the kept rows were trained on: the rejected and quarantined ones never reach it.
     assert summary["rows_read"] == kept == summary["examples"]
+    assert summary["skipped_rows"] == 0 and summary["epochs_done"] == 1
     assert summary["steps"] == kept // 2
     assert (tmp_path / "runs" / "sft" / "export" / "config.json").exists()
 
