@@ -11,9 +11,9 @@ from typing import Any
 
 _PUBLIC = {
     "judge_dataset": "alpagasus_ray.filter.judge",
-    "JudgeConfig": "alpagasus_ray.config",
-    "ColumnMap": "alpagasus_ray.config",
-    "RayConfig": "alpagasus_ray.config",
+    "JudgeConfig": "alpagasus_ray.core.config",
+    "ColumnMap": "alpagasus_ray.core.config",
+    "RayConfig": "alpagasus_ray.core.config",
 }
 __all__ = sorted(_PUBLIC)
 

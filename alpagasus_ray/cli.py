@@ -17,11 +17,10 @@ import json
 import logging
 import sys
 import traceback
-from pathlib import Path
 from typing import Any
 
-from alpagasus_ray.config import ConfigError, JobConfig, build_config, load_config
-from alpagasus_ray.errors import (
+from alpagasus_ray.core.config import ConfigError, load_config
+from alpagasus_ray.core.errors import (
     CalibrationRefused,
     InvariantError,
     JudgeAPIStopped,
@@ -29,12 +28,11 @@ from alpagasus_ray.errors import (
     UnreadableInputError,
     first_line,
 )
+from alpagasus_ray.data.io import OutputTakenError, UnfinishedFilterOutput
+from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.export import ExportRefused
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.filter.resources import ResourceError
-from alpagasus_ray.io import OutputTakenError, UnfinishedFilterOutput
-
-DEMO_THRESHOLD = 2.5
 
 
 def _common() -> argparse.ArgumentParser:
@@ -127,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_filter(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.filter.pipeline import run_filter
+    from alpagasus_ray.filter.job import run_filter
 
     overrides = args.overrides + (["output.retry_failed=true"] if args.retry_failed else [])
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides, model=FilterJobConfig)
     if args.dry_run:
         from alpagasus_ray.filter.estimate import estimate, render
 
@@ -151,7 +149,7 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.config import StorageConfig
+    from alpagasus_ray.core.config import StorageConfig
     from alpagasus_ray.filter.export import export
 
     result = export(
@@ -172,16 +170,16 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     from alpagasus_ray.calibrate.job import calibrate
-    from alpagasus_ray.config import StorageConfig
+    from alpagasus_ray.core.config import StorageConfig
 
     output, storage = args.output_uri, StorageConfig(endpoint_url=args.endpoint_url)
     if (output is None) == (args.config is None):
         raise ConfigError("calibrate: give a finished output or --config (not both)")
     if args.config:
-        from alpagasus_ray.filter.pipeline import run_filter
+        from alpagasus_ray.filter.job import run_filter
 
         sample = [f"input.limit={args.sample}"] if args.sample else []
-        cfg = load_config(args.config, args.overrides + sample)
+        cfg = load_config(args.config, args.overrides + sample, model=FilterJobConfig)
         output, storage = cfg.output.uri, cfg.storage
         _print_summary(run_filter(cfg), output)
     result = calibrate(output, args.labels, args.label, args.to, key=args.key,
@@ -194,63 +192,11 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def demo_rows(n: int) -> list[dict[str, Any]]:
-    """Synthetic examples plus one of each kind of bad row, to show quarantine at work."""
-    from alpagasus_ray.tiny import synthetic_examples
-
-    rows: list[Any] = list(synthetic_examples(n, seed=0))
-    rows += [
-        {"instruction": "Name a colour.", "input": "", "output": None, "category": "bad"},
-        {"instruction": "", "input": "", "output": "Blue.", "category": "bad"},
-        {"instruction": "Count to three.", "input": "", "output": 123, "category": "bad"},
-        {"instruction": "Say hi.", "input": "", "category": "bad"},
-        {
-            "instruction": "Summarise.",
-            "input": "word " * 3000,
-            "output": "Words.",
-            "category": "bad",
-        },
-    ]
-    return rows
-
-
-def demo_config(root: Path, model_dir: Path, data: Path, overrides: list[str]) -> JobConfig:
-    from alpagasus_ray.config import apply_overrides
-
-    base = {
-        "input": {"uri": str(data)},
-        "output": {"uri": str(root / "filtered"), "overwrite": True},
-        # Small actors so the demo also runs on a 2-CPU machine.
-        "judge": {
-            "model": str(model_dir),
-            "min_score_mass": 0.0,
-            "batch_size": 32,
-            "num_cpus_per_replica": 0.5,
-        },
-        "filter": {"threshold": DEMO_THRESHOLD},
-    }
-    return build_config(JobConfig, apply_overrides(base, overrides))
-
-
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.filter.pipeline import run_filter
-    from alpagasus_ray.tiny import build_tiny_model
+    from alpagasus_ray.demo import run_demo
 
-    root = Path(args.output).resolve()
-    model_dir = build_tiny_model(root / "tiny-judge")
-    data = root / "input" / "examples.jsonl"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(r) for r in demo_rows(args.rows)] + ['{"instruction": "broken line"']
-    data.write_text("\n".join(lines) + "\n")
-    cfg = demo_config(root, model_dir, data, args.overrides)
-    print(
-        f"demo: judge = tiny RANDOM model at {model_dir} (its scores are noise; threshold "
-        f"{cfg.filter.threshold:g} instead of the paper's 4.5 so both partitions fill).\n"
-        "      For real filtering: alpagasus-ray filter --config jobs/configs/local.yaml "
-        "--set judge.model=<instruct model id or path>"
-    )
-    manifest = run_filter(cfg)
-    _print_summary(manifest, cfg.output.uri)
+    manifest = run_demo(args.output, args.rows, args.overrides)
+    _print_summary(manifest, manifest["config"]["output"]["uri"])
     return manifest
 
 
@@ -292,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    from alpagasus_ray.workflow import PipelineConfig, run_pipeline
+    from alpagasus_ray.pipeline import PipelineConfig, run_pipeline
 
     cfg = load_config(args.config, args.overrides, model=PipelineConfig)
     result = run_pipeline(cfg)

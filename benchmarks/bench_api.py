@@ -21,16 +21,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from api_server import VLLMServer  # noqa: E402
+from helpers import export_smollm2  # noqa: E402
 
-from alpagasus_ray.config import (  # noqa: E402
-    JobConfig,  # noqa: E402
+from alpagasus_ray.core.config import (  # noqa: E402
+    FilterJobConfig,  # noqa: E402
     JudgeConfig,
     apply_overrides,
     build_config,
 )
+from alpagasus_ray.demo import build_tiny_model, synthetic_examples  # noqa: E402
 from alpagasus_ray.engines.api import APIEngine  # noqa: E402
-from alpagasus_ray.prompts import rating_messages  # noqa: E402
-from alpagasus_ray.tiny import build_tiny_model, export_smollm2, synthetic_examples  # noqa: E402
+from alpagasus_ray.text.prompts import rating_messages  # noqa: E402
 
 
 def engine_rate(base_url: str, rows: list[dict], inflight: int) -> tuple[float, float]:
@@ -51,7 +52,7 @@ def engine_rate(base_url: str, rows: list[dict], inflight: int) -> tuple[float, 
 
 
 def job_rate(base_url: str, rows: list[dict], inflight: int, tmp: Path) -> float:
-    from alpagasus_ray.filter.pipeline import run_filter
+    from alpagasus_ray.filter.job import run_filter
 
     src = tmp / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -61,7 +62,7 @@ def job_rate(base_url: str, rows: list[dict], inflight: int, tmp: Path) -> float
             "judge.api.api_key_env=null", f"judge.api.max_concurrency={inflight}",
             "judge.min_score_mass=0", "judge.batch_size=64",
             "judge.num_cpus_per_replica=0.25"]  # fmt: skip
-    manifest = run_filter(build_config(JobConfig, apply_overrides(data, sets)))
+    manifest = run_filter(build_config(FilterJobConfig, apply_overrides(data, sets)))
     return manifest["rows_read"] / manifest["timings_s"]["score_and_write"]
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers.py
 HERE = Path(__file__).resolve().parents[1]
 SHARED_9K = HERE.parent / "shared" / "data" / "alpaca_random_9k.json"
 TRIPLE = ("instruction", "input", "output")
@@ -53,9 +54,9 @@ def kept_partition(out: Path) -> collections.Counter:
     """The kept rows' triples, from the files the committed manifest lists."""
     import pyarrow.parquet as pq
 
-    from alpagasus_ray.config import StorageConfig
+    from alpagasus_ray.core.config import StorageConfig
+    from alpagasus_ray.data.io import filesystem
     from alpagasus_ray.filter.manifest import committed, listed_files
-    from alpagasus_ray.io import filesystem
 
     fs, root = filesystem(str(out), StorageConfig())
     files = listed_files(root, committed(fs, root, str(out)))
@@ -115,7 +116,9 @@ def main() -> None:
     ap.add_argument("--keep-fraction", type=float, default=0.17)
     ap.add_argument("--output", type=Path, help="a finished output to export, not filtered here")
     args = ap.parse_args()
-    from alpagasus_ray.tiny import build_tiny_model, synthetic_examples, write_jsonl
+    from helpers import write_jsonl
+
+    from alpagasus_ray.demo import build_tiny_model, synthetic_examples
 
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     out = args.output or work / "out"

@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.demo import build_tiny_tokenizer, synthetic_examples
 from alpagasus_ray.engines.hf import HFEngine
-from alpagasus_ray.prompts import rating_prompt_ids
-from alpagasus_ray.tiny import build_tiny_tokenizer, synthetic_examples
+from alpagasus_ray.text.prompts import rating_prompt_ids
 
 SHAPES = {
     "llama-3.1-8b": dict(

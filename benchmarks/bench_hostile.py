@@ -7,7 +7,7 @@ Every command is `alpagasus-ray` in a fresh process (a local Ray, the tiny rando
 files in a temporary folder). A kill is a SIGKILL of the command's process group, at a
 step named by `tests/crash_driver.py` where it must hit an exact step. The tests assert
 each outcome (`tests/test_commit.py`, `test_overwrite.py`, `test_preflight.py`,
-`test_pipeline.py`, `test_resume.py`); this script shows what a user sees.
+`test_filter_job.py`, `test_resume.py`); this script shows what a user sees.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "tests"))
 
-from alpagasus_ray.tiny import build_tiny_model, synthetic_examples  # noqa: E402
+from alpagasus_ray.demo import build_tiny_model, synthetic_examples  # noqa: E402
 
 
 def run(*args: str, kill_at: str | None = None) -> tuple[int, str, float]:

@@ -43,8 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, as the vLLM lane runs it
 
-from alpagasus_ray.config import JobConfig, apply_overrides, build_config  # noqa: E402
-from alpagasus_ray.tiny import export_smollm2, synthetic_examples  # noqa: E402
+from helpers import export_smollm2  # noqa: E402
+
+from alpagasus_ray.core.config import apply_overrides, build_config  # noqa: E402
+from alpagasus_ray.demo import synthetic_examples  # noqa: E402
+from alpagasus_ray.filter.config import FilterJobConfig  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "alpaca_random_9k.json"
 PEERS = {
@@ -160,7 +163,7 @@ def run_ours(model: Path, rows: list[dict], tmp: Path, mode: str, stop: bool) ->
     import pyarrow.dataset as pads
 
     from alpagasus_ray.engines.parse import parse_score
-    from alpagasus_ray.filter.pipeline import run_filter
+    from alpagasus_ray.filter.job import run_filter
 
     src = tmp / "ours-rows.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -171,7 +174,7 @@ def run_ours(model: Path, rows: list[dict], tmp: Path, mode: str, stop: bool) ->
              "vllm": {"engine_kwargs": {"enforce_eager": True}}}  # fmt: skip
     data = {"input": {"uri": str(src)}, "output": {"uri": str(out)}, "judge": judge}
     start = time.perf_counter()
-    manifest = run_filter(build_config(JobConfig, apply_overrides(data, [])))
+    manifest = run_filter(build_config(FilterJobConfig, apply_overrides(data, [])))
     wall = time.perf_counter() - start
     table = pads.dataset(str(out / "data"), partitioning="hive").to_table()
     scores = table.column("score").to_pylist()

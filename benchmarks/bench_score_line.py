@@ -26,13 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: the CPU build's default is more
 
 from api_server import VLLMServer  # noqa: E402
+from helpers import export_smollm2  # noqa: E402
 
-from alpagasus_ray.config import JobConfig, JudgeConfig, apply_overrides, build_config  # noqa: E402
+from alpagasus_ray.core.config import JudgeConfig, apply_overrides, build_config  # noqa: E402
+from alpagasus_ray.demo import synthetic_examples  # noqa: E402
 from alpagasus_ray.engines.api import APIEngine  # noqa: E402
 from alpagasus_ray.engines.hf import HFEngine  # noqa: E402
 from alpagasus_ray.engines.parse import parse_score  # noqa: E402
-from alpagasus_ray.prompts import rating_messages, rating_prompt_ids  # noqa: E402
-from alpagasus_ray.tiny import export_smollm2, synthetic_examples  # noqa: E402
+from alpagasus_ray.filter.config import FilterJobConfig
+from alpagasus_ray.text.prompts import rating_messages, rating_prompt_ids  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_random_9k.json"
 
@@ -81,7 +83,7 @@ def api_run(base_url: str, model: Path, rows: list[dict], stop: bool, price) -> 
 def vllm_run(model: Path, rows: list[dict], stop: bool, price, tmp: Path) -> dict:
     import pyarrow.dataset as pads
 
-    from alpagasus_ray.filter.pipeline import run_filter
+    from alpagasus_ray.filter.job import run_filter
 
     src = tmp / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -90,7 +92,7 @@ def vllm_run(model: Path, rows: list[dict], stop: bool, price, tmp: Path) -> dic
     cfg = judge(model, stop, engine="vllm", batch_size=64, layout="paper", vllm=eager)
     data = {"input": {"uri": str(src)}, "output": {"uri": str(out), "overwrite": True},
             "judge": cfg.model_dump(exclude_defaults=True)}  # fmt: skip
-    manifest = run_filter(build_config(JobConfig, apply_overrides(data, [])))
+    manifest = run_filter(build_config(FilterJobConfig, apply_overrides(data, [])))
     table = pads.dataset(str(out / "data"), partitioning="hive").to_table()
     metrics = manifest["engine_metrics"]
     return summary(table.column("judge_text").to_pylist(),

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.demo import build_tiny_model, synthetic_examples
 from alpagasus_ray.engines.hf import HFEngine
-from alpagasus_ray.models import load_tokenizer
-from alpagasus_ray.prompts import rating_prompt_ids, shared_prefix_len
-from alpagasus_ray.tiny import build_tiny_model, synthetic_examples
+from alpagasus_ray.text.models import load_tokenizer
+from alpagasus_ray.text.prompts import rating_prompt_ids, shared_prefix_len
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_random_9k.json"
 

@@ -15,16 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from alpagasus_ray.config import JobConfig, build_config
-from alpagasus_ray.filter.pipeline import run_filter
-from alpagasus_ray.tiny import build_tiny_model, synthetic_examples, write_jsonl
-from alpagasus_ray.train.config import TrainConfig
-from alpagasus_ray.train.loop import run_train
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers.py
+
+from helpers import write_jsonl  # noqa: E402
+
+from alpagasus_ray.core.config import build_config  # noqa: E402
+from alpagasus_ray.demo import build_tiny_model, synthetic_examples  # noqa: E402
+from alpagasus_ray.filter.config import FilterJobConfig  # noqa: E402
+from alpagasus_ray.filter.job import run_filter  # noqa: E402
+from alpagasus_ray.train.config import TrainConfig  # noqa: E402
+from alpagasus_ray.train.loop import run_train  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_random_9k.json"
 
@@ -38,9 +44,9 @@ def source_rows(path: Path, n: int) -> tuple[list[dict[str, Any]], str]:
     return synthetic_examples(n, seed=0), f"{n} synthetic examples"
 
 
-def filter_config(src: Path, out: Path, judge: Path, threshold: float) -> JobConfig:
+def filter_config(src: Path, out: Path, judge: Path, threshold: float) -> FilterJobConfig:
     return build_config(
-        JobConfig,
+        FilterJobConfig,
         {
             "input": {"uri": str(src)},
             "output": {"uri": str(out), "overwrite": True},

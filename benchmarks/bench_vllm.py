@@ -18,15 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from alpagasus_ray.config import JobConfig, StorageConfig
-from alpagasus_ray.filter.pipeline import run_filter
-from alpagasus_ray.io import filesystem, read_output_table
-from alpagasus_ray.schema import ID, SCORE
-from alpagasus_ray.tiny import build_tiny_model, export_smollm2, synthetic_examples, write_jsonl
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers.py
+
+from helpers import export_smollm2, write_jsonl  # noqa: E402
+
+from alpagasus_ray.core.config import StorageConfig  # noqa: E402
+from alpagasus_ray.data.io import filesystem, read_output_table  # noqa: E402
+from alpagasus_ray.data.schema import ID, SCORE  # noqa: E402
+from alpagasus_ray.demo import build_tiny_model, synthetic_examples  # noqa: E402
+from alpagasus_ray.filter.config import FilterJobConfig  # noqa: E402
+from alpagasus_ray.filter.job import run_filter  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_random_9k.json"
 RUNS = [("hf", "prefix"), ("vllm", "paper"), ("vllm", "prefix")]
@@ -38,8 +44,8 @@ def load_rows(path: Path, n: int) -> tuple[list[dict], str]:
     return synthetic_examples(n, seed=0), "synthetic examples"
 
 
-def job(src: Path, out: Path, model: Path, engine: str, layout: str, limit: int) -> JobConfig:
-    return JobConfig.model_validate(
+def job(src: Path, out: Path, model: Path, engine: str, layout: str, limit: int) -> FilterJobConfig:
+    return FilterJobConfig.model_validate(
         {
             "input": {"uri": str(src), "limit": limit},
             "output": {"uri": str(out), "overwrite": True},

@@ -17,7 +17,7 @@ from pydantic_core import PydanticUndefined
 
 PAGE = Path(__file__).with_name("configuration-reference.md")
 COMMANDS = [
-    ("filter", "alpagasus_ray.config", "JobConfig"),
+    ("filter", "alpagasus_ray.filter.config", "FilterJobConfig"),
     ("train", "alpagasus_ray.train.config", "TrainConfig"),
     ("evaluate", "alpagasus_ray.evaluate.config", "EvalConfig"),
 ]

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import export_smollm2
 
-from alpagasus_ray.config import JobConfig, apply_overrides, build_config
-from alpagasus_ray.tiny import build_tiny_model, export_smollm2, synthetic_examples
+from alpagasus_ray.core.config import apply_overrides, build_config
+from alpagasus_ray.demo import build_tiny_model, synthetic_examples
+from alpagasus_ray.filter.config import FilterJobConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -247,11 +249,11 @@ def job_data(input_uri: str, output_uri: str, model: Path) -> dict[str, Any]:
     }
 
 
-def job_config(input_uri: str, output_uri: str, model: Path, **overrides: Any) -> JobConfig:
+def job_config(input_uri: str, output_uri: str, model: Path, **overrides: Any) -> FilterJobConfig:
     """A small-batch CPU job config; `overrides` use dotted keys, e.g. judge__mode."""
     data = job_data(input_uri, output_uri, model)
     items = [f"{k.replace('__', '.')}={json.dumps(v)}" for k, v in overrides.items()]
-    return build_config(JobConfig, apply_overrides(data, items))
+    return build_config(FilterJobConfig, apply_overrides(data, items))
 
 
 @pytest.fixture

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from alpagasus_ray.config import ConfigError, JobConfig, build_config
+from alpagasus_ray.core.config import ConfigError, build_config
 from alpagasus_ray.engines.api import digit_logprobs, digit_of, redact, tokens_at_most
 from alpagasus_ray.engines.api_budget import SPEND_FILE, Budget, JobAPI, job_api
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judge_output_to_judgement
+from alpagasus_ray.filter.config import FilterJobConfig
 
 
 def test_requests_are_spaced_to_the_rate_over_every_caller():
@@ -45,9 +46,9 @@ def test_the_cost_cap_refuses_before_spending_more():
 
 
 def test_without_a_tokenizer_the_cap_reserves_no_fewer_tokens_than_the_prompt_has(tiny_judge):
-    from alpagasus_ray.models import load_tokenizer
-    from alpagasus_ray.prompts import rating_messages
-    from alpagasus_ray.tiny import synthetic_examples
+    from alpagasus_ray.demo import synthetic_examples
+    from alpagasus_ray.text.models import load_tokenizer
+    from alpagasus_ray.text.prompts import rating_messages
 
     tok = load_tokenizer(str(tiny_judge))
     odd = {"instruction": "Übersetze: ünïcödé ✓ 漢字 🙂", "input": "", "output": "ça va"}
@@ -79,9 +80,9 @@ def test_digits_outside_the_top_k_fail_the_row_instead_of_a_guess():
     assert judge_output_to_judgement(none, "logprobs", digits, 0.0).reason == "low_score_mass"
 
 
-def _job(**judge) -> JobConfig:
+def _job(**judge) -> FilterJobConfig:
     data = {"input": {"uri": "in.jsonl"}, "output": {"uri": "out"}, "judge": judge}
-    return build_config(JobConfig, data)
+    return build_config(FilterJobConfig, data)
 
 
 def test_an_api_judge_needs_a_url_and_loads_no_model_by_its_name():

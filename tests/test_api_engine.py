@@ -19,13 +19,13 @@ from conftest import API_KEY, cli_refusal, write_jsonl
 from fault_proxy import BAD_REPLIES, FaultProxy, Rule
 
 from alpagasus_ray.cli import main
-from alpagasus_ray.config import SCORE_LINE_TOKENS, JudgeConfig
+from alpagasus_ray.core.config import SCORE_LINE_TOKENS, JudgeConfig
+from alpagasus_ray.data.io import MANIFEST, prepare_output
+from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.engines.api import APIEngine, tokens_at_most
 from alpagasus_ray.engines.api_budget import SPEND_FILE
 from alpagasus_ray.engines.hf import HFEngine
-from alpagasus_ray.io import MANIFEST, prepare_output
-from alpagasus_ray.prompts import rating_prompt_ids
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.text.prompts import rating_prompt_ids
 
 pytestmark = pytest.mark.vllm
 
@@ -149,7 +149,7 @@ def test_filter_end_to_end_with_an_api_judge(
     assert len(judged) + manifest["counts"]["failed"] == 24
     assert [r["reason_detail"] for r in table if r["reason"] == "engine_error"] == []
     # The server counted the prompts we rendered locally, token for token.
-    from alpagasus_ray.models import load_tokenizer
+    from alpagasus_ray.text.models import load_tokenizer
 
     tok = load_tokenizer(str(smollm2))
     want = sorted(map(len, rating_prompt_ids(tok, rows[:24], "accuracy", "prefix")))
@@ -402,7 +402,7 @@ def test_dry_run_counts_and_prices_without_a_call(
     args = filter_job(tmp_path, rows, url, "tiny", *tok, f"judge.tokenizer={vllm_tiny}")
     assert main([*args, "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    from alpagasus_ray.models import load_tokenizer
+    from alpagasus_ray.text.models import load_tokenizer
 
     tokens = sum(map(len, rating_prompt_ids(load_tokenizer(str(vllm_tiny)), rows[:20],
                                             "accuracy", "prefix")))  # fmt: skip
@@ -440,7 +440,7 @@ def test_mistakes_are_refused_before_any_row(smol_server, tmp_path, capsys, monk
 
 def api_evaluation(tmp_path: Path, models_url: str, judge_url: str, **api: Any) -> Any:
     """Two served names of one model answer 6 questions; `api` adds to generation.api."""
-    from alpagasus_ray.config import build_config
+    from alpagasus_ray.core.config import build_config
     from alpagasus_ray.evaluate.config import EvalConfig
 
     questions = [{"id": i, "question": r["instruction"], "input": r["input"]}
@@ -481,7 +481,7 @@ def test_evaluation_with_api_models_and_an_api_judge(
 def test_an_evaluation_stops_at_a_models_cost_cap_before_judging(
     ray_session, tiny_server, smol_server, key, tmp_path
 ):
-    from alpagasus_ray.errors import JudgeAPIStopped
+    from alpagasus_ray.core.errors import JudgeAPIStopped
     from alpagasus_ray.evaluate.job import run_evaluate
 
     cap = {"price_input_per_mtok": 1000, "max_cost": 0.4, "max_concurrency": 1}

@@ -7,8 +7,8 @@ import random
 import pytest
 from tokenizers import Tokenizer
 
-from alpagasus_ray.bpe_cache import LLAMA3_PATTERN, QWEN2_PATTERN, CachedBPE
-from alpagasus_ray.models import load_tokenizer
+from alpagasus_ray.text.bpe_cache import LLAMA3_PATTERN, QWEN2_PATTERN, CachedBPE
+from alpagasus_ray.text.models import load_tokenizer
 
 TRICKY = [
     *"aZq09 '\t\n\r.,-#<>|_:;!?()[]{}\"`~",

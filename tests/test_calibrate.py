@@ -21,7 +21,7 @@ from alpagasus_ray.calibrate.metrics import (
     spearman,
 )
 from alpagasus_ray.cli import main
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.demo import synthetic_examples
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -21,12 +21,12 @@ import pytest
 import yaml
 from conftest import assert_same_rows, job_config, s3_client, session_cluster_env, write_jsonl
 
+from alpagasus_ray.data.io import MANIFEST, UnfinishedFilterOutput, filesystem
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.filter.manifest import committed, listed_files
-from alpagasus_ray.filter.pipeline import run_filter
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.filter.report import regenerate
-from alpagasus_ray.io import MANIFEST, UnfinishedFilterOutput, filesystem
-from alpagasus_ray.tiny import synthetic_examples
 
 ROWS = 40
 SETTINGS = {"judge__batch_size": 8, "filter__threshold": 2.0, "output__overwrite": False}
@@ -52,7 +52,7 @@ def clean(ray_session, tiny_judge, source, tmp_path_factory) -> Path:
 def committed_rows(uri: str, storage=None) -> dict[tuple[str, int], dict]:
     """The rows of the files a committed manifest lists, by position; every listed file
     exists and they hold exactly the manifest's counts."""
-    from alpagasus_ray.config import StorageConfig
+    from alpagasus_ray.core.config import StorageConfig
 
     fs, root = filesystem(uri, storage or StorageConfig())
     manifest = committed(fs, root, uri)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from alpagasus_ray.config import ConfigError, JobConfig, load_config, parse_override
+from alpagasus_ray.core.config import ConfigError, load_config, parse_override
+from alpagasus_ray.filter.config import FilterJobConfig
 
 BASE = """
 input: {uri: data.jsonl}
@@ -19,8 +20,8 @@ def cfg_file(tmp_path):
 
 
 def test_defaults_are_the_papers(cfg_file):
-    cfg = load_config(cfg_file)
-    assert isinstance(cfg, JobConfig)
+    cfg = load_config(cfg_file, model=FilterJobConfig)
+    assert isinstance(cfg, FilterJobConfig)
     assert cfg.filter.threshold == 4.5
     assert cfg.judge.dimension == "accuracy"
     assert cfg.judge.mode == "logprobs"
@@ -39,6 +40,7 @@ def test_overrides_are_typed_from_yaml(cfg_file):
             "input.columns.output=response",
             "storage.endpoint_url=http://127.0.0.1:9000",
         ],
+        model=FilterJobConfig,
     )
     assert cfg.filter.threshold == 4.0
     assert cfg.judge.mode == "generate"
@@ -49,44 +51,47 @@ def test_overrides_are_typed_from_yaml(cfg_file):
 
 def test_unknown_key_is_named(cfg_file):
     with pytest.raises(ConfigError, match=r"judge\.modle"):
-        load_config(cfg_file, ["judge.modle=x"])
+        load_config(cfg_file, ["judge.modle=x"], model=FilterJobConfig)
 
 
 def test_bad_value_is_named(cfg_file):
     with pytest.raises(ConfigError, match=r"filter\.threshold"):
-        load_config(cfg_file, ["filter.threshold=7"])
+        load_config(cfg_file, ["filter.threshold=7"], model=FilterJobConfig)
     with pytest.raises(ConfigError, match=r"judge\.mode"):
-        load_config(cfg_file, ["judge.mode=vibes"])
+        load_config(cfg_file, ["judge.mode=vibes"], model=FilterJobConfig)
     with pytest.raises(ConfigError, match=r"judge\.replicas"):
-        load_config(cfg_file, ["judge.replicas=[4, 2]"])
+        load_config(cfg_file, ["judge.replicas=[4, 2]"], model=FilterJobConfig)
     with pytest.raises(ConfigError, match=r"stop_after_score_line is for mode generate"):
-        load_config(cfg_file, ["judge.stop_after_score_line=true"])  # logprobs: one token
+        load_config(
+            cfg_file, ["judge.stop_after_score_line=true"], model=FilterJobConfig
+        )  # logprobs: one token
 
 
 def test_missing_required_key_is_named(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("input: {uri: x}\noutput: {uri: y}\n")
     with pytest.raises(ConfigError, match=r"judge"):
-        load_config(path)
+        load_config(path, model=FilterJobConfig)
 
 
 def test_malformed_override_and_files(tmp_path, cfg_file):
     with pytest.raises(ConfigError, match="key.path=value"):
         parse_override("judge.model")
     with pytest.raises(ConfigError, match="not a section"):
-        load_config(cfg_file, ["judge.model.name=x"])
+        load_config(cfg_file, ["judge.model.name=x"], model=FilterJobConfig)
     with pytest.raises(ConfigError, match="cannot read"):
-        load_config(tmp_path / "absent.yaml")
+        load_config(tmp_path / "absent.yaml", model=FilterJobConfig)
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
-        load_config(bad)
+        load_config(bad, model=FilterJobConfig)
 
 
 def test_secrets_never_appear_in_the_redacted_config(cfg_file):
     cfg = load_config(
         cfg_file,
         ["storage.access_key_id=AKIAEXAMPLE", "storage.secret_access_key=very-secret-value"],
+        model=FilterJobConfig,
     )
     dumped = str(cfg.redacted())
     assert "very-secret-value" not in dumped and "AKIAEXAMPLE" not in dumped
@@ -97,7 +102,7 @@ def test_secrets_never_appear_in_the_redacted_config(cfg_file):
 def test_a_config_error_is_one_line_naming_each_key():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["input.uri=x", "output.uri=y", "judge.model=m", "judge.mode=logprob",
-                           "filter.threshold=7"])  # fmt: skip
+                           "filter.threshold=7"], model=FilterJobConfig)  # fmt: skip
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("invalid configuration (judge.mode, filter.threshold): ")

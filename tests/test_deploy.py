@@ -140,8 +140,9 @@ def test_the_rayjob_runs_our_image_ray_and_entrypoint_on_gpus_from_zero():
     volume = next(v for v in head["template"]["spec"]["volumes"] if v["name"] == mount["name"])
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
     name = config_path.removeprefix(mount["mountPath"] + "/")
-    from alpagasus_ray.config import JobConfig, build_config
+    from alpagasus_ray.core.config import build_config
+    from alpagasus_ray.filter.config import FilterJobConfig
 
-    cfg = build_config(JobConfig, yaml.safe_load(config_map["data"][name]))
+    cfg = build_config(FilterJobConfig, yaml.safe_load(config_map["data"][name]))
     assert cfg.input.uri.startswith("s3://") and cfg.output.uri.startswith("s3://")
     assert cfg.judge.engine == "vllm" and isinstance(cfg.judge.replicas, (list, tuple))

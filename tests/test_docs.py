@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from alpagasus_ray.config import JobConfig, build_config
+from alpagasus_ray.core.config import build_config
+from alpagasus_ray.filter.config import FilterJobConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +57,7 @@ def test_the_configuration_reference_is_the_models_own():
 def test_the_readme_config_is_valid_and_the_readme_short():
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"## A minimal config\n\n```yaml\n(.*?)```", readme, re.S).group(1)
-    cfg = build_config(JobConfig, yaml.safe_load(block))
+    cfg = build_config(FilterJobConfig, yaml.safe_load(block))
     assert cfg.judge.engine == "vllm" and cfg.judge.replicas == (1, 8)
     assert len(readme.splitlines()) <= 200
     for link in re.findall(r"\]\((docs/[^)#]+)", readme):  # links into the docs resolve

@@ -9,10 +9,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from conftest import job_config, write_jsonl
 
-from alpagasus_ray.filter.duplicates import SeenContent, content_hash
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.filter.duplicates import SeenContent
 from alpagasus_ray.filter.estimate import estimate
-from alpagasus_ray.filter.pipeline import run_filter
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.filter.job import run_filter
+from alpagasus_ray.filter.stages.dedup import content_hash
 
 
 def test_the_first_row_with_a_content_is_the_one_judged():

@@ -11,15 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from alpagasus_ray.cli import main
-from alpagasus_ray.config import ConfigError, StorageConfig, build_config, load_config
+from alpagasus_ray.core.config import ConfigError, StorageConfig, build_config, load_config
+from alpagasus_ray.data.io import filesystem, parquet_dataset
+from alpagasus_ray.data.schema import RAW_JSON
+from alpagasus_ray.demo import build_tiny_model
 from alpagasus_ray.evaluate.config import PAPER_TEST_SETS, EvalConfig, ModelSpec, TestSetConfig
 from alpagasus_ray.evaluate.generate import PromptStage
 from alpagasus_ray.evaluate.outcomes import combine_judgments
 from alpagasus_ray.evaluate.questions import NormalizeStage
 from alpagasus_ray.evaluate.report import BIAS_PNG, REPORT_MD, chart_name, write_eval_report
-from alpagasus_ray.io import filesystem, parquet_dataset
-from alpagasus_ray.schema import RAW_JSON
-from alpagasus_ray.tiny import build_tiny_model
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "evaluate.yaml"
 SIZES = {"vicuna": 80, "koala": 180, "wizardlm": 218, "sinstruct": 252}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig
 from alpagasus_ray.engines.vllm import ENGINE_COLUMNS, ERROR_COLUMN
 from alpagasus_ray.evaluate.generate_vllm import SKIPPED, VLLMRequest, postprocess, vllm_result
 

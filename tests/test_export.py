@@ -15,13 +15,13 @@ import pytest
 from conftest import cli_refusal, job_config, s3_client, write_jsonl
 
 from alpagasus_ray.cli import main
-from alpagasus_ray.config import StorageConfig
+from alpagasus_ray.core.config import StorageConfig
+from alpagasus_ray.data.io import filesystem
+from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.filter.export import export
+from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.filter.manifest import committed, listed_files
-from alpagasus_ray.filter.pipeline import run_filter
 from alpagasus_ray.filter.redecide import keep_threshold
-from alpagasus_ray.io import filesystem
-from alpagasus_ray.tiny import synthetic_examples
 
 TRIPLE = ("instruction", "input", "output")
 BUCKET = "alpagasus-export"

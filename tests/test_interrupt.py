@@ -18,8 +18,8 @@ import psutil
 import pytest
 from conftest import filter_args, write_jsonl
 
-from alpagasus_ray.io import MANIFEST, RUN_MARKER
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.data.io import MANIFEST, RUN_MARKER
+from alpagasus_ray.demo import synthetic_examples
 
 pytestmark = pytest.mark.slow
 ROWS = 400  # enough that the run is still judging when the signal comes
@@ -126,7 +126,7 @@ def test_a_killed_command_leaves_no_ray_process(tmp_path, tiny_judge, ray_tmp):
         started = psutil.Process(proc.pid).children(recursive=True)
         names = {p.name() for p in started}
         assert any("raylet" in n for n in names), names  # the CLI's own Ray
-        reaper = [p for p in started if "alpagasus_ray.reaper" in " ".join(p.cmdline())]
+        reaper = [p for p in started if "alpagasus_ray.core.reaper" in " ".join(p.cmdline())]
         assert len(reaper) == 1, [p.cmdline() for p in started]
     finally:
         proc.kill()

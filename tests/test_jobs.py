@@ -24,7 +24,7 @@ import pytest
 import yaml
 from conftest import write_jsonl
 
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.demo import synthetic_examples
 
 pytestmark = pytest.mark.slow  # end to end; deselect with -m 'not slow'
 

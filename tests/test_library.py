@@ -8,12 +8,12 @@ import pytest
 from conftest import VLLM_LANE, job_config, write_jsonl
 
 from alpagasus_ray import ColumnMap, JudgeConfig, RayConfig, judge_dataset
-from alpagasus_ray.config import StorageConfig
+from alpagasus_ray.core.config import StorageConfig
+from alpagasus_ray.data.io import filesystem, read_output_table
+from alpagasus_ray.data.schema import DECISION, ID, REASON, SCORE
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.filter.manifest import committed, listed_files
-from alpagasus_ray.filter.pipeline import run_filter
-from alpagasus_ray.io import filesystem, read_output_table
-from alpagasus_ray.schema import DECISION, ID, REASON, SCORE
-from alpagasus_ray.tiny import synthetic_examples
 
 # Distinct contents: exact copies share an id (a hash of the content).
 ROWS = [{**r, "instruction": f"{r['instruction']} ({i})"}

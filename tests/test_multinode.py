@@ -34,8 +34,8 @@ import yaml
 from conftest import VLLM_LANE, job_config, write_jsonl
 from test_jobs import free_port, stop_processes_under
 
-from alpagasus_ray.filter.pipeline import run_filter
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.filter.job import run_filter
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 

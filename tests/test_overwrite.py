@@ -13,9 +13,9 @@ import pytest
 from conftest import cli_refusal, filter_args, s3_client, write_jsonl
 
 from alpagasus_ray.cli import main
-from alpagasus_ray.config import StorageConfig
-from alpagasus_ray.io import MANIFEST, RUN_MARKER, filesystem, is_own_name, prepare_output
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.core.config import StorageConfig
+from alpagasus_ray.data.io import MANIFEST, RUN_MARKER, filesystem, is_own_name, prepare_output
+from alpagasus_ray.demo import synthetic_examples
 
 ROWS = 12
 CONFIG = (
@@ -60,7 +60,7 @@ def test_overwrite_keeps_the_users_files_on_disk(ray_session, tiny_judge, tmp_pa
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(text)
     run_id = json.loads((out / RUN_MARKER).read_text())["run_id"]
-    with caplog.at_level(logging.INFO, logger="alpagasus_ray.io"):
+    with caplog.at_level(logging.INFO, logger="alpagasus_ray.data.io"):
         again = run_cli(tmp_path, str(src), str(out), tiny_judge, "output.overwrite=true")
     assert again["rows_read"] == ROWS == sum(again["counts"].values())
     assert json.loads((out / RUN_MARKER).read_text())["run_id"] != run_id  # a new run

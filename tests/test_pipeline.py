@@ -1,306 +1,96 @@
-"""The whole filter on local Ray with a tiny judge: invariants, partitions, determinism."""
+"""Filter then fine-tune as one job (`alpagasus-ray pipeline`, `jobs/pipeline.py`)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 import pytest
-from conftest import filter_args, job_config, write_cut_array, write_jsonl
+from conftest import job_data, write_jsonl
 
 from alpagasus_ray.cli import main
-from alpagasus_ray.filter.metrics import stage_metrics
-from alpagasus_ray.filter.pipeline import run_filter
-from alpagasus_ray.filter.preflight import PreflightError
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.core.config import ConfigError, build_config, load_config
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.pipeline import PipelineConfig, run_pipeline
 
-BAD_ROWS = [
-    {"instruction": "null output", "input": "", "output": None, "category": "bad"},
-    {"instruction": "", "input": "", "output": "empty instruction", "category": "bad"},
-    {"instruction": "number output", "input": "", "output": 7, "category": "bad"},
-    {"instruction": "missing output", "input": "", "category": "bad"},
-    {"instruction": "too long", "input": "word " * 2500, "output": "x", "category": "bad"},
-    '{"instruction": "broken json line", ',
-    '["not", "an", "object"]',
-]
-EXPECTED_REASONS = {
-    "null_field",
-    "empty_field",
-    "non_string_field",
-    "missing_field",
-    "prompt_too_long",
-    "malformed_json",
-    "not_an_object",
-}
-THRESHOLD = 2.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def output_rows(out_dir) -> list[dict]:
-    table = pads.dataset(out_dir / "data", format="parquet", partitioning="hive").to_table()
-    return table.to_pylist()
+def pipeline_data(input_uri: str, output_uri: str, model, runs, threshold=2.0) -> dict:
+    return {
+        **job_data(input_uri, output_uri, model),
+        "filter": {"threshold": threshold},
+        "storage": {"region": "eu-west-1"},
+        "finetune": {
+            "model": {"name": str(model)},
+            "train": {
+                "epochs": 1,
+                "global_batch_size": 2,
+                "per_device_batch_size": 1,
+                "max_length": 256,
+            },
+            "run": {"name": "sft", "storage_path": str(runs), "num_workers": 2},
+        },
+    }
 
 
-def decisions(out_dir) -> dict[str, dict]:
-    """By id (duplicate examples share a content id and so a decision)."""
-    return {r["id"]: r for r in output_rows(out_dir)}
+def test_finetune_reads_the_filter_output_with_its_storage(tmp_path):
+    cfg = build_config(PipelineConfig, pipeline_data("in.jsonl", "s3://b/out", "m", tmp_path))
+    assert cfg.finetune.data.uri == "s3://b/out"
+    assert cfg.finetune.storage.region == "eu-west-1"
+    data = pipeline_data("in.jsonl", "s3://b/out", "m", tmp_path)
+    data["finetune"]["data"] = {"uri": "s3://b/elsewhere"}
+    with pytest.raises(ConfigError, match="finetune.data.uri"):
+        build_config(PipelineConfig, data)
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    rows = synthetic_examples(48, seed=11)
-    for i, r in enumerate(rows):
-        r["row_no"] = i  # an extra column that must come through untouched
-    path = write_jsonl(tmp_path_factory.mktemp("in") / "shard-0.jsonl", rows + BAD_ROWS)
-    return path, rows
+def test_example_pipeline_config_validates():
+    cfg = load_config(ROOT / "jobs" / "configs" / "pipeline.yaml", model=PipelineConfig)
+    assert cfg.judge.engine == "vllm" and cfg.finetune.train.strategy == "fsdp"
+    assert cfg.finetune.data.uri == cfg.output.uri
 
 
-@pytest.fixture(scope="module")
-def filtered(ray_session, tiny_judge, source, tmp_path_factory):
-    out = tmp_path_factory.mktemp("out") / "run1"
-    cfg = job_config(str(source[0]), str(out), tiny_judge, filter__threshold=THRESHOLD)
-    return out, run_filter(cfg)
-
-
-def test_conservation_invariant(filtered, source):
-    out, manifest = filtered
-    n_in = len(source[1]) + len(BAD_ROWS)
-    assert manifest["rows_read"] == n_in
-    assert sum(manifest["counts"].values()) == n_in
-    assert manifest["invariant_ok"] and manifest["status"] == "complete"
-    assert len(output_rows(out)) == n_in
-    assert manifest["counts"]["quarantined"] == len(BAD_ROWS)
-
-
-def test_threshold_splits_scores(filtered):
-    rows = decisions(filtered[0]).values()
-    kept = [r["score"] for r in rows if r["decision"] == "kept"]
-    rejected = [r["score"] for r in rows if r["decision"] == "rejected"]
-    assert kept and rejected, "the tiny judge's spread should fill both partitions"
-    assert min(kept) >= THRESHOLD > max(rejected)
-    for r in rows:
-        if r["decision"] in ("kept", "rejected"):
-            assert sum(r["score_probs"]) == pytest.approx(1.0, abs=1e-4)
-            if r["duplicate_of"] is None:  # judged itself; a copy took another row's score
-                assert r["num_prompt_tokens"] > 0
-            else:
-                assert r["num_prompt_tokens"] is None
-
-
-def test_partitions_are_plain_parquet(filtered):
-    out = filtered[0]
-    for part in ("kept", "rejected", "quarantined"):
-        table = pq.read_table(out / "data" / f"decision={part}")
-        assert table.num_rows > 0
-        assert {"id", "instruction", "input", "output", "score", "reason"} <= set(
-            table.column_names
-        )
-        assert "_prompt_token_ids" not in table.column_names
-
-
-def test_extra_columns_survive(filtered, source):
-    rows = output_rows(filtered[0])
-    # JSON input: carried keys are JSON text, whatever shape they have (`json_text`).
-    by_row_no = {json.loads(r["row_no"]): r for r in rows if r["row_no"] is not None}
-    assert sorted(by_row_no) == list(range(len(source[1])))
-    for i, original in enumerate(source[1]):
-        got = by_row_no[i]
-        assert (got["instruction"], got["output"]) == (original["instruction"], original["output"])
-        assert json.loads(got["category"]) == original["category"]
-
-
-def test_every_quarantine_reason_is_recorded(filtered):
-    rows = [r for r in decisions(filtered[0]).values() if r["decision"] == "quarantined"]
-    assert {r["reason"] for r in rows} == EXPECTED_REASONS
-    assert all(r["reason_detail"] and r["score"] is None for r in rows)
-
-
-def test_manifest_report_and_regeneration(filtered, tiny_judge, capsys):
-    out, manifest = filtered
-    on_disk = json.loads((out / "manifest.json").read_text())
-    assert on_disk["counts"] == manifest["counts"]
-    assert on_disk["prompt_hash"] and on_disk["versions"]["ray"]
-    assert on_disk["config"]["filter"]["threshold"] == THRESHOLD
-    for name in ("report.json", "report.md", "score_histogram.png"):
-        assert (out / name).stat().st_size > 0
-    report = json.loads((out / "report.json").read_text())
-    assert report["counts"] == manifest["counts"]
-    assert set(report["per_category"]) >= {"math", "geography", "bad"}
-    assert report["judged"] == {**manifest["judge"], "input": manifest["config"]["input"]["uri"]}
-    (out / "report.md").unlink()
-    assert main(["report", str(out)]) == 0
-    md = (out / "report.md").read_text()
-    assert md.startswith("# AlpaGasus filter report")
-    # The report alone says what judged which input (regenerated from the manifest here).
-    assert f"Judge `{tiny_judge}` (hf engine, logprobs mode, accuracy, prefix layout)" in md
-    assert f"on `{manifest['config']['input']['uri']}`." in md
-
-
-def test_manifest_says_each_stage_s_rows_and_speed(filtered, source):
-    """Where the time went, per Ray Data operator in pipeline order."""
-    stages = filtered[1]["stages"]
-    names = [s["stage"] for s in stages]
-    parts = ("Read", "ValidateStage", "PromptStage", "ScoreStage", "DecideStage", "Write")
-    order = [next(i for i, n in enumerate(names) if part in n) for part in parts]
-    assert order == sorted(order), names
-    # The storage check runs in the write's own task: where each batch is written.
-    assert any("MapBatches(OnSharedDisk)->Write" in n for n in names), names
-    for stage in stages:
-        assert stage["rows"] == len(source[1]) + len(BAD_ROWS), stage  # every row went through
-        rate, wall = stage["rows_per_s"], stage["wall_s"]  # wall rounded to the millisecond
-        assert abs(rate * wall - stage["rows"]) <= rate * 0.0005 + 0.01, stage
-        assert stage["rows_per_task_s"] > 0
-
-
-def test_stage_figures_that_cannot_be_read_cost_no_manifest(caplog):
-    class StatsGone:  # a Dataset whose stats Ray could not give back
-        def get_stats_summary(self):
-            raise RuntimeError("stats actor is gone")
-
-    assert stage_metrics(StatsGone()) == []
-    assert "stats actor is gone" in caplog.text
-
-
-def test_rerun_gives_identical_decisions(filtered, source, tiny_judge, tmp_path):
-    cfg = job_config(
-        str(source[0]), str(tmp_path / "run2"), tiny_judge, filter__threshold=THRESHOLD
+def test_job_script_reports_a_config_error(tmp_path):
+    config = tmp_path / "pipeline.json"
+    data = pipeline_data("in.jsonl", "out", "m", tmp_path)
+    data["finetune"]["train"]["global_batch_size"] = 3  # not a multiple of 2 workers x 1
+    config.write_text(json.dumps(data))
+    proc = subprocess.run(
+        [sys.executable, "jobs/pipeline.py", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    run_filter(cfg)
-    first, second = decisions(filtered[0]), decisions(tmp_path / "run2")
-    assert first.keys() == second.keys()
-    # Which rows share a batch varies from run to run (blocks stream in as they are read and
-    # are re-blocked for the replicas), and float32 kernels round by the batch's shape
-    # (padding width, rows): scores agree to float noise, measured up to a few 1e-6 here;
-    # decisions agree exactly.
-    for rid, row in first.items():
-        assert second[rid]["decision"] == row["decision"]
-        if row["score"] is not None:
-            assert second[rid]["score"] == pytest.approx(row["score"], abs=1e-4)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "finetune" in proc.stderr and "multiple" in proc.stderr
 
 
-def test_existing_output_is_not_overwritten_by_default(filtered, source, tiny_judge):
-    cfg = job_config(str(source[0]), str(filtered[0]), tiny_judge, output__overwrite=False)
-    with pytest.raises(PreflightError, match="holds a finished run"):
-        run_filter(cfg)
+@pytest.mark.slow
+def test_filter_then_finetune_on_the_kept_rows(ray_session, tiny_judge, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(20, seed=4) + ["{broken"])
+    config = tmp_path / "pipeline.json"
+    data = pipeline_data(str(src), str(tmp_path / "out"), tiny_judge, tmp_path / "runs")
+    config.write_text(json.dumps(data))  # JSON is YAML
+    assert main(["pipeline", "--config", str(config)]) == 0
+
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    kept = manifest["counts"]["kept"]
+    assert manifest["invariant_ok"] and manifest["rows_read"] == 21 and kept >= 2
+    summary = json.loads((tmp_path / "runs" / "sft" / "summary.json").read_text())
+    # Exactly the kept rows were trained on: the rejected and quarantined ones never reach it.
+    assert summary["rows_read"] == kept == summary["examples"]
+    assert summary["skipped_rows"] == 0 and summary["epochs_done"] == 1
+    assert summary["steps"] == kept // 2
+    assert (tmp_path / "runs" / "sft" / "export" / "config.json").exists()
 
 
-def test_parquet_shards_column_mapping_and_generate_mode(ray_session, tiny_judge, tmp_path):
-    import pyarrow as pa
-
-    rows = synthetic_examples(12, seed=2)
-    shards = tmp_path / "dolly"
-    shards.mkdir()
-    for k in range(2):
-        part = rows[k * 6 : (k + 1) * 6]
-        pq.write_table(
-            pa.table(
-                {
-                    "instruction": [r["instruction"] for r in part],
-                    "context": [r["input"] for r in part],
-                    "response": [r["output"] for r in part],
-                    "category": [r["category"] for r in part],
-                }
-            ),
-            shards / f"part-{k}.parquet",
-        )
-    cfg = job_config(
-        str(shards),
-        str(tmp_path / "out"),
-        tiny_judge,
-        input__columns__input="context",
-        input__columns__output="response",
-        judge__mode="generate",
-        judge__max_new_tokens=4,
-    )
-    manifest = run_filter(cfg)
-    assert manifest["rows_read"] == 12 == sum(manifest["counts"].values())
-    got = decisions(tmp_path / "out")
-    assert {r["input"] for r in got.values()} == {r["input"] for r in rows}
-    assert all(r["judge_text"] is not None for r in got.values())
-    # A random judge writes no readable score: such rows fail, with its text kept.
-    for r in got.values():
-        assert r["decision"] in ("failed", "kept", "rejected")
-        if r["decision"] == "failed":
-            assert r["reason"] == "unparseable_judgement"
-
-
-JOB = "judge: {num_cpus_per_replica: 0.5, batch_size: 16}\n"
-
-
-def test_a_cut_json_array_after_the_first_file_fails_with_its_path(
-    ray_session, capsys, tmp_path, tiny_judge
-):
-    """Preflight samples the first file only: a later broken array fails its read, once,
-    as the file error a corrupt Parquet file is, not as one quarantined row."""
-    write_jsonl(tmp_path / "in" / "a.jsonl", synthetic_examples(8, seed=1))
-    bad, error = write_cut_array(tmp_path / "in" / "b.json")
-    code = main(filter_args(tmp_path, tmp_path / "in", tiny_judge, config=JOB))
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert err.splitlines()[-1] == (
-        f"alpagasus-ray filter: input file ({bad}): cannot read it: {error}"
-    ), err
-
-
-def test_a_cut_json_array_is_skipped_and_a_broken_line_stays_one_row(
-    ray_session, tmp_path, tiny_judge
-):
-    rows = synthetic_examples(8, seed=1)
-    write_jsonl(tmp_path / "in" / "a.jsonl", [*rows, '{"instruction": "broken json line", '])
-    bad, error = write_cut_array(tmp_path / "in" / "b.json")
-    cfg = job_config(
-        str(tmp_path / "in"), str(tmp_path / "out"), tiny_judge, input__on_unreadable_file="skip"
-    )
-    manifest = run_filter(cfg)
-    assert [(r["path"], r["rows"], r["error"]) for r in manifest["skipped_files"]] == [
-        (str(bad), 0, error)
-    ]
-    assert manifest["status"] == "complete"
-    assert manifest["rows_read"] == len(rows) + 1 == sum(manifest["counts"].values())
-    quarantined = [r for r in output_rows(tmp_path / "out") if r["decision"] == "quarantined"]
-    assert [r["reason"] for r in quarantined] == ["malformed_json"]
-
-
-# One JSON shape per block of 4 rows (judge.batch_size, input.rows_per_block): blocks whose
-# own inference would give `meta` int64, string, struct, list, bool or null.
-SHAPES = [None, 7, "seven", {"k": [1, "a"]}, [1, 2.5], True, 2.5]
-
-
-def test_json_extras_of_any_shape_come_through_as_json_text(ray_session, tmp_path, tiny_judge):
-    rows = synthetic_examples(4 * len(SHAPES), seed=5)
-    for i, r in enumerate(rows):
-        r["row_no"], r["meta"] = i, SHAPES[i // 4]
-    src = write_jsonl(tmp_path / "in.jsonl", rows)
-    out = tmp_path / "out"
-    cfg = job_config(str(src), str(out), tiny_judge, judge__batch_size=4, input__rows_per_block=4)
-    manifest = run_filter(cfg)
-    assert manifest["status"] == "complete" and manifest["rows_read"] == len(rows)
-    got = output_rows(out)
-    assert sorted(json.loads(r["row_no"]) for r in got) == list(range(len(rows)))
-    for r in got:
-        meta = None if r["meta"] is None else json.loads(r["meta"])
-        assert meta == rows[json.loads(r["row_no"])]["meta"]
-    report = json.loads((out / "report.json").read_text())
-    assert set(report["per_category"]) == {r["category"] for r in rows}  # plain, not '"math"'
-
-
-def test_parquet_extras_whose_types_differ_across_files_come_through(
-    ray_session, tmp_path, tiny_judge
-):
-    """File a has `meta` int64, file b string: carried as JSON text (found from the footers
-    before judging); `row_no`, the same type in both, keeps its Parquet type."""
-    import pyarrow as pa
-
-    rows = synthetic_examples(16, seed=6)
-    metas = [*range(8), *(f"m{i}" for i in range(8))]
-    (tmp_path / "in").mkdir()
-    for k, name in enumerate("ab"):
-        part = range(8 * k, 8 * k + 8)
-        table = {c: [rows[i][c] for i in part] for c in ("instruction", "input", "output")}
-        table |= {"row_no": list(part), "meta": [metas[i] for i in part]}
-        pq.write_table(pa.table(table), tmp_path / "in" / f"{name}.parquet")
-    out = tmp_path / "out"
-    manifest = run_filter(job_config(str(tmp_path / "in"), str(out), tiny_judge))
-    assert manifest["status"] == "complete" and manifest["rows_read"] == 16
-    got = output_rows(out)
-    assert sorted(r["row_no"] for r in got) == list(range(16))
-    assert all(json.loads(r["meta"]) == metas[r["row_no"]] for r in got)
+@pytest.mark.slow
+def test_too_few_kept_rows_stop_before_training(ray_session, tiny_judge, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(6, seed=5))
+    # An expected score of 5.0 needs all probability on "5": a random judge keeps nothing.
+    data = pipeline_data(str(src), str(tmp_path / "out"), tiny_judge, tmp_path / "runs", 5.0)
+    with pytest.raises(ValueError, match="kept 0 of 6 rows"):
+        run_pipeline(build_config(PipelineConfig, data))
+    assert (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "runs").exists()

@@ -15,7 +15,8 @@ from conftest import cli_refusal, filter_args, write_cut_array, write_jsonl
 from fsspec.implementations.local import LocalFileSystem
 from s3_server import start_s3_with_auth
 
-from alpagasus_ray.config import JobConfig, build_config
+from alpagasus_ray.core.config import build_config
+from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.preflight import conflicting_columns, preflight
 
 ROWS = [
@@ -51,7 +52,7 @@ def test_a_typo_in_the_mapping_on_json_lines(capsys, tmp_path, tiny_judge):
 def test_a_default_column_the_data_lacks_is_allowed(tmp_path, tiny_judge):
     src = write_jsonl(tmp_path / "rows.jsonl", [ROWS[1]])  # no `input` anywhere
     data = {"input": {"uri": str(src)}, "output": {"uri": str(tmp_path / "o")}}
-    preflight(build_config(JobConfig, {**data, "judge": {"model": str(tiny_judge)}}))
+    preflight(build_config(FilterJobConfig, {**data, "judge": {"model": str(tiny_judge)}}))
 
 
 def test_a_json_array_is_sampled_without_reading_it_all(capsys, tmp_path, tiny_judge):
@@ -109,7 +110,7 @@ def test_a_judge_folder_without_a_tokenizer(capsys, tmp_path):
 def test_a_judge_tokenizer_without_score_digit_tokens(capsys, tmp_path):
     """Logprobs mode reads the score from single digit tokens: a tokenizer without them is
     refused at start, not after the first batch reached a replica."""
-    from alpagasus_ray.tiny import save_digitless_tokenizer
+    from helpers import save_digitless_tokenizer
 
     folder = save_digitless_tokenizer(tmp_path / "no-digits")
     src = write_jsonl(tmp_path / "rows.jsonl", ROWS)
@@ -120,11 +121,12 @@ def test_a_judge_tokenizer_without_score_digit_tokens(capsys, tmp_path):
 
 DRIVER_PROBE = """
 import json, sys
-from alpagasus_ray.config import JobConfig, build_config
+from alpagasus_ray.core.config import build_config
+from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.preflight import preflight
 from alpagasus_ray.filter.stages.vllm_score import judge_score_tokens
 
-cfg = build_config(JobConfig, json.loads(sys.argv[1]))
+cfg = build_config(FilterJobConfig, json.loads(sys.argv[1]))
 preflight(cfg)
 tokens = judge_score_tokens(cfg.judge)
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "transformers", "vllm"})
@@ -138,7 +140,7 @@ def test_the_driver_never_imports_torch(tmp_path, tiny_judge):
     import json
 
     from alpagasus_ray.engines.judgement import score_token_ids
-    from alpagasus_ray.models import load_tokenizer
+    from alpagasus_ray.text.models import load_tokenizer
 
     src = write_jsonl(tmp_path / "rows.jsonl", ROWS)
     data = {"input": {"uri": str(src)}, "output": {"uri": str(tmp_path / "out")},
@@ -282,7 +284,7 @@ def test_an_output_beside_a_glob_input_is_allowed(tmp_path, tiny_judge):
     data = {"input": {"uri": f"{src.parent}/*.jsonl"},
             "output": {"uri": str(src.parent / "filtered"), "overwrite": True},
             "judge": {"model": str(tiny_judge)}}  # fmt: skip
-    preflight(build_config(JobConfig, data))
+    preflight(build_config(FilterJobConfig, data))
 
 
 def test_overwrite_refuses_a_folder_it_did_not_write(capsys, tmp_path, tiny_judge):

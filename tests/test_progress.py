@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import job_config, write_jsonl
 
-from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.filter.progress import (
     ProgressCounter,
     ProgressLine,
@@ -16,7 +17,6 @@ from alpagasus_ray.filter.progress import (
     estimate_total,
     progress_text,
 )
-from alpagasus_ray.tiny import synthetic_examples
 
 
 def test_the_line_says_rows_total_rate_eta_and_kept():
@@ -95,7 +95,7 @@ def test_the_read_tasks_say_how_far_into_each_file_they_are(ray_session, tmp_pat
     import pyarrow.fs as pafs
     import ray
 
-    from alpagasus_ray.sources import JsonRecordsDatasource
+    from alpagasus_ray.data.sources import JsonRecordsDatasource
 
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(5000, seed=4))
     path, size = str(src), src.stat().st_size

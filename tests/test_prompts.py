@@ -4,8 +4,9 @@ import re
 
 import pytest
 
-from alpagasus_ray.models import load_tokenizer
-from alpagasus_ray.prompts import (
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.text.models import load_tokenizer
+from alpagasus_ray.text.prompts import (
     FENCE_NOTE,
     RATING_PROMPTS,
     SYSTEM_PROMPT,
@@ -17,7 +18,6 @@ from alpagasus_ray.prompts import (
     render,
     shared_prefix_len,
 )
-from alpagasus_ray.tiny import synthetic_examples
 
 PAPER_ACCURACY = (
     "Please rate according to the accuracy of the response to the instruction and the input. "

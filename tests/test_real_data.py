@@ -6,7 +6,7 @@ import pyarrow.dataset as pads
 import pytest
 from conftest import job_config
 
-from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.filter.job import run_filter
 
 pytestmark = pytest.mark.slow  # end to end; deselect with -m 'not slow'
 

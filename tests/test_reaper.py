@@ -1,4 +1,4 @@
-"""The watcher that ends what a killed command leaves running (`alpagasus_ray/reaper.py`):
+"""The watcher that ends what a killed command leaves running (`alpagasus_ray/core/reaper.py`):
 only the processes that were under the command, and only once the command has ended."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from alpagasus_ray.reaper import watch
+from alpagasus_ray.core.reaper import watch
 
 SESSION = "/tmp/ray-test/session_2026-12-02_01-30-39_818190_1198"
 # A stand-in for a command that starts a local Ray: it starts a child that starts a
@@ -55,7 +55,7 @@ def test_a_killed_command_leaves_nothing_it_started_and_nothing_else_is_touched(
         child, grandchild = map(int, command.stdout.readline().split())
         late = sleeper(f"{SESSION}/worker")  # started by the instance between two listings
         watcher = subprocess.Popen(
-            [sys.executable, "-c", f"from alpagasus_ray.reaper import watch; "
+            [sys.executable, "-c", f"from alpagasus_ray.core.reaper import watch; "
              f"print(watch({command.pid}, 0, scan_s=0.1, grace_s=0.5))"],
             stdin=read, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip

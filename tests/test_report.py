@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alpagasus_ray.config import ReportConfig
+from alpagasus_ray.data.schema import OUTPUT_SCHEMA
+from alpagasus_ray.filter.config import ReportConfig
 from alpagasus_ray.filter.report import REPORT_JSON, REPORT_MD, compute_report, write_report
-from alpagasus_ray.schema import OUTPUT_SCHEMA
 
 
 def test_counts_per_decision_reason_category_and_flag():

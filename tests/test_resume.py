@@ -20,10 +20,10 @@ import pytest
 import yaml
 from conftest import assert_same_rows, job_config, write_jsonl
 
-from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.data.io import MANIFEST
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.filter.preflight import PreflightError
-from alpagasus_ray.io import MANIFEST
-from alpagasus_ray.tiny import synthetic_examples
 
 ROWS = 480
 SETTINGS = {"judge__batch_size": 8, "input__rows_per_block": 8, "output__overwrite": False}
@@ -162,7 +162,7 @@ def test_files_a_killed_attempt_writes_late_are_not_counted_twice(
 ):
     """A killed driver's write tasks can finish a moment after the rerun took stock (seen in
     the SIGKILL test above): their rows are judged again, and their file must go."""
-    import alpagasus_ray.filter.pipeline as pipeline
+    import alpagasus_ray.filter.job as pipeline
 
     out, _ = doctored_copy(clean, tmp_path)
     late = sorted((out / "data" / "decision=rejected").glob("*.parquet"))[0]

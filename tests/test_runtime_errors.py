@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from conftest import filter_args, job_config, write_cut_array
 
 from alpagasus_ray.cli import main
-from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.filter.job import run_filter
 
 
 def good_parquet(path: Path, rows: int, row_group_size: int | None = None) -> Path:

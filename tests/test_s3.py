@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import job_config
 
-from alpagasus_ray.filter.pipeline import run_filter
+from alpagasus_ray.data.io import filesystem
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.filter.report import regenerate
-from alpagasus_ray.io import filesystem
-from alpagasus_ray.tiny import synthetic_examples
 
 BUCKET = "alpagasus-test"
 CREDENTIALS = {

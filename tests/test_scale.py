@@ -13,11 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import job_config, write_jsonl
 
-from alpagasus_ray.config import StorageConfig
-from alpagasus_ray.filter.pipeline import run_filter
-from alpagasus_ray.filter.preflight import PreflightError
-from alpagasus_ray.filter.stages import PromptStage, ScoreStage, ValidateStage
-from alpagasus_ray.io import (
+from alpagasus_ray.core.config import StorageConfig
+from alpagasus_ray.data.io import (
     RUN_MARKER,
     OutputTakenError,
     check_claim,
@@ -25,7 +22,10 @@ from alpagasus_ray.io import (
     filesystem,
     read_input,
 )
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.filter.job import run_filter
+from alpagasus_ray.filter.preflight import PreflightError
+from alpagasus_ray.filter.stages import PromptStage, ScoreStage, ValidateStage
 
 ROWS = 600
 
@@ -136,8 +136,8 @@ def test_a_read_task_gathers_at_most_a_bounded_block(ray_session, tmp_path):
     than the bound still arrives whole."""
     import ray.data
 
-    from alpagasus_ray.config import RayConfig
-    from alpagasus_ray.runtime import BLOCK_BYTES, init_ray
+    from alpagasus_ray.core.config import RayConfig
+    from alpagasus_ray.core.runtime import BLOCK_BYTES, init_ray
 
     init_ray(RayConfig())
     rows = synthetic_examples(40, seed=5)

@@ -4,14 +4,14 @@ import math
 
 import pytest
 
-from alpagasus_ray.config import SCORE_LINE_TOKENS, JudgeConfig
+from alpagasus_ray.core.config import SCORE_LINE_TOKENS, JudgeConfig
+from alpagasus_ray.data.schema import Reason
+from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.engines import JudgeOutput, judge_output_to_judgement, score_token_ids
 from alpagasus_ray.engines.hf import HFEngine
 from alpagasus_ray.filter.stages.decide import decide
-from alpagasus_ray.models import load_tokenizer
-from alpagasus_ray.prompts import rating_prompt_ids
-from alpagasus_ray.schema import Reason
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.text.models import load_tokenizer
+from alpagasus_ray.text.prompts import rating_prompt_ids
 
 TOKENS = {10: 0, 11: 1, 12: 2, 13: 3, 14: 4, 15: 5, 24: 4}  # 24: " 4", another spelling of 4
 

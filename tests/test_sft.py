@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from alpagasus_ray.models import load_tokenizer
-from alpagasus_ray.prompts import alpaca_prompt
+from alpagasus_ray.text.models import load_tokenizer
+from alpagasus_ray.text.prompts import alpaca_prompt
 from alpagasus_ray.train.config import grad_accumulation
 from alpagasus_ray.train.data import (
     IGNORE_INDEX,
@@ -122,7 +122,7 @@ def test_lora_checkpoint_keeps_adapters_and_export_merges_them(tiny_judge, tmp_p
     import torch
     from transformers import AutoModelForCausalLM
 
-    from alpagasus_ray.config import build_config
+    from alpagasus_ray.core.config import build_config
     from alpagasus_ray.train.config import TrainConfig
     from alpagasus_ray.train.loop import build_model, export
 

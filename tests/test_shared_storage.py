@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import filter_args, session_cluster_env, write_jsonl
 
-from alpagasus_ray.errors import StorageNotShared
+from alpagasus_ray.core.errors import StorageNotShared
+from alpagasus_ray.data.io import READ_LOG_DIR, RUN_MARKER
+from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.filter.shared_storage import OnSharedDisk, unseen
-from alpagasus_ray.io import READ_LOG_DIR, RUN_MARKER
-from alpagasus_ray.tiny import synthetic_examples
 
 HINT = (
     "on a cluster, a local path must be on a disk every node shares (NFS or another shared "
@@ -30,7 +30,7 @@ HINT = (
 )
 # The driver with the start's check taken away: as if the nodes that write joined after it.
 LATE_NODES = (
-    "import sys; import alpagasus_ray.filter.pipeline as p; "
+    "import sys; import alpagasus_ray.filter.job as p; "
     "p.check_nodes_see = lambda *a: None; from alpagasus_ray.cli import main; "
     "sys.exit(main(sys.argv[1:]))"
 )

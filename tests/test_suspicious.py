@@ -7,11 +7,11 @@ import json
 import pyarrow as pa
 import pytest
 
-from alpagasus_ray.config import ColumnMap
+from alpagasus_ray.core.config import ColumnMap
+from alpagasus_ray.data.schema import RAW_JSON, READ_SOURCE
 from alpagasus_ray.filter.report import compute_report
 from alpagasus_ray.filter.stages import ValidateStage
 from alpagasus_ray.filter.suspicious import addresses_judge
-from alpagasus_ray.schema import RAW_JSON, READ_SOURCE
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import job_config, write_jsonl
 
-from alpagasus_ray.config import ConfigError, build_config
-from alpagasus_ray.filter.pipeline import run_filter
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.core.config import ConfigError, build_config
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.train.config import TrainConfig
 from alpagasus_ray.train.loop import run_train
 
@@ -90,7 +90,7 @@ def test_checkpoint_and_export_load_and_generate(trained):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alpagasus_ray.prompts import alpaca_prompt
+    from alpagasus_ray.text.prompts import alpaca_prompt
 
     _, summary = trained
     assert summary["checkpoint"] and Path(summary["checkpoint"], "model.pt").exists()
@@ -137,7 +137,7 @@ def test_local_paths_are_made_absolute_for_the_workers(tiny_judge, tmp_path, mon
 
 
 def test_example_train_config_validates():
-    from alpagasus_ray.config import load_config
+    from alpagasus_ray.core.config import load_config
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "jobs" / "configs" / "train.yaml", model=TrainConfig)
@@ -157,7 +157,7 @@ def test_cli_train_reports_a_config_error(capsys):
 def test_an_unfinished_filter_output_is_refused(ray_session, tiny_judge, tmp_path, monkeypatch):
     """A filter run killed before its manifest leaves kept and rejected rows behind:
     training on them would be silently wrong, so `train` refuses at once."""
-    from alpagasus_ray.io import UnfinishedFilterOutput
+    from alpagasus_ray.data.io import UnfinishedFilterOutput
     from alpagasus_ray.train.data import kept_input
 
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(12, seed=2))
@@ -177,6 +177,6 @@ def test_an_unfinished_filter_output_is_refused(ray_session, tiny_judge, tmp_pat
     def no_ray(*_: object) -> None:
         raise AssertionError("Ray was started before the refusal")
 
-    monkeypatch.setattr("alpagasus_ray.runtime.init_ray", no_ray)
+    monkeypatch.setattr("alpagasus_ray.core.runtime.init_ray", no_ray)
     with pytest.raises(UnfinishedFilterOutput, match="without manifest.json"):
         run_train(cfg)

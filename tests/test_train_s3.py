@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import s3_client, write_jsonl
 
-from alpagasus_ray.config import build_config
-from alpagasus_ray.io import filesystem
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.core.config import build_config
+from alpagasus_ray.data.io import filesystem
+from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.train.config import TrainConfig
 from alpagasus_ray.train.loop import run_train
 

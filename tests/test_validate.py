@@ -5,11 +5,11 @@ import json
 import pyarrow as pa
 import pytest
 
-from alpagasus_ray.config import ColumnMap
-from alpagasus_ray.errors import UnreadableInputError
+from alpagasus_ray.core.config import ColumnMap
+from alpagasus_ray.core.errors import UnreadableInputError
+from alpagasus_ray.data.schema import OUTPUT_SCHEMA, RAW_JSON, READ_ROW, READ_SOURCE
+from alpagasus_ray.data.sources import JsonRecordsDatasource
 from alpagasus_ray.filter.stages import ValidateStage
-from alpagasus_ray.schema import OUTPUT_SCHEMA, RAW_JSON, READ_ROW, READ_SOURCE
-from alpagasus_ray.sources import JsonRecordsDatasource
 
 
 def json_table(records: list) -> pa.Table:

@@ -8,13 +8,8 @@ import functools
 import pyarrow as pa
 import pytest
 
-from alpagasus_ray.config import (
-    SCORE_LINE_TOKENS,
-    ConfigError,
-    JobConfig,
-    JudgeConfig,
-    build_config,
-)
+from alpagasus_ray.core.config import SCORE_LINE_TOKENS, ConfigError, JudgeConfig, build_config
+from alpagasus_ray.data.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 from alpagasus_ray.engines.vllm import (
     INSTALL_HINT,
     concurrency,
@@ -24,9 +19,9 @@ from alpagasus_ray.engines.vllm import (
     sampling_params,
 )
 from alpagasus_ray.engines.vllm_metrics import PrefixCacheReading, parse_prefix_cache
+from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.metrics import PREFIX_CACHE_NOT_READ, engine_metrics
 from alpagasus_ray.filter.stages.vllm_score import build_judge_processor, judge_score_tokens
-from alpagasus_ray.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 
 
 def judge(model: str = "meta-llama/Llama-3.1-8B-Instruct", **kw) -> JudgeConfig:
@@ -104,7 +99,7 @@ def test_engine_kwargs_may_not_shadow_own_fields(key):
         "judge": {"model": "m", "engine": "vllm", "vllm": {"engine_kwargs": {key: 1}}},
     }
     with pytest.raises(ConfigError, match=f"judge.vllm.engine_kwargs.*{key}"):
-        build_config(JobConfig, data)
+        build_config(FilterJobConfig, data)
 
 
 def test_gpus_per_replica_must_match_parallelism():
@@ -212,8 +207,8 @@ def test_manifest_reports_engine_metrics(ray_session, tiny_judge, tmp_path):
     """The job's manifest carries the engine metrics, computed from what was written."""
     from conftest import job_config, write_jsonl
 
-    from alpagasus_ray.filter.pipeline import run_filter
-    from alpagasus_ray.tiny import synthetic_examples
+    from alpagasus_ray.demo import synthetic_examples
+    from alpagasus_ray.filter.job import run_filter
 
     rows = synthetic_examples(6, seed=5) + [{"instruction": "", "output": "x"}]
     src = write_jsonl(tmp_path / "in.jsonl", rows)

@@ -26,24 +26,8 @@ from vllm.logprobs import append_logprobs_for_next_position  # noqa: E402
 from vllm.outputs import CompletionOutput, RequestOutput  # noqa: E402
 from vllm.sampling_params import SamplingType  # noqa: E402
 
-from alpagasus_ray.config import JudgeConfig  # noqa: E402
-from alpagasus_ray.engines import score_token_ids  # noqa: E402
-from alpagasus_ray.engines.vllm import (  # noqa: E402
-    ENGINE_OUTPUT_COLUMNS,
-    engine_kwargs,
-    sampling_params,
-)
-from alpagasus_ray.filter.pipeline import build_dataset  # noqa: E402
-from alpagasus_ray.filter.stages.decide import DecideStage  # noqa: E402
-from alpagasus_ray.filter.stages.vllm_score import (  # noqa: E402
-    SKIPPED,
-    VLLMRequestStage,
-    VLLMResultStage,
-    build_judge_processor,
-    judge_score_tokens,
-)
-from alpagasus_ray.models import load_tokenizer  # noqa: E402
-from alpagasus_ray.schema import (  # noqa: E402
+from alpagasus_ray.core.config import JudgeConfig  # noqa: E402
+from alpagasus_ray.data.schema import (  # noqa: E402
     DECISION,
     ID,
     NUM_OUTPUT_TOKENS,
@@ -57,7 +41,23 @@ from alpagasus_ray.schema import (  # noqa: E402
     SCORE_PROBS,
     conform,
 )
-from alpagasus_ray.tiny import synthetic_examples  # noqa: E402
+from alpagasus_ray.demo import synthetic_examples  # noqa: E402
+from alpagasus_ray.engines import score_token_ids  # noqa: E402
+from alpagasus_ray.engines.vllm import (  # noqa: E402
+    ENGINE_OUTPUT_COLUMNS,
+    engine_kwargs,
+    sampling_params,
+)
+from alpagasus_ray.filter.job import build_dataset  # noqa: E402
+from alpagasus_ray.filter.stages.decide import DecideStage  # noqa: E402
+from alpagasus_ray.filter.stages.vllm_score import (  # noqa: E402
+    SKIPPED,
+    VLLMRequestStage,
+    VLLMResultStage,
+    build_judge_processor,
+    judge_score_tokens,
+)
+from alpagasus_ray.text.models import load_tokenizer  # noqa: E402
 
 THRESHOLD = 4.0
 OTHER_TOKEN = 7  # not a score digit in the tiny tokenizer (checked below)

@@ -16,11 +16,8 @@ import pyarrow.dataset as pads
 import pytest
 from conftest import job_config, write_jsonl
 
-from alpagasus_ray.config import build_config
-from alpagasus_ray.evaluate.config import EvalConfig
-from alpagasus_ray.evaluate.job import run_evaluate
-from alpagasus_ray.filter.pipeline import run_filter
-from alpagasus_ray.schema import (
+from alpagasus_ray.core.config import build_config
+from alpagasus_ray.data.schema import (
     DECISION,
     DECISIONS,
     DUPLICATE_OF,
@@ -29,7 +26,10 @@ from alpagasus_ray.schema import (
     SCORE,
     SCORE_MASS,
 )
-from alpagasus_ray.tiny import synthetic_examples
+from alpagasus_ray.demo import synthetic_examples
+from alpagasus_ray.evaluate.config import EvalConfig
+from alpagasus_ray.evaluate.job import run_evaluate
+from alpagasus_ray.filter.job import run_filter
 
 pytestmark = pytest.mark.vllm
 
@@ -282,7 +282,7 @@ def test_smollm2_prompts_tokenize_the_head_once_with_identical_ids(smollm2, shar
 
     from test_prompts import EDGE_ROWS, assert_split_equals_whole
 
-    from alpagasus_ray.models import load_tokenizer
+    from alpagasus_ray.text.models import load_tokenizer
 
     real = json.loads((shared_data / "alpaca_random_9k.json").read_text())
     rows = real + synthetic_examples(500, seed=5) + EDGE_ROWS
@@ -292,7 +292,7 @@ def test_smollm2_prompts_tokenize_the_head_once_with_identical_ids(smollm2, shar
 def test_smollm2_word_cache_is_exact_on_adversarial_text(smollm2):
     from test_bpe_cache import assert_exact, tricky_texts
 
-    from alpagasus_ray.models import load_tokenizer
+    from alpagasus_ray.text.models import load_tokenizer
 
     backend = load_tokenizer(str(smollm2)).backend_tokenizer
     texts = tricky_texts(5000, seed=3) + ["<|im_start|>user\nhi<|im_end|>\n"]

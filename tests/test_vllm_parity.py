@@ -17,7 +17,9 @@ from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMOutputData  # n
 from vllm.logprobs import append_logprobs_for_next_position  # noqa: E402
 from vllm.outputs import CompletionOutput, RequestOutput  # noqa: E402
 
-from alpagasus_ray.config import ColumnMap, JudgeConfig  # noqa: E402
+from alpagasus_ray.core.config import ColumnMap, JudgeConfig  # noqa: E402
+from alpagasus_ray.data.schema import DECISION, ID, PROMPT_TOKEN_IDS, REASON, SCORE  # noqa: E402
+from alpagasus_ray.demo import synthetic_examples  # noqa: E402
 from alpagasus_ray.engines import JudgeEngine, JudgeOutput  # noqa: E402
 from alpagasus_ray.engines.hf import HFEngine  # noqa: E402
 from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage  # noqa: E402
@@ -27,8 +29,6 @@ from alpagasus_ray.filter.stages.vllm_score import (  # noqa: E402
     build_judge_processor,
     judge_score_tokens,
 )
-from alpagasus_ray.schema import DECISION, ID, PROMPT_TOKEN_IDS, REASON, SCORE  # noqa: E402
-from alpagasus_ray.tiny import synthetic_examples  # noqa: E402
 
 
 class ReplayEngine(JudgeEngine):

@@ -24,10 +24,10 @@ from alpagasus_ray.calibrate.metrics import (
     roc_auc,
     spearman,
 )
-from alpagasus_ray.config import StorageConfig
-from alpagasus_ray.errors import CalibrationRefused
-from alpagasus_ray.io import filesystem, join, read_output_table, write_atomic, write_json
-from alpagasus_ray.schema import SCORE, SOURCE, SOURCE_ROW
+from alpagasus_ray.core.config import StorageConfig
+from alpagasus_ray.core.errors import CalibrationRefused
+from alpagasus_ray.data.io import filesystem, join, read_output_table, write_atomic, write_json
+from alpagasus_ray.data.schema import SCORE, SOURCE, SOURCE_ROW
 
 POSITION = "position"  # match on the row's place in its input file
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig
 from alpagasus_ray.engines.base import JudgeEngine, JudgeOutput
 from alpagasus_ray.engines.judgement import (
     Judgement,

@@ -29,11 +29,11 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.core.errors import JudgeAPIStopped
 from alpagasus_ray.engines.api_budget import JobAPI
 from alpagasus_ray.engines.base import JudgeEngine, JudgeOutput
 from alpagasus_ray.engines.judgement import SCORE_DIGITS
-from alpagasus_ray.errors import JudgeAPIStopped
 
 DIGIT_TOKENS = {d: d for d in SCORE_DIGITS}  # the "token ids" of this engine: the digits
 CHARS_PER_TOKEN = 4  # a prompt's tokens, estimated when no tokenizer is configured

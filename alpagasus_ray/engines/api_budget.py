@@ -30,8 +30,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from alpagasus_ray.config import APIConfig, JudgeConfig
-from alpagasus_ray.errors import JudgeAPIStopped
+from alpagasus_ray.core.config import APIConfig, JudgeConfig
+from alpagasus_ray.core.errors import JudgeAPIStopped
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class SpendFile:
     _written: float = field(default=-math.inf, repr=False)
 
     def load(self) -> dict[str, Any] | None:
-        from alpagasus_ray.io import read_json
+        from alpagasus_ray.data.io import read_json
 
         return read_json(self.fs, self.path) if self.fs.exists(self.path) else None
 
@@ -95,7 +95,7 @@ class SpendFile:
         now = time.monotonic()
         if not force and now - self._written < self.every_s:
             return
-        from alpagasus_ray.io import write_atomic
+        from alpagasus_ray.data.io import write_atomic
 
         write_atomic(self.fs, self.path, json.dumps(state, default=str).encode())
         self._written = now
@@ -190,13 +190,13 @@ def job_api(judge: JudgeConfig, fs: Any = None, root: str | None = None) -> JobA
     import ray
     from fsspec.implementations.local import LocalFileSystem
 
-    from alpagasus_ray.io import join
+    from alpagasus_ray.data.io import join
 
     spend = None
     if fs is not None and root is not None:
         every = 0.0 if isinstance(fs, LocalFileSystem) else REMOTE_FLUSH_S
         spend = SpendFile(fs, join(root, SPEND_FILE), every)
-    from alpagasus_ray.runtime import beside_driver
+    from alpagasus_ray.core.runtime import beside_driver
 
     actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(BudgetActor)
     actor = actor.options(**beside_driver())

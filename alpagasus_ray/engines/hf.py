@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig
 from alpagasus_ray.engines.base import JudgeEngine, JudgeOutput
 from alpagasus_ray.engines.judgement import score_token_ids
-from alpagasus_ray.models import load_causal_lm, load_tokenizer
+from alpagasus_ray.text.models import load_causal_lm, load_tokenizer
 
 
 class HFEngine(JudgeEngine):

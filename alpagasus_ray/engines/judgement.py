@@ -6,9 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from alpagasus_ray.engines.base import JudgeOutput
-from alpagasus_ray.engines.parse import parse_score
-from alpagasus_ray.schema import (
+from alpagasus_ray.data.schema import (
     DECISION,
     JUDGE_TEXT,
     NUM_OUTPUT_TOKENS,
@@ -20,6 +18,8 @@ from alpagasus_ray.schema import (
     Decision,
     Reason,
 )
+from alpagasus_ray.engines.base import JudgeOutput
+from alpagasus_ray.engines.parse import parse_score
 
 SCORE_DIGITS = tuple(range(6))
 

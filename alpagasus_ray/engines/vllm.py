@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judgement_fields
 

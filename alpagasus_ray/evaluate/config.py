@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from alpagasus_ray.config import (
+from alpagasus_ray.core.config import (
     APIConfig,
     JudgeConfig,
     OutputConfig,
@@ -20,7 +20,7 @@ from alpagasus_ray.config import (
     StrictModel,
     VLLMConfig,
 )
-from alpagasus_ray.io import join
+from alpagasus_ray.data.io import join
 
 
 class ModelSpec(StrictModel):

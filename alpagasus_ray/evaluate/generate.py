@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig
 from alpagasus_ray.evaluate.columns import (
     GEN_ERROR,
     GEN_REQUEST,
@@ -20,8 +20,8 @@ from alpagasus_ray.evaluate.columns import (
     PROMPT_TOKENS,
 )
 from alpagasus_ray.evaluate.pairwise import pair_messages
-from alpagasus_ray.models import load_tokenizer, model_max_len
-from alpagasus_ray.prompts import alpaca_prompt, encode_prompts, render
+from alpagasus_ray.text.models import load_tokenizer, model_max_len
+from alpagasus_ray.text.prompts import alpaca_prompt, encode_prompts, render
 
 
 @lru_cache(maxsize=8)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig
 from alpagasus_ray.engines.vllm import (
     ENGINE_COLUMNS,
     ERROR_COLUMN,

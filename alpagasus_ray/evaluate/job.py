@@ -18,13 +18,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from alpagasus_ray.config import JudgeConfig
-from alpagasus_ray.evaluate.answers import FinishAnswers, PairRequests
-from alpagasus_ray.evaluate.config import EvalConfig
-from alpagasus_ray.evaluate.generate import generate
-from alpagasus_ray.evaluate.outcomes import combine_judgments, finish_judgments
-from alpagasus_ray.evaluate.questions import read_questions
-from alpagasus_ray.io import (
+from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.data.io import (
     claim_output,
     filesystem,
     join,
@@ -32,6 +27,11 @@ from alpagasus_ray.io import (
     prepare_output,
     write_json,
 )
+from alpagasus_ray.evaluate.answers import FinishAnswers, PairRequests
+from alpagasus_ray.evaluate.config import EvalConfig
+from alpagasus_ray.evaluate.generate import generate
+from alpagasus_ray.evaluate.outcomes import combine_judgments, finish_judgments
+from alpagasus_ray.evaluate.questions import read_questions
 
 ANSWERS, JUDGMENTS, OUTCOMES_FILE = "answers", "judgments", "outcomes.parquet"
 
@@ -61,8 +61,8 @@ def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Answers, judgements, outcomes and report; returns the manifest (written last)."""
     import ray.data
 
+    from alpagasus_ray.core.runtime import init_ray, package_versions
     from alpagasus_ray.evaluate.report import write_eval_report
-    from alpagasus_ray.runtime import init_ray, package_versions
 
     check_apis(cfg)
     init_ray(cfg.ray)

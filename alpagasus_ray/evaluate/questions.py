@@ -8,10 +8,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from alpagasus_ray.config import InputConfig
+from alpagasus_ray.core.config import InputConfig
+from alpagasus_ray.data.io import read_input
+from alpagasus_ray.data.schema import RAW_JSON
 from alpagasus_ray.evaluate.config import EvalConfig, TestSetConfig
-from alpagasus_ray.io import read_input
-from alpagasus_ray.schema import RAW_JSON
 
 QUESTION_COLUMNS = ("test_set", "question_id", "instruction", "input", "question", "problem")
 

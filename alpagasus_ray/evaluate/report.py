@@ -11,8 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from alpagasus_ray.data.io import join, write_bytes, write_json
 from alpagasus_ray.evaluate.pairwise import OUTCOMES, count_outcomes, winning_score
-from alpagasus_ray.io import join, write_bytes, write_json
 
 REPORT_JSON, REPORT_MD, BIAS_PNG = "report.json", "report.md", "position_bias.png"
 COLORS = {"win": "#55a868", "tie": "#dd8452", "lose": "#c44e52", "unparseable": "#8c8c8c"}

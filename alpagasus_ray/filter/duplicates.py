@@ -1,13 +1,14 @@
 """Exact duplicates are judged once: a copy takes the judgement of the row first seen with
 the same content, and points at it (`duplicate_of`).
 
-While rows stream, `DedupStage` asks one small actor (`SeenContent`) per batch which of its
-rows' content hashes were seen before: the first row with a content is judged; a copy is set
-aside in a `decision=duplicate` partition with the position of the row judged in its place
-(`<source file>:<row>`: ids cannot point, since a content id is the same for every copy),
-and no later stage touches it. Once every row is written, `settle_duplicates` gives each copy its
-original's decision, score and reasons and moves it to that decision's partition, so the
-output holds every row once, and rows read = kept + rejected + quarantined + failed.
+While rows stream, `DedupStage` (`stages/dedup.py`) asks one small actor (`SeenContent`) per
+batch which of its rows' content hashes were seen before: the first row with a content is
+judged; a copy is set aside in a `decision=duplicate` partition with the position of the row
+judged in its place (`<source file>:<row>`: ids cannot point, since a content id is the same
+for every copy), and no later stage touches it. Once every row is written,
+`settle_duplicates` gives each copy its original's decision, score and reasons and moves it
+to that decision's partition, so the output holds every row once, and rows read = kept +
+rejected + quarantined + failed.
 
 Memory: the actor keeps a 16-byte digest and the position of each distinct content, about
 200 bytes a row in Python (200 MB at a million distinct rows); the settling reads the copies
@@ -16,28 +17,24 @@ and a few columns of the rows at their originals' positions, never the whole out
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
-from alpagasus_ray.schema import (
+from alpagasus_ray.data.schema import (
     CONTENT_HASH,
     DECISION,
     DUPLICATE_OF,
-    INPUT,
-    INSTRUCTION,
-    OUTPUT,
     SOURCE,
     SOURCE_ROW,
     Decision,
 )
+from alpagasus_ray.filter.stages.common import column_or_nulls, with_columns
+from alpagasus_ray.filter.stages.dedup import DUPLICATE, position
 
 SETTLED_SUFFIX = "_duplicates.parquet"  # the file of the copies an attempt settled
-DUPLICATE = "duplicate"  # a copy's decision until it is settled at the end of the run
 # What a copy takes from the row judged in its place.
 JUDGED_COLUMNS = (
     "decision",
@@ -48,16 +45,6 @@ JUDGED_COLUMNS = (
     "reason",
     "reason_detail",
 )
-
-
-def content_hash(instruction: str | None, input: str | None, output: str | None) -> str:
-    """Equal for rows a judge cannot tell apart: the same three texts ("" = no input)."""
-    blob = "\x1e".join(x or "" for x in (instruction, input, output))
-    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
-
-
-def position(source: str, row: int) -> str:
-    return f"{source}:{row}"
 
 
 class SeenContent:
@@ -74,33 +61,6 @@ class SeenContent:
             first = self.first.setdefault(bytes.fromhex(h), pos)
             out.append(None if first == pos else first)
         return out
-
-
-class DedupStage:
-    """Marks the copies of a batch (decision `duplicate`, `duplicate_of`) and gives every
-    row still to judge its `content_hash`; rows already decided (quarantined) are left as
-    they are."""
-
-    def __init__(self, seen: Any):
-        self.seen = seen
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        import ray
-
-        todo = pending_rows(table)
-        texts = {c: table.column(c).to_pylist() for c in (INSTRUCTION, INPUT, OUTPUT)}
-        hashes: list[str | None] = [None] * table.num_rows  # only rows that can be judged
-        for i in todo:
-            hashes[i] = content_hash(*(texts[c][i] for c in texts))
-        sources, rows = table.column(SOURCE).to_pylist(), table.column(SOURCE_ROW).to_pylist()
-        here = [position(sources[i], rows[i]) for i in todo]
-        firsts = ray.get(self.seen.claim.remote([hashes[i] for i in todo], here)) if todo else []
-        decision = column_or_nulls(table, DECISION)
-        dup_of: list[str | None] = [None] * table.num_rows
-        for i, first in zip(todo, firsts, strict=True):
-            if first is not None:
-                decision[i], dup_of[i] = DUPLICATE, first
-        return with_columns(table, {CONTENT_HASH: hashes, DUPLICATE_OF: dup_of, DECISION: decision})
 
 
 def seen_in_output(table: pa.Table | None) -> dict[str, str]:
@@ -133,7 +93,7 @@ def settle_duplicates(
 def _settle(fs: Any, root: str, attempt: str, live: list[str]) -> dict[str, int]:
     """Copies are never committed (a manifest lists no `duplicate` file), so their folder
     goes as soon as they are settled."""
-    from alpagasus_ray.io import DATA_DIR, join, output_dataset
+    from alpagasus_ray.data.io import DATA_DIR, join, output_dataset
 
     folder = join(root, DATA_DIR, f"{DECISION}={DUPLICATE}")
     if not fs.exists(folder):

@@ -17,9 +17,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alpagasus_ray.config import JobConfig
-from alpagasus_ray.filter.duplicates import DUPLICATE, DedupStage, SeenContent
-from alpagasus_ray.schema import DECISION, NUM_PROMPT_TOKENS, PROMPT_REQUEST
+from alpagasus_ray.data.schema import DECISION, NUM_PROMPT_TOKENS, PROMPT_REQUEST
+from alpagasus_ray.filter.config import FilterJobConfig
+from alpagasus_ray.filter.duplicates import SeenContent
+from alpagasus_ray.filter.stages.dedup import DUPLICATE, DedupStage
 
 
 def count_batch(table: pa.Table) -> pa.Table:
@@ -47,14 +48,14 @@ def count_batch(table: pa.Table) -> pa.Table:
     return pa.table({k: [v] for k, v in counts.items()})
 
 
-def estimate(cfg: JobConfig) -> dict[str, Any]:
+def estimate(cfg: FilterJobConfig) -> dict[str, Any]:
     import ray
 
+    from alpagasus_ray.core.runtime import init_ray
+    from alpagasus_ray.data.io import read_input
     from alpagasus_ray.filter.judge import prompted
     from alpagasus_ray.filter.preflight import preflight
     from alpagasus_ray.filter.stages import ValidateStage
-    from alpagasus_ray.io import read_input
-    from alpagasus_ray.runtime import init_ray
 
     listing = preflight(cfg, dry_run=True)
     init_ray(cfg.ray)
@@ -89,7 +90,7 @@ def estimate(cfg: JobConfig) -> dict[str, Any]:
     }
 
 
-def render(e: dict[str, Any], cfg: JobConfig) -> str:
+def render(e: dict[str, Any], cfg: FilterJobConfig) -> str:
     """The dry run's few lines for the console."""
     judge = cfg.judge
     how = (

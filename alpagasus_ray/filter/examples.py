@@ -15,8 +15,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alpagasus_ray.io import output_dataset
-from alpagasus_ray.schema import (
+from alpagasus_ray.data.io import output_dataset
+from alpagasus_ray.data.schema import (
     DECISION,
     DUPLICATE_OF,
     ID,

@@ -22,11 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from alpagasus_ray.config import StorageConfig
-from alpagasus_ray.filter.manifest import committed, listed_files
-from alpagasus_ray.filter.redecide import keep_threshold
-from alpagasus_ray.io import PARQUET_EXT, filesystem, is_local, output_dataset
-from alpagasus_ray.schema import (
+from alpagasus_ray.core.config import StorageConfig
+from alpagasus_ray.data.io import PARQUET_EXT, filesystem, is_local, output_dataset
+from alpagasus_ray.data.schema import (
     DECISIONS,
     INPUT,
     INSTRUCTION,
@@ -37,6 +35,8 @@ from alpagasus_ray.schema import (
     TRIPLE,
     Decision,
 )
+from alpagasus_ray.filter.manifest import committed, listed_files
+from alpagasus_ray.filter.redecide import keep_threshold
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
 SELECTIONS = (*DECISIONS, "all")

@@ -8,7 +8,7 @@ response) rows in, the same rows out with the judge's columns, decided against a
     judged = judge_dataset(ds, JudgeConfig(model="Qwen/Qwen2.5-7B-Instruct"), threshold=4.5)
     judged.filter(lambda row: row["decision"] == "kept").write_parquet("s3://bucket/kept/")
 
-The filter job (`filter/pipeline.py`) runs exactly these stages after its reader; what it adds
+The filter job (`filter/job.py`) runs exactly these stages after its reader; what it adds
 around them is what makes an output a committed, resumable record: the read log, resume,
 exact-duplicate settling, the manifest and the report. A row that cannot be judged is
 not dropped here either: it comes out `quarantined` (a missing, null, non-string or empty
@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from alpagasus_ray.config import ColumnMap, JudgeConfig, RayConfig
-from alpagasus_ray.filter.duplicates import DedupStage
+from alpagasus_ray.core.config import ColumnMap, JudgeConfig, RayConfig
 from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
+from alpagasus_ray.filter.stages.dedup import DedupStage
 
 
 def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
@@ -84,7 +84,7 @@ def judge_dataset(
     of every decided batch, `served_name` names the vLLM replicas for their metrics, and
     `json_columns` are carried as JSON text (their types differ across the input's files).
     """
-    if not 0.0 <= threshold <= 5.0:  # FilterConfig's bound: scores run from 0 to 5
+    if not 0.0 <= threshold <= 5.0:  # ThresholdConfig's bound: scores run from 0 to 5
         raise ValueError(f"threshold must be between 0 and 5, not {threshold!r}")
     ray = ray or RayConfig()
     if judge.engine == "openai" and api is None:

@@ -17,7 +17,7 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
-from alpagasus_ray.io import (
+from alpagasus_ray.data.io import (
     DATA_DIR,
     MANIFEST,
     UnfinishedFilterOutput,
@@ -25,7 +25,7 @@ from alpagasus_ray.io import (
     read_json,
     write_atomic,
 )
-from alpagasus_ray.schema import DECISION
+from alpagasus_ray.data.schema import DECISION
 
 FORMAT_VERSION = 2  # 2: the manifest lists its data files; 1 (unversioned) did not
 

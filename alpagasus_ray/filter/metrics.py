@@ -14,9 +14,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.data.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 from alpagasus_ray.engines.vllm_metrics import PrefixCacheReading
-from alpagasus_ray.schema import NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ import os
 import re
 from typing import Any
 
-from alpagasus_ray.config import ColumnMap, JobConfig, JudgeConfig
-from alpagasus_ray.errors import first_line
-from alpagasus_ray.io import is_local, list_input_files
+from alpagasus_ray.core.config import ColumnMap, JudgeConfig
+from alpagasus_ray.core.errors import first_line
+from alpagasus_ray.data.io import is_local, list_input_files
+from alpagasus_ray.filter.config import FilterJobConfig
 
 JSON_SAMPLE_BYTES = 1 << 20  # read at most this much of the first JSON file
 JSON_SAMPLE_RECORDS = 100
@@ -33,7 +34,7 @@ class PreflightError(ValueError):
         super().__init__(f"{what} ({where}): {cause}")
 
 
-def preflight(cfg: JobConfig, dry_run: bool = False) -> tuple[Any, list[str], str]:
+def preflight(cfg: FilterJobConfig, dry_run: bool = False) -> tuple[Any, list[str], str]:
     """Raise `PreflightError` for the first problem found; when the job can start, return
     the input's listing (filesystem, files, format), which the job then reads. A dry run
     (`estimate.py`) neither asks an API judge's server nor looks at the output."""
@@ -56,7 +57,7 @@ def preflight(cfg: JobConfig, dry_run: bool = False) -> tuple[Any, list[str], st
 def _check_reusable(fs: Any, root: str, uri: str) -> None:
     """A non-empty output without `overwrite` is refused, unless a filter run wrote it
     (`run.json`): `filter/resume.py` then resumes it or re-decides it, or says why not."""
-    from alpagasus_ray.io import RUN_MARKER, join
+    from alpagasus_ray.data.io import RUN_MARKER, join
 
     if not fs.exists(join(root, RUN_MARKER)):
         cause = f"{uri} is not empty; set output.overwrite=true to replace it"
@@ -76,11 +77,11 @@ def storage_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def check_output(cfg: JobConfig) -> None:
+def check_output(cfg: FilterJobConfig) -> None:
     """The output can be written (S3: the bucket answers to these credentials; local: the
     nearest existing folder is a writable folder), and is empty unless an unfinished run to
     resume, or `output.overwrite` over an output this tool wrote (its marker)."""
-    from alpagasus_ray.io import (
+    from alpagasus_ray.data.io import (
         filesystem,
         foreign_output_cause,
         is_marked_output,
@@ -110,12 +111,12 @@ def check_output(cfg: JobConfig) -> None:
         raise PreflightError("output", "output.uri", f"cannot create {uri}: {parent} is {what}")
 
 
-def check_output_apart(cfg: JobConfig, in_fs: Any, files: list[str]) -> None:
+def check_output_apart(cfg: FilterJobConfig, in_fs: Any, files: list[str]) -> None:
     """The output neither is nor holds the input (`files` too), nor lies in an input folder
     or where an input glob reaches: `overwrite` would delete the input before it is read, a
     rerun would read the output as input. Compared as resolved absolute paths on disk, as
     bucket/key prefixes on S3."""
-    from alpagasus_ray.io import filesystem
+    from alpagasus_ray.data.io import filesystem
 
     out_fs, root = filesystem(cfg.output.uri, cfg.storage)
     _, path = filesystem(cfg.input.uri, cfg.storage)
@@ -139,7 +140,7 @@ def check_output_apart(cfg: JobConfig, in_fs: Any, files: list[str]) -> None:
         _apart_error(cfg, f"lies inside the input folder {uri}")
 
 
-def _apart_error(cfg: JobConfig, what: str) -> None:
+def _apart_error(cfg: FilterJobConfig, what: str) -> None:
     cause = f"{cfg.output.uri} {what}; choose an output.uri outside the input"
     raise PreflightError("output", "output.uri", cause)
 
@@ -171,7 +172,7 @@ def _glob_reaches(pattern: str, out: str) -> bool:
     """Whether the input glob would match files a run writes into `out`."""
     from fsspec.utils import glob_translate
 
-    from alpagasus_ray.io import DATA_DIR, MANIFEST, READ_LOG_DIR, RUN_MARKER
+    from alpagasus_ray.data.io import DATA_DIR, MANIFEST, READ_LOG_DIR, RUN_MARKER
 
     data = f"{DATA_DIR}/decision=kept/0.parquet"
     written = (MANIFEST, RUN_MARKER, f"{READ_LOG_DIR}/0.json", data)
@@ -348,7 +349,7 @@ def check_judge(judge: JudgeConfig, ask_server: bool = True) -> None:
     """The judge model exists (a local folder) or is a well-formed hub id, and its tokenizer
     loads: the prompt stage needs it, and without it every row would fail much later. An
     API judge's model is a served name: the server is asked instead (`check_api`)."""
-    from alpagasus_ray.tokenizer_probe import TokenizerProbeError, probe_tokenizer
+    from alpagasus_ray.text.tokenizer_probe import TokenizerProbeError, probe_tokenizer
 
     if judge.engine == "openai" and ask_server:
         check_api(judge)

@@ -18,8 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from alpagasus_ray.config import JobConfig
-from alpagasus_ray.errors import InvariantError
+from alpagasus_ray.core.errors import InvariantError
+from alpagasus_ray.data.io import DATA_DIR, join, output_dataset, read_output_table
+from alpagasus_ray.data.schema import DECISION, DECISIONS, SCORE, Decision
+from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.manifest import (
     commit,
     committed,
@@ -29,8 +31,6 @@ from alpagasus_ray.filter.manifest import (
     remove_unlisted,
 )
 from alpagasus_ray.filter.resume import REDECIDED_PREFIX
-from alpagasus_ray.io import DATA_DIR, join, output_dataset, read_output_table
-from alpagasus_ray.schema import DECISION, DECISIONS, SCORE, Decision
 
 log = logging.getLogger(__name__)
 _JUDGED = pa.array([Decision.KEPT.value, Decision.REJECTED.value])
@@ -46,7 +46,7 @@ def keep_threshold(scores: pa.Array, keep_fraction: float) -> float:
 
 
 def decision_threshold(
-    cfg: JobConfig, fs: fsspec.AbstractFileSystem, root: str, files: list[str]
+    cfg: FilterJobConfig, fs: fsspec.AbstractFileSystem, root: str, files: list[str]
 ) -> float:
     """`filter.threshold`, or the quantile `filter.keep_fraction` asks for."""
     if cfg.filter.keep_fraction is None:
@@ -106,7 +106,7 @@ def redecide(
 
 
 def redecide_finished(
-    cfg: JobConfig, fs: fsspec.AbstractFileSystem, root: str, fingerprint: dict[str, Any]
+    cfg: FilterJobConfig, fs: fsspec.AbstractFileSystem, root: str, fingerprint: dict[str, Any]
 ) -> dict[str, Any]:
     """A finished output re-decided at the new settings, committed as a new manifest (with
     the new fingerprint); the judge is not called."""

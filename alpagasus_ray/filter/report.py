@@ -14,11 +14,19 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alpagasus_ray.config import ReportConfig
+from alpagasus_ray.data.io import join, output_dataset, read_output_table, write_atomic
+from alpagasus_ray.data.schema import (
+    DECISION,
+    DECISIONS,
+    DUPLICATE_OF,
+    ID,
+    REASON,
+    SCORE,
+    SUSPICIOUS,
+)
 from alpagasus_ray.filter import examples as _examples
+from alpagasus_ray.filter.config import ReportConfig
 from alpagasus_ray.filter.manifest import committed, listed_files
-from alpagasus_ray.io import join, output_dataset, read_output_table, write_atomic
-from alpagasus_ray.schema import DECISION, DECISIONS, DUPLICATE_OF, ID, REASON, SCORE, SUSPICIOUS
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 REPORT_JSON, REPORT_MD, HISTOGRAM = "report.json", "report.md", "score_histogram.png"
@@ -225,8 +233,8 @@ def write_report(
 
 def regenerate(uri: str, storage: Any = None) -> dict[str, Any]:
     """Rebuild the report of a finished output, with the settings recorded in its manifest."""
-    from alpagasus_ray.config import StorageConfig
-    from alpagasus_ray.io import filesystem
+    from alpagasus_ray.core.config import StorageConfig
+    from alpagasus_ray.data.io import filesystem
 
     fs, root = filesystem(uri, storage or StorageConfig())
     manifest = committed(fs, root, uri)

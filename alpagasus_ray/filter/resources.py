@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 
-from alpagasus_ray.config import JobConfig
 from alpagasus_ray.engines.vllm import gpus_per_replica, placement_group_config
+from alpagasus_ray.filter.config import FilterJobConfig
 
 AUTOSCALER_STATUS_KEY = b"__autoscaling_status"  # written by Ray's autoscaler monitor
 READONLY_NODE_TYPE = "node_"  # how that monitor names the nodes of a cluster it cannot grow
@@ -28,7 +28,7 @@ class ResourceError(RuntimeError):
     """The cluster cannot run a judge replica, said in one line."""
 
 
-def replica_bundles(cfg: JobConfig) -> tuple[list[dict[str, float]], str, str]:
+def replica_bundles(cfg: FilterJobConfig) -> tuple[list[dict[str, float]], str, str]:
     """(bundles of one replica, placement strategy, the config key that asks for them)."""
     judge = cfg.judge
     if judge.engine == "vllm":
@@ -78,7 +78,7 @@ def _describe(resources: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + "}"
 
 
-def check_resources(cfg: JobConfig) -> None:
+def check_resources(cfg: FilterJobConfig) -> None:
     """Raise `ResourceError` when a judge replica cannot start; see the module docstring."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
@@ -108,7 +108,7 @@ def check_resources(cfg: JobConfig) -> None:
         )
 
 
-def _check_cpu_plan(cfg: JobConfig, cluster_cpus: float) -> None:
+def _check_cpu_plan(cfg: FilterJobConfig, cluster_cpus: float) -> None:
     """The fixed actor pools plus one light task must fit the cluster's CPUs."""
 
     def low(value: int | tuple[int, int]) -> int:

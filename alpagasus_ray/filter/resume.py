@@ -29,13 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from alpagasus_ray.config import JobConfig
+from alpagasus_ray.data.io import RUN_MARKER, join, output_dataset, read_json
+from alpagasus_ray.data.schema import CONTENT_HASH, DUPLICATE_OF, REASON, SOURCE, SOURCE_ROW, Reason
+from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.duplicates import SETTLED_SUFFIX, seen_in_output
 from alpagasus_ray.filter.manifest import data_files, listed_files, read_manifest, remove_unlisted
 from alpagasus_ray.filter.preflight import PreflightError
-from alpagasus_ray.io import RUN_MARKER, join, output_dataset, read_json
-from alpagasus_ray.prompts import prompt_hash
-from alpagasus_ray.schema import CONTENT_HASH, DUPLICATE_OF, REASON, SOURCE, SOURCE_ROW, Reason
+from alpagasus_ray.text.prompts import prompt_hash
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def file_identity(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{info.get('size')}:{str(tag).strip(chr(34))}"
 
 
-def fingerprint(cfg: JobConfig, listing: tuple[Any, list[str], str]) -> dict[str, Any]:
+def fingerprint(cfg: FilterJobConfig, listing: tuple[Any, list[str], str]) -> dict[str, Any]:
     """What must not change between the attempts of one run, by config key; the input
     files' identities too, so that a resumed run judges the input it was started on."""
     fs, files, _ = listing
@@ -113,7 +113,7 @@ def _what_changed(key: str, before: Any, now: Any) -> str:
 
 
 def check_rerun(
-    cfg: JobConfig, fs: fsspec.AbstractFileSystem, root: str, now: dict[str, Any]
+    cfg: FilterJobConfig, fs: fsspec.AbstractFileSystem, root: str, now: dict[str, Any]
 ) -> tuple[str, dict[str, Any] | None]:
     """What a run whose `fingerprint` is `now` does in an existing output: ("fresh", None)
     to start afresh (empty output, or `overwrite`), ("resume", run) to continue an

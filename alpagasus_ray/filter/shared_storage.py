@@ -13,9 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from alpagasus_ray.errors import StorageNotShared
-from alpagasus_ray.io import RUN_MARKER, is_local, join
-from alpagasus_ray.runtime import node_name, this_node
+from alpagasus_ray.core.errors import StorageNotShared
+from alpagasus_ray.core.runtime import node_name, this_node
+from alpagasus_ray.data.io import RUN_MARKER, is_local, join
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from alpagasus_ray.config import InputConfig, RayConfig, StorageConfig, StrictModel
-from alpagasus_ray.io import join
+from alpagasus_ray.core.config import InputConfig, RayConfig, StorageConfig, StrictModel
+from alpagasus_ray.data.io import join
 
 EXPORT_DIR = "export"
 

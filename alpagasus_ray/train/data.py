@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from alpagasus_ray.io import (
+from alpagasus_ray.data.io import (
     DATA_DIR,
     MANIFEST,
     RUN_MARKER,
@@ -24,8 +24,8 @@ from alpagasus_ray.io import (
     filesystem,
     join,
 )
-from alpagasus_ray.prompts import alpaca_prompt
-from alpagasus_ray.schema import DECISION, INPUT, INSTRUCTION, OUTPUT, REASON, Decision
+from alpagasus_ray.data.schema import DECISION, INPUT, INSTRUCTION, OUTPUT, REASON, Decision
+from alpagasus_ray.text.prompts import alpaca_prompt
 from alpagasus_ray.train.config import TrainConfig, TrainData
 
 IGNORE_INDEX = -100  # labels torch's cross-entropy skips: the prompt is context, not target
@@ -62,7 +62,7 @@ class EncodeStage:
     """
 
     def __init__(self, tokenizer_name: str, max_length: int, trust_remote_code: bool = False):
-        from alpagasus_ray.models import load_tokenizer
+        from alpagasus_ray.text.models import load_tokenizer
 
         self.tokenizer = load_tokenizer(tokenizer_name, trust_remote_code, padding_side="right")
         self.max_length = max_length
@@ -166,8 +166,8 @@ def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
     """
     import ray.data
 
+    from alpagasus_ray.data.io import read_input
     from alpagasus_ray.filter.stages import ValidateStage
-    from alpagasus_ray.io import read_input
 
     (data, listing), light = kept_input(cfg), cfg.ray.task_cpus
     ds = read_input(data, cfg.storage, light, listing=listing)

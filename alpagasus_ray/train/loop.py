@@ -20,7 +20,7 @@ from typing import Any
 
 import fsspec
 
-from alpagasus_ray.io import filesystem, join, write_json
+from alpagasus_ray.data.io import filesystem, join, write_json
 from alpagasus_ray.train.config import (
     TrainConfig,
     export_uri,
@@ -130,7 +130,7 @@ def train_loop(config: dict[str, Any]) -> None:
         set_optimizer_state_dict,
     )
 
-    from alpagasus_ray.models import load_tokenizer
+    from alpagasus_ray.text.models import load_tokenizer
     from alpagasus_ray.train.data import ATTENTION_MASK, LABELS, PadCollate
 
     cfg = TrainConfig.model_validate(config["cfg"])
@@ -279,7 +279,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     from pyarrow.fs import FSSpecHandler, PyFileSystem
     from ray.train.torch import TorchTrainer
 
-    from alpagasus_ray.runtime import init_ray
+    from alpagasus_ray.core.runtime import init_ray
 
     kept_input(cfg)  # an unfinished filter output is refused before Ray starts
     init_ray(cfg.ray)

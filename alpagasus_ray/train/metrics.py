@@ -8,7 +8,7 @@ import resource
 import time
 from typing import Any
 
-from alpagasus_ray.io import filesystem, join
+from alpagasus_ray.data.io import filesystem, join
 from alpagasus_ray.train.config import TrainConfig, run_dir
 
 METRICS_FILE, SUMMARY_FILE = "metrics.jsonl", "summary.json"

@@ -1,21 +1,33 @@
-"""The filter's stages, one per file; each is a Ray Data `map_batches` callable on Arrow tables.
+"""The filter's stages, in the order a row meets them: one Ray Data `map_batches` callable on
+Arrow tables per file. This is the list; `filter/judge.py` chains them and `filter/job.py`
+adds the read and the write around the chain.
 
-    read (io.py)
-    -> SkipDoneStage (skip_done.py: a resumed run's rows already written)
-    -> ValidateStage -> DedupStage (filter/duplicates.py: exact copies judged once)
-    -> PromptStage
-    -> ScoreStage (hf, openai) | VLLMRequestStage -> Ray's vLLM engine stage ->
-       VLLMResultStage (vllm_score.py)
-    -> DecideStage
-    -> write (filter/pipeline.py)
-
-`filter/judge.py` chains validate to decide (the library entry point, `judge_dataset`);
-`filter/pipeline.py` adds the read, the skip and the write around it.
+    read                  data/sources.py (each row keeps its file and position)
+    -> SkipDoneStage      skip_done.py: a resumed run's rows already written (job only)
+    -> ValidateStage      validate.py: a missing, null, non-string or empty field quarantined
+    -> DedupStage         dedup.py: an exact copy set aside, judged once (filter/duplicates.py)
+    -> PromptStage        prompt.py: the paper's prompt, tokenized; too long quarantined
+    -> ScoreStage         score.py: the hf and openai engines
+       | VLLMRequestStage -> Ray's vLLM engine stage -> VLLMResultStage   vllm_score.py
+    -> DecideStage        decide.py: kept or rejected against the threshold
+    -> write              filter/job.py (Parquet partitioned by decision), then the manifest
 """
 
 from alpagasus_ray.filter.stages.decide import DecideStage
+from alpagasus_ray.filter.stages.dedup import DedupStage
 from alpagasus_ray.filter.stages.prompt import PromptStage
 from alpagasus_ray.filter.stages.score import ScoreStage
+from alpagasus_ray.filter.stages.skip_done import SkipDoneStage
 from alpagasus_ray.filter.stages.validate import ValidateStage
+from alpagasus_ray.filter.stages.vllm_score import VLLMRequestStage, VLLMResultStage
 
-__all__ = ["DecideStage", "PromptStage", "ScoreStage", "ValidateStage"]
+__all__ = [
+    "DecideStage",
+    "DedupStage",
+    "PromptStage",
+    "ScoreStage",
+    "SkipDoneStage",
+    "ValidateStage",
+    "VLLMRequestStage",
+    "VLLMResultStage",
+]

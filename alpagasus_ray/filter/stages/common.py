@@ -7,7 +7,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alpagasus_ray.schema import DECISION, column_type
+from alpagasus_ray.data.schema import DECISION, column_type
 
 
 def with_columns(table: pa.Table, columns: dict[str, list[Any]]) -> pa.Table:

@@ -6,9 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from alpagasus_ray.filter.progress import batch_key
-from alpagasus_ray.filter.stages.common import column_or_nulls, with_columns
-from alpagasus_ray.schema import (
+from alpagasus_ray.data.schema import (
     DECISION,
     REASON,
     REASON_DETAIL,
@@ -18,6 +16,8 @@ from alpagasus_ray.schema import (
     Decision,
     conform,
 )
+from alpagasus_ray.filter.progress import batch_key
+from alpagasus_ray.filter.stages.common import column_or_nulls, with_columns
 
 
 def decide(score: float | None, threshold: float) -> Decision:

@@ -11,11 +11,8 @@ import json
 
 import pyarrow as pa
 
-from alpagasus_ray.config import JudgeConfig
-from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
-from alpagasus_ray.models import load_tokenizer, model_max_len
-from alpagasus_ray.prompts import PromptEncoder, rating_messages, render
-from alpagasus_ray.schema import (
+from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.data.schema import (
     DECISION,
     INPUT,
     INSTRUCTION,
@@ -28,6 +25,9 @@ from alpagasus_ray.schema import (
     Decision,
     Reason,
 )
+from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
+from alpagasus_ray.text.models import load_tokenizer, model_max_len
+from alpagasus_ray.text.prompts import PromptEncoder, rating_messages, render
 
 
 class PromptStage:

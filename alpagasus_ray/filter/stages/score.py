@@ -6,11 +6,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from alpagasus_ray.config import JudgeConfig
-from alpagasus_ray.engines import JudgeEngine, make_engine
-from alpagasus_ray.engines.judgement import judgement_fields
-from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
-from alpagasus_ray.schema import (
+from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.data.schema import (
     DECISION,
     JUDGE_TEXT,
     NUM_OUTPUT_TOKENS,
@@ -23,6 +20,9 @@ from alpagasus_ray.schema import (
     SCORE_MASS,
     SCORE_PROBS,
 )
+from alpagasus_ray.engines import JudgeEngine, make_engine
+from alpagasus_ray.engines.judgement import judgement_fields
+from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
 
 
 class ScoreStage:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from alpagasus_ray.schema import READ_ROW, READ_SOURCE
+from alpagasus_ray.data.schema import READ_ROW, READ_SOURCE
 
 _DONE: dict[str, frozenset[str]] = {}  # per worker process: the set is built once
 

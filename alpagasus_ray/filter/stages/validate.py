@@ -10,9 +10,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from alpagasus_ray.config import ColumnMap
-from alpagasus_ray.filter.suspicious import addresses_judge
-from alpagasus_ray.schema import (
+from alpagasus_ray.core.config import ColumnMap
+from alpagasus_ray.data.schema import (
     DECISION,
     ID,
     INPUT,
@@ -32,6 +31,7 @@ from alpagasus_ray.schema import (
     conform,
     rows_to_table,
 )
+from alpagasus_ray.filter.suspicious import addresses_judge
 
 _MISSING = object()
 _OWN_HEAD = [ID, INSTRUCTION, INPUT, OUTPUT, SOURCE, SOURCE_ROW]

@@ -14,7 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from alpagasus_ray.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.data.schema import DECISION, PROMPT_TOKEN_IDS, conform
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judgement_fields
 from alpagasus_ray.engines.vllm import (
@@ -27,8 +28,7 @@ from alpagasus_ray.engines.vllm import (
     sampling_params,
 )
 from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
-from alpagasus_ray.schema import DECISION, PROMPT_TOKEN_IDS, conform
-from alpagasus_ray.tokenizer_probe import probe_tokenizer
+from alpagasus_ray.text.tokenizer_probe import probe_tokenizer
 
 SKIPPED = "alpagasus-ray: decided before scoring"
 CARRIED_PREFIX = "__carried__"

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from alpagasus_ray.bpe_cache import CachedBPE
+from alpagasus_ray.text.bpe_cache import CachedBPE
 
 SYSTEM_PROMPT = (
     "We would like to request your feedback on the performance of AI assistant in response to "

@@ -9,7 +9,7 @@ pipe whose write end only the command has: when the pipe closes, the command has
 however it ended. The watcher then gives Ray a grace period to end by itself and ends, by
 their ids, the processes it saw under the command that are still running, and nothing else.
 
-    python -m alpagasus_ray.reaper PID   (stdin: the pipe from process PID)
+    python -m alpagasus_ray.core.reaper PID   (stdin: the pipe from process PID)
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def start_reaper() -> subprocess.Popen:
     """Start the watcher for this process; the returned handle's stdin is the pipe, and
     must stay open for as long as this process runs (it closes when the process ends)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "alpagasus_ray.reaper", str(os.getpid())],
+        [sys.executable, "-m", "alpagasus_ray.core.reaper", str(os.getpid())],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,4 +1,6 @@
-"""Job configuration: pydantic models loadable from YAML, with `key.path=value` overrides.
+"""The configuration every job shares: pydantic sections loadable from YAML, with
+`key.path=value` overrides. Each job's own config (`filter/config.py`, `train/config.py`,
+`evaluate/config.py`) is built from these sections.
 
 Every section forbids unknown keys, so a typo fails at start-up with the key's dotted path
 instead of being silently ignored halfway through a multi-hour GPU job.
@@ -295,17 +297,6 @@ class JudgeConfig(StrictModel):
         return self.tokenizer if self.engine == "openai" else self.tokenizer or self.model
 
 
-class FilterConfig(StrictModel):
-    threshold: float = Field(4.5, ge=0.0, le=5.0, description="Keep when score >= threshold.")
-    keep_fraction: float | None = Field(
-        None,
-        gt=0.0,
-        le=1.0,
-        description="Keep this share of the scored rows instead (e.g. 0.17, the paper's keep "
-        "rate): the threshold becomes the matching score quantile, decided after judging.",
-    )
-
-
 class RayConfig(StrictModel):
     address: str | None = Field(None, description="None: RAY_ADDRESS or a new local instance.")
     num_cpus: int | None = Field(None, gt=0, description="CPUs for a new local instance.")
@@ -321,35 +312,6 @@ class RayConfig(StrictModel):
         description="Ray's own logs (operator plans, warnings, worker output and tracebacks); "
         "off, a failure is one line and Ray's logs stay in its session folder. CLI: --verbose.",
     )
-
-
-class ReportConfig(StrictModel):
-    category_column: str | None = Field(
-        None, description="Count decisions per value of this column; default: 'category' if any."
-    )
-    histogram_bins: int = Field(21, gt=1)
-    examples: int = Field(
-        3,
-        ge=0,
-        description="Rows to look at in the report: this many of each kind (highest, lowest, "
-        "closest to the threshold, suspicious, each failure reason); 0: none.",
-    )
-
-
-class JobConfig(StrictModel):
-    """The filter job: read -> validate -> prompt -> score -> decide -> write."""
-
-    input: InputConfig
-    output: OutputConfig
-    judge: JudgeConfig
-    filter: FilterConfig = FilterConfig()
-    ray: RayConfig = RayConfig()
-    storage: StorageConfig = StorageConfig()
-    report: ReportConfig = ReportConfig()
-
-    def redacted(self) -> dict[str, Any]:
-        """The config as plain data with secrets masked, safe for manifests and logs."""
-        return self.model_dump(mode="json")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -410,7 +372,7 @@ def load_yaml(path: str | Path | None) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path | None, overrides: list[str] | None = None, model: type[BaseModel] = JobConfig
+    path: str | Path | None, overrides: list[str] | None = None, *, model: type[BaseModel]
 ) -> Any:
     """Load `model` from a YAML file (optional) and apply `key.path=value` overrides."""
     return build_config(model, apply_overrides(load_yaml(path), list(overrides or [])))

@@ -11,8 +11,8 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
-from alpagasus_ray.config import RayConfig
-from alpagasus_ray.reaper import start_reaper
+from alpagasus_ray.core.config import RayConfig
+from alpagasus_ray.core.reaper import start_reaper
 
 BLOCK_BYTES = 16 * 2**20
 # The watcher that ends what a local Ray leaves running after this process (`reaper.py`):

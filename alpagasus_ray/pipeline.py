@@ -13,13 +13,13 @@ from typing import Any
 
 from pydantic import model_validator
 
-from alpagasus_ray.config import JobConfig
+from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-class PipelineConfig(JobConfig):
+class PipelineConfig(FilterJobConfig):
     """`alpagasus-ray pipeline`: the filter job's sections plus `finetune`."""
 
     finetune: TrainConfig
@@ -50,7 +50,7 @@ class PipelineConfig(JobConfig):
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Filter, then train on the kept partition; returns both steps' summaries."""
-    from alpagasus_ray.filter.pipeline import run_filter
+    from alpagasus_ray.filter.job import run_filter
     from alpagasus_ray.train.loop import run_train
 
     manifest = run_filter(cfg)

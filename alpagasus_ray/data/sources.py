@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
-from alpagasus_ray.errors import StorageNotShared, UnreadableInputError, first_line
-from alpagasus_ray.runtime import this_node
-from alpagasus_ray.schema import RAW_JSON, READ_ROW, READ_SOURCE
+from alpagasus_ray.core.errors import StorageNotShared, UnreadableInputError, first_line
+from alpagasus_ray.core.runtime import this_node
+from alpagasus_ray.data.schema import RAW_JSON, READ_ROW, READ_SOURCE
 
 
 class _Unopened:

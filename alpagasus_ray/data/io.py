@@ -16,7 +16,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from alpagasus_ray.config import InputConfig, StorageConfig
+from alpagasus_ray.core.config import InputConfig, StorageConfig
 
 PARQUET_EXT = (".parquet", ".pq")
 JSON_EXT = (".json", ".jsonl", ".ndjson")
@@ -81,7 +81,7 @@ def read_input(
     """
     import ray.data
 
-    from alpagasus_ray.sources import JsonRecordsDatasource, ParquetRecordsDatasource
+    from alpagasus_ray.data.sources import JsonRecordsDatasource, ParquetRecordsDatasource
 
     fs, files, fmt = listing or list_input_files(cfg, storage)
     kind = ParquetRecordsDatasource if fmt == "parquet" else JsonRecordsDatasource
@@ -160,7 +160,7 @@ def prepare_output(fs: fsspec.AbstractFileSystem, root: str, overwrite: bool) ->
 
 
 # What alpagasus-ray writes at an output's root, all that `overwrite` removes: the filter's
-# (filter/pipeline.py, report.py, redecide.py, resume.py, duplicates.py, manifest.py,
+# (filter/job.py, report.py, redecide.py, resume.py, duplicates.py, manifest.py,
 # engines/api_budget.py) and the evaluation's (evaluate/job.py, evaluate/report.py), each
 # also as the temporary file it is written through (`<name>.tmp`, `<name>.<hex>.tmp`).
 OWN_NAMES = frozenset(

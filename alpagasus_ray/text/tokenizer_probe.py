@@ -4,7 +4,7 @@ Loading a tokenizer through transformers imports torch: a few hundred MB that th
 a million-row job would then hold for hours for one check. The child loads it the same way
 the workers will (`models.load_tokenizer`), answers in one JSON line and exits.
 
-Run as `python -m alpagasus_ray.tokenizer_probe NAME [--trust-remote-code]`.
+Run as `python -m alpagasus_ray.text.tokenizer_probe NAME [--trust-remote-code]`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class TokenizerProbeError(Exception):
 @lru_cache(maxsize=8)
 def probe_tokenizer(name: str, trust_remote_code: bool = False) -> dict[str, Any]:
     """{"score_tokens": {token id: digit} or None, "score_tokens_error": str or None}."""
-    cmd = [sys.executable, "-m", "alpagasus_ray.tokenizer_probe", name]
+    cmd = [sys.executable, "-m", "alpagasus_ray.text.tokenizer_probe", name]
     if trust_remote_code:
         cmd.append("--trust-remote-code")
     # The child imports this package from where the driver did, installed or not.
@@ -57,7 +57,7 @@ def probe_tokenizer(name: str, trust_remote_code: bool = False) -> dict[str, Any
 
 def _facts(name: str, trust_remote_code: bool) -> dict[str, Any]:
     from alpagasus_ray.engines.judgement import score_token_ids
-    from alpagasus_ray.models import load_tokenizer
+    from alpagasus_ray.text.models import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(name, trust_remote_code)

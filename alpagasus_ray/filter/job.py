@@ -9,11 +9,26 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from alpagasus_ray.config import JobConfig
+from alpagasus_ray.core.errors import InvariantError
+from alpagasus_ray.core.runtime import beside_driver, ended_nodes, init_ray, package_versions
+from alpagasus_ray.data.io import (
+    DATA_DIR,
+    READ_LOG_DIR,
+    check_claim,
+    claim_output,
+    filesystem,
+    is_local,
+    join,
+    prepare_output,
+    read_input,
+    read_log_records,
+    read_output_table,
+)
+from alpagasus_ray.data.schema import DECISION, DECISIONS, NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
-from alpagasus_ray.errors import InvariantError
-from alpagasus_ray.filter.duplicates import DUPLICATE, SeenContent, settle_duplicates
+from alpagasus_ray.filter.config import FilterJobConfig
+from alpagasus_ray.filter.duplicates import SeenContent, settle_duplicates
 from alpagasus_ray.filter.judge import judge_dataset
 from alpagasus_ray.filter.manifest import (
     commit,
@@ -38,29 +53,15 @@ from alpagasus_ray.filter.resume import (
     resume_state,
 )
 from alpagasus_ray.filter.shared_storage import OnSharedDisk, check_nodes_see, local_sizes
+from alpagasus_ray.filter.stages.dedup import DUPLICATE
 from alpagasus_ray.filter.stages.skip_done import SkipDoneStage
-from alpagasus_ray.io import (
-    DATA_DIR,
-    READ_LOG_DIR,
-    check_claim,
-    claim_output,
-    filesystem,
-    is_local,
-    join,
-    prepare_output,
-    read_input,
-    read_log_records,
-    read_output_table,
-)
-from alpagasus_ray.prompts import prompt_hash
-from alpagasus_ray.runtime import beside_driver, ended_nodes, init_ray, package_versions
-from alpagasus_ray.schema import DECISION, DECISIONS, NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
+from alpagasus_ray.text.prompts import prompt_hash
 
 log = logging.getLogger(__name__)
 
 
 def build_dataset(
-    cfg: JobConfig,
+    cfg: FilterJobConfig,
     served_name: str | None = None,
     listing: tuple[Any, list[str], str] | None = None,
     done: Any = None,
@@ -98,7 +99,7 @@ def build_dataset(
     )
 
 
-def input_rows(cfg: JobConfig, listing: tuple[Any, list[str], str]) -> int | None:
+def input_rows(cfg: FilterJobConfig, listing: tuple[Any, list[str], str]) -> int | None:
     """The rows the job will read, when that is cheap to know: Parquet footers, or the limit;
     None for JSON, whose rows are only known once read."""
     fs, files, fmt = listing
@@ -127,7 +128,7 @@ def _utc(seconds: float) -> str:
 
 
 def count_read(
-    cfg: JobConfig, fs: Any, root: str, listing: tuple[Any, list[str], str]
+    cfg: FilterJobConfig, fs: Any, root: str, listing: tuple[Any, list[str], str]
 ) -> tuple[int, list[dict[str, Any]], list[str]]:
     """(rows read, files skipped as unreadable, listed files with no read record).
 
@@ -161,7 +162,7 @@ class Attempt:
 
 
 def start_attempt(
-    cfg: JobConfig, fs: Any, root: str, now: dict[str, Any], mode: str, previous: dict | None
+    cfg: FilterJobConfig, fs: Any, root: str, now: dict[str, Any], mode: str, previous: dict | None
 ) -> Attempt:
     """Take stock of the output and claim it: empty for a fresh run; for a resume, the
     rows an unfinished run wrote; for a retry, the rows a committed manifest lists."""
@@ -196,7 +197,7 @@ def run_files(fs: Any, root: str, state: Attempt) -> list[str]:
     return sorted(f for f in files if copies not in f or fs.exists(f))
 
 
-def run_filter(cfg: JobConfig) -> dict[str, Any]:
+def run_filter(cfg: FilterJobConfig) -> dict[str, Any]:
     """Run the whole job; returns the manifest, whose commit ends it."""
     listing = preflight(cfg)  # a mistake costs seconds: before Ray or the output is touched
     fs, root = filesystem(cfg.output.uri, cfg.storage)
@@ -258,7 +259,7 @@ def run_filter(cfg: JobConfig) -> dict[str, Any]:
 
 
 def finish_run(
-    cfg: JobConfig,
+    cfg: FilterJobConfig,
     fs: Any,
     root: str,
     listing: Any,

@@ -1,0 +1,58 @@
+"""The filter job's config: where to read and write, the judge, and where to cut."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from alpagasus_ray.core.config import (
+    InputConfig,
+    JudgeConfig,
+    OutputConfig,
+    RayConfig,
+    StorageConfig,
+    StrictModel,
+)
+
+
+class ThresholdConfig(StrictModel):
+    """The `filter:` section: where the kept rows are cut from the rejected."""
+
+    threshold: float = Field(4.5, ge=0.0, le=5.0, description="Keep when score >= threshold.")
+    keep_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Keep this share of the scored rows instead (e.g. 0.17, the paper's keep "
+        "rate): the threshold becomes the matching score quantile, decided after judging.",
+    )
+
+
+class ReportConfig(StrictModel):
+    category_column: str | None = Field(
+        None, description="Count decisions per value of this column; default: 'category' if any."
+    )
+    histogram_bins: int = Field(21, gt=1)
+    examples: int = Field(
+        3,
+        ge=0,
+        description="Rows to look at in the report: this many of each kind (highest, lowest, "
+        "closest to the threshold, suspicious, each failure reason); 0: none.",
+    )
+
+
+class FilterJobConfig(StrictModel):
+    """The filter job: read -> validate -> prompt -> score -> decide -> write."""
+
+    input: InputConfig
+    output: OutputConfig
+    judge: JudgeConfig
+    filter: ThresholdConfig = ThresholdConfig()
+    ray: RayConfig = RayConfig()
+    storage: StorageConfig = StorageConfig()
+    report: ReportConfig = ReportConfig()
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data with secrets masked, safe for manifests and logs."""
+        return self.model_dump(mode="json")

