@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alpagasus_ray.core.config import ConfigError, load_config
 from alpagasus_ray.core.errors import (
@@ -33,6 +33,9 @@ from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.export import ExportRefused
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.filter.resources import ResourceError
+
+if TYPE_CHECKING:
+    from alpagasus_ray.filter.manifest import Manifest
 
 
 def _common() -> argparse.ArgumentParser:
@@ -124,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_filter(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_filter(args: argparse.Namespace) -> dict[str, Any] | Manifest:
     from alpagasus_ray.filter.job import run_filter
 
     overrides = args.overrides + (["output.retry_failed=true"] if args.retry_failed else [])
@@ -192,23 +195,23 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_demo(args: argparse.Namespace) -> Manifest:
     from alpagasus_ray.demo import run_demo
 
     manifest = run_demo(args.output, args.rows, args.overrides)
-    _print_summary(manifest, manifest["config"]["output"]["uri"])
+    _print_summary(manifest, manifest.config["output"]["uri"])
     return manifest
 
 
-def _print_summary(manifest: dict[str, Any], uri: str) -> None:
-    c = manifest["counts"]
-    if again := manifest.get("redecided"):
+def _print_summary(manifest: Manifest, uri: str) -> None:
+    c = manifest.counts
+    if again := manifest.redecided:
         print(
-            f"re-decided from the stored scores at threshold {manifest['threshold']:g} "
-            f"(was {again['from_threshold']:g}), no judge call: {again['changed']}"
+            f"re-decided from the stored scores at threshold {manifest.threshold:g} "
+            f"(was {again.from_threshold:g}), no judge call: {again.changed}"
         )
     print(
-        f"\nrows read {manifest['rows_read']} = kept {c['kept']} + rejected {c['rejected']} + "
+        f"\nrows read {manifest.rows_read} = kept {c['kept']} + rejected {c['rejected']} + "
         f"quarantined {c['quarantined']} + failed {c['failed']}\n"
         f"outputs:  {uri}/data/decision=<kept|rejected|quarantined|failed>/\n"
         f"report:   {uri}/report.md  (score_histogram.png, report.json)\n"

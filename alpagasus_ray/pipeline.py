@@ -54,12 +54,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     from alpagasus_ray.train.loop import run_train
 
     manifest = run_filter(cfg)
-    kept = manifest["counts"]["kept"]
+    kept = manifest.counts["kept"]
     if kept < cfg.finetune.run.num_workers:
         raise ValueError(
-            f"the filter kept {kept} of {manifest['rows_read']} rows, too few for "
+            f"the filter kept {kept} of {manifest.rows_read} rows, too few for "
             f"{cfg.finetune.run.num_workers} training workers (filter.threshold is "
             f"{cfg.filter.threshold}); see {cfg.output.uri}/report.md"
         )
-    log.info("filter kept %d of %d rows; fine-tuning on them", kept, manifest["rows_read"])
+    log.info("filter kept %d of %d rows; fine-tuning on them", kept, manifest.rows_read)
     return {"filter": manifest, "finetune": run_train(cfg.finetune)}

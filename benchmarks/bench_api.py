@@ -63,7 +63,7 @@ def job_rate(base_url: str, rows: list[dict], inflight: int, tmp: Path) -> float
             "judge.min_score_mass=0", "judge.batch_size=64",
             "judge.num_cpus_per_replica=0.25"]  # fmt: skip
     manifest = run_filter(build_config(FilterJobConfig, apply_overrides(data, sets)))
-    return manifest["rows_read"] / manifest["timings_s"]["score_and_write"]
+    return manifest.rows_read / manifest.timings_s["score_and_write"]
 
 
 def main() -> None:

@@ -117,7 +117,7 @@ def main() -> None:
     src3 = root / "in3.jsonl"
     src3.write_text("".join(json.dumps(r) + "\n" for r in synthetic_examples(400, seed=3)))
     out = root / "out3"
-    run(*job(src3, out), kill_at="after:filter.pipeline.settle_duplicates")
+    run(*job(src3, out), kill_at="after:filter.job.settle_duplicates")
     lines = src3.read_text().splitlines(keepends=True)
     src3.write_text("".join(x.replace("a", "b") for x in lines[:50]) + "".join(lines[50:]))
     code, line, secs = run(*job(src3, out))

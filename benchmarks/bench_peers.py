@@ -187,9 +187,9 @@ def run_ours(model: Path, rows: list[dict], tmp: Path, mode: str, stop: bool) ->
     tokens = table.column("num_output_tokens").fill_null(0).to_pylist()
     name = f"ours, {mode}" + (", stop at the score line" if stop else "")
     return {"run": name, "wall": wall, "load": None,
-            "ex/s": len(rows) / manifest["timings_s"]["score_and_write"],
+            "ex/s": len(rows) / manifest.timings_s["score_and_write"],
             "out/row": sum(tokens) / len(rows), "usable": usable, "rows": len(rows),
-            "note": manifest["status"]}  # fmt: skip
+            "note": manifest.status}  # fmt: skip
 
 
 def main() -> None:

@@ -220,15 +220,15 @@ def run_one(config: str) -> None:
     of its own, so that its peak RSS is the driver's alone."""
     import ray
 
-    import alpagasus_ray.filter.job as pipeline
+    import alpagasus_ray.filter.judge as judge
     from alpagasus_ray.core.config import build_config
     from alpagasus_ray.filter.config import FilterJobConfig
+    from alpagasus_ray.filter.job import run_filter
 
-    pipeline.ScoreStage = stand_in_score_stage()  # the STAND-IN judge: no model time
+    judge.ScoreStage = stand_in_score_stage()  # the STAND-IN judge (judge.py chains it)
     ray.init(num_cpus=os.cpu_count(), logging_level="ERROR", log_to_driver=False)
-    manifest = pipeline.run_filter(build_config(FilterJobConfig, json.loads(config)))
-    keys = ("rows_read", "invariant_ok", "invariant", "stages")
-    print(json.dumps({k: manifest[k] for k in keys}))
+    manifest = run_filter(build_config(FilterJobConfig, json.loads(config)))
+    print(manifest.model_dump_json(include={"rows_read", "invariant_ok", "invariant", "stages"}))
 
 
 def pipeline_table(

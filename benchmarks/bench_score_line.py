@@ -94,10 +94,10 @@ def vllm_run(model: Path, rows: list[dict], stop: bool, price, tmp: Path) -> dic
             "judge": cfg.model_dump(exclude_defaults=True)}  # fmt: skip
     manifest = run_filter(build_config(FilterJobConfig, apply_overrides(data, [])))
     table = pads.dataset(str(out / "data"), partitioning="hive").to_table()
-    metrics = manifest["engine_metrics"]
+    metrics = manifest.engine_metrics
     return summary(table.column("judge_text").to_pylist(),
                    table.column("num_output_tokens").fill_null(0).to_pylist(),
-                   metrics["input_tokens"], manifest["timings_s"]["score_and_write"],
+                   metrics["input_tokens"], manifest.timings_s["score_and_write"],
                    cfg, price)  # fmt: skip
 
 

@@ -112,7 +112,7 @@ def main() -> None:
     full, kept = runs["full"], runs["kept"]
     print(
         f"\nsource: {origin}; filter (tiny random judge, threshold {args.threshold:g}) kept "
-        f"{manifest['counts']['kept']} of {manifest['rows_read']} in {filter_s:.1f} s\n"
+        f"{manifest.counts['kept']} of {manifest.rows_read} in {filter_s:.1f} s\n"
         f"train: tiny Llama (hidden {args.hidden_size}), {args.epochs} epochs, 2 workers x 1 CPU, "
         f"global batch 16, max length 512; peak RSS: the largest worker's\n"
     )

@@ -72,7 +72,7 @@ def measure(src: Path, tmp: Path, model: Path, engine: str, layout: str, rows: i
     walls, last = {}, None
     for n in (few, rows):
         manifest = run_filter(job(src, tmp / f"{engine}-{layout}-{n}", model, engine, layout, n))
-        walls[n] = manifest["timings_s"]["score_and_write"]
+        walls[n] = manifest.timings_s["score_and_write"]
         last = manifest
     table = read_output_table(*filesystem(str(tmp / f"{engine}-{layout}-{rows}"), StorageConfig()))
     scores = dict(zip(table.column(ID).to_pylist(), table.column(SCORE).to_pylist(), strict=True))

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from conftest import assert_same_rows, job_config, s3_client, session_cluster_env, write_jsonl
 
+from alpagasus_ray.core.config import StorageConfig
 from alpagasus_ray.data.io import MANIFEST, UnfinishedFilterOutput, filesystem
 from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.filter.job import run_filter
@@ -45,28 +46,26 @@ def source(tmp_path_factory) -> Path:
 def clean(ray_session, tiny_judge, source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clean") / "out"
     manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
-    assert manifest["status"] == "complete", manifest["invariant"]
+    assert manifest.status == "complete", manifest.invariant
     return out
 
 
 def committed_rows(uri: str, storage=None) -> dict[tuple[str, int], dict]:
     """The rows of the files a committed manifest lists, by position; every listed file
     exists and they hold exactly the manifest's counts."""
-    from alpagasus_ray.core.config import StorageConfig
-
     fs, root = filesystem(uri, storage or StorageConfig())
     manifest = committed(fs, root, uri)
     files = listed_files(root, manifest)
     rows = []
-    for path, entry in zip(files, manifest["files"], strict=True):
+    for path, entry in zip(files, manifest.files, strict=True):
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
-        assert table.num_rows == entry["rows"], path
+        assert table.num_rows == entry.rows, path
         cols = ["source", "source_row", "id", "score", "reason"]
         for row in table.select(cols).to_pylist():
-            rows.append({**row, "decision": entry["decision"]})
-    counts = {d: sum(r["decision"] == d for r in rows) for d in manifest["counts"]}
-    assert counts == manifest["counts"]
+            rows.append({**row, "decision": entry.decision})
+    counts = {d: sum(r["decision"] == d for r in rows) for d in manifest.counts}
+    assert counts == manifest.counts
     keyed = {(r["source"], r["source_row"]): r for r in rows}
     assert len(keyed) == len(rows), "a row is in the output twice"
     return keyed
@@ -155,6 +154,26 @@ def test_the_manifest_is_versioned_and_an_older_one_refused(clean, tiny_judge, t
         regenerate(str(out))
 
 
+def test_the_manifest_reads_back_as_written_and_a_mangled_one_is_refused(clean, tmp_path):
+    """The typed manifest is the file: read back, it writes the same bytes; one whose
+    fields are not a manifest's (hand-edited, another tool's) is refused in one line that
+    names the first bad field, by every reader."""
+    from alpagasus_ray.filter.manifest import read_manifest
+
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    fs, root = filesystem(str(out), StorageConfig())
+    assert read_manifest(fs, root, str(out)).to_json() == (out / MANIFEST).read_bytes()
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["files"][0]["rows"] = "many"
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(UnfinishedFilterOutput, match=r"not a valid manifest .*files\.0\.rows"):
+        regenerate(str(out))
+    with pytest.raises(UnfinishedFilterOutput, match="not a valid manifest") as err:
+        committed(fs, root, str(out))
+    assert "\n" not in str(err.value)
+
+
 REDECIDE_POINTS = [
     "after:filter.redecide.redecide",  # new files written, nothing committed
     "after:filter.report.write_atomic#1",  # the new report half written
@@ -200,15 +219,15 @@ def test_a_redecision_killed_anywhere_leaves_a_committed_state(
     report = json.loads((out / "report.json").read_text())
     assert (
         report["threshold"] == 2.4
-        and report["counts"] == committed(*filesystem(str(out), cfg.storage), str(out))["counts"]
+        and report["counts"] == committed(*filesystem(str(out), cfg.storage), str(out)).counts
     )
 
 
 RUN_POINTS = [
-    "after:filter.pipeline.settle_duplicates",  # copies settled, nothing committed
-    "after:filter.pipeline.redecide",  # keep_fraction's files beside their sources
-    "before:filter.pipeline.commit",
-    "after:filter.pipeline.commit",  # committed, a replaced file still there
+    "after:filter.job.settle_duplicates",  # copies settled, nothing committed
+    "after:filter.job.redecide",  # keep_fraction's files beside their sources
+    "before:filter.job.commit",
+    "after:filter.job.commit",  # committed, a replaced file still there
 ]
 
 
@@ -221,7 +240,7 @@ def test_a_run_killed_at_its_end_resumes_to_a_clean_output(
     cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, **keep)
     killed_at(point, write_config(cfg, tmp_path / "job.yaml"))
     done = assert_readers_agree(str(out), tiny_judge, tmp_path)
-    assert done == (point == "after:filter.pipeline.commit")
+    assert done == (point == "after:filter.job.commit")
     rerun(cfg)
     rows = committed_rows(str(out))
     if keep:  # the reference: the clean run decided at the same fraction
@@ -267,7 +286,7 @@ def with_an_engine_error(clean: Path, out: Path) -> tuple[str, int]:
     import fsspec
     import pyarrow as pa
 
-    from alpagasus_ray.filter.manifest import commit, counts_of, file_entries
+    from alpagasus_ray.filter.manifest import Manifest, commit, counts_of, file_entries
 
     shutil.copytree(clean, out)
     kept = sorted((out / "data" / "decision=kept").glob("*.parquet"))[0]
@@ -282,13 +301,11 @@ def with_an_engine_error(clean: Path, out: Path) -> tuple[str, int]:
     fs = fsspec.filesystem("file")
     manifest["files"] = file_entries(fs, str(out), [str(p) for p in out.rglob("*.parquet")])
     manifest["counts"] = {**manifest["counts"], **counts_of(manifest["files"])}
-    commit(fs, str(out), manifest)
+    commit(fs, str(out), Manifest.model_validate(manifest))
     return victim["source"], victim["source_row"]
 
 
-@pytest.mark.parametrize(
-    "point", ["after:filter.pipeline.resume_state", "before:filter.pipeline.commit"]
-)
+@pytest.mark.parametrize("point", ["after:filter.job.resume_state", "before:filter.job.commit"])
 def test_a_retry_killed_leaves_the_committed_state_and_its_rerun_completes(
     clean, source, tiny_judge, tmp_path, point
 ):
@@ -301,7 +318,7 @@ def test_a_retry_killed_leaves_the_committed_state_and_its_rerun_completes(
     assert assert_readers_agree(str(out), tiny_judge, tmp_path)
     assert committed_rows(str(out)) == before  # the retry's files are in no manifest
     manifest = run_filter(cfg)
-    assert manifest["attempts"][-1]["rows_written"] == 1  # the failed row alone
+    assert manifest.attempts[-1]["rows_written"] == 1  # the failed row alone
     assert_same_rows(committed_rows(str(out)), committed_rows(str(clean)))
 
 
@@ -312,9 +329,9 @@ def test_a_resume_killed_after_taking_stock_resumes_again(clean, source, tiny_ju
     out = tmp_path / "out"
     cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS)
     config = write_config(cfg, tmp_path / "job.yaml")
-    killed_at("before:filter.pipeline.commit", config)
-    killed_at("after:filter.pipeline.claim_output", config)
+    killed_at("before:filter.job.commit", config)
+    killed_at("after:filter.job.claim_output", config)
     assert not assert_readers_agree(str(out), tiny_judge, tmp_path)  # unfinished: refused
     manifest = run_filter(cfg)
-    assert manifest["status"] == "complete" and len(manifest["attempts"]) == 3
+    assert manifest.status == "complete" and len(manifest.attempts) == 3
     assert_same_rows(committed_rows(str(out)), committed_rows(str(clean)))

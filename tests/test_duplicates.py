@@ -41,10 +41,10 @@ def test_copies_are_judged_once_and_take_their_originals_decision(
     dry = estimate(cfg)  # the dry run counts what the job then judges
     assert not out.exists()
     manifest = run_filter(cfg)
-    assert manifest["status"] == "complete" and manifest["rows_read"] == 46
-    assert sum(manifest["counts"].values()) == 46
-    assert manifest["duplicates"] == dups >= 5
-    assert manifest["engine_metrics"]["examples_judged"] == distinct  # each content once
+    assert manifest.status == "complete" and manifest.rows_read == 46
+    assert sum(manifest.counts.values()) == 46
+    assert manifest.duplicates == dups >= 5
+    assert manifest.engine_metrics["examples_judged"] == distinct  # each content once
     table = pq.read_table(out / "data", partitioning="hive").to_pylist()
     assert len(table) == 46 and not (out / "data" / "decision=duplicate").exists()
     place = {f"{r['source']}:{r['source_row']}": r for r in table}

@@ -38,7 +38,7 @@ def finished(ray_session, tiny_judge, tmp_path_factory) -> Path:
     src = write_jsonl(base / "in.jsonl", [*rows, '{"instruction": "broken'])
     out = base / "out"
     manifest = run_filter(job_config(str(src), str(out), tiny_judge, filter__keep_fraction=0.5))
-    assert manifest["counts"]["quarantined"] == 2 and manifest["counts"]["kept"] > 0
+    assert manifest.counts["quarantined"] == 2 and manifest.counts["kept"] > 0
     return out
 
 

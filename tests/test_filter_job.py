@@ -63,11 +63,11 @@ def filtered(ray_session, tiny_judge, source, tmp_path_factory):
 def test_conservation_invariant(filtered, source):
     out, manifest = filtered
     n_in = len(source[1]) + len(BAD_ROWS)
-    assert manifest["rows_read"] == n_in
-    assert sum(manifest["counts"].values()) == n_in
-    assert manifest["invariant_ok"] and manifest["status"] == "complete"
+    assert manifest.rows_read == n_in
+    assert sum(manifest.counts.values()) == n_in
+    assert manifest.invariant_ok and manifest.status == "complete"
     assert len(output_rows(out)) == n_in
-    assert manifest["counts"]["quarantined"] == len(BAD_ROWS)
+    assert manifest.counts["quarantined"] == len(BAD_ROWS)
 
 
 def test_threshold_splits_scores(filtered):
@@ -116,27 +116,27 @@ def test_every_quarantine_reason_is_recorded(filtered):
 def test_manifest_report_and_regeneration(filtered, tiny_judge, capsys):
     out, manifest = filtered
     on_disk = json.loads((out / "manifest.json").read_text())
-    assert on_disk["counts"] == manifest["counts"]
+    assert on_disk["counts"] == manifest.counts
     assert on_disk["prompt_hash"] and on_disk["versions"]["ray"]
     assert on_disk["config"]["filter"]["threshold"] == THRESHOLD
     for name in ("report.json", "report.md", "score_histogram.png"):
         assert (out / name).stat().st_size > 0
     report = json.loads((out / "report.json").read_text())
-    assert report["counts"] == manifest["counts"]
+    assert report["counts"] == manifest.counts
     assert set(report["per_category"]) >= {"math", "geography", "bad"}
-    assert report["judged"] == {**manifest["judge"], "input": manifest["config"]["input"]["uri"]}
+    assert report["judged"] == {**manifest.judge, "input": manifest.config["input"]["uri"]}
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     md = (out / "report.md").read_text()
     assert md.startswith("# AlpaGasus filter report")
     # The report alone says what judged which input (regenerated from the manifest here).
     assert f"Judge `{tiny_judge}` (hf engine, logprobs mode, accuracy, prefix layout)" in md
-    assert f"on `{manifest['config']['input']['uri']}`." in md
+    assert f"on `{manifest.config['input']['uri']}`." in md
 
 
 def test_manifest_says_each_stage_s_rows_and_speed(filtered, source):
     """Where the time went, per Ray Data operator in pipeline order."""
-    stages = filtered[1]["stages"]
+    stages = filtered[1].stages
     names = [s["stage"] for s in stages]
     parts = ("Read", "ValidateStage", "PromptStage", "ScoreStage", "DecideStage", "Write")
     order = [next(i for i, n in enumerate(names) if part in n) for part in parts]
@@ -211,7 +211,7 @@ def test_parquet_shards_column_mapping_and_generate_mode(ray_session, tiny_judge
         judge__max_new_tokens=4,
     )
     manifest = run_filter(cfg)
-    assert manifest["rows_read"] == 12 == sum(manifest["counts"].values())
+    assert manifest.rows_read == 12 == sum(manifest.counts.values())
     got = decisions(tmp_path / "out")
     assert {r["input"] for r in got.values()} == {r["input"] for r in rows}
     assert all(r["judge_text"] is not None for r in got.values())
@@ -251,11 +251,11 @@ def test_a_cut_json_array_is_skipped_and_a_broken_line_stays_one_row(
         str(tmp_path / "in"), str(tmp_path / "out"), tiny_judge, input__on_unreadable_file="skip"
     )
     manifest = run_filter(cfg)
-    assert [(r["path"], r["rows"], r["error"]) for r in manifest["skipped_files"]] == [
+    assert [(r["path"], r["rows"], r["error"]) for r in manifest.skipped_files] == [
         (str(bad), 0, error)
     ]
-    assert manifest["status"] == "complete"
-    assert manifest["rows_read"] == len(rows) + 1 == sum(manifest["counts"].values())
+    assert manifest.status == "complete"
+    assert manifest.rows_read == len(rows) + 1 == sum(manifest.counts.values())
     quarantined = [r for r in output_rows(tmp_path / "out") if r["decision"] == "quarantined"]
     assert [r["reason"] for r in quarantined] == ["malformed_json"]
 
@@ -273,7 +273,7 @@ def test_json_extras_of_any_shape_come_through_as_json_text(ray_session, tmp_pat
     out = tmp_path / "out"
     cfg = job_config(str(src), str(out), tiny_judge, judge__batch_size=4, input__rows_per_block=4)
     manifest = run_filter(cfg)
-    assert manifest["status"] == "complete" and manifest["rows_read"] == len(rows)
+    assert manifest.status == "complete" and manifest.rows_read == len(rows)
     got = output_rows(out)
     assert sorted(json.loads(r["row_no"]) for r in got) == list(range(len(rows)))
     for r in got:
@@ -300,7 +300,7 @@ def test_parquet_extras_whose_types_differ_across_files_come_through(
         pq.write_table(pa.table(table), tmp_path / "in" / f"{name}.parquet")
     out = tmp_path / "out"
     manifest = run_filter(job_config(str(tmp_path / "in"), str(out), tiny_judge))
-    assert manifest["status"] == "complete" and manifest["rows_read"] == 16
+    assert manifest.status == "complete" and manifest.rows_read == 16
     got = output_rows(out)
     assert sorted(r["row_no"] for r in got) == list(range(16))
     assert all(json.loads(r["meta"]) == metas[r["row_no"]] for r in got)

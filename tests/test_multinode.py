@@ -372,7 +372,7 @@ def test_the_job_resumes_after_losing_the_node_of_its_driver_and_helpers(
     out = tmp_path / "out"
     config = job_file(tmp_path, src, out, tiny_judge, judge)
     start = time.monotonic()
-    job = submit(fake_cluster, config, {"driver": 1}, hold="filter.pipeline.check_claim")
+    job = submit(fake_cluster, config, {"driver": 1}, hold="filter.job.check_claim")
     wait_for_output(fake_cluster, job, out, lambda: alive_driver_nodes(fake_cluster))
     (lost,) = alive_driver_nodes(fake_cluster)
     raylet = raylet_of(lost, fake_cluster["temp_dir"])

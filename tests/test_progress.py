@@ -51,8 +51,8 @@ def test_the_job_ends_with_the_total_and_the_kept_count(ray_session, tiny_judge,
     )
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("filter: 48/48 rows (100.0%), "), last
-    assert last.endswith(f", kept {manifest['counts']['kept']}")
-    attempt = manifest["attempts"][-1]  # nothing was retried, no node ended
+    assert last.endswith(f", kept {manifest.counts['kept']}")
+    attempt = manifest.attempts[-1]  # nothing was retried, no node ended
     assert attempt["batches_decided_again"] == 0 and attempt["nodes_ended"] == []
     src = write_jsonl(tmp_path / "in.jsonl", rows[:20])
     run_filter(job_config(str(src), str(tmp_path / "out2"), tiny_judge))

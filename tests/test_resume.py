@@ -51,7 +51,7 @@ def source(tmp_path_factory) -> Path:
 def clean(ray_session, tiny_judge, source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clean") / "out"
     manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
-    assert manifest["status"] == "complete" and len(manifest["attempts"]) == 1
+    assert manifest.status == "complete" and len(manifest.attempts) == 1
     return out
 
 
@@ -62,7 +62,7 @@ def test_a_killed_driver_resumes_and_ends_like_a_clean_run(clean, source, tiny_j
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
     # Held before its commit (`crash_driver.py`): a fast machine cannot finish the run between
     # the look at its files and the kill.
-    hold = [str(Path(__file__).with_name("crash_driver.py")), "hold:filter.pipeline.check_claim"]
+    hold = [str(Path(__file__).with_name("crash_driver.py")), "hold:filter.job.check_claim"]
     cmd = [sys.executable, *hold, "filter", "--config", str(config)]
     driver = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
@@ -79,8 +79,8 @@ def test_a_killed_driver_resumes_and_ends_like_a_clean_run(clean, source, tiny_j
     assert not (out / MANIFEST).exists()
 
     manifest = run_filter(cfg)  # the same command again
-    assert manifest["status"] == "complete", manifest["invariant"]
-    first, second = manifest["attempts"]
+    assert manifest.status == "complete", manifest.invariant
+    first, second = manifest.attempts
     assert first["rows_written"] > 0 and second["rows_before"] == first["rows_written"]
     assert second["rows_written"] == ROWS + 2 - second["rows_before"]
     assert second["rows_written"] < ROWS + 2  # the second attempt judged only the rest
@@ -120,9 +120,9 @@ def test_a_killed_judge_replica_is_replaced_and_the_run_ends_like_a_clean_run(
         manifest = run.result(timeout=600)
     assert killed is not None, "the run ended before a replica could be killed"
     assert written_then < len(list((out / "data").rglob("*.parquet")))  # it went on after
-    assert manifest["status"] == "complete", manifest["invariant"]
-    assert len(manifest["attempts"]) == 1
-    assert manifest["attempts"][0]["rows_written"] == ROWS + 2
+    assert manifest.status == "complete", manifest.invariant
+    assert len(manifest.attempts) == 1
+    assert manifest.attempts[0]["rows_written"] == ROWS + 2
     assert_same_output(out, clean)
 
 
@@ -149,8 +149,8 @@ def test_engine_errors_are_judged_again_and_partial_files_dropped(
 ):
     out, victim = doctored_copy(clean, tmp_path)
     manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
-    assert manifest["status"] == "complete", manifest["invariant"]
-    last = manifest["attempts"][-1]
+    assert manifest.status == "complete", manifest.invariant
+    last = manifest.attempts[-1]
     assert last["engine_errors_retried"] == 1 and last["partial_files_removed"] == 1
     assert last["rows_written"] == 1  # the retried row, nothing else judged again
     assert rows_by_position(out)[victim]["decision"] == "kept"
@@ -162,23 +162,23 @@ def test_files_a_killed_attempt_writes_late_are_not_counted_twice(
 ):
     """A killed driver's write tasks can finish a moment after the rerun took stock (seen in
     the SIGKILL test above): their rows are judged again, and their file must go."""
-    import alpagasus_ray.filter.job as pipeline
+    import alpagasus_ray.filter.job as job
 
     out, _ = doctored_copy(clean, tmp_path)
     late = sorted((out / "data" / "decision=rejected").glob("*.parquet"))[0]
     parked = tmp_path / late.name
     late.rename(parked)
-    taking_stock = pipeline.resume_state
+    taking_stock = job.resume_state
 
     def then_the_late_file_lands(*args, **kwargs):
         state = taking_stock(*args, **kwargs)
         parked.rename(late)  # written by the dead attempt's orphan task, after the stock-take
         return state
 
-    monkeypatch.setattr(pipeline, "resume_state", then_the_late_file_lands)
+    monkeypatch.setattr(job, "resume_state", then_the_late_file_lands)
     manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
-    assert manifest["status"] == "complete", manifest["invariant"]
-    assert manifest["attempts"][-1]["late_files_removed"] == 1
+    assert manifest.status == "complete", manifest.invariant
+    assert manifest.attempts[-1]["late_files_removed"] == 1
     assert not late.exists()
     assert_same_output(out, clean)  # every row once
 
@@ -209,8 +209,8 @@ def test_a_new_threshold_is_decided_from_the_stored_scores(clean, source, tiny_j
     threshold = round(scores[len(scores) // 2], 3)  # between the clean run's scores
     cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, filter__threshold=threshold)
     manifest = run_filter(cfg)
-    assert manifest["redecided"]["judge_calls"] == 0 and manifest["threshold"] == threshold
-    assert len(manifest["attempts"]) == 1  # no new attempt: nothing was judged
+    assert manifest.redecided.judge_calls == 0 and manifest.threshold == threshold
+    assert len(manifest.attempts) == 1  # no new attempt: nothing was judged
     before, after = rows_by_position(clean), rows_by_position(out)
     assert before.keys() == after.keys()
     for key, row in after.items():
@@ -219,8 +219,8 @@ def test_a_new_threshold_is_decided_from_the_stored_scores(clean, source, tiny_j
             assert row["decision"] == ("kept" if row["score"] >= threshold else "rejected")
         else:
             assert row["decision"] == before[key]["decision"]  # no score: stays as it was
-    assert manifest["counts"]["kept"] == sum(s >= threshold for s in scores)
-    assert manifest["status"] == "complete"
+    assert manifest.counts["kept"] == sum(s >= threshold for s in scores)
+    assert manifest.status == "complete"
 
 
 def test_keep_fraction_keeps_that_share_of_the_scored_rows(clean, source, tiny_judge, tmp_path):
@@ -230,10 +230,10 @@ def test_keep_fraction_keeps_that_share_of_the_scored_rows(clean, source, tiny_j
     manifest = run_filter(cfg)
     judged = judged_rows(out).values()
     kept = [r for r in judged if r["decision"] == "kept"]
-    assert all(r["score"] >= manifest["threshold"] for r in kept)
-    assert all(r["score"] < manifest["threshold"] for r in judged if r["decision"] == "rejected")
+    assert all(r["score"] >= manifest.threshold for r in kept)
+    assert all(r["score"] < manifest.threshold for r in judged if r["decision"] == "rejected")
     assert 0.25 <= len(kept) / len(judged) < 0.25 + 5 / len(judged)  # ties at the quantile
-    assert (out / "report.md").read_text().count(f"threshold {manifest['threshold']:g}") == 1
+    assert (out / "report.md").read_text().count(f"threshold {manifest.threshold:g}") == 1
 
 
 def test_a_redecision_keeps_the_columns_only_some_files_have(tmp_path):
@@ -262,7 +262,7 @@ def test_a_redecision_keeps_the_columns_only_some_files_have(tmp_path):
 def committed_with_an_engine_error(clean: Path, tmp_path: Path) -> tuple[Path, tuple[str, int]]:
     """The clean output as a finished run with one API failure leaves it: one row an
     `engine_error` in the failed partition, committed by a manifest that lists it."""
-    from alpagasus_ray.filter.manifest import commit, counts_of, file_entries
+    from alpagasus_ray.filter.manifest import Manifest, commit, counts_of, file_entries
 
     out, victim = doctored_copy(clean, tmp_path)
     (out / "data" / "decision=kept" / "partial.parquet").unlink()
@@ -270,7 +270,7 @@ def committed_with_an_engine_error(clean: Path, tmp_path: Path) -> tuple[Path, t
     files = [str(p) for p in (out / "data").rglob("*.parquet")]
     manifest["files"] = file_entries(fsspec.filesystem("file"), str(out), files)
     manifest["counts"] = {**manifest["counts"], **counts_of(manifest["files"])}
-    commit(fsspec.filesystem("file"), str(out), manifest)
+    commit(fsspec.filesystem("file"), str(out), Manifest.model_validate(manifest))
     return out, victim
 
 
@@ -284,8 +284,8 @@ def test_retry_failed_judges_only_the_engine_errors_of_a_finished_output(
         run_filter(cfg)  # a plain rerun changes nothing
     manifest = run_filter(cfg.model_copy(update={"output": cfg.output.model_copy(
         update={"retry_failed": True})}))  # fmt: skip
-    assert manifest["status"] == "complete", manifest["invariant"]
-    last = manifest["attempts"][-1]
+    assert manifest.status == "complete", manifest.invariant
+    last = manifest.attempts[-1]
     assert last["engine_errors_retried"] == 1
     assert last["rows_written"] == 1  # the retried row, nothing else judged again
     assert rows_by_position(out)[victim]["decision"] == "kept"
@@ -310,4 +310,4 @@ def test_an_input_changed_since_the_first_attempt_is_refused(ray_session, tiny_j
     assert cfg.output.overwrite is False
     manifest = run_filter(cfg.model_copy(update={"output": cfg.output.model_copy(
         update={"overwrite": True})}))  # fmt: skip
-    assert manifest["status"] == "complete" and manifest["rows_read"] == 12
+    assert manifest.status == "complete" and manifest.rows_read == 12

@@ -71,14 +71,14 @@ def test_unreadable_files_are_skipped_and_listed(ray_session, tmp_path, tiny_jud
         input__on_unreadable_file="skip",
     )
     manifest = run_filter(cfg)
-    skipped = {r["path"]: r for r in manifest["skipped_files"]}
+    skipped = {r["path"]: r for r in manifest.skipped_files}
     assert set(skipped) == {str(footer), str(halfway)}
     assert skipped[str(footer)]["rows"] == 0
     # Rows read before the broken page count: whole blocks of 16 (batch_size) of the first
     # row group's 50; the block that straddles the broken page is lost with the file.
     assert skipped[str(halfway)]["rows"] == 48
     assert all(r["error"].startswith("OSError: ") for r in skipped.values())
-    assert manifest["rows_read"] == 20 + 48 == sum(manifest["counts"].values())
+    assert manifest.rows_read == 20 + 48 == sum(manifest.counts.values())
     report = (tmp_path / "out" / "report.md").read_text()
     assert "2 unreadable input files skipped" in report and str(halfway) in report
 
@@ -93,9 +93,9 @@ def test_a_run_whose_every_file_is_skipped_is_complete_with_nothing_in_it(
     cfg = job_config(str(tmp_path / "in"), str(tmp_path / "out"), tiny_judge,
                      input__on_unreadable_file="skip")  # fmt: skip
     manifest = run_filter(cfg)
-    assert manifest["status"] == "complete" and manifest["rows_read"] == 0
-    assert set(manifest["counts"].values()) == {0} and manifest["files"] == []
-    assert [(r["path"], r["rows"], r["error"]) for r in manifest["skipped_files"]] == [
+    assert manifest.status == "complete" and manifest.rows_read == 0
+    assert set(manifest.counts.values()) == {0} and manifest.files == []
+    assert [(r["path"], r["rows"], r["error"]) for r in manifest.skipped_files] == [
         (str(bad), 0, error)
     ]
     assert "1 unreadable input file skipped" in (tmp_path / "out" / "report.md").read_text()

@@ -62,14 +62,14 @@ def test_jsonl_in_and_partitioned_parquet_out_on_s3(ray_session, tiny_judge, s3_
         **CREDENTIALS,
     )
     manifest = run_filter(cfg)
-    assert manifest["rows_read"] == 21 == sum(manifest["counts"].values())
-    assert manifest["counts"]["quarantined"] == 1
+    assert manifest.rows_read == 21 == sum(manifest.counts.values())
+    assert manifest.counts["quarantined"] == 1
 
     keys = [o["Key"] for o in bucket.list_objects_v2(Bucket=BUCKET, Prefix="out/run/")["Contents"]]
     assert "out/run/manifest.json" in keys and "out/run/report.md" in keys
     assert any(k.startswith("out/run/data/decision=quarantined/") for k in keys)
     on_s3 = json.loads(bucket.get_object(Bucket=BUCKET, Key="out/run/manifest.json")["Body"].read())
-    assert on_s3["counts"] == manifest["counts"]
+    assert on_s3["counts"] == manifest.counts
     assert "testing-secret" not in json.dumps(on_s3)
 
     fs, root = filesystem(f"s3://{BUCKET}/out/run", cfg.storage)
@@ -86,5 +86,5 @@ def test_parquet_from_s3(ray_session, tiny_judge, s3_endpoint, bucket):
         **CREDENTIALS,
     )
     manifest = run_filter(cfg)
-    assert manifest["rows_read"] == 20 == sum(manifest["counts"].values())
-    assert manifest["counts"]["quarantined"] == 0
+    assert manifest.rows_read == 20 == sum(manifest.counts.values())
+    assert manifest.counts["quarantined"] == 0

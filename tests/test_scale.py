@@ -159,12 +159,12 @@ def test_wrong_input_leaves_the_previous_output_intact(ray_session, tiny_judge, 
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(20, seed=1))
     out = tmp_path / "out"
     first = run_filter(job_config(str(src), str(out), tiny_judge))
-    assert first["status"] == "complete"
+    assert first.status == "complete"
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     with pytest.raises(PreflightError, match=r"input \(input.uri\): .* does not exist"):
         run_filter(job_config(str(tmp_path / "typo.jsonl"), str(out), tiny_judge))
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
-    assert json.loads((out / "manifest.json").read_text())["counts"] == first["counts"]
+    assert json.loads((out / "manifest.json").read_text())["counts"] == first.counts
 
 
 def test_a_claim_taken_by_another_run_is_refused(tmp_path):

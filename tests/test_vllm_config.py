@@ -213,7 +213,7 @@ def test_manifest_reports_engine_metrics(ray_session, tiny_judge, tmp_path):
     rows = synthetic_examples(6, seed=5) + [{"instruction": "", "output": "x"}]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     manifest = run_filter(job_config(str(src), str(tmp_path / "out"), tiny_judge))
-    m = manifest["engine_metrics"]
+    m = manifest.engine_metrics
     assert m["engine"] == "hf" and m["examples_judged"] == 6  # the empty one is quarantined
     assert m["input_tokens"] > 6 * 50 and m["output_tokens"] == 6
     assert m["examples_per_s"] > 0 and m["prefix_cache_hit_rate"] is None

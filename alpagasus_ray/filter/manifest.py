@@ -12,10 +12,11 @@ next change. Delta Lake and Iceberg commit the same way.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from alpagasus_ray.data.io import (
     DATA_DIR,
@@ -30,6 +31,62 @@ from alpagasus_ray.data.schema import DECISION
 FORMAT_VERSION = 2  # 2: the manifest lists its data files; 1 (unversioned) did not
 
 
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FileEntry(_Record):
+    """One data file of the output: its path under `data/`, its decision and its rows."""
+
+    path: str
+    decision: str
+    rows: int
+
+
+class Redecision(_Record):
+    """What a re-decision from the stored scores changed (no judge call)."""
+
+    from_threshold: float
+    keep_fraction: float | None
+    changed: dict[str, int]
+    judge_calls: int
+
+
+class Manifest(_Record):
+    """A filter output's committed state: what `train`, `report`, `export`, `calibrate`, a
+    re-decision and a retry read. Its `files` are the output; its `counts` their rows by
+    decision; `status` is "complete" only when the rows read are exactly those counts."""
+
+    format_version: int = FORMAT_VERSION
+    status: Literal["complete", "inconsistent"]
+    rows_read: int
+    counts: dict[str, int]
+    invariant: str
+    invariant_ok: bool
+    skipped_files: list[dict[str, Any]]  # input files that could not be read, and why
+    kept_fraction: float
+    duplicates: int
+    judge: dict[str, Any]  # model, engine, mode, dimension, layout
+    prompt_hash: str
+    engine_metrics: dict[str, Any]
+    stages: list[dict[str, Any]]  # Ray Data's operators, in pipeline order
+    threshold: float
+    keep_fraction: float | None
+    rows_per_s: float
+    timings_s: dict[str, float]
+    started_at: str
+    attempts: list[dict[str, Any]]  # one record per run into this output, oldest first
+    fingerprint: dict[str, Any]  # the input files' and the judging settings' identities
+    files: list[FileEntry]
+    versions: dict[str, str | None]
+    config: dict[str, Any]  # the job's config, secrets masked
+    redecided: Redecision | None = None
+
+    def to_json(self) -> bytes:
+        body = self.model_dump(exclude={"redecided"} if self.redecided is None else None)
+        return (json.dumps(body, indent=2, default=str) + "\n").encode()
+
+
 def decision_of(path: str) -> str:
     """The decision a data file holds, from its `decision=` folder."""
     folder = path.rsplit("/", 2)[-2]
@@ -39,7 +96,7 @@ def decision_of(path: str) -> str:
     return value
 
 
-def file_entries(fs: fsspec.AbstractFileSystem, root: str, files: list[str]) -> list[dict]:
+def file_entries(fs: fsspec.AbstractFileSystem, root: str, files: list[str]) -> list[FileEntry]:
     """A manifest's `files`: each data file's path under the output, decision and rows (from
     its footer: no data is read)."""
     data = join(root, DATA_DIR) + "/"
@@ -48,40 +105,46 @@ def file_entries(fs: fsspec.AbstractFileSystem, root: str, files: list[str]) -> 
         with fs.open(path, "rb") as f:
             rows = pq.ParquetFile(f).metadata.num_rows
         rel = path[len(data) :] if path.startswith(data) else path
-        entries.append({"path": rel, "decision": decision_of(path), "rows": rows})
+        entries.append(FileEntry(path=rel, decision=decision_of(path), rows=rows))
     return entries
 
 
-def counts_of(entries: list[dict]) -> dict[str, int]:
+def counts_of(entries: list[FileEntry]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for entry in entries:
-        counts[entry["decision"]] = counts.get(entry["decision"], 0) + entry["rows"]
+        counts[entry.decision] = counts.get(entry.decision, 0) + entry.rows
     return counts
 
 
-def commit(fs: fsspec.AbstractFileSystem, root: str, manifest: dict[str, Any]) -> None:
+def commit(fs: fsspec.AbstractFileSystem, root: str, manifest: Manifest) -> None:
     """Make `manifest` the output's state, in one atomic write."""
-    body = {"format_version": FORMAT_VERSION, **manifest}
-    data = (json.dumps(body, indent=2, default=str) + "\n").encode()
-    write_atomic(fs, join(root, MANIFEST), data)
+    write_atomic(fs, join(root, MANIFEST), manifest.to_json())
 
 
-def read_manifest(fs: fsspec.AbstractFileSystem, root: str, uri: str) -> dict[str, Any] | None:
-    """The committed manifest, or None when there is none; an older format is refused."""
+def read_manifest(fs: fsspec.AbstractFileSystem, root: str, uri: str) -> Manifest | None:
+    """The committed manifest, or None when there is none; another format is refused, and
+    so is one that is not a manifest of this format (hand-edited, or another tool's)."""
     try:
-        manifest = read_json(fs, join(root, MANIFEST))
+        body = read_json(fs, join(root, MANIFEST))
     except FileNotFoundError:
         return None
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = body.get("format_version", 1) if isinstance(body, dict) else None
+    if version != FORMAT_VERSION:
         raise UnfinishedFilterOutput(
             f"{uri} was written by another version of alpagasus-ray (manifest format "
-            f"{manifest.get('format_version', 1)}, this one reads {FORMAT_VERSION}); rerun "
-            "the filter into a new output"
+            f"{version}, this one reads {FORMAT_VERSION}); rerun the filter into a new output"
         )
-    return manifest
+    try:
+        return Manifest.model_validate(body)
+    except ValidationError as e:
+        where = ".".join(str(p) for p in e.errors()[0]["loc"])
+        raise UnfinishedFilterOutput(
+            f"{uri}: its {MANIFEST} is not a valid manifest ({e.error_count()} problems, the "
+            f"first at {where}: {e.errors()[0]['msg']}); rerun the filter into a new output"
+        ) from None
 
 
-def committed(fs: fsspec.AbstractFileSystem, root: str, uri: str) -> dict[str, Any]:
+def committed(fs: fsspec.AbstractFileSystem, root: str, uri: str) -> Manifest:
     """The manifest of a complete output; anything else is refused with one line."""
     manifest = read_manifest(fs, root, uri)
     if manifest is None:
@@ -89,19 +152,19 @@ def committed(fs: fsspec.AbstractFileSystem, root: str, uri: str) -> dict[str, A
             f"{uri} has no {MANIFEST}: not a finished filter output (rerun the filter to "
             "complete it)"
         )
-    if manifest.get("status") != "complete":
+    if manifest.status != "complete":
         raise UnfinishedFilterOutput(
-            f"{uri}: the filter output's manifest says status {manifest.get('status')!r}, "
+            f"{uri}: the filter output's manifest says status {manifest.status!r}, "
             "not 'complete'; fix or rerun the filter first"
         )
     return manifest
 
 
-def listed_files(root: str, manifest: dict[str, Any], decisions: tuple[str, ...] = ()) -> list:
+def listed_files(root: str, manifest: Manifest, decisions: tuple[str, ...] = ()) -> list[str]:
     """The data files `manifest` lists (of `decisions` only, when given), as full paths."""
     data = join(root, DATA_DIR)
-    entries = manifest.get("files", [])
-    return [join(data, e["path"]) for e in entries if not decisions or e["decision"] in decisions]
+    files = manifest.files
+    return [join(data, e.path) for e in files if not decisions or e.decision in decisions]
 
 
 def data_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:

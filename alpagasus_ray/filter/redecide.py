@@ -23,6 +23,8 @@ from alpagasus_ray.data.io import DATA_DIR, join, output_dataset, read_output_ta
 from alpagasus_ray.data.schema import DECISION, DECISIONS, SCORE, Decision
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.manifest import (
+    Manifest,
+    Redecision,
     commit,
     committed,
     counts_of,
@@ -107,45 +109,44 @@ def redecide(
 
 def redecide_finished(
     cfg: FilterJobConfig, fs: fsspec.AbstractFileSystem, root: str, fingerprint: dict[str, Any]
-) -> dict[str, Any]:
+) -> Manifest:
     """A finished output re-decided at the new settings, committed as a new manifest (with
     the new fingerprint); the judge is not called."""
     from alpagasus_ray.filter.report import write_report
 
-    manifest = committed(fs, root, cfg.output.uri)
-    old = listed_files(root, manifest)
+    before = committed(fs, root, cfg.output.uri)
+    old = listed_files(root, before)
     remove_unlisted(fs, root, old)  # what an earlier change left when it died
     threshold = decision_threshold(cfg, fs, root, old)
     new, changed = redecide(fs, root, old, threshold)
     entries = file_entries(fs, root, new)
     counts = counts_of(entries)
     total = sum(counts.values())
-    ok = manifest["rows_read"] == total
-    manifest.update(
-        status="complete" if ok else "inconsistent",
-        files=entries,
-        counts={d: counts.get(d, 0) for d in DECISIONS},
-        invariant=f"rows_read ({manifest['rows_read']}) == kept + rejected + quarantined + "
-        f"failed ({total})",
-        invariant_ok=ok,
-        kept_fraction=counts.get(Decision.KEPT.value, 0) / total if total else 0.0,
-        redecided={
-            "from_threshold": manifest["threshold"],
-            "keep_fraction": cfg.filter.keep_fraction,
-            "changed": changed,
-            "judge_calls": 0,
-        },
-        threshold=threshold,
-        keep_fraction=cfg.filter.keep_fraction,
-        fingerprint=fingerprint,
-        config=cfg.redacted(),
+    ok = before.rows_read == total
+    invariant = (
+        f"rows_read ({before.rows_read}) == kept + rejected + quarantined + failed ({total})"
     )
-    manifest.pop("format_version", None)
-    judged = {**manifest["judge"], "input": cfg.input.uri}
-    skipped = manifest.get("skipped_files")
-    write_report(fs, root, new, cfg.report, threshold, judged, skipped)
+    again = Redecision(from_threshold=before.threshold, keep_fraction=cfg.filter.keep_fraction,
+                       changed=changed, judge_calls=0)  # fmt: skip
+    manifest = before.model_copy(
+        update={
+            "status": "complete" if ok else "inconsistent",
+            "files": entries,
+            "counts": {d: counts.get(d, 0) for d in DECISIONS},
+            "invariant": invariant,
+            "invariant_ok": ok,
+            "kept_fraction": counts.get(Decision.KEPT.value, 0) / total if total else 0.0,
+            "redecided": again,
+            "threshold": threshold,
+            "keep_fraction": cfg.filter.keep_fraction,
+            "fingerprint": fingerprint,
+            "config": cfg.redacted(),
+        }
+    )
+    judged = {**manifest.judge, "input": cfg.input.uri}
+    write_report(fs, root, new, cfg.report, threshold, judged, manifest.skipped_files)
     commit(fs, root, manifest)
     remove_unlisted(fs, root, new)
     if not ok:
-        raise InvariantError(manifest["invariant"])
+        raise InvariantError(invariant)
     return manifest

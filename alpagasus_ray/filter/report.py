@@ -238,8 +238,8 @@ def regenerate(uri: str, storage: Any = None) -> dict[str, Any]:
 
     fs, root = filesystem(uri, storage or StorageConfig())
     manifest = committed(fs, root, uri)
-    cfg = ReportConfig.model_validate(manifest["config"].get("report", {}))
-    judged = {**manifest["judge"], "input": manifest["config"]["input"]["uri"]}
-    skipped = manifest.get("skipped_files")
+    cfg = ReportConfig.model_validate(manifest.config.get("report", {}))
+    judged = {**manifest.judge, "input": manifest.config["input"]["uri"]}
+    skipped = manifest.skipped_files
     files = listed_files(root, manifest)
-    return write_report(fs, root, files, cfg, manifest["threshold"], judged, skipped)
+    return write_report(fs, root, files, cfg, manifest.threshold, judged, skipped)

@@ -33,7 +33,13 @@ from alpagasus_ray.data.io import RUN_MARKER, join, output_dataset, read_json
 from alpagasus_ray.data.schema import CONTENT_HASH, DUPLICATE_OF, REASON, SOURCE, SOURCE_ROW, Reason
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.duplicates import SETTLED_SUFFIX, seen_in_output
-from alpagasus_ray.filter.manifest import data_files, listed_files, read_manifest, remove_unlisted
+from alpagasus_ray.filter.manifest import (
+    Manifest,
+    data_files,
+    listed_files,
+    read_manifest,
+    remove_unlisted,
+)
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.text.prompts import prompt_hash
 
@@ -114,7 +120,7 @@ def _what_changed(key: str, before: Any, now: Any) -> str:
 
 def check_rerun(
     cfg: FilterJobConfig, fs: fsspec.AbstractFileSystem, root: str, now: dict[str, Any]
-) -> tuple[str, dict[str, Any] | None]:
+) -> tuple[str, Manifest | dict[str, Any] | None]:
     """What a run whose `fingerprint` is `now` does in an existing output: ("fresh", None)
     to start afresh (empty output, or `overwrite`), ("resume", run) to continue an
     unfinished run, ("redecide", manifest) when only the decision settings of a finished
@@ -131,7 +137,7 @@ def check_rerun(
         raise PreflightError(
             "resume", "input.limit", f"a run with a row limit cannot resume {cfg.output.uri}"
         )
-    before = run.get("fingerprint") or {}
+    before = (manifest.fingerprint if manifest is not None else run.get("fingerprint")) or {}
     changed = [k for k in now if before.get(k) != now[k]]
     judged_alike = not [k for k in changed if k not in DECISION_KEYS]
     if manifest is not None and cfg.output.retry_failed and not changed:
