@@ -214,12 +214,12 @@ def test_smollm2_scores_match_hf(smol_runs, layout):
 def test_prefix_layout_reuses_the_cache_paper_layout_does_not(smol_runs):
     """The rubric-first layout shares whole KV blocks across rows; the paper's does not."""
     rates = {
-        layout: smol_runs[layout][0]["engine_metrics"]["prefix_cache_hit_rate"]
+        layout: smol_runs[layout][0].engine_metrics["prefix_cache_hit_rate"]
         for layout in ("prefix", "paper")
     }
     assert rates["prefix"] > rates["paper"] + 0.2, rates
     for layout in ("prefix", "paper"):
-        metrics = smol_runs[layout][0]["engine_metrics"]
+        metrics = smol_runs[layout][0].engine_metrics
         assert metrics["prefix_cache_query_tokens"] == metrics["input_tokens"]
 
 
