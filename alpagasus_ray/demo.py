@@ -13,11 +13,14 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alpagasus_ray.core.config import apply_overrides, build_config
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.text.prompts import FENCE_NOTE, PREFIX_TRIPLET, RATING_PROMPTS, SYSTEM_PROMPT
+
+if TYPE_CHECKING:
+    from alpagasus_ray.filter.manifest import Manifest
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
@@ -208,7 +211,7 @@ def demo_config(root: Path, model_dir: Path, data: Path, overrides: list[str]) -
     return build_config(FilterJobConfig, apply_overrides(base, overrides))
 
 
-def run_demo(output: str | Path, rows: int, overrides: list[str]) -> dict[str, Any]:
+def run_demo(output: str | Path, rows: int, overrides: list[str]) -> Manifest:
     """Build the judge and the input under `output`, then run the real filter job on them."""
     from alpagasus_ray.filter.job import run_filter
 

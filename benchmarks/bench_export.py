@@ -123,7 +123,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     out = args.output or work / "out"
     if not args.output:
-        src = args.input or write_jsonl(synthetic_examples(9229, seed=3), work / "in.jsonl")
+        src = args.input or write_jsonl(work / "in.jsonl", synthetic_examples(9229, seed=3))
         cfg = {
             "input": {"uri": str(src)},
             "output": {"uri": str(out)},

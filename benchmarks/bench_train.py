@@ -98,7 +98,7 @@ def main() -> None:
         root / "student", hidden_size=args.hidden_size, seed=1, initializer_range=0.02
     )
     rows, origin = source_rows(args.data, args.examples)
-    src = write_jsonl(rows, root / "source.jsonl")
+    src = write_jsonl(root / "source.jsonl", rows)
     t0 = time.perf_counter()
     manifest = run_filter(filter_config(src, root / "filtered", judge, args.threshold))
     filter_s = time.perf_counter() - t0

@@ -110,7 +110,7 @@ def main() -> None:
     else:
         model, name = export_smollm2(tmp / "smollm2"), "SmolLM2-135M-Instruct"
     rows, source = load_rows(args.data, args.rows)
-    src = write_jsonl(rows, tmp / "rows.jsonl")
+    src = write_jsonl(tmp / "rows.jsonl", rows)
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     print(f"model: {name}, float32, logprobs mode; data: {source}, {len(rows)} rows")
 

@@ -183,12 +183,6 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
 def write_cut_array(path: Path, records: int = 300) -> tuple[Path, str]:
     """A JSON array file cut half way, like a half-downloaded alpaca_data.json; (path, the
     parser's own error for it, as the job must say it)."""

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 
-def write_jsonl(rows: list[dict[str, Any]], path: str | Path) -> Path:
+def write_jsonl(path: str | Path, rows: list[Any]) -> Path:
+    """One JSON object a line; a string row is written as it is (a broken line, on purpose)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
 
 

@@ -15,8 +15,9 @@ import fsspec
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import API_KEY, cli_refusal, write_jsonl
+from conftest import API_KEY, cli_refusal
 from fault_proxy import BAD_REPLIES, FaultProxy, Rule
+from helpers import write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.core.config import SCORE_LINE_TOKENS, JudgeConfig

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import cli_refusal, filter_args, write_jsonl
+from conftest import cli_refusal, filter_args
+from helpers import write_jsonl
 from scipy.stats import spearmanr
 from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc_auc_score
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import assert_same_rows, job_config, s3_client, session_cluster_env, write_jsonl
+from conftest import assert_same_rows, job_config, s3_client, session_cluster_env
+from helpers import write_jsonl
 
 from alpagasus_ray.core.config import StorageConfig
 from alpagasus_ray.data.io import MANIFEST, UnfinishedFilterOutput, filesystem

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import job_config, write_jsonl
+from conftest import job_config
+from helpers import write_jsonl
 
 from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.filter.duplicates import SeenContent

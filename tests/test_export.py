@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import cli_refusal, job_config, s3_client, write_jsonl
+from conftest import cli_refusal, job_config, s3_client
+from helpers import write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.core.config import StorageConfig

@@ -5,7 +5,8 @@ import json
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import filter_args, job_config, write_cut_array, write_jsonl
+from conftest import filter_args, job_config, write_cut_array
+from helpers import write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.demo import synthetic_examples

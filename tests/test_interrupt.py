@@ -16,7 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import filter_args, write_jsonl
+from conftest import filter_args
+from helpers import write_jsonl
 
 from alpagasus_ray.data.io import MANIFEST, RUN_MARKER
 from alpagasus_ray.demo import synthetic_examples

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import write_jsonl
+from helpers import write_jsonl
 
 from alpagasus_ray.demo import synthetic_examples
 

@@ -5,7 +5,8 @@ and scores exactly as the filter job does (it is the job's own code path)."""
 from __future__ import annotations
 
 import pytest
-from conftest import VLLM_LANE, job_config, write_jsonl
+from conftest import VLLM_LANE, job_config
+from helpers import write_jsonl
 
 from alpagasus_ray import ColumnMap, JudgeConfig, RayConfig, judge_dataset
 from alpagasus_ray.core.config import StorageConfig

@@ -31,7 +31,8 @@ import psutil
 import pyarrow.dataset as pads
 import pytest
 import yaml
-from conftest import VLLM_LANE, job_config, write_jsonl
+from conftest import VLLM_LANE, job_config
+from helpers import write_jsonl
 from test_jobs import free_port, stop_processes_under
 
 from alpagasus_ray.demo import synthetic_examples

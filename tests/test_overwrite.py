@@ -10,7 +10,8 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from conftest import cli_refusal, filter_args, s3_client, write_jsonl
+from conftest import cli_refusal, filter_args, s3_client
+from helpers import write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.core.config import StorageConfig

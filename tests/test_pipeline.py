@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import job_data, write_jsonl
+from conftest import job_data
+from helpers import write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.core.config import ConfigError, build_config, load_config

@@ -11,8 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import cli_refusal, filter_args, write_cut_array, write_jsonl
+from conftest import cli_refusal, filter_args, write_cut_array
 from fsspec.implementations.local import LocalFileSystem
+from helpers import write_jsonl
 from s3_server import start_s3_with_auth
 
 from alpagasus_ray.core.config import build_config

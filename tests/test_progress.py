@@ -6,7 +6,8 @@ import io
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import job_config, write_jsonl
+from conftest import job_config
+from helpers import write_jsonl
 
 from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.filter.job import run_filter

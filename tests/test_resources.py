@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import cli_refusal, filter_args, job_config, write_jsonl
+from conftest import cli_refusal, filter_args, job_config
+from helpers import write_jsonl
 
 from alpagasus_ray.filter.resources import replica_bundles
 

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import assert_same_rows, job_config, write_jsonl
+from conftest import assert_same_rows, job_config
+from helpers import write_jsonl
 
 from alpagasus_ray.data.io import MANIFEST
 from alpagasus_ray.demo import synthetic_examples

@@ -11,7 +11,8 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import job_config, write_jsonl
+from conftest import job_config
+from helpers import write_jsonl
 
 from alpagasus_ray.core.config import StorageConfig
 from alpagasus_ray.data.io import (

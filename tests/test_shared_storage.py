@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import filter_args, session_cluster_env, write_jsonl
+from conftest import filter_args, session_cluster_env
+from helpers import write_jsonl
 
 from alpagasus_ray.core.errors import StorageNotShared
 from alpagasus_ray.data.io import READ_LOG_DIR, RUN_MARKER

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import job_config, write_jsonl
+from conftest import job_config
+from helpers import write_jsonl
 
 from alpagasus_ray.core.config import ConfigError, build_config
 from alpagasus_ray.demo import synthetic_examples

@@ -3,7 +3,8 @@
 import json
 
 import pytest
-from conftest import s3_client, write_jsonl
+from conftest import s3_client
+from helpers import write_jsonl
 
 from alpagasus_ray.core.config import build_config
 from alpagasus_ray.data.io import filesystem

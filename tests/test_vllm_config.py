@@ -205,7 +205,8 @@ def test_engine_metrics_from_output_columns():
 
 def test_manifest_reports_engine_metrics(ray_session, tiny_judge, tmp_path):
     """The job's manifest carries the engine metrics, computed from what was written."""
-    from conftest import job_config, write_jsonl
+    from conftest import job_config
+    from helpers import write_jsonl
 
     from alpagasus_ray.demo import synthetic_examples
     from alpagasus_ray.filter.job import run_filter

@@ -19,7 +19,8 @@ import pytest
 vllm = pytest.importorskip("vllm")
 pytest.importorskip("vllm.outputs")
 
-from conftest import job_config, write_jsonl  # noqa: E402
+from conftest import job_config  # noqa: E402
+from helpers import write_jsonl  # noqa: E402
 from ray.llm._internal.batch.stages.common import maybe_convert_ndarray_to_list  # noqa: E402
 from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMOutputData  # noqa: E402
 from vllm.logprobs import append_logprobs_for_next_position  # noqa: E402

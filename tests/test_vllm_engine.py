@@ -14,7 +14,8 @@ from typing import Any
 
 import pyarrow.dataset as pads
 import pytest
-from conftest import job_config, write_jsonl
+from conftest import job_config
+from helpers import write_jsonl
 
 from alpagasus_ray.core.config import build_config
 from alpagasus_ray.data.schema import (
