@@ -64,7 +64,10 @@ lint: setup
 check: lint
 	$(BIN)/pytest -q -ra --durations=10 --quick -m "not vllm"
 
-test: lint $(VSTAMP)
+# Both virtualenvs at once (each mostly unpacks wheels on one core), then ruff, then the lanes.
+test:
+	$(MAKE) -j2 $(STAMP) $(VSTAMP)
+	$(MAKE) lint
 	$(BIN)/pytest -q -ra --durations=25 -m "not vllm"
 	$(VBIN)/pytest -q -ra --durations=25 -m vllm
 

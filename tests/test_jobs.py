@@ -106,7 +106,7 @@ def stop_processes_under(temp_dir: str) -> None:
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=15)
+    _, alive = psutil.wait_procs(procs, timeout=5)  # the test's own head: no state to keep
     for p in alive:
         p.kill()
 
