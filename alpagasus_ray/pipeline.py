@@ -47,6 +47,17 @@ class PipelineConfig(FilterJobConfig):
                 ft[section] = data[section]
         return {**data, "finetune": ft}
 
+    @model_validator(mode="after")
+    def _no_training_on_the_stand_in(self) -> PipelineConfig:
+        """Refused before the filter runs, not after: train would refuse its output."""
+        if self.judge.engine == "hash" and not self.finetune.data.allow_stand_in_judge:
+            raise ValueError(
+                "judge.engine=hash is a stand-in whose scores are not ratings: the fine-tune "
+                "would train on a hash's picks (set finetune.data.allow_stand_in_judge=true "
+                "to check a pipeline's wiring)"
+            )
+        return self
+
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Filter, then train on the kept partition; returns both steps' summaries."""

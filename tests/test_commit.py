@@ -44,9 +44,9 @@ def source(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean(ray_session, tiny_judge, source, tmp_path_factory) -> Path:
+def clean(ray_session, stand_in, source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clean") / "out"
-    manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
+    manifest = run_filter(job_config(str(source), str(out), stand_in, **SETTINGS))
     assert manifest.status == "complete", manifest.invariant
     return out
 
@@ -72,16 +72,17 @@ def committed_rows(uri: str, storage=None) -> dict[tuple[str, int], dict]:
     return keyed
 
 
-def assert_readers_agree(uri: str, tiny_judge: Path, tmp_path: Path, storage=None) -> bool:
+def assert_readers_agree(uri: str, stand_in: str, tmp_path: Path, storage=None) -> bool:
     """`report` and `train`'s reader either refuse the output or read exactly the state its
-    committed manifest lists; True when there is such a state."""
+    committed manifest lists; True when there is such a state. (Train reads the stand-in
+    judge's output only when told to: that refusal is tested in test_hash_engine.py.)"""
     from alpagasus_ray.train.config import TrainConfig
     from alpagasus_ray.train.data import kept_input
 
     train = TrainConfig.model_validate(
         {
-            "data": {"uri": uri},
-            "model": {"name": str(tiny_judge)},
+            "data": {"uri": uri, "allow_stand_in_judge": True},
+            "model": {"name": stand_in},
             "run": {"name": "sft", "storage_path": str(tmp_path / "runs")},
             **({"storage": storage.model_dump()} if storage else {}),
         }
@@ -129,21 +130,21 @@ def write_config(cfg, path: Path) -> Path:
     return path
 
 
-def test_readers_read_only_what_the_manifest_lists(clean, source, tiny_judge, tmp_path):
+def test_readers_read_only_what_the_manifest_lists(clean, source, stand_in, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(clean, out)
     listed = committed_rows(str(out))
     stray = out / "data" / "decision=kept" / "stray.parquet"  # e.g. left by a dead change
     shutil.copy(next((out / "data" / "decision=rejected").glob("*.parquet")), stray)
-    assert assert_readers_agree(str(out), tiny_judge, tmp_path)  # the stray file is not read
+    assert assert_readers_agree(str(out), stand_in, tmp_path)  # the stray file is not read
     assert committed_rows(str(out)) == listed
-    cfg = job_config(str(source), str(out), tiny_judge, **REDECIDE)
+    cfg = job_config(str(source), str(out), stand_in, **REDECIDE)
     run_filter(cfg)  # a re-decision: the next change of the output removes it
     assert not stray.exists()
     assert len(committed_rows(str(out))) == len(listed)
 
 
-def test_the_manifest_is_versioned_and_an_older_one_refused(clean, tiny_judge, tmp_path):
+def test_the_manifest_is_versioned_and_an_older_one_refused(clean, stand_in, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(clean, out)
     manifest = json.loads((out / MANIFEST).read_text())
@@ -184,11 +185,11 @@ REDECIDE_POINTS = [
 
 
 @pytest.fixture(scope="module")
-def redecided(clean, source, tiny_judge, tmp_path_factory) -> dict:
+def redecided(clean, source, stand_in, tmp_path_factory) -> dict:
     """The clean output re-decided at 2.4 without a kill: what every crashed one must end as."""
     out = tmp_path_factory.mktemp("redecided") / "out"
     shutil.copytree(clean, out)
-    run_filter(job_config(str(source), str(out), tiny_judge, **REDECIDE))
+    run_filter(job_config(str(source), str(out), stand_in, **REDECIDE))
     return committed_rows(str(out))
 
 
@@ -202,14 +203,14 @@ def rerun(cfg) -> None:
 
 @pytest.mark.parametrize("point", REDECIDE_POINTS)
 def test_a_redecision_killed_anywhere_leaves_a_committed_state(
-    clean, source, tiny_judge, redecided, tmp_path, point
+    clean, source, stand_in, redecided, tmp_path, point
 ):
     out = tmp_path / "out"
     shutil.copytree(clean, out)
     before = committed_rows(str(out))
-    cfg = job_config(str(source), str(out), tiny_judge, **REDECIDE)
+    cfg = job_config(str(source), str(out), stand_in, **REDECIDE)
     killed_at(point, write_config(cfg, tmp_path / "job.yaml"))
-    assert assert_readers_agree(str(out), tiny_judge, tmp_path)  # old or new, whole
+    assert assert_readers_agree(str(out), stand_in, tmp_path)  # old or new, whole
     state = committed_rows(str(out))
     assert state == before or state.keys() == redecided.keys()
     rerun(cfg)
@@ -234,20 +235,20 @@ RUN_POINTS = [
 
 @pytest.mark.parametrize("point", RUN_POINTS)
 def test_a_run_killed_at_its_end_resumes_to_a_clean_output(
-    clean, source, tiny_judge, tmp_path, point
+    clean, source, stand_in, tmp_path, point
 ):
     out = tmp_path / "out"
     keep = {"filter__keep_fraction": 0.5} if "redecide" in point or "commit" in point else {}
-    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, **keep)
+    cfg = job_config(str(source), str(out), stand_in, **SETTINGS, **keep)
     killed_at(point, write_config(cfg, tmp_path / "job.yaml"))
-    done = assert_readers_agree(str(out), tiny_judge, tmp_path)
+    done = assert_readers_agree(str(out), stand_in, tmp_path)
     assert done == (point == "after:filter.job.commit")
     rerun(cfg)
     rows = committed_rows(str(out))
     if keep:  # the reference: the clean run decided at the same fraction
         ref = tmp_path / "ref"
         shutil.copytree(clean, ref)
-        run_filter(job_config(str(source), str(ref), tiny_judge, **SETTINGS, **keep))
+        run_filter(job_config(str(source), str(ref), stand_in, **SETTINGS, **keep))
         assert_same_rows(rows, committed_rows(str(ref)))
     else:
         assert_same_rows(rows, committed_rows(str(clean)))
@@ -258,7 +259,7 @@ def test_a_run_killed_at_its_end_resumes_to_a_clean_output(
 
 
 def test_a_redecision_on_s3_killed_anywhere_leaves_a_committed_state(
-    clean, source, tiny_judge, redecided, s3_endpoint, tmp_path
+    clean, source, stand_in, redecided, s3_endpoint, tmp_path
 ):
     from test_s3 import CREDENTIALS
 
@@ -267,13 +268,13 @@ def test_a_redecision_on_s3_killed_anywhere_leaves_a_committed_state(
     s3 = {"storage__endpoint_url": s3_endpoint, **CREDENTIALS}
     for i, point in enumerate(REDECIDE_POINTS):
         uri = f"s3://{bucket}/run-{i}"
-        cfg = job_config(str(source), uri, tiny_judge, **SETTINGS, **s3)
+        cfg = job_config(str(source), uri, stand_in, **SETTINGS, **s3)
         fs, root = filesystem(uri, cfg.storage)
         fs.put(str(clean), root, recursive=True)
-        cfg = job_config(str(source), uri, tiny_judge, **REDECIDE, **s3)
+        cfg = job_config(str(source), uri, stand_in, **REDECIDE, **s3)
         killed_at(point, write_config(cfg, tmp_path / f"job-{i}.yaml"))
         fs.invalidate_cache()
-        assert assert_readers_agree(uri, tiny_judge, tmp_path, cfg.storage)
+        assert assert_readers_agree(uri, stand_in, tmp_path, cfg.storage)
         rerun(cfg)
         fs.invalidate_cache()
         rows = {(Path(k[0]).name, k[1]): r for k, r in committed_rows(uri, cfg.storage).items()}
@@ -308,31 +309,31 @@ def with_an_engine_error(clean: Path, out: Path) -> tuple[str, int]:
 
 @pytest.mark.parametrize("point", ["after:filter.job.resume_state", "before:filter.job.commit"])
 def test_a_retry_killed_leaves_the_committed_state_and_its_rerun_completes(
-    clean, source, tiny_judge, tmp_path, point
+    clean, source, stand_in, tmp_path, point
 ):
     out = tmp_path / "out"
     victim = with_an_engine_error(clean, out)
     before = committed_rows(str(out))
     assert before[victim]["reason"] == "engine_error"
-    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, output__retry_failed=True)
+    cfg = job_config(str(source), str(out), stand_in, **SETTINGS, output__retry_failed=True)
     killed_at(point, write_config(cfg, tmp_path / "job.yaml"))
-    assert assert_readers_agree(str(out), tiny_judge, tmp_path)
+    assert assert_readers_agree(str(out), stand_in, tmp_path)
     assert committed_rows(str(out)) == before  # the retry's files are in no manifest
     manifest = run_filter(cfg)
     assert manifest.attempts[-1]["rows_written"] == 1  # the failed row alone
     assert_same_rows(committed_rows(str(out)), committed_rows(str(clean)))
 
 
-def test_a_resume_killed_after_taking_stock_resumes_again(clean, source, tiny_judge, tmp_path):
+def test_a_resume_killed_after_taking_stock_resumes_again(clean, source, stand_in, tmp_path):
     """Killed before its commit, then killed again once the resumed attempt has taken stock
     of what the first one wrote and claimed the output: the third attempt ends as a clean
     run."""
     out = tmp_path / "out"
-    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS)
+    cfg = job_config(str(source), str(out), stand_in, **SETTINGS)
     config = write_config(cfg, tmp_path / "job.yaml")
     killed_at("before:filter.job.commit", config)
     killed_at("after:filter.job.claim_output", config)
-    assert not assert_readers_agree(str(out), tiny_judge, tmp_path)  # unfinished: refused
+    assert not assert_readers_agree(str(out), stand_in, tmp_path)  # unfinished: refused
     manifest = run_filter(cfg)
     assert manifest.status == "complete" and len(manifest.attempts) == 3
     assert_same_rows(committed_rows(str(out)), committed_rows(str(clean)))

@@ -27,7 +27,7 @@ def test_the_first_row_with_a_content_is_the_one_judged():
 
 
 def test_copies_are_judged_once_and_take_their_originals_decision(
-    ray_session, tiny_judge, tmp_path: Path
+    ray_session, stand_in, tmp_path: Path
 ):
     rows = synthetic_examples(40, seed=31)
     # A copy with a key of its own: its block's columns differ from the other copies'.
@@ -37,7 +37,7 @@ def test_copies_are_judged_once_and_take_their_originals_decision(
     distinct = len({(r["instruction"], r["input"], r["output"]) for r in rows})
     dups = 45 - distinct  # the copies above, and whatever repeats the generator made
     out = tmp_path / "out"
-    cfg = job_config(str(first.parent), str(out), tiny_judge, judge__batch_size=8,
+    cfg = job_config(str(first.parent), str(out), stand_in, judge__batch_size=8,
                      input__rows_per_block=8)  # fmt: skip
     dry = estimate(cfg)  # the dry run counts what the job then judges
     assert not out.exists()

@@ -50,6 +50,8 @@ def test_config_defaults_and_errors():
     assert (gen.model, gen.mode, gen.chat_template) == ("/m/a", "generate", "never")
     with pytest.raises(ConfigError, match="mode=generate"):
         build_config(EvalConfig, base_config(judge={"model": "j", "mode": "logprobs"}))
+    with pytest.raises(ConfigError, match="stand-in: it cannot judge pairs"):
+        build_config(EvalConfig, base_config(judge={"model": "j", "engine": "hash"}))
     with pytest.raises(ConfigError, match="pair"):
         build_config(EvalConfig, base_config(pairs=[["a", "c"]]))
     with pytest.raises(ConfigError, match="unique"):

@@ -73,12 +73,12 @@ def ray_tmp():
 
 
 @pytest.mark.parametrize("to", ["driver", "group"])
-def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path, tiny_judge, ray_tmp, to):
+def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path, stand_in, ray_tmp, to):
     """`group`: what a terminal's Ctrl-C does, SIGINT to every process of the foreground
     group, Ray's own included; `driver`: to the command alone (`kill -INT`)."""
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(ROWS, seed=7))
     out = tmp_path / "out"
-    cmd = [str(CLI), *filter_args(tmp_path, src, tiny_judge, config=CONFIG)]
+    cmd = [str(CLI), *filter_args(tmp_path, src, stand_in, config=CONFIG)]
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
@@ -112,12 +112,12 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path, tiny_judge, ray_tmp,
     assert manifest["status"] == "complete" and len(manifest["attempts"]) == 2
 
 
-def test_a_killed_command_leaves_no_ray_process(tmp_path, tiny_judge, ray_tmp):
+def test_a_killed_command_leaves_no_ray_process(tmp_path, stand_in, ray_tmp):
     """SIGKILL, as an out-of-memory killer does: the command cannot clean up, and Ray 2.60's
     agents outlive their raylet; the watcher it started with its Ray ends them."""
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(ROWS, seed=7))
     out = tmp_path / "out"
-    cmd = [str(CLI), *filter_args(tmp_path, src, tiny_judge, config=CONFIG)]
+    cmd = [str(CLI), *filter_args(tmp_path, src, stand_in, config=CONFIG)]
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)

@@ -28,7 +28,7 @@ S3_KEYS = {"access_key_id": "testing", "secret_access_key": "testing-secret"}
 USER_FILES = {"notes.txt": "mine", "mine/keep.parquet": "also mine"}
 
 
-def run_cli(tmp_path: Path, src: str, out: str, judge: Path, *sets: str) -> dict:
+def run_cli(tmp_path: Path, src: str, out: str, judge: str, *sets: str) -> dict:
     """A real `alpagasus-ray filter` run, in-process; returns the manifest it wrote."""
     args = filter_args(tmp_path, src, judge, f"output.uri={out}", *sets, config=CONFIG)
     assert main(args) == 0
@@ -52,17 +52,17 @@ def marked_output(fs: fsspec.AbstractFileSystem, root: str) -> None:
         fs.pipe_file(f"{root}/{name}", text.encode())
 
 
-def test_overwrite_keeps_the_users_files_on_disk(ray_session, tiny_judge, tmp_path, caplog):
+def test_overwrite_keeps_the_users_files_on_disk(ray_session, stand_in, tmp_path, caplog):
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(ROWS, seed=5))
     out = tmp_path / "out"
-    assert run_cli(tmp_path, str(src), str(out), tiny_judge)["rows_read"] == ROWS
+    assert run_cli(tmp_path, str(src), str(out), stand_in)["rows_read"] == ROWS
     assert all(is_own_name(p.name) for p in out.iterdir()), sorted(out.iterdir())
     for name, text in USER_FILES.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(text)
     run_id = json.loads((out / RUN_MARKER).read_text())["run_id"]
     with caplog.at_level(logging.INFO, logger="alpagasus_ray.data.io"):
-        again = run_cli(tmp_path, str(src), str(out), tiny_judge, "output.overwrite=true")
+        again = run_cli(tmp_path, str(src), str(out), stand_in, "output.overwrite=true")
     assert again["rows_read"] == ROWS == sum(again["counts"].values())
     assert json.loads((out / RUN_MARKER).read_text())["run_id"] != run_id  # a new run
     assert {n: (out / n).read_text() for n in USER_FILES} == USER_FILES
@@ -116,14 +116,14 @@ def s3(s3_endpoint):
     return fs, storage_cfg, tuple(sets)
 
 
-def test_overwrite_keeps_the_users_keys_on_s3(ray_session, tiny_judge, tmp_path, s3):
+def test_overwrite_keeps_the_users_keys_on_s3(ray_session, stand_in, tmp_path, s3):
     fs, _, sets = s3
     src, out = f"s3://{BUCKET}/in/", f"s3://{BUCKET}/out"
-    first = run_cli(tmp_path, src, out, tiny_judge, *sets)
+    first = run_cli(tmp_path, src, out, stand_in, *sets)
     assert first["rows_read"] == ROWS
     for name, text in USER_FILES.items():
         fs.pipe_file(f"{BUCKET}/out/{name}", text.encode())
-    again = run_cli(tmp_path, src, out, tiny_judge, *sets, "output.overwrite=true")
+    again = run_cli(tmp_path, src, out, stand_in, *sets, "output.overwrite=true")
     assert again["rows_read"] == ROWS == sum(again["counts"].values())
     fs.invalidate_cache()
     assert {n: fs.cat_file(f"{BUCKET}/out/{n}").decode() for n in USER_FILES} == USER_FILES
@@ -157,10 +157,10 @@ def test_a_bucket_root_is_never_removed(s3, uri):
         ("s3://{b}/in/rows.jsonl/x", "lies inside the input folder s3://{b}/in/"),
     ],
 )
-def test_an_s3_output_over_the_input_is_refused(capsys, tmp_path, tiny_judge, s3, out, said):
+def test_an_s3_output_over_the_input_is_refused(capsys, tmp_path, stand_in, s3, out, said):
     fs, _, sets = s3
     out = out.format(b=BUCKET)
-    args = filter_args(tmp_path, f"s3://{BUCKET}/in/", tiny_judge, *sets,
+    args = filter_args(tmp_path, f"s3://{BUCKET}/in/", stand_in, *sets,
                        f"output.uri={out}", "output.overwrite=true")  # fmt: skip
     err, elapsed = cli_refusal(capsys, args)
     assert err == (f"alpagasus-ray filter: output (output.uri): {out} {said.format(b=BUCKET)}; "

@@ -44,19 +44,17 @@ def test_a_line_every_interval_without_a_terminal(ray_session):
     assert lines[-1].endswith(", kept 15")
 
 
-def test_the_job_ends_with_the_total_and_the_kept_count(ray_session, tiny_judge, tmp_path, capsys):
+def test_the_job_ends_with_the_total_and_the_kept_count(ray_session, stand_in, tmp_path, capsys):
     rows = synthetic_examples(48, seed=2)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
-    manifest = run_filter(
-        job_config(str(tmp_path / "in.parquet"), str(tmp_path / "out"), tiny_judge)
-    )
+    manifest = run_filter(job_config(str(tmp_path / "in.parquet"), str(tmp_path / "out"), stand_in))
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("filter: 48/48 rows (100.0%), "), last
     assert last.endswith(f", kept {manifest.counts['kept']}")
     attempt = manifest.attempts[-1]  # nothing was retried, no node ended
     assert attempt["batches_decided_again"] == 0 and attempt["nodes_ended"] == []
     src = write_jsonl(tmp_path / "in.jsonl", rows[:20])
-    run_filter(job_config(str(src), str(tmp_path / "out2"), tiny_judge))
+    run_filter(job_config(str(src), str(tmp_path / "out2"), stand_in))
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("filter: 20/20 rows (100.0%), "), last  # JSON: exact once read
 

@@ -49,16 +49,16 @@ def source(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean(ray_session, tiny_judge, source, tmp_path_factory) -> Path:
+def clean(ray_session, stand_in, source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clean") / "out"
-    manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
+    manifest = run_filter(job_config(str(source), str(out), stand_in, **SETTINGS))
     assert manifest.status == "complete" and len(manifest.attempts) == 1
     return out
 
 
-def test_a_killed_driver_resumes_and_ends_like_a_clean_run(clean, source, tiny_judge, tmp_path):
+def test_a_killed_driver_resumes_and_ends_like_a_clean_run(clean, source, stand_in, tmp_path):
     out = tmp_path / "out"
-    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS)
+    cfg = job_config(str(source), str(out), stand_in, **SETTINGS)
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
     # Held before its commit (`crash_driver.py`): a fast machine cannot finish the run between
@@ -89,10 +89,11 @@ def test_a_killed_driver_resumes_and_ends_like_a_clean_run(clean, source, tiny_j
 
 
 def test_a_killed_judge_replica_is_replaced_and_the_run_ends_like_a_clean_run(
-    clean, source, tiny_judge, tmp_path
+    ray_session, source, tiny_judge, tmp_path
 ):
-    # A replica's process dies mid-run (a lost GPU node, an OOM kill): Ray restarts the actor
-    # and retries its batch; no row is lost, none written twice, and no rerun is needed.
+    """A replica's process dies mid-run (a lost GPU node, an OOM kill): Ray restarts the
+    actor and retries its batch; no row is lost, none written twice, and no rerun is needed.
+    The tiny model's judge, not the stand-in: a replica must still be judging to be killed."""
     from concurrent.futures import ThreadPoolExecutor
 
     import psutil
@@ -105,6 +106,8 @@ def test_a_killed_judge_replica_is_replaced_and_the_run_ends_like_a_clean_run(
                 found.append(proc)
         return found
 
+    clean = tmp_path / "clean"
+    run_filter(job_config(str(source), str(clean), tiny_judge, **SETTINGS))
     out = tmp_path / "out"
     cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS)
     killed, written_then = None, 0
@@ -146,10 +149,10 @@ def doctored_copy(clean: Path, tmp_path: Path) -> tuple[Path, tuple[str, int]]:
 
 
 def test_engine_errors_are_judged_again_and_partial_files_dropped(
-    clean, source, tiny_judge, tmp_path
+    clean, source, stand_in, tmp_path
 ):
     out, victim = doctored_copy(clean, tmp_path)
-    manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
+    manifest = run_filter(job_config(str(source), str(out), stand_in, **SETTINGS))
     assert manifest.status == "complete", manifest.invariant
     last = manifest.attempts[-1]
     assert last["engine_errors_retried"] == 1 and last["partial_files_removed"] == 1
@@ -159,7 +162,7 @@ def test_engine_errors_are_judged_again_and_partial_files_dropped(
 
 
 def test_files_a_killed_attempt_writes_late_are_not_counted_twice(
-    clean, source, tiny_judge, tmp_path, monkeypatch
+    clean, source, stand_in, tmp_path, monkeypatch
 ):
     """A killed driver's write tasks can finish a moment after the rerun took stock (seen in
     the SIGKILL test above): their rows are judged again, and their file must go."""
@@ -177,7 +180,7 @@ def test_files_a_killed_attempt_writes_late_are_not_counted_twice(
         return state
 
     monkeypatch.setattr(job, "resume_state", then_the_late_file_lands)
-    manifest = run_filter(job_config(str(source), str(out), tiny_judge, **SETTINGS))
+    manifest = run_filter(job_config(str(source), str(out), stand_in, **SETTINGS))
     assert manifest.status == "complete", manifest.invariant
     assert manifest.attempts[-1]["late_files_removed"] == 1
     assert not late.exists()
@@ -191,9 +194,9 @@ def test_files_a_killed_attempt_writes_late_are_not_counted_twice(
         ({"input__limit": 10}, "input.limit"),
     ],
 )
-def test_a_rerun_with_other_settings_is_refused(clean, source, tiny_judge, tmp_path, change, key):
+def test_a_rerun_with_other_settings_is_refused(clean, source, stand_in, tmp_path, change, key):
     out, _ = doctored_copy(clean, tmp_path)
-    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, **change)
+    cfg = job_config(str(source), str(out), stand_in, **SETTINGS, **change)
     with pytest.raises(PreflightError, match=rf"^resume \({key}\): "):
         run_filter(cfg)
     assert (out / "data" / "decision=failed" / "err.parquet").exists()  # untouched
@@ -203,12 +206,12 @@ def judged_rows(out: Path) -> dict[tuple[str, int], dict]:
     return {k: r for k, r in rows_by_position(out).items() if r["decision"] in ("kept", "rejected")}
 
 
-def test_a_new_threshold_is_decided_from_the_stored_scores(clean, source, tiny_judge, tmp_path):
+def test_a_new_threshold_is_decided_from_the_stored_scores(clean, source, stand_in, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(clean, out)
     scores = sorted(r["score"] for r in judged_rows(clean).values())
     threshold = round(scores[len(scores) // 2], 3)  # between the clean run's scores
-    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, filter__threshold=threshold)
+    cfg = job_config(str(source), str(out), stand_in, **SETTINGS, filter__threshold=threshold)
     manifest = run_filter(cfg)
     assert manifest.redecided.judge_calls == 0 and manifest.threshold == threshold
     assert len(manifest.attempts) == 1  # no new attempt: nothing was judged
@@ -224,10 +227,10 @@ def test_a_new_threshold_is_decided_from_the_stored_scores(clean, source, tiny_j
     assert manifest.status == "complete"
 
 
-def test_keep_fraction_keeps_that_share_of_the_scored_rows(clean, source, tiny_judge, tmp_path):
+def test_keep_fraction_keeps_that_share_of_the_scored_rows(clean, source, stand_in, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(clean, out)
-    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS, filter__keep_fraction=0.25)
+    cfg = job_config(str(source), str(out), stand_in, **SETTINGS, filter__keep_fraction=0.25)
     manifest = run_filter(cfg)
     judged = judged_rows(out).values()
     kept = [r for r in judged if r["decision"] == "kept"]
@@ -276,11 +279,11 @@ def committed_with_an_engine_error(clean: Path, tmp_path: Path) -> tuple[Path, t
 
 
 def test_retry_failed_judges_only_the_engine_errors_of_a_finished_output(
-    clean, source, tiny_judge, tmp_path
+    clean, source, stand_in, tmp_path
 ):
     out, victim = committed_with_an_engine_error(clean, tmp_path)
     failed_file = out / "data" / "decision=failed" / "err.parquet"
-    cfg = job_config(str(source), str(out), tiny_judge, **SETTINGS)
+    cfg = job_config(str(source), str(out), stand_in, **SETTINGS)
     with pytest.raises(PreflightError, match="holds a finished run .nothing changed; .*retry"):
         run_filter(cfg)  # a plain rerun changes nothing
     manifest = run_filter(cfg.model_copy(update={"output": cfg.output.model_copy(
@@ -294,10 +297,10 @@ def test_retry_failed_judges_only_the_engine_errors_of_a_finished_output(
     assert_same_output(out, clean)
 
 
-def test_an_input_changed_since_the_first_attempt_is_refused(ray_session, tiny_judge, tmp_path):
+def test_an_input_changed_since_the_first_attempt_is_refused(ray_session, stand_in, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(12, seed=5))
     out = tmp_path / "out"
-    cfg = job_config(str(src), str(out), tiny_judge, **SETTINGS)
+    cfg = job_config(str(src), str(out), stand_in, **SETTINGS)
     run_filter(cfg)
     lines = src.read_text().splitlines(keepends=True)
     edited = lines[0] + "".join(lines[1:]).replace("a", "b", 3)  # the same size

@@ -42,13 +42,13 @@ JOB = "judge: {num_cpus_per_replica: 0.5, batch_size: 16}\n"
 
 
 def test_a_corrupt_file_after_the_first_fails_with_its_path(
-    ray_session, capsys, tmp_path, tiny_judge
+    ray_session, capsys, tmp_path, stand_in
 ):
     good_parquet(tmp_path / "in" / "a.parquet", 20)
     bad = tmp_path / "in" / "b.parquet"
     bad.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")  # preflight reads only the first file
     start = time.monotonic()
-    code = main(filter_args(tmp_path, tmp_path / "in", tiny_judge, config=JOB))
+    code = main(filter_args(tmp_path, tmp_path / "in", stand_in, config=JOB))
     elapsed = time.monotonic() - start
     err = capsys.readouterr().err.strip()
     assert code == 2, err
@@ -59,7 +59,7 @@ def test_a_corrupt_file_after_the_first_fails_with_its_path(
     assert elapsed < 60, elapsed
 
 
-def test_unreadable_files_are_skipped_and_listed(ray_session, tmp_path, tiny_judge):
+def test_unreadable_files_are_skipped_and_listed(ray_session, tmp_path, stand_in):
     good_parquet(tmp_path / "in" / "a.parquet", 20)
     footer = tmp_path / "in" / "b.parquet"
     footer.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
@@ -67,7 +67,7 @@ def test_unreadable_files_are_skipped_and_listed(ray_session, tmp_path, tiny_jud
     cfg = job_config(
         str(tmp_path / "in"),
         str(tmp_path / "out"),
-        tiny_judge,
+        stand_in,
         input__on_unreadable_file="skip",
     )
     manifest = run_filter(cfg)
@@ -84,13 +84,13 @@ def test_unreadable_files_are_skipped_and_listed(ray_session, tmp_path, tiny_jud
 
 
 def test_a_run_whose_every_file_is_skipped_is_complete_with_nothing_in_it(
-    ray_session, tmp_path, tiny_judge
+    ray_session, tmp_path, stand_in
 ):
     """A half-downloaded JSON array too big for preflight to see its end (over 1 MiB), alone,
     with `skip`: the output says so (nothing read, the file listed), and its readers work."""
     bad, error = write_cut_array(tmp_path / "in" / "alpaca_data.json", records=40000)
     assert bad.stat().st_size > 2**20
-    cfg = job_config(str(tmp_path / "in"), str(tmp_path / "out"), tiny_judge,
+    cfg = job_config(str(tmp_path / "in"), str(tmp_path / "out"), stand_in,
                      input__on_unreadable_file="skip")  # fmt: skip
     manifest = run_filter(cfg)
     assert manifest.status == "complete" and manifest.rows_read == 0
@@ -101,9 +101,9 @@ def test_a_run_whose_every_file_is_skipped_is_complete_with_nothing_in_it(
     assert "1 unreadable input file skipped" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_verbose_brings_back_the_traceback(capsys, tmp_path, tiny_judge):
+def test_verbose_brings_back_the_traceback(capsys, tmp_path, stand_in):
     code = main(
-        filter_args(tmp_path, tmp_path / "typo.jsonl", tiny_judge, config=JOB) + ["--verbose"]
+        filter_args(tmp_path, tmp_path / "typo.jsonl", stand_in, config=JOB) + ["--verbose"]
     )
     err = capsys.readouterr().err
     assert code == 2

@@ -53,11 +53,11 @@ def bucket(s3_endpoint):
     return client
 
 
-def test_jsonl_in_and_partitioned_parquet_out_on_s3(ray_session, tiny_judge, s3_endpoint, bucket):
+def test_jsonl_in_and_partitioned_parquet_out_on_s3(ray_session, stand_in, s3_endpoint, bucket):
     cfg = job_config(
         f"s3://{BUCKET}/in/",
         f"s3://{BUCKET}/out/run",
-        tiny_judge,
+        stand_in,
         storage__endpoint_url=s3_endpoint,
         **CREDENTIALS,
     )
@@ -77,11 +77,11 @@ def test_jsonl_in_and_partitioned_parquet_out_on_s3(ray_session, tiny_judge, s3_
     assert report["rows"] == 21 and fs.exists(f"{root}/score_histogram.png")
 
 
-def test_parquet_from_s3(ray_session, tiny_judge, s3_endpoint, bucket):
+def test_parquet_from_s3(ray_session, stand_in, s3_endpoint, bucket):
     cfg = job_config(
         f"s3://{BUCKET}/parquet/",
         f"s3://{BUCKET}/out/parquet",
-        tiny_judge,
+        stand_in,
         storage__endpoint_url=s3_endpoint,
         **CREDENTIALS,
     )

@@ -95,9 +95,9 @@ def one_file(tmp_path, layout: str):
 
 
 @pytest.mark.parametrize("layout", ["jsonl", "json-array", "parquet"])
-def test_one_file_fans_out_over_every_replica(ray_session, tiny_judge, tmp_path, layout):
+def test_one_file_fans_out_over_every_replica(ray_session, stand_in, tmp_path, layout):
     src = one_file(tmp_path, layout)
-    cfg = job_config(str(src), str(tmp_path / "out"), tiny_judge, judge__batch_size=25)
+    cfg = job_config(str(src), str(tmp_path / "out"), stand_in, judge__batch_size=25)
     judge = cfg.judge
     ds = read_input(cfg.input, cfg.storage, 0.25, rows_per_block=judge.batch_size)
     ds = ds.map_batches(ValidateStage(cfg.input.columns), batch_format="pyarrow", num_cpus=0.25)
@@ -156,14 +156,14 @@ def test_a_read_task_gathers_at_most_a_bounded_block(ray_session, tmp_path):
     assert sorted(got, key=whole) == sorted(rows, key=whole)  # blocks arrive in any order
 
 
-def test_wrong_input_leaves_the_previous_output_intact(ray_session, tiny_judge, tmp_path):
+def test_wrong_input_leaves_the_previous_output_intact(ray_session, stand_in, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(20, seed=1))
     out = tmp_path / "out"
-    first = run_filter(job_config(str(src), str(out), tiny_judge))
+    first = run_filter(job_config(str(src), str(out), stand_in))
     assert first.status == "complete"
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     with pytest.raises(PreflightError, match=r"input \(input.uri\): .* does not exist"):
-        run_filter(job_config(str(tmp_path / "typo.jsonl"), str(out), tiny_judge))
+        run_filter(job_config(str(tmp_path / "typo.jsonl"), str(out), stand_in))
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert json.loads((out / "manifest.json").read_text())["counts"] == first.counts
 
@@ -180,12 +180,12 @@ def test_a_claim_taken_by_another_run_is_refused(tmp_path):
         check_claim(fs, root, other)
 
 
-def test_a_run_whose_output_is_taken_over_writes_no_manifest(ray_session, tiny_judge, tmp_path):
+def test_a_run_whose_output_is_taken_over_writes_no_manifest(ray_session, stand_in, tmp_path):
     """A second run starting into the same output mid-run: the first one does not end with
     a manifest that calls mixed data complete."""
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(200, seed=2))
     out = tmp_path / "out"
-    cfg = job_config(str(src), str(out), tiny_judge, judge__batch_size=8)
+    cfg = job_config(str(src), str(out), stand_in, judge__batch_size=8)
     errors: list[BaseException] = []
 
     def first_run() -> None:

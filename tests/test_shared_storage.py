@@ -72,11 +72,11 @@ def the_node() -> str:
 
 
 @needs_namespace
-def test_an_output_the_nodes_cannot_see_is_refused_at_the_start(ray_session, tiny_judge, tmp_path):
+def test_an_output_the_nodes_cannot_see_is_refused_at_the_start(ray_session, stand_in, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(20, seed=40))
     private = tmp_path / "private"
     private.mkdir()
-    args = filter_args(tmp_path, src, tiny_judge, f"output.uri={private / 'out'}")
+    args = filter_args(tmp_path, src, stand_in, f"output.uri={private / 'out'}")
     code, line, err = private_driver(private, args)
     assert code == 2, err
     assert line == (
@@ -87,11 +87,11 @@ def test_an_output_the_nodes_cannot_see_is_refused_at_the_start(ray_session, tin
 
 
 @needs_namespace
-def test_an_input_the_nodes_cannot_see_is_refused_at_the_start(ray_session, tiny_judge, tmp_path):
+def test_an_input_the_nodes_cannot_see_is_refused_at_the_start(ray_session, stand_in, tmp_path):
     src = write_jsonl(tmp_path / "src.jsonl", synthetic_examples(20, seed=41))
     private = tmp_path / "private"
     private.mkdir()
-    args = filter_args(tmp_path, private / "in.jsonl", tiny_judge)
+    args = filter_args(tmp_path, private / "in.jsonl", stand_in)
     code, line, err = private_driver(private, args, before=f'cp "{src}" "$0/in.jsonl"')
     assert code == 2, err
     assert line == (
@@ -105,7 +105,7 @@ def test_an_input_the_nodes_cannot_see_is_refused_at_the_start(ray_session, tiny
 
 @needs_namespace
 @pytest.mark.parametrize("seen", ["nothing", "its read log"])
-def test_a_node_that_joins_later_fails_the_job_in_one_line(ray_session, tiny_judge, tmp_path, seen):
+def test_a_node_that_joins_later_fails_the_job_in_one_line(ray_session, stand_in, tmp_path, seen):
     """Without the start's check, the first node that cannot see the output stops the job
     in one line, naming it, instead of writing rows the output would never list: where it
     logs a file read, or, when it sees the read log's folder (made on its own disk here),
@@ -114,7 +114,7 @@ def test_a_node_that_joins_later_fails_the_job_in_one_line(ray_session, tiny_jud
     private = tmp_path / "private"
     theirs = private / "out" / READ_LOG_DIR if seen == "its read log" else private
     theirs.mkdir(parents=True)
-    args = filter_args(tmp_path, src, tiny_judge, f"output.uri={private / 'out'}")
+    args = filter_args(tmp_path, src, stand_in, f"output.uri={private / 'out'}")
     code, line, err = private_driver(private, args, code=LATE_NODES)
     assert code == 2, err
     where = private / "out" / (READ_LOG_DIR if seen == "nothing" else "")
@@ -131,7 +131,7 @@ def test_a_node_that_joins_later_fails_the_job_in_one_line(ray_session, tiny_jud
 
 @needs_namespace
 def test_a_node_that_joins_later_never_skips_an_input_it_cannot_see(
-    ray_session, tiny_judge, tmp_path
+    ray_session, stand_in, tmp_path
 ):
     """Without the start's check, a read on a node that cannot find a local file the driver
     listed stops the job naming it, even with `on_unreadable_file: skip`: the file is not
@@ -139,7 +139,7 @@ def test_a_node_that_joins_later_never_skips_an_input_it_cannot_see(
     src = write_jsonl(tmp_path / "src.jsonl", synthetic_examples(20, seed=43))
     private = tmp_path / "private"
     private.mkdir()
-    args = filter_args(tmp_path, private / "in.jsonl", tiny_judge,
+    args = filter_args(tmp_path, private / "in.jsonl", stand_in,
                        "input.on_unreadable_file=skip")  # fmt: skip
     code, line, err = private_driver(
         private, args, before=f'cp "{src}" "$0/in.jsonl"', code=LATE_NODES

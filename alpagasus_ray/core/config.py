@@ -203,12 +203,16 @@ class APIConfig(StrictModel):
 class JudgeConfig(StrictModel):
     """The LLM judge: which model, how it is prompted, and how it is run."""
 
-    engine: Literal["hf", "vllm", "openai"] = Field(
+    engine: Literal["hf", "vllm", "openai", "hash"] = Field(
         "hf",
         description="hf: transformers on CPU/GPU actors; vllm: vLLM replicas (GPU); openai: "
-        "an OpenAI-compatible API (judge.api), judge.model being the served model's name.",
+        "an OpenAI-compatible API (judge.api), judge.model being the served model's name; "
+        "hash: a stand-in with no model whose score is a hash of the prompt, to check a "
+        "cluster's wiring (IO, autoscaling, resume) before paying for a judge.",
     )
-    model: str = Field(..., description="Hub id or local/S3-synced path of the judge.")
+    model: str = Field(
+        ..., description="Hub id or local/S3-synced path of the judge (hash: only a label)."
+    )
     tokenizer: str | None = None
     mode: Literal["logprobs", "generate"] = "logprobs"
     dimension: Literal["accuracy", "helpfulness"] = "accuracy"
@@ -291,10 +295,15 @@ class JudgeConfig(StrictModel):
         """Where generate mode stops before `answer_tokens`: the end of the score's line."""
         return [SCORE_LINE_END] if self.stop_after_score_line else None
 
+    def loads_model(self) -> bool:
+        """False where `model` is only a name: an API's served model, or the hash stand-in's
+        label. Such a judge gets each row's request text from the prompt stage."""
+        return self.engine not in ("openai", "hash")
+
     def tokenizer_name(self) -> str | None:
-        """The tokenizer the prompt stage counts and checks with. An API judge's `model` is a
-        served name, not something to load: it has one only where `tokenizer` is set."""
-        return self.tokenizer if self.engine == "openai" else self.tokenizer or self.model
+        """The tokenizer the prompt stage counts and checks with. A judge that loads no model
+        has one only where `tokenizer` is set."""
+        return self.tokenizer or self.model if self.loads_model() else self.tokenizer
 
 
 class RayConfig(StrictModel):

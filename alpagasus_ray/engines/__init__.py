@@ -30,6 +30,10 @@ def make_engine(cfg: JudgeConfig, api: Any = None) -> JudgeEngine:
         from alpagasus_ray.engines.api import APIEngine
 
         return APIEngine(cfg, api)
+    if cfg.engine == "hash":
+        from alpagasus_ray.engines.hash import HashEngine
+
+        return HashEngine(cfg)
     if cfg.engine == "vllm":
         # vLLM runs as ray.data.llm's own engine stage, not one JudgeEngine per actor: see
         # alpagasus_ray/filter/stages/vllm_score.py.

@@ -125,6 +125,8 @@ class EvalConfig(StrictModel):
     def _check_mode(cls, v: JudgeConfig) -> JudgeConfig:
         if v.mode != "generate":
             raise ValueError("the pairwise judge needs mode=generate (it writes two scores)")
+        if v.engine == "hash":
+            raise ValueError("judge.engine=hash is the filter's stand-in: it cannot judge pairs")
         return v
 
     @model_validator(mode="after")

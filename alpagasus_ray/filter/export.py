@@ -35,6 +35,7 @@ from alpagasus_ray.data.schema import (
     TRIPLE,
     Decision,
 )
+from alpagasus_ray.engines.hash import STAND_IN_NOTE
 from alpagasus_ray.filter.manifest import committed, listed_files
 from alpagasus_ray.filter.redecide import keep_threshold
 
@@ -75,6 +76,8 @@ def export(
         raise ExportRefused(f"export: --keep-fraction {keep_fraction:g} is not in (0, 1]")
     fs, root = filesystem(uri, storage)
     manifest = committed(fs, root, uri)
+    if manifest.judge.get("engine") == "hash":
+        raise ExportRefused(f"export: {uri}: {STAND_IN_NOTE}; there is nothing to export")
     out_fs, dest = filesystem(to, storage)
     check_destination(fs, root, out_fs, dest, to, fmt, overwrite)
     if fmt == "hf":

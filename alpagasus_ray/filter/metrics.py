@@ -84,7 +84,7 @@ def engine_metrics(
         metrics["prefix_cache_note"] = "not read: the API server keeps its own counters"
     else:
         metrics["prefix_cache_hit_rate"] = None
-        metrics["prefix_cache_note"] = "not applicable: the HF engine has no prefix cache"
+        metrics["prefix_cache_note"] = f"not applicable: the {judge.engine} engine has none"
     return metrics
 
 

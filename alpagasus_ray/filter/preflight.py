@@ -353,7 +353,7 @@ def check_judge(judge: JudgeConfig, ask_server: bool = True) -> None:
 
     if judge.engine == "openai" and ask_server:
         check_api(judge)
-    keys = ("tokenizer",) if judge.engine == "openai" else ("model", "tokenizer")
+    keys = ("model", "tokenizer") if judge.loads_model() else ("tokenizer",)
     for key in keys:
         name = getattr(judge, key)
         if name is None or "://" in name:
@@ -378,5 +378,5 @@ def check_judge(judge: JudgeConfig, ask_server: bool = True) -> None:
         facts = probe_tokenizer(name, judge.trust_remote_code)  # in a child: no torch here
     except TokenizerProbeError as e:
         raise PreflightError("judge tokenizer", key, f"cannot load {name!r}: {e}") from None
-    if judge.mode == "logprobs" and judge.engine != "openai" and facts["score_tokens_error"]:
+    if judge.mode == "logprobs" and judge.loads_model() and facts["score_tokens_error"]:
         raise PreflightError("judge tokenizer", key, facts["score_tokens_error"])

@@ -24,6 +24,7 @@ from alpagasus_ray.data.schema import (
     SCORE,
     SUSPICIOUS,
 )
+from alpagasus_ray.engines.hash import STAND_IN_NOTE
 from alpagasus_ray.filter import examples as _examples
 from alpagasus_ray.filter.config import ReportConfig
 from alpagasus_ray.filter.manifest import committed, listed_files
@@ -138,6 +139,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{judged['dimension']}, {judged['layout']} layout) on `{judged['input']}`.",
             "",
         ]
+        if judged["engine"] == "hash":
+            lines += [f"**Not a rating:** {STAND_IN_NOTE}; train on none of it.", ""]
     lines += [
         f"{report['rows']} rows; threshold {report['threshold']:g}; "
         f"kept fraction {report['kept_fraction']:.1%}.",

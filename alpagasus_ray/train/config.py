@@ -37,6 +37,11 @@ class TrainData(InputConfig):
         "false re-reads and re-tokenizes every epoch and needs CPUs beside the workers'.",
     )
     shuffle_buffer: int = Field(1000, ge=0, description="Rows shuffled locally; 0: no shuffle.")
+    allow_stand_in_judge: bool = Field(
+        False,
+        description="Train on a filter output judged by the hash stand-in (judge.engine: "
+        "hash), whose kept rows are not rated: only to check a pipeline's wiring.",
+    )
 
 
 class TrainParams(StrictModel):

@@ -140,11 +140,17 @@ def kept_input(cfg: TrainConfig) -> tuple[TrainData, tuple[Any, list[str], str] 
     manifest lists (the listing `read_input` takes), never on a folder listing; an
     unfinished one (a `data/` folder or run marker without a complete manifest) is refused.
     Any other input is read as it is (listing None)."""
+    from alpagasus_ray.engines.hash import STAND_IN_NOTE
     from alpagasus_ray.filter.manifest import committed, listed_files
 
     fs, root = filesystem(cfg.data.uri, cfg.storage)
     if fs.exists(join(root, MANIFEST)):
         manifest = committed(fs, root, f"data.uri {cfg.data.uri}")
+        if manifest.judge.get("engine") == "hash" and not cfg.data.allow_stand_in_judge:
+            raise ValueError(
+                f"data.uri {cfg.data.uri}: {STAND_IN_NOTE}; refusing to train on what it kept "
+                "(judge it with a real engine, or set data.allow_stand_in_judge=true)"
+            )
         files = listed_files(root, manifest, (Decision.KEPT.value,))
         if not files:
             raise FileNotFoundError(f"data.uri {cfg.data.uri}: the filter kept no rows")

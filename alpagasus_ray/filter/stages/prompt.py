@@ -84,15 +84,15 @@ class PromptStage:
             REASON: reason,
             REASON_DETAIL: detail,
         }
-        if self.cfg.engine == "openai":
+        if not self.cfg.loads_model():
             new[PROMPT_REQUEST] = self._requests(n, todo, rows, decision)
         return with_columns(table, new)
 
     def _requests(
         self, n: int, todo: list[int], rows: list[dict], decision: list[str | None]
     ) -> list[str | None]:
-        """An API judge's request per row still pending: the chat messages, or for the
-        completions endpoint the prompt text (sent only where there are no token ids)."""
+        """Each pending row's request, for a judge that loads no model (an API, the hash
+        stand-in): the chat messages, or for the completions endpoint the prompt text."""
         out: list[str | None] = [None] * n
         for i, row in zip(todo, rows, strict=True):
             if decision[i] is not None:

@@ -1,0 +1,61 @@
+"""A stand-in judge with no model: a row's score is a hash of its prompt.
+
+For checking a cluster's wiring (input, output, autoscaling, resume, S3) before paying for a
+judge, and for the tests of those mechanics: it imports no torch and loads nothing, so a
+replica starts in well under a second. Its scores say nothing about a row's quality; the
+manifest's `judge.engine` and the report say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+
+from alpagasus_ray.engines.api import estimate_tokens
+from alpagasus_ray.engines.base import JudgeEngine, JudgeOutput
+from alpagasus_ray.engines.judgement import SCORE_DIGITS
+
+STAND_IN_NOTE = "the hash stand-in judge ran no model: its scores are a hash of each prompt"
+
+
+def hash_probs(text: str) -> list[float]:
+    """P(score = 0..5) from the text's digest: spread over the scale (cubed weights), the
+    same on every machine and in every run."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=len(SCORE_DIGITS)).digest()
+    weights = [(b + 1) ** 3 for b in digest]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+class HashEngine(JudgeEngine):
+    """Answers logprobs mode with `hash_probs` of the row's request (the rating prompt as an
+    API judge would send it) and generate mode with its likeliest digit."""
+
+    @property
+    def score_tokens(self) -> dict[int, int]:
+        return {d: d for d in SCORE_DIGITS}  # its "token ids" are the digits themselves
+
+    def judge(
+        self,
+        prompts: Sequence[Sequence[int] | None],
+        requests: Sequence[str | None] | None = None,
+    ) -> list[JudgeOutput]:
+        requests = requests or [None] * len(prompts)
+        return [self._one(ids, req) for ids, req in zip(prompts, requests, strict=True)]
+
+    def _one(self, ids: Sequence[int] | None, request: str | None) -> JudgeOutput:
+        if not request:
+            return JudgeOutput(error="the hash judge got no request for this row")
+        probs = hash_probs(request)
+        # Without token ids (no judge.tokenizer) its prompt is counted as the dry run
+        # estimates one, as a server would report its usage, so the counts add up.
+        req = json.loads(request)
+        counted = None if ids else estimate_tokens(req.get("messages"), req.get("prompt"))
+        if self.cfg.mode == "logprobs":
+            logprobs = {d: math.log(p) for d, p in enumerate(probs)}
+            return JudgeOutput(logprobs=logprobs, num_output_tokens=1, num_prompt_tokens=counted)
+        best = max(SCORE_DIGITS, key=probs.__getitem__)
+        text = f"{best}\n{STAND_IN_NOTE}."
+        return JudgeOutput(text=text, num_output_tokens=2, num_prompt_tokens=counted)
