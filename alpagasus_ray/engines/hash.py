@@ -51,8 +51,10 @@ class HashEngine(JudgeEngine):
         probs = hash_probs(request)
         # Without token ids (no judge.tokenizer) its prompt is counted as the dry run
         # estimates one, as a server would report its usage, so the counts add up.
-        req = json.loads(request)
-        counted = None if ids else estimate_tokens(req.get("messages"), req.get("prompt"))
+        counted = None
+        if not ids:
+            req = json.loads(request)
+            counted = estimate_tokens(req.get("messages"), req.get("prompt"))
         if self.cfg.mode == "logprobs":
             logprobs = {d: math.log(p) for d, p in enumerate(probs)}
             return JudgeOutput(logprobs=logprobs, num_output_tokens=1, num_prompt_tokens=counted)

@@ -76,7 +76,7 @@ def export(
         raise ExportRefused(f"export: --keep-fraction {keep_fraction:g} is not in (0, 1]")
     fs, root = filesystem(uri, storage)
     manifest = committed(fs, root, uri)
-    if manifest.judge.get("engine") == "hash":
+    if manifest.judged_by_stand_in:
         raise ExportRefused(f"export: {uri}: {STAND_IN_NOTE}; there is nothing to export")
     out_fs, dest = filesystem(to, storage)
     check_destination(fs, root, out_fs, dest, to, fmt, overwrite)

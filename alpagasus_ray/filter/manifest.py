@@ -82,6 +82,11 @@ class Manifest(_Record):
     config: dict[str, Any]  # the job's config, secrets masked
     redecided: Redecision | None = None
 
+    @property
+    def judged_by_stand_in(self) -> bool:
+        """Its scores are the hash stand-in's (`engines/hash.py`), not ratings."""
+        return self.judge.get("engine") == "hash"
+
     def to_json(self) -> bytes:
         body = self.model_dump(exclude={"redecided"} if self.redecided is None else None)
         return (json.dumps(body, indent=2, default=str) + "\n").encode()

@@ -146,7 +146,7 @@ def kept_input(cfg: TrainConfig) -> tuple[TrainData, tuple[Any, list[str], str] 
     fs, root = filesystem(cfg.data.uri, cfg.storage)
     if fs.exists(join(root, MANIFEST)):
         manifest = committed(fs, root, f"data.uri {cfg.data.uri}")
-        if manifest.judge.get("engine") == "hash" and not cfg.data.allow_stand_in_judge:
+        if manifest.judged_by_stand_in and not cfg.data.allow_stand_in_judge:
             raise ValueError(
                 f"data.uri {cfg.data.uri}: {STAND_IN_NOTE}; refusing to train on what it kept "
                 "(judge it with a real engine, or set data.allow_stand_in_judge=true)"
