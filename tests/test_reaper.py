@@ -27,17 +27,30 @@ print(child.pid, grandchild, flush=True)
 time.sleep(600)
 """
 
+# The watcher, saying on stderr when its listing first holds the child and the grandchild.
+WATCHER = """
+import sys
+from alpagasus_ray.core import reaper
 
-def gone(pid: int, timeout: float = 120.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
+list_under = reaper._list_under
+
+def listing(root, seen, sessions):
+    was = len(seen)
+    list_under(root, seen, sessions)
+    if was < 2 <= len(seen):
+        print("listed", file=sys.stderr, flush=True)
+
+reaper._list_under = listing
+print(reaper.watch({pid}, 0, scan_s=0.1, grace_s=0.5))
+"""
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie waiting for its parent to collect it."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def sleeper(*args: str) -> subprocess.Popen:
@@ -55,20 +68,22 @@ def test_a_killed_command_leaves_nothing_it_started_and_nothing_else_is_touched(
         child, grandchild = map(int, command.stdout.readline().split())
         late = sleeper(f"{SESSION}/worker")  # started by the instance between two listings
         watcher = subprocess.Popen(
-            [sys.executable, "-c", f"from alpagasus_ray.core.reaper import watch; "
-             f"print(watch({command.pid}, 0, scan_s=0.1, grace_s=0.5))"],
-            stdin=read, stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-c", WATCHER.format(pid=command.pid)],
+            stdin=read, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         os.close(read)
-        time.sleep(1.0)  # the watcher has listed what runs under the command
+        # Killed only once the watcher has listed what runs under the command, however long
+        # a loaded machine takes to start it.
+        assert watcher.stderr.readline().strip() == "listed", watcher.stderr.read()
         assert watcher.poll() is None  # the pipe is open: the command still runs
         command.send_signal(signal.SIGKILL)  # no clean-up of its own
         command.wait(timeout=60)
         assert watcher.poll() is None  # the write end is still open here: not ended yet
         os.close(write)  # now the pipe closes, as it does when its only holder dies
         write = None
-        out, _ = watcher.communicate(timeout=120)
+        out, _ = watcher.communicate(timeout=600)
         assert int(out) == 3  # the child and grandchild, orphaned by the kill, and the late one
+        # Gone by the time the watcher has ended, however slowly the machine tears them down.
         assert gone(child) and gone(grandchild) and gone(late.pid)
         assert bystander.poll() is None and older.poll() is None
     finally:

@@ -25,13 +25,17 @@ import psutil
 
 SCAN_S = 0.5  # how often the processes under the command are listed while it runs
 GRACE_S = 10.0  # what Ray gets to end its processes itself before the watcher does
+# How long the watcher waits for what it killed to be gone before it ends itself: a killed
+# process takes a moment to be torn down, longer on a loaded machine.
+EXIT_WAIT_S = 120.0
 # A Ray instance's session folder, named for its start: in its processes' command lines.
 SESSION = re.compile(r"[^\s='\"]*/session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+")
 
 
 def watch(parent: int, pipe: int, scan_s: float = SCAN_S, grace_s: float = GRACE_S) -> int:
     """List the processes under `parent` until `pipe` closes, then end those still running
-    after `grace_s`; returns how many it ended. A process is known by its id and its start
+    after `grace_s`, and return how many it ended once they are gone, so that nothing the
+    command started outlives the watcher. A process is known by its id and its start
     time, so an id the system gave to another process since is never touched; one started
     between two listings (a Ray worker) is known by the session folder of the Ray
     instance the command started, in its command line."""
@@ -48,7 +52,7 @@ def watch(parent: int, pipe: int, scan_s: float = SCAN_S, grace_s: float = GRACE
         if ready and not os.read(pipe, 4096):
             break
     time.sleep(grace_s)
-    ended = 0
+    killed: list[psutil.Process] = []
     for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
         info = proc.info
         ours = seen.get(proc.pid) == info["create_time"] or (
@@ -58,10 +62,26 @@ def watch(parent: int, pipe: int, scan_s: float = SCAN_S, grace_s: float = GRACE
         if ours and proc.pid != os.getpid() and info["status"] != psutil.STATUS_ZOMBIE:
             try:
                 proc.kill()
-                ended += 1
+                killed.append(proc)
             except psutil.Error:  # ended already
                 continue
-    return ended
+    _wait_gone(killed, EXIT_WAIT_S)
+    return len(killed)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
+    """Until each of `procs` has exited (gone, or a zombie waiting for its parent)."""
+    deadline = time.monotonic() + timeout
+    while procs and time.monotonic() < deadline:
+        procs = [p for p in procs if _running(p)]
+        time.sleep(0.1)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _list_under(root: psutil.Process, seen: dict[int, float], sessions: set[str]) -> None:
