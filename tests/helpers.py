@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,46 @@ def write_jsonl(path: str | Path, rows: list[Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+def own_ray_workers(name: str) -> list[Any]:
+    """The live worker processes of the Ray this process is connected to whose title holds
+    `name` (`ray::...ScoreStage...`): found under that Ray's own raylets, by its session
+    folder, so that a test never touches another Ray's workers on the same machine (a
+    second test lane, a user's cluster)."""
+    import psutil
+
+    found = []
+    for proc in ray_services("raylet", ray_sessions()):
+        with contextlib.suppress(psutil.Error):  # ended since the listing
+            for child in proc.children(recursive=True):
+                try:
+                    title = " ".join(child.cmdline())
+                except psutil.Error:  # ended since the listing
+                    continue
+                if title.startswith("ray::") and name in title:
+                    found.append(child)
+    return found
+
+
+def ray_sessions() -> set[str]:
+    """The session folders of the Ray this process is connected to, one a node: in the
+    command lines of its services (GCS server, raylets)."""
+    import ray
+
+    return {str(Path(n["ObjectStoreSocketName"]).parents[1]) for n in ray.nodes()}
+
+
+def ray_services(name: str, sessions: set[str]) -> list[Any]:
+    """The running processes called `name` (`raylet`, `gcs_server`) of those sessions."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if name in (proc.info["name"] or "") and any(s in line for s in sessions):
+            found.append(proc)
+    return found
 
 
 def save_digitless_tokenizer(path: str | Path) -> Path:

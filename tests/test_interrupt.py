@@ -103,7 +103,7 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path, stand_in, ray_tmp, t
     assert "Traceback" not in err, err
     assert not (out / MANIFEST).exists()
     # Nothing the run started outlives it (Ray's own processes end with their driver).
-    wait_for(lambda: not alive(started) and not ray_processes(ray_tmp), 60, "Ray to end")
+    wait_for(lambda: not alive(started) and not ray_processes(ray_tmp), 300, "Ray to end")
 
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     assert again.returncode == 0, again.stderr

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from conftest import WORKER_NICENESS
 from helpers import write_jsonl
 
 from alpagasus_ray.demo import synthetic_examples
@@ -60,7 +61,7 @@ def free_port() -> int:
 def ray_head():
     home = Path(tempfile.mkdtemp(prefix="rayhome-"))
     temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # short: Unix socket paths
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | WORKER_NICENESS
     # RAY_AUTH_MODE=token: the Python client sends the token from ~/.ray/auth_token only then.
     env.update(HOME=str(home), PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="token")
     dash = free_port()

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import assert_same_rows, job_config
-from helpers import write_jsonl
+from helpers import own_ray_workers, write_jsonl
 
 from alpagasus_ray.data.io import MANIFEST
 from alpagasus_ray.demo import synthetic_examples
@@ -96,16 +96,6 @@ def test_a_killed_judge_replica_is_replaced_and_the_run_ends_like_a_clean_run(
     The tiny model's judge, not the stand-in: a replica must still be judging to be killed."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import psutil
-
-    def replicas() -> list[psutil.Process]:
-        found = []
-        for proc in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if cmd.startswith("ray::") and "ScoreStage" in cmd:
-                found.append(proc)
-        return found
-
     clean = tmp_path / "clean"
     run_filter(job_config(str(source), str(clean), tiny_judge, **SETTINGS))
     out = tmp_path / "out"
@@ -115,7 +105,7 @@ def test_a_killed_judge_replica_is_replaced_and_the_run_ends_like_a_clean_run(
         run = pool.submit(run_filter, cfg)
         deadline = time.monotonic() + 300
         while killed is None and not run.done() and time.monotonic() < deadline:
-            files, alive = list((out / "data").rglob("*.parquet")), replicas()
+            files, alive = list((out / "data").rglob("*.parquet")), own_ray_workers("ScoreStage")
             if files and alive:  # judging is well under way
                 killed = alive[0].pid
                 os.kill(killed, signal.SIGKILL)
