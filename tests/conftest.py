@@ -260,12 +260,21 @@ def filter_args(
     return args
 
 
-def cli_refusal(capsys: Any, args: list[str]) -> tuple[str, float]:
-    """Run the CLI in-process; assert exit code 2 and one line on stderr; (line, seconds)."""
+def cli_refusal(capsys: Any, args: list[str], before_ray: bool = False) -> tuple[str, float]:
+    """Run the CLI in-process; assert exit code 2 and one line on stderr; (line, seconds).
+    `before_ray`: the refusal must come before the job joins or starts Ray, which is what
+    makes it cost seconds on any machine (a time bound would depend on the machine's load;
+    `benchmarks/bench_refusals.py` measures the seconds)."""
     from alpagasus_ray.cli import main
 
+    def no_ray(*_: object) -> None:
+        raise AssertionError("Ray was joined before the refusal")
+
     start = time.monotonic()
-    code = main(args)
+    with pytest.MonkeyPatch.context() as patch:
+        if before_ray:
+            patch.setattr("alpagasus_ray.filter.job.init_ray", no_ray)
+        code = main(args)
     elapsed = time.monotonic() - start
     err = capsys.readouterr().err.strip()
     assert code == 2, err

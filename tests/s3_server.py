@@ -19,10 +19,11 @@ def start_s3_with_auth() -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # moto's imports take a loaded machine a while
+    while time.monotonic() < deadline and server.poll() is None:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
+                return server, f"http://127.0.0.1:{port}"
         time.sleep(0.2)
-    return server, f"http://127.0.0.1:{port}"
+    server.kill()
+    raise RuntimeError(f"moto's S3 server did not start on port {port} (exit {server.poll()})")

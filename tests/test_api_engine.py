@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -334,12 +333,10 @@ def test_the_breaker_stops_the_job_when_most_requests_fail(
     rows = synthetic_examples(400, seed=26, unique=True)
     args = filter_job(tmp_path, rows, url, "tiny", "judge.api.api_key_env=null",
                       "judge.api.breaker_window=16", "judge.api.max_concurrency=4")  # fmt: skip
-    start = time.monotonic()
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
     assert err.startswith("alpagasus-ray filter: judge API stopped the job (judge.api.base_url): ")
     assert "of the last 16 requests" in err and "HTTP 401: injected 401" in err
-    assert time.monotonic() - start < 120
     assert p.count() < 200  # stopped long before the 400 rows were sent
     assert not (tmp_path / "out" / MANIFEST).exists()
 
@@ -419,10 +416,11 @@ def test_dry_run_counts_and_prices_without_a_call(
 def test_mistakes_are_refused_before_any_row(smol_server, tmp_path, capsys, monkeypatch):
     rows = synthetic_examples(4, seed=29, unique=True)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-0123456789")
-    err, seconds = cli_refusal(capsys, filter_job(tmp_path, rows, smol_server.base_url, "smol"))
+    job = filter_job(tmp_path, rows, smol_server.base_url, "smol")
+    err, _ = cli_refusal(capsys, job, before_ray=True)
     assert err.startswith("alpagasus-ray filter: judge API key (judge.api.api_key_env): the "
                           "server refused the key in $OPENAI_API_KEY: HTTP 401")  # fmt: skip
-    assert "sk-wrong-0123456789" not in err and seconds < 30
+    assert "sk-wrong-0123456789" not in err
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     err, _ = cli_refusal(capsys, filter_job(tmp_path, rows, smol_server.base_url, "smol-typo"))
     assert err == (f"alpagasus-ray filter: judge model (judge.model): 'smol-typo' is not served "

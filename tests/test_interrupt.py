@@ -93,7 +93,7 @@ def test_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path, stand_in, ray_tmp, t
             os.killpg(proc.pid, signal.SIGINT)
         else:
             proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -131,7 +131,7 @@ def test_a_killed_command_leaves_no_ray_process(tmp_path, stand_in, ray_tmp):
         assert len(reaper) == 1, [p.cmdline() for p in started]
     finally:
         proc.kill()
-    proc.wait(timeout=60)
+    proc.wait(timeout=300)
     # The watcher ends once it has ended what was left, seconds after the kill; Ray's agents
     # alone stay about a minute. No process of the command's may outlive the watcher.
     wait_for(lambda: not alive(reaper), 300, "the watcher to end")

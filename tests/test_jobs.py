@@ -42,7 +42,7 @@ job = client.submit_job(
     entrypoint=f"python jobs/filter.py --config {config}",
     runtime_env={"working_dir": root, "excludes": ["tests/", "benchmarks/"]},
 )
-deadline = time.time() + 400
+deadline = time.time() + 1200
 while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
                                          JobStatus.STOPPED} and time.time() < deadline:
     time.sleep(1)
@@ -89,9 +89,9 @@ def ray_head():
         env=env,
         check=True,
         capture_output=True,
-        timeout=60,
+        timeout=300,
     )
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=180)
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
     try:
         yield {"address": f"http://127.0.0.1:{dash}", "env": env, "home": home}
     finally:
@@ -118,7 +118,7 @@ def run_client(head: dict, config: Path, env: dict | None = None) -> subprocess.
         env=env or head["env"],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1500,
     )
 
 

@@ -16,6 +16,7 @@ another's workers run in it (seen once: `os.getcwd()` failing in a judge replica
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -92,8 +93,21 @@ def cluster_config(port: int) -> dict:
     }  # fmt: skip
 
 
+# One fake cluster on the machine at a time, whichever lane starts it: the fake provider
+# gives every cluster's worker nodes the same node ids (`fff...00001`, ...), so two clusters
+# at once (the two lanes of `make test` run side by side) would have nodes of one id.
+CLUSTER_LOCK = Path(tempfile.gettempdir()) / "alpagasus-fake-cluster.lock"
+
+
 @pytest.fixture(scope="module")
-def fake_cluster(tmp_path_factory):
+def one_cluster_at_a_time():
+    with CLUSTER_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process ends
+        yield
+
+
+@pytest.fixture(scope="module")
+def fake_cluster(one_cluster_at_a_time, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multinode")
     temp_dir = tempfile.mkdtemp(prefix="rmn-", dir="/tmp")  # short: Unix socket paths
     port, dash = free_port(), free_port()
@@ -147,7 +161,7 @@ def python(cluster: dict, script: str, *args: str, timeout: float = 120) -> str:
 def get_json(url: str) -> dict:
     """A GET of the dashboard's REST API, in this process: polling by a subprocess that
     imports Ray took about a core of this 2-core machine away from the job it watched."""
-    with urllib.request.urlopen(url, timeout=30) as reply:
+    with urllib.request.urlopen(url, timeout=120) as reply:
         return json.load(reply)
 
 
@@ -229,8 +243,16 @@ def submit(
     entrypoint = f"python {ROOT}/jobs/filter.py --config {config}"
     if hold:
         entrypoint = f"python {ROOT}/tests/crash_driver.py hold:{hold} filter --config {config}"
-    out = python(cluster, SUBMIT, cluster["dashboard"], entrypoint, json.dumps(resources or {}))
-    return out.strip().splitlines()[-1]
+    args = (cluster["dashboard"], entrypoint, json.dumps(resources or {}))
+    deadline = time.monotonic() + 900  # a hang's guard, far above a loaded machine's wait
+    while True:  # the head's job agent registers after its dashboard answers: later when loaded
+        try:
+            return python(cluster, SUBMIT, *args).strip().splitlines()[-1]
+        except RuntimeError as e:
+            if "No available agent to submit job" not in str(e):
+                raise
+            assert time.monotonic() < deadline, f"the head's job agent never came up: {e}"
+        time.sleep(2)
 
 
 def job_status(cluster: dict, job: str) -> tuple[str, str]:

@@ -61,7 +61,7 @@ def test_job_script_reports_a_config_error(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "finetune" in proc.stderr and "multiple" in proc.stderr

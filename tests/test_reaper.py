@@ -77,7 +77,7 @@ def test_a_killed_command_leaves_nothing_it_started_and_nothing_else_is_touched(
         assert watcher.stderr.readline().strip() == "listed", watcher.stderr.read()
         assert watcher.poll() is None  # the pipe is open: the command still runs
         command.send_signal(signal.SIGKILL)  # no clean-up of its own
-        command.wait(timeout=60)
+        command.wait(timeout=300)
         assert watcher.poll() is None  # the write end is still open here: not ended yet
         os.close(write)  # now the pipe closes, as it does when its only holder dies
         write = None

@@ -4,7 +4,6 @@ traceback back."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -47,16 +46,13 @@ def test_a_corrupt_file_after_the_first_fails_with_its_path(
     good_parquet(tmp_path / "in" / "a.parquet", 20)
     bad = tmp_path / "in" / "b.parquet"
     bad.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")  # preflight reads only the first file
-    start = time.monotonic()
     code = main(filter_args(tmp_path, tmp_path / "in", stand_in, config=JOB))
-    elapsed = time.monotonic() - start
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert "Traceback" not in err
     assert err.splitlines()[-1].startswith(
         f"alpagasus-ray filter: input file ({bad}): cannot read it: OSError: "
     ), err
-    assert elapsed < 60, elapsed
 
 
 def test_unreadable_files_are_skipped_and_listed(ray_session, tmp_path, stand_in):

@@ -40,7 +40,7 @@ LATE_NODES = (
 def namespaces_allowed() -> bool:
     cmd = ["unshare", "--mount", "--propagation", "private", "true"]
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
+        return subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
     except FileNotFoundError:
         return False
 

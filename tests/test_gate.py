@@ -1,0 +1,51 @@
+"""The gate's own script (`tests/gate/lanes.sh`, what `make test` runs after ruff): both
+lanes run, each with its marker, and the gate fails when either lane fails."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# A lane's pytest as the script sees it: it says its arguments and a summary, and exits.
+LANE = """#!/usr/bin/env bash
+echo "args: $*"
+echo "{summary}"
+exit {code}
+"""
+
+
+def gate(tmp_path: Path, main: tuple[str, int], vllm: tuple[str, int]) -> tuple[int, list[str]]:
+    (tmp_path / "tests" / "gate").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "gate" / "lanes.sh", tmp_path / "tests" / "gate")
+    for venv, (summary, code) in ((".venv", main), (".venv-vllm", vllm)):
+        pytest_bin = tmp_path / venv / "bin" / "pytest"
+        pytest_bin.parent.mkdir(parents=True)
+        pytest_bin.write_text(LANE.format(summary=summary, code=code))
+        pytest_bin.chmod(0o755)
+    done = subprocess.run(["bash", str(tmp_path / "tests" / "gate" / "lanes.sh")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return done.returncode, done.stdout.splitlines()
+
+
+def test_both_lanes_run_with_their_markers_and_end_with_a_line_each(tmp_path):
+    code, lines = gate(tmp_path, ("3 passed in 1.00s", 0), ("2 passed in 2.00s", 0))
+    assert code == 0, lines
+    assert "args: -q -ra --durations=25 -m not vllm" in lines
+    assert "args: -q -ra --durations=25 -m vllm" in lines
+    main, vllm = lines[-2:]
+    assert main.startswith("main: 3 passed in 1.00s (main lane: exit 0 in "), lines
+    assert vllm.startswith("vllm: 2 passed in 2.00s (vllm lane: exit 0 in "), lines
+
+
+@pytest.mark.parametrize("failing", ["main", "vllm"])
+def test_a_failing_lane_fails_the_gate(tmp_path, failing):
+    lanes = {"main": ("3 passed in 1.00s", 0), "vllm": ("2 passed in 2.00s", 0)}
+    lanes[failing] = ("1 failed, 2 passed in 1.00s", 1)
+    code, lines = gate(tmp_path, lanes["main"], lanes["vllm"])
+    assert code != 0, lines
+    closing = dict(line.split(": ", 1) for line in lines[-2:])
+    assert closing[failing].startswith(f"1 failed, 2 passed in 1.00s ({failing} lane: exit 1 in ")
