@@ -27,7 +27,6 @@ from alpagasus_ray.data.io import MANIFEST, UnfinishedFilterOutput, filesystem
 from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.filter.manifest import committed, listed_files
-from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.filter.report import regenerate
 
 ROWS = 40
@@ -194,11 +193,8 @@ def redecided(clean, source, stand_in, tmp_path_factory) -> dict:
 
 
 def rerun(cfg) -> None:
-    """The same command again: it completes the change, or says there is nothing left."""
-    try:
-        run_filter(cfg)
-    except PreflightError as e:
-        assert "nothing changed" in str(e)
+    """The same command again: it completes the change, or finds it complete already."""
+    run_filter(cfg)
 
 
 @pytest.mark.parametrize("point", REDECIDE_POINTS)
@@ -337,3 +333,28 @@ def test_a_resume_killed_after_taking_stock_resumes_again(clean, source, stand_i
     manifest = run_filter(cfg)
     assert manifest.status == "complete" and len(manifest.attempts) == 3
     assert_same_rows(committed_rows(str(out)), committed_rows(str(clean)))
+
+
+def test_a_listed_file_removed_by_hand_is_named_with_what_is_wrong(
+    clean, source, stand_in, tmp_path, capsys
+):
+    """It used to be the bare path: now the path, that it is missing though the manifest
+    lists it, and what to do; for every reader, and for a rerun that re-decides."""
+    from alpagasus_ray.cli import main
+
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    (gone,) = [p for p in (out / "data").rglob("*.parquet")][:1]
+    gone.unlink()
+    said = (
+        f"{gone}: no such file; the output's manifest.json lists it, so it was removed or "
+        "moved by hand: put it back, or run the filter again with output.overwrite=true"
+    )
+    config = write_config(
+        job_config(str(source), str(out), stand_in, **REDECIDE), tmp_path / "j.yaml"
+    )
+    for args in (["report", str(out)], ["filter", "--config", str(config)]):
+        assert main(args) == 2
+        assert (
+            capsys.readouterr().err.strip().splitlines()[-1] == f"alpagasus-ray {args[0]}: {said}"
+        )

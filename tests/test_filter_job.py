@@ -1,10 +1,12 @@
 """The whole filter on local Ray with a tiny judge: invariants, partitions, determinism."""
 
 import json
+import shutil
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import filter_args, job_config, write_cut_array
 from helpers import write_jsonl
 
@@ -177,10 +179,41 @@ def test_rerun_gives_identical_decisions(filtered, source, tiny_judge, tmp_path)
             assert second[rid]["score"] == pytest.approx(row["score"], abs=1e-4)
 
 
-def test_existing_output_is_not_overwritten_by_default(filtered, source, tiny_judge):
-    cfg = job_config(str(source[0]), str(filtered[0]), tiny_judge, output__overwrite=False)
-    with pytest.raises(PreflightError, match="holds a finished run"):
-        run_filter(cfg)
+def test_a_finished_output_asked_for_again_is_complete_and_untouched(
+    filtered, source, tiny_judge, capsys
+):
+    """The same command again (a scheduler retrying a task that succeeded): exit 0, one line
+    with the counts, the output as it was; a change that needs judging is still refused."""
+    from alpagasus_ray.cli import main
+
+    out, manifest = filtered
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    cfg = job_config(str(source[0]), str(out), tiny_judge, output__overwrite=False)
+    again = run_filter(cfg)
+    assert again.already_complete and again.to_json() == (out / "manifest.json").read_bytes()
+    config = out.parent / "same.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    assert main(["filter", "--config", str(config)]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    c = manifest.counts
+    assert line == (
+        f"{out} is already complete with these settings, nothing to do: rows read "
+        f"{manifest.rows_read} = kept {c['kept']} + rejected {c['rejected']} + quarantined "
+        f"{c['quarantined']} + failed {c['failed']}"
+    )
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+    other = job_config(str(source[0]), str(out), tiny_judge, output__overwrite=False,
+                       judge__mode="generate")  # fmt: skip
+    with pytest.raises(PreflightError, match="holds a finished run .judge.mode"):
+        run_filter(other)
+    # A run that ended inconsistent is no success to repeat: still refused, saying why.
+    broken = out.parent / "inconsistent"
+    shutil.copytree(out, broken)
+    text = (broken / "manifest.json").read_text()
+    (broken / "manifest.json").write_text(text.replace('"complete"', '"inconsistent"'))
+    again = cfg.model_copy(update={"output": cfg.output.model_copy(update={"uri": str(broken)})})
+    with pytest.raises(PreflightError, match="holds a finished run that did not add up"):
+        run_filter(again)
 
 
 def test_parquet_shards_column_mapping_and_generate_mode(ray_session, tiny_judge, tmp_path):

@@ -67,15 +67,12 @@ def test_a_killed_driver_resumes_and_ends_like_a_clean_run(clean, source, stand_
     cmd = [sys.executable, *hold, "filter", "--config", str(config)]
     driver = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and driver.poll() is None:
-            if len(list((out / "data").rglob("*.parquet"))) >= 3:
-                break
+    try:  # until part of the output is written, however slow the machine: it cannot end
+        while driver.poll() is None and len(list((out / "data").rglob("*.parquet"))) < 3:
             time.sleep(0.2)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
-        driver.wait(timeout=60)
+        driver.wait(timeout=300)
     assert driver.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (out / MANIFEST).exists()
 
@@ -103,8 +100,7 @@ def test_a_killed_judge_replica_is_replaced_and_the_run_ends_like_a_clean_run(
     killed, written_then = None, 0
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(run_filter, cfg)
-        deadline = time.monotonic() + 300
-        while killed is None and not run.done() and time.monotonic() < deadline:
+        while killed is None and not run.done():
             files, alive = list((out / "data").rglob("*.parquet")), own_ray_workers("ScoreStage")
             if files and alive:  # judging is well under way
                 killed = alive[0].pid
@@ -274,8 +270,8 @@ def test_retry_failed_judges_only_the_engine_errors_of_a_finished_output(
     out, victim = committed_with_an_engine_error(clean, tmp_path)
     failed_file = out / "data" / "decision=failed" / "err.parquet"
     cfg = job_config(str(source), str(out), stand_in, **SETTINGS)
-    with pytest.raises(PreflightError, match="holds a finished run .nothing changed; .*retry"):
-        run_filter(cfg)  # a plain rerun changes nothing
+    plain = run_filter(cfg)  # a plain rerun changes nothing
+    assert plain.already_complete and failed_file.exists()
     manifest = run_filter(cfg.model_copy(update={"output": cfg.output.model_copy(
         update={"retry_failed": True})}))  # fmt: skip
     assert manifest.status == "complete", manifest.invariant

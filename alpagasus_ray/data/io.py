@@ -23,6 +23,7 @@ JSON_EXT = (".json", ".jsonl", ".ndjson")
 DATA_DIR = "data"
 MANIFEST = "manifest.json"
 RUN_MARKER = "run.json"
+HEARTBEAT = "heartbeat.json"  # a live run's, while it runs (data/heartbeat.py)
 READ_LOG_DIR = "read_log"  # one record per input file read: rows, or why it was skipped
 
 
@@ -164,7 +165,8 @@ def prepare_output(fs: fsspec.AbstractFileSystem, root: str, overwrite: bool) ->
 # engines/api_budget.py) and the evaluation's (evaluate/job.py, evaluate/report.py), each
 # also as the temporary file it is written through (`<name>.tmp`, `<name>.<hex>.tmp`).
 OWN_NAMES = frozenset(
-    {MANIFEST, RUN_MARKER, DATA_DIR, f"{DATA_DIR}.redecided", READ_LOG_DIR, "report.json"}
+    {MANIFEST, RUN_MARKER, HEARTBEAT, DATA_DIR, f"{DATA_DIR}.redecided", READ_LOG_DIR}
+    | {"report.json"}
     | {"report.md", "score_histogram.png", "api_spend.json", "answers", "judgments"}
     | {"outcomes.parquet", "position_bias.png"}
 )
@@ -172,10 +174,22 @@ OWN_PATTERNS = ("winloss_*.png",)
 
 
 def output_entries(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
-    """The paths directly in `root`, none if it does not exist (S3 may list `root` itself)."""
+    """The paths directly in `root`, none if it does not exist (S3 may list `root` itself),
+    but for the heartbeat of the run about to write it (`data/heartbeat.py`)."""
     if not fs.exists(root):
         return []
-    return [e for e in fs.ls(root, detail=False) if e.rstrip("/") != root.rstrip("/")]
+    return [
+        e
+        for e in fs.ls(root, detail=False)
+        if e.rstrip("/") != root.rstrip("/") and _bare_name(e) != HEARTBEAT
+    ]
+
+
+def _bare_name(path: str) -> str:
+    """A path's last part without the suffix of the temporary file it is written through."""
+    import re
+
+    return re.sub(r"(\.[0-9a-f]+)?\.tmp$", "", path.rstrip("/").rsplit("/", 1)[-1])
 
 
 def foreign_output_cause(uri: str) -> str:
@@ -194,9 +208,8 @@ def is_marked_output(fs: fsspec.AbstractFileSystem, root: str) -> bool:
 def is_own_name(name: str) -> bool:
     """Whether a run of this tool writes `name` at an output's root."""
     import fnmatch
-    import re
 
-    name = re.sub(r"(\.[0-9a-f]+)?\.tmp$", "", name)
+    name = _bare_name(name)
     return name in OWN_NAMES or any(fnmatch.fnmatchcase(name, p) for p in OWN_PATTERNS)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from alpagasus_ray.core.errors import InvariantError
 from alpagasus_ray.core.runtime import beside_driver, ended_nodes, init_ray, package_versions
+from alpagasus_ray.data.heartbeat import Heartbeat
 from alpagasus_ray.data.io import (
     DATA_DIR,
     READ_LOG_DIR,
@@ -225,21 +226,28 @@ class Run:
 
 
 def run_filter(cfg: FilterJobConfig) -> Manifest:
-    """Run the whole job; returns the manifest, whose commit ends it."""
-    run = prepare_run(cfg)
-    if isinstance(run, Manifest):  # only the decision settings changed: re-decided
-        return run
-    metrics = write_rows(run)
-    return finish_run(run, metrics)
-
-
-def prepare_run(cfg: FilterJobConfig) -> Run | Manifest:
-    """Refuse a mistake before anything is touched, decide what the run does to its output,
-    claim it, and build the stream; a re-decision is done here, with no judge call."""
-    listing = preflight(cfg)  # a mistake costs seconds: before Ray or the output is touched
+    """Run the whole job; returns the manifest, whose commit ends it. A mistake, or another
+    run writing the output now, is refused in seconds, before Ray or the output is touched;
+    from then on the output's heartbeat says this run is writing it."""
+    listing = preflight(cfg)
     fs, root = filesystem(cfg.output.uri, cfg.storage)
+    with Heartbeat(fs, root):
+        run = prepare_run(cfg, fs, root, listing)
+        if isinstance(run, Manifest):  # complete already, or re-decided from the stored scores
+            return run
+        metrics = write_rows(run)
+        return finish_run(run, metrics)
+
+
+def prepare_run(
+    cfg: FilterJobConfig, fs: Any, root: str, listing: tuple[Any, list[str], str]
+) -> Run | Manifest:
+    """Decide what the run does to its output, claim it, and build the stream; a
+    re-decision is done here, with no judge call."""
     now = fingerprint(cfg, listing)  # the input files' identities: a stat (or HEAD) each
     mode, previous = check_rerun(cfg, fs, root, now)
+    if mode == "done":  # finished with these very settings: nothing to do
+        return previous.found_complete()
     if mode == "redecide":  # only filter.threshold / keep_fraction changed: no judge call
         return redecide_finished(cfg, fs, root, now)
     init_ray(cfg.ray)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import fsspec
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from alpagasus_ray.data.io import (
     DATA_DIR,
@@ -81,6 +81,19 @@ class Manifest(_Record):
     versions: dict[str, str | None]
     config: dict[str, Any]  # the job's config, secrets masked
     redecided: Redecision | None = None
+    # Not stored: set on the manifest a run returns when it found the output already
+    # complete with its settings and did nothing.
+    _already_complete: bool = PrivateAttr(default=False)
+
+    @property
+    def already_complete(self) -> bool:
+        """The run that returned this manifest found it committed already and changed nothing."""
+        return self._already_complete
+
+    def found_complete(self) -> Manifest:
+        """This manifest, as a run that found it committed with its own settings returns it."""
+        self._already_complete = True
+        return self
 
     @property
     def judged_by_stand_in(self) -> bool:

@@ -81,6 +81,7 @@ def check_output(cfg: FilterJobConfig) -> None:
     """The output can be written (S3: the bucket answers to these credentials; local: the
     nearest existing folder is a writable folder), and is empty unless an unfinished run to
     resume, or `output.overwrite` over an output this tool wrote (its marker)."""
+    from alpagasus_ray.data.heartbeat import check_not_in_use
     from alpagasus_ray.data.io import (
         filesystem,
         foreign_output_cause,
@@ -93,6 +94,7 @@ def check_output(cfg: FilterJobConfig) -> None:
         fs, root = filesystem(uri, cfg.storage)
         if fs.exists(root) and not fs.isdir(root):
             raise PreflightError("output", "output.uri", f"{uri} is a file, not a folder")
+        check_not_in_use(fs, root, uri)  # a live run's output is never touched, nor advised on
         taken = bool(output_entries(fs, root))
         if taken and not cfg.output.overwrite:
             _check_reusable(fs, root, uri)

@@ -124,10 +124,11 @@ def check_rerun(
     """What a run whose `fingerprint` is `now` does in an existing output: ("fresh", None)
     to start afresh (empty output, or `overwrite`), ("resume", run) to continue an
     unfinished run, ("redecide", manifest) when only the decision settings of a finished
-    run changed, ("retry", manifest) for `output.retry_failed` on a finished run. Anything
-    else is refused, saying what changed, since the output would mix two kinds of
-    decisions; a finished run asked for again loses only the files its manifest no longer
-    lists."""
+    run changed, ("retry", manifest) for `output.retry_failed` on a finished run, ("done",
+    manifest) for a finished run asked for again with the same settings: nothing to do (a
+    scheduler's retry of a task that succeeded, a rerun after a kill that came just after
+    the commit), but the files its manifest no longer lists are removed. Anything else is
+    refused, saying what changed, since the output would mix two kinds of decisions."""
     if cfg.output.overwrite or not fs.exists(join(root, RUN_MARKER)):
         return "fresh", None
     manifest = read_manifest(fs, root, cfg.output.uri)
@@ -144,11 +145,18 @@ def check_rerun(
         return "retry", manifest
     if manifest is not None and changed and judged_alike and not cfg.output.retry_failed:
         return "redecide", manifest
+    if manifest is not None and not changed:
+        remove_unlisted(fs, root, listed_files(root, manifest))  # a change killed after commit
+        if manifest.status == "complete":
+            return "done", manifest
+        raise PreflightError(
+            "output",
+            "output.uri",
+            f"{cfg.output.uri} holds a finished run that did not add up ({manifest.invariant}); "
+            "set output.overwrite=true to judge it again",
+        )
     if manifest is not None:
-        if not changed:  # the last step of a change that died after its commit, if any
-            remove_unlisted(fs, root, listed_files(root, manifest))
-        why = "nothing changed" if not changed else _what_changed(changed[0], before.get(
-            changed[0]), now[changed[0]])  # fmt: skip
+        why = _what_changed(changed[0], before.get(changed[0]), now[changed[0]])
         raise PreflightError(
             "output",
             "output.uri",
