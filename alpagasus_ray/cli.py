@@ -27,7 +27,9 @@ from alpagasus_ray.core.errors import (
     StorageNotShared,
     UnreadableInputError,
     first_line,
+    missing_file_line,
 )
+from alpagasus_ray.data.heartbeat import OutputInUse
 from alpagasus_ray.data.io import OutputTakenError, UnfinishedFilterOutput
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.export import ExportRefused
@@ -205,14 +207,21 @@ def cmd_demo(args: argparse.Namespace) -> Manifest:
 
 def _print_summary(manifest: Manifest, uri: str) -> None:
     c = manifest.counts
+    rows = (
+        f"rows read {manifest.rows_read} = kept {c['kept']} + rejected {c['rejected']} + "
+        f"quarantined {c['quarantined']} + failed {c['failed']}"
+    )
+    if manifest.already_complete:  # one line: a scheduler's retry reads it as success
+        retry = "; --retry-failed judges its engine_error rows again" if c["failed"] else ""
+        print(f"{uri} is already complete with these settings, nothing to do: {rows}{retry}")
+        return
     if again := manifest.redecided:
         print(
             f"re-decided from the stored scores at threshold {manifest.threshold:g} "
             f"(was {again.from_threshold:g}), no judge call: {again.changed}"
         )
     print(
-        f"\nrows read {manifest.rows_read} = kept {c['kept']} + rejected {c['rejected']} + "
-        f"quarantined {c['quarantined']} + failed {c['failed']}\n"
+        f"\n{rows}\n"
         f"outputs:  {uri}/data/decision=<kept|rejected|quarantined|failed>/\n"
         f"report:   {uri}/report.md  (score_histogram.png, report.json)\n"
         f"manifest: {uri}/manifest.json"
@@ -277,6 +286,7 @@ REFUSALS = (
     CalibrationRefused,
     ConfigError,
     ExportRefused,
+    OutputInUse,
     PreflightError,
     ResourceError,
     StorageNotShared,
@@ -332,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exception(e)
         code = 2 if isinstance(cause, REFUSALS) else 1
-        if code == 2 or isinstance(cause, (OutputTakenError, JudgeAPIStopped, InvariantError)):
+        if isinstance(cause, FileNotFoundError):
+            line = missing_file_line(cause)
+        elif code == 2 or isinstance(cause, (OutputTakenError, JudgeAPIStopped, InvariantError)):
             line = str(cause)  # ours: already one line that names the key, file or output
         else:
             line = f"failed: {first_line(cause)}"

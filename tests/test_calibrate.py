@@ -13,6 +13,7 @@ from helpers import write_jsonl
 from scipy.stats import spearmanr
 from sklearn.metrics import confusion_matrix, precision_score, recall_score, roc_auc_score
 
+from alpagasus_ray.calibrate.job import MIN_PER_CLASS, MIN_ROWS, finite_or_null
 from alpagasus_ray.calibrate.metrics import (
     at_threshold,
     average_ranks,
@@ -140,3 +141,44 @@ def test_a_label_file_that_cannot_be_used_is_one_line(finished, capsys, labels, 
     err, _ = cli_refusal(capsys, ["calibrate", str(out), "--labels", str(path),
                                   "--to", str(tmp / "x"), *args])  # fmt: skip
     assert line in err
+
+
+def no_bare_nan(name: str) -> None:
+    raise AssertionError(f"calibration.json holds a bare {name}: not JSON")
+
+
+@pytest.mark.parametrize(("matched", "keeps"), [(3, 3), (3, 2), (40, 40), (40, 36)])
+def test_too_few_rows_or_too_few_of_a_kind_are_refused_in_one_line(
+    finished, capsys, matched, keeps
+):
+    """3 matched rows of one class gave "AUC n/a", of both classes "1.0 [1.0, 1.0]", and
+    bare NaN tokens in calibration.json: below the minimums there is no figure at all."""
+    tmp, out, rows = finished
+    scored = [k for k, r in rows.items() if r["score"] is not None][:matched]
+    labels = [{"index": k, "good": i < keeps} for i, k in enumerate(scored)]
+    path = write_jsonl(tmp / f"few-{matched}-{keeps}.jsonl", labels)
+    to = tmp / f"few-{matched}-{keeps}"
+    err, _ = cli_refusal(capsys, ["calibrate", str(out), "--labels", str(path), "--label",
+                                  "good", "--to", str(to)])  # fmt: skip
+    assert err == (
+        f"alpagasus-ray calibrate: {matched} rows were both scored and labelled ({keeps} the "
+        f"reference keeps, {matched - keeps} it drops); calibration needs at least {MIN_ROWS} "
+        f"rows and {MIN_PER_CLASS} of each kind, or its figures are noise"
+    )
+    assert not to.exists()
+
+
+def test_the_calibration_file_is_strict_json(finished):
+    """An undefined figure is written as null, never as Python's bare NaN."""
+    assert finite_or_null({"a": float("nan"), "b": [1.0, np.float64("inf")], "c": 2}) == {
+        "a": None, "b": [1.0, None], "c": 2}  # fmt: skip
+    tmp, out, rows = finished
+    scores = {k: r["score"] for k, r in rows.items() if r["score"] is not None}
+    # The judge's cut above every score: it keeps nothing, so its precision is undefined.
+    labels = [{"index": k, "good": i % 2 == 0} for i, k in enumerate(scores)]
+    path = write_jsonl(tmp / "strict.jsonl", labels)
+    to = tmp / "strict"
+    assert main(["calibrate", str(out), "--labels", str(path), "--label", "good", "--to",
+                 str(to), "--threshold", "5.0", "--resamples", "20"]) == 0  # fmt: skip
+    result = json.loads((to / "calibration.json").read_text(), parse_constant=no_bare_nan)
+    assert result["at_job_threshold"]["precision"] is None

@@ -67,6 +67,16 @@ def test_bad_value_is_named(cfg_file):
         )  # logprobs: one token
 
 
+@pytest.mark.parametrize("value", ["nan", ".nan", "inf", "-.inf"])
+@pytest.mark.parametrize("key", ["filter.threshold", "judge.min_score_mass"])
+def test_a_number_that_is_not_one_is_refused_as_such(cfg_file, key, value):
+    """NaN passes no bound check silently (`nan <= 5` is False, and so is `nan >= 0`): it
+    is refused as what it is, naming the key."""
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg_file, [f"{key}={value}"], model=FilterJobConfig)
+    assert str(e.value).endswith(f"{key}: Input should be a finite number"), e.value
+
+
 def test_missing_required_key_is_named(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("input: {uri: x}\noutput: {uri: y}\n")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -187,3 +189,34 @@ def test_s3_in_and_out(finished, s3_endpoint):
         for o in client.list_objects_v2(Bucket=BUCKET, Prefix="exports/kept-hf/")["Contents"]
     ]
     assert "exports/kept-hf/dataset_info.json" in keys
+
+
+def test_a_killed_exports_work_folder_is_removed_by_the_next_export_to_its_target(
+    finished, tmp_path
+):
+    """SIGKILLed before the rename, an export leaves its work folder beside the target;
+    the next export to that target removes it, and a live export's, or one for another
+    target, is left alone."""
+    dest = tmp_path / "kept.json"
+    killer = [sys.executable, str(Path(__file__).with_name("crash_driver.py")),
+              "before:filter.export.publish", "export", str(finished), "--format", "alpaca",
+              "--to", str(dest)]  # fmt: skip
+    killed = subprocess.run(killer, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (left,) = [p.name for p in tmp_path.iterdir()]
+    assert left.startswith(".alpagasus-export-") and not dest.exists()
+    live = subprocess.Popen(["sleep", "600"])  # an export to the same target, still running
+    try:
+        alive = tmp_path / f".alpagasus-export-{live.pid}-kept.json.abcd1234"
+        other = tmp_path / f".alpagasus-export-{killed_pid(left)}-other.json.abcd1234"
+        alive.mkdir()
+        other.mkdir()
+        assert main(["export", str(finished), "--format", "alpaca", "--to", str(dest)]) == 0
+    finally:
+        live.kill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, dest.name,
+                                                                 other.name])  # fmt: skip
+
+
+def killed_pid(work_folder: str) -> int:
+    return int(work_folder.split("-")[2])

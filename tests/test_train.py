@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import job_config
+from conftest import cli_refusal, job_config
 from helpers import write_jsonl
 
 from alpagasus_ray.core.config import ConfigError, build_config
@@ -181,3 +181,31 @@ def test_an_unfinished_filter_output_is_refused(ray_session, tiny_judge, tmp_pat
     monkeypatch.setattr("alpagasus_ray.core.runtime.init_ray", no_ray)
     with pytest.raises(UnfinishedFilterOutput, match="without manifest.json"):
         run_train(cfg)
+
+
+def test_a_folder_that_is_not_a_filter_output_is_refused_before_ray(
+    tiny_judge, tmp_path, capsys, monkeypatch
+):
+    """Someone else's Parquet files: one line naming the folder and why, before Ray starts
+    (it used to fail after Ray counted "0 trainable rows")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    pq.write_table(pa.table({"a": [1, 2], "b": ["x", "y"]}), theirs / "part-0.parquet")
+    cfg = train_config(str(theirs), tiny_judge, tmp_path / "runs")
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+
+    def no_ray(*_: object) -> None:
+        raise AssertionError("Ray was started before the refusal")
+
+    monkeypatch.setattr("alpagasus_ray.core.runtime.init_ray", no_ray)
+    line, _ = cli_refusal(capsys, ["train", "--config", str(config)])
+    assert line == (
+        f"alpagasus-ray train: training data (data.uri): {theirs} is not a filter output (no "
+        "manifest.json), and its rows cannot be trained on as they are: no column "
+        f"'instruction' in {theirs}/part-0.parquet; its columns are: a, b"
+    )

@@ -30,6 +30,10 @@ from alpagasus_ray.data.io import filesystem, join, read_output_table, write_ato
 from alpagasus_ray.data.schema import SCORE, SOURCE, SOURCE_ROW
 
 POSITION = "position"  # match on the row's place in its input file
+# Below these, an AUC and its interval are noise that looks like a figure (3 rows of one
+# class gave "1.0 [1.0, 1.0]"): refused, saying how many rows and of which class there were.
+MIN_ROWS = 20
+MIN_PER_CLASS = 5
 
 
 def read_labels(uri: str, storage: StorageConfig) -> pa.Table:
@@ -103,10 +107,15 @@ def agreement(
 ) -> dict[str, Any]:
     """Every figure of the report, from the compared rows' scores and reference values
     (booleans, or scores binarised at `label_threshold`)."""
-    if len(scores) < 2:
-        raise CalibrationRefused(f"{len(scores)} rows were both scored and labelled; need 2+")
     graded = reference.dtype != bool
     labels = reference >= label_threshold if graded else reference.astype(bool)
+    kept = int(labels.sum())
+    if len(scores) < MIN_ROWS or min(kept, len(scores) - kept) < MIN_PER_CLASS:
+        raise CalibrationRefused(
+            f"{len(scores)} rows were both scored and labelled ({kept} the reference keeps, "
+            f"{len(scores) - kept} it drops); calibration needs at least {MIN_ROWS} rows and "
+            f"{MIN_PER_CLASS} of each kind, or its figures are noise"
+        )
     reference_rate = float(labels.mean())
     matched = matching_threshold(scores, reference_rate)
     result = {
@@ -169,7 +178,20 @@ def write_calibration(
 
     fs, root = filesystem(to, storage)
     fs.makedirs(root, exist_ok=True)
-    write_json(fs, join(root, "calibration.json"), result)
+    write_json(fs, join(root, "calibration.json"), finite_or_null(result))
     write_atomic(fs, join(root, "calibration.md"), render(result).encode())
     labels = reference >= label_threshold if reference.dtype != bool else reference.astype(bool)
     write_atomic(fs, join(root, "calibration.png"), plot(scores, labels, result))
+
+
+def finite_or_null(value: Any) -> Any:
+    """`value` with every NaN or infinity (an undefined figure: a Spearman of constant
+    scores, a precision where nothing was kept) as None, so that the file is strict JSON
+    (`null`), which every JSON reader takes; Python would write a bare `NaN`."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value

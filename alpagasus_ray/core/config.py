@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A NaN or infinity is never a setting: refused as not a number, not compared with bounds.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ColumnMap(StrictModel):

@@ -39,6 +39,22 @@ class JudgeAPIStopped(RuntimeError):
         return type(self), (self.key, self.cause_line)
 
 
+def missing_file_line(error: FileNotFoundError) -> str:
+    """A missing file said with what is wrong: pyarrow and fsspec raise one whose whole
+    message is the bare path. A file in a filter output's `data/decision=` folders is one
+    its committed manifest lists (readers read no other), so it was removed by hand."""
+    text = str(error)
+    if not text or any(ch.isspace() for ch in text) or "/" not in text:
+        return text  # a message of its own: ours name the key, file or output already
+    line = f"{text}: no such file"
+    if "/data/decision=" in text:
+        line += (
+            "; the output's manifest.json lists it, so it was removed or moved by hand: "
+            "put it back, or run the filter again with output.overwrite=true"
+        )
+    return line
+
+
 def first_line(cause: BaseException | str) -> str:
     text = str(cause).strip()
     first = text.splitlines()[0] if text else ""

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import fsspec
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -104,7 +106,8 @@ def export(
     near = os.path.dirname(os.path.abspath(dest)) if is_local(out_fs) else None
     if near:
         os.makedirs(near, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".alpagasus-export-", dir=near) as tmp:
+        remove_dead_exports(near, os.path.basename(dest))
+    with tempfile.TemporaryDirectory(prefix=work_prefix(dest), dir=near) as tmp:
         local = os.path.join(tmp, "export")
         rows = write_local(fmt, local, batches, schema, extras, system_prompt)
         publish(out_fs, local, dest, fmt == "hf", overwrite)
@@ -212,6 +215,24 @@ def save_hf(parquet: str, folder: str) -> None:
     cache = os.path.join(os.path.dirname(folder), "hf-cache")
     ds = datasets.Dataset.from_parquet(parquet, cache_dir=cache)
     ds.save_to_disk(folder)
+
+
+# An export's work folder beside its destination: `.alpagasus-export-PID-NAME.XXXXXXXX`
+# (tempfile's 8 random characters), so that the next export to NAME knows a dead one's.
+WORK_FOLDER = re.compile(r"^\.alpagasus-export-(\d+)-(.+)\.[a-z0-9_]{8}$")
+
+
+def work_prefix(dest: str) -> str:
+    return f".alpagasus-export-{os.getpid()}-{os.path.basename(dest.rstrip('/'))}."
+
+
+def remove_dead_exports(folder: str, name: str) -> None:
+    """Remove the work folders that exports to `name` left when they were killed (their
+    process is gone); a live export's, or one to another name, is not touched."""
+    for entry in os.listdir(folder):
+        found = WORK_FOLDER.match(entry)
+        if found and found.group(2) == name and not psutil.pid_exists(int(found.group(1))):
+            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
 
 
 def check_destination(

@@ -160,7 +160,28 @@ def kept_input(cfg: TrainConfig) -> tuple[TrainData, tuple[Any, list[str], str] 
             f"data.uri {cfg.data.uri} is a filter output without manifest.json: its run did "
             f"not finish (rerun the filter to complete it); refusing to train on partial data"
         )
+    check_rows_as_they_are(cfg)
     return cfg.data, None
+
+
+def check_rows_as_they_are(cfg: TrainConfig) -> None:
+    """Data that is not a filter output is trained on as it is, so it must hold the mapped
+    columns: a folder of someone else's files is refused here, in seconds and before Ray,
+    as the filter's preflight refuses it, not once Ray has counted 0 trainable rows."""
+    from alpagasus_ray.data.io import list_input_files
+    from alpagasus_ray.filter.preflight import PreflightError, check_mapping, first_file_columns
+
+    try:
+        fs, files, fmt = list_input_files(cfg.data, cfg.storage)
+        check_mapping(cfg.data.columns, first_file_columns(fs, files[0], fmt), files[0])
+    except (FileNotFoundError, ValueError) as e:  # a PreflightError is a ValueError
+        cause = str(e).split(": ", 1)[1] if isinstance(e, PreflightError) else str(e)
+        raise PreflightError(
+            "training data",
+            "data.uri",
+            f"{cfg.data.uri} is not a filter output (no manifest.json), and its rows cannot "
+            f"be trained on as they are: {cause}",
+        ) from None
 
 
 def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
