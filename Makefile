@@ -64,8 +64,8 @@ lint: setup
 check: lint
 	$(BIN)/pytest -q -ra --durations=10 --quick -m "not vllm"
 
-# Both virtualenvs at once (each mostly unpacks wheels on one core), then ruff, then both
-# lanes side by side (tests/gate/lanes.sh: a log each, printed whole at the end).
+# Both virtualenvs at once (each mostly unpacks wheels on one core), then ruff, then the
+# main lane and the vLLM lane in turn (tests/gate/lanes.sh: a log each, a line each at the end).
 test:
 	$(MAKE) -j2 $(STAMP) $(VSTAMP)
 	$(MAKE) lint

@@ -1,5 +1,6 @@
 """The gate's own script (`tests/gate/lanes.sh`, what `make test` runs after ruff): both
-lanes run, each with its marker, and the gate fails when either lane fails."""
+lanes run, each with its marker, the second also when the first failed, and the gate fails
+when either lane fails."""
 
 from __future__ import annotations
 

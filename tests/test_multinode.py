@@ -95,7 +95,7 @@ def cluster_config(port: int) -> dict:
 
 # One fake cluster on the machine at a time, whichever lane starts it: the fake provider
 # gives every cluster's worker nodes the same node ids (`fff...00001`, ...), so two clusters
-# at once (the two lanes of `make test` run side by side) would have nodes of one id.
+# at once (two lanes run side by side by hand, two checkouts) would have nodes of one id.
 CLUSTER_LOCK = Path(tempfile.gettempdir()) / "alpagasus-fake-cluster.lock"
 
 
