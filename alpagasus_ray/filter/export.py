@@ -106,7 +106,7 @@ def export(
     near = os.path.dirname(os.path.abspath(dest)) if is_local(out_fs) else None
     if near:
         os.makedirs(near, exist_ok=True)
-        remove_dead_exports(near, os.path.basename(dest))
+        remove_dead_exports(near, work_name(dest))
     with tempfile.TemporaryDirectory(prefix=work_prefix(dest), dir=near) as tmp:
         local = os.path.join(tmp, "export")
         rows = write_local(fmt, local, batches, schema, extras, system_prompt)
@@ -222,8 +222,13 @@ def save_hf(parquet: str, folder: str) -> None:
 WORK_FOLDER = re.compile(r"^\.alpagasus-export-(\d+)-(.+)\.[a-z0-9_]{8}$")
 
 
+def work_name(dest: str) -> str:
+    """The target's name as its work folder carries it (`dir/` and `dir` alike)."""
+    return os.path.basename(dest.rstrip("/"))
+
+
 def work_prefix(dest: str) -> str:
-    return f".alpagasus-export-{os.getpid()}-{os.path.basename(dest.rstrip('/'))}."
+    return f".alpagasus-export-{os.getpid()}-{work_name(dest)}."
 
 
 def remove_dead_exports(folder: str, name: str) -> None:
