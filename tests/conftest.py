@@ -197,6 +197,14 @@ def s3_endpoint():
     server.stop()
 
 
+# The moto server's credentials as `job_config` overrides.
+S3_CREDENTIALS = {
+    "storage__access_key_id": "testing",
+    "storage__secret_access_key": "testing-secret",
+    "storage__region": "us-east-1",
+}
+
+
 def s3_client(endpoint: str) -> Any:
     """A boto3 client of the moto server at `endpoint`, with the tests' credentials."""
     import boto3

@@ -13,7 +13,7 @@ import pytest
 from alpagasus_ray.cli import main
 from alpagasus_ray.core.config import ConfigError, StorageConfig, build_config, load_config
 from alpagasus_ray.data.io import filesystem, parquet_dataset
-from alpagasus_ray.data.schema import RAW_JSON
+from alpagasus_ray.data.schema import RAW_JSON, READ_ERROR
 from alpagasus_ray.demo import build_tiny_model
 from alpagasus_ray.evaluate.config import PAPER_TEST_SETS, EvalConfig, ModelSpec, TestSetConfig
 from alpagasus_ray.evaluate.generate import PromptStage
@@ -76,14 +76,18 @@ def test_own_test_set_by_path_and_columns(tmp_path):
 def test_bad_test_set_rows_become_error_rows_not_a_crash(tiny_judge):
     t = TestSetConfig(name="mine", path="q.jsonl", question="q", id="id")
     lines = ['{"id": 1, "q": "Name a colour."}', "{broken", '{"id": 3, "q": ""}', '{"id": 4}']
-    rows = NormalizeStage(t)(pa.table({RAW_JSON: lines}))
+    lines += ['{"id": 5, "q": "x \\ud800"}', '{"id": 6, "q": "caf\\udce9"}']  # not Unicode
+    errors = [None] * 5 + ["invalid_text: byte 0xe9, which is not UTF-8, at character 20"]
+    rows = NormalizeStage(t)(pa.table({RAW_JSON: lines, READ_ERROR: errors}))
     assert rows.column("problem").to_pylist() == [
         None,
-        "malformed JSON",
+        "malformed JSON or text",
         "no question text in 'q'",
         "no question text in 'q'",
+        "malformed JSON or text",
+        "malformed JSON or text",
     ]
-    assert rows.column("question").to_pylist()[1:] == [None, None, None]
+    assert rows.column("question").to_pylist()[1:] == [None] * 5
     generation = build_config(EvalConfig, base_config()).generation
     cfg = generation.judge_config(ModelSpec(name="a", path=str(tiny_judge)))
     prompted = PromptStage(cfg, "answer")(rows).to_pylist()

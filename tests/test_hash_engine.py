@@ -113,5 +113,5 @@ def test_its_output_says_it_is_no_rating_and_train_and_export_refuse_it(ray_sess
         export(str(out), "alpaca", str(tmp_path / "kept.json"))
     assert not (tmp_path / "kept.json").exists()
     train["data"]["allow_stand_in_judge"] = True
-    _, (_, files, _) = kept_input(TrainConfig.model_validate(train))
+    files = kept_input(TrainConfig.model_validate(train))[1].files
     assert len(files) >= 1

@@ -16,6 +16,8 @@ from helpers import write_jsonl
 from s3_server import start_s3_with_auth
 
 from alpagasus_ray.core.config import build_config
+from alpagasus_ray.data.formats import FileFormat
+from alpagasus_ray.data.listing import Listing
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.preflight import conflicting_columns, preflight
 
@@ -79,8 +81,10 @@ def test_parquet_columns_whose_types_conflict_are_found_from_footers(tmp_path):
     pq.write_table(pa.table({**base, "meta": ["one"], "n": pa.array([2], pa.int64())}), second)
     third.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")  # left to its read
     files = [str(first), str(second), str(third)]
-    assert conflicting_columns(LocalFileSystem(), files, "parquet") == ["meta"]  # n: promoted
-    assert conflicting_columns(LocalFileSystem(), files[:1], "parquet") == []
+    formats = dict.fromkeys(files, FileFormat("parquet"))
+    listing = Listing(LocalFileSystem(), files, formats, [])
+    assert conflicting_columns(listing) == ["meta"]  # n: promoted
+    assert conflicting_columns(listing._replace(files=files[:1])) == []
 
 
 def test_a_judge_path_that_does_not_exist(capsys, tmp_path):

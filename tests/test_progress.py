@@ -94,12 +94,12 @@ def test_the_read_tasks_say_how_far_into_each_file_they_are(ray_session, tmp_pat
     import pyarrow.fs as pafs
     import ray
 
-    from alpagasus_ray.data.sources import JsonRecordsDatasource
+    from alpagasus_ray.data.sources import InputDatasource
 
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(5000, seed=4))
     path, size = str(src), src.stat().st_size
     counter = ProgressCounter.remote()
-    source = JsonRecordsDatasource([path], rows_per_block=100, progress=counter)
+    source = InputDatasource([path], rows_per_block=100, progress=counter)
     with pafs.LocalFileSystem().open_input_stream(path) as f:
         blocks = source._read_stream(f, path)
         for _ in range(10):

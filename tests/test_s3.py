@@ -9,6 +9,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import S3_CREDENTIALS as CREDENTIALS
 from conftest import job_config
 
 from alpagasus_ray.data.io import filesystem
@@ -17,11 +18,6 @@ from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.filter.report import regenerate
 
 BUCKET = "alpagasus-test"
-CREDENTIALS = {
-    "storage__access_key_id": "testing",
-    "storage__secret_access_key": "testing-secret",
-    "storage__region": "us-east-1",
-}
 
 
 @pytest.fixture(scope="module")

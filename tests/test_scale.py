@@ -21,8 +21,8 @@ from alpagasus_ray.data.io import (
     check_claim,
     claim_output,
     filesystem,
-    read_input,
 )
+from alpagasus_ray.data.read import read_input
 from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.filter.preflight import PreflightError

@@ -165,7 +165,7 @@ def test_an_unfinished_filter_output_is_refused(ray_session, tiny_judge, tmp_pat
     out = tmp_path / "filtered"
     run_filter(job_config(str(src), str(out), tiny_judge, filter__threshold=2.0))
     cfg = train_config(str(out), tiny_judge, tmp_path / "runs")
-    _, (_, files, _) = kept_input(cfg)  # finished: the kept files its manifest lists
+    files = kept_input(cfg)[1].files  # finished: the kept files its manifest lists
     assert files and all("/data/decision=kept/" in f for f in files)
     manifest = out / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"complete"', '"inconsistent"'))

@@ -8,7 +8,7 @@ import pytest
 from alpagasus_ray.core.config import ColumnMap
 from alpagasus_ray.core.errors import UnreadableInputError
 from alpagasus_ray.data.schema import OUTPUT_SCHEMA, RAW_JSON, READ_ROW, READ_SOURCE
-from alpagasus_ray.data.sources import JsonRecordsDatasource
+from alpagasus_ray.data.sources import InputDatasource
 from alpagasus_ray.filter.stages import ValidateStage
 
 
@@ -166,7 +166,7 @@ def read_records(path, rows_per_block: int = 2) -> list[pa.Table]:
     puts its path list in Ray's object store: callers hold the Ray session)."""
     from pyarrow.fs import LocalFileSystem
 
-    source = JsonRecordsDatasource([str(path)], rows_per_block=rows_per_block)
+    source = InputDatasource([str(path)], rows_per_block=rows_per_block)
     with LocalFileSystem().open_input_stream(str(path)) as f:
         return list(source._read_stream(f, str(path)))
 

@@ -79,7 +79,11 @@ class StorageConfig(StrictModel):
 
 class InputConfig(StrictModel):
     uri: str = Field(..., description="A file, a directory or a glob; local path or s3://.")
-    format: Literal["auto", "parquet", "json", "jsonl"] = "auto"
+    format: Literal["auto", "parquet", "arrow", "json", "jsonl", "csv", "tsv"] = Field(
+        "auto",
+        description="auto: each file by its name (docs/filtering.md); else every file is read "
+        "in this format (jsonl: json; a JSON array or JSON lines either way)",
+    )
     columns: ColumnMap = ColumnMap()
     limit: int | None = Field(None, gt=0, description="Read at most this many rows.")
     rows_per_block: int | None = Field(

@@ -35,11 +35,12 @@ DUPLICATE_OF = "duplicate_of"  # a copy: `<source>:<row>` of the row judged in i
 # Internal columns, dropped before writing. The readers add READ_SOURCE and READ_ROW, which
 # validation turns into SOURCE and SOURCE_ROW.
 RAW_JSON = "_json"
+READ_ERROR = "_read_error"  # why a record file's record cannot be trusted (data/records.py)
 READ_SOURCE = "_source"
 READ_ROW = "_row"
 PROMPT_TOKEN_IDS = "_prompt_token_ids"
 PROMPT_REQUEST = "_prompt_request"  # an API judge's request: JSON chat messages or prompt text
-INTERNAL = (RAW_JSON, READ_SOURCE, READ_ROW, PROMPT_TOKEN_IDS, PROMPT_REQUEST)
+INTERNAL = (RAW_JSON, READ_ERROR, READ_SOURCE, READ_ROW, PROMPT_TOKEN_IDS, PROMPT_REQUEST)
 
 
 class Decision(str, Enum):
@@ -56,6 +57,8 @@ class Reason(str, Enum):
     """Machine-readable reasons for quarantined and failed rows."""
 
     MALFORMED_JSON = "malformed_json"
+    MALFORMED_CSV = "malformed_csv"  # a row whose cells do not match its header
+    INVALID_TEXT = "invalid_text"  # bytes that are not UTF-8, or a lone surrogate
     NOT_AN_OBJECT = "not_an_object"
     MISSING_FIELD = "missing_field"
     NULL_FIELD = "null_field"
@@ -93,6 +96,7 @@ OWN_COLUMNS = frozenset(OUTPUT_SCHEMA.names) | frozenset(INTERNAL)
 
 INTERNAL_TYPES = {
     RAW_JSON: pa.string(),
+    READ_ERROR: pa.string(),
     READ_SOURCE: pa.string(),
     READ_ROW: pa.int64(),
     PROMPT_TOKEN_IDS: pa.list_(pa.int32()),

@@ -1,28 +1,30 @@
-"""The input formats as Ray Data datasources that stream each file in bounded blocks.
+"""The input files as one Ray Data datasource that streams each file in bounded blocks.
 
-Every row carries its file (`_source`) and its position there (`_row`). JSON and JSON lines:
-one row per record, keeping its raw text (`_json`), so that validation can quarantine a
-broken line as one row instead of failing the read. Parquet: record batches of its row
-groups. Ray's own `read_parquet` would do for Parquet, but its metadata tasks ask for a whole
-CPU each, which hangs a small cluster whose actors hold all but a fraction of one. Imported
-by `io.read_input`, so that importing `io` does not load Ray Data."""
+Every row carries its file (`_source`) and its position there (`_row`). Record files (JSON,
+JSON lines, CSV, TSV): one row per record, keeping its text (`_json`), so that validation
+can quarantine a broken record as one row instead of failing the read. Columnar files
+(Parquet, Arrow): their record batches. Ray's own `read_parquet` would do for Parquet, but its
+metadata tasks ask for a whole CPU each, which hangs a small cluster whose actors hold all but
+a fraction of one. Imported by `io.read_input`, so that importing `io` does not load Ray
+Data."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
 from alpagasus_ray.core.errors import StorageNotShared, UnreadableInputError, first_line
 from alpagasus_ray.core.runtime import this_node
-from alpagasus_ray.data.schema import RAW_JSON, READ_ROW, READ_SOURCE
+from alpagasus_ray.data import columnar
+from alpagasus_ray.data.formats import FileFormat, format_of
+from alpagasus_ray.data.records import Counted, decoded, decompressed, records
+from alpagasus_ray.data.schema import RAW_JSON, READ_ERROR, READ_ROW, READ_SOURCE
 
 
 class _Unopened:
@@ -129,73 +131,49 @@ class _BlockedDatasource(FileBasedDatasource):
             raise StorageNotShared("output.uri", folder, this_node()) from e
 
 
-class JsonRecordsDatasource(_BlockedDatasource):
-    """JSON-lines files read line by line, and JSON-array files, as blocks of at most
-    `rows_per_block` records. A JSON-lines file streams in bounded memory whatever its size;
-    a JSON-array document is one value, so it is parsed whole in its read task (memory about
-    a few times the file's size: split such files, or convert them to JSON lines, beyond a
-    few GB)."""
+class InputDatasource(_BlockedDatasource):
+    """Every input file in its own format (`data/formats.py`): a columnar file's record
+    batches, or a record file's records as one `_json` text each, with `_read_error` where
+    a record cannot be trusted (`data/records.py`). A JSON-lines, CSV or TSV file streams in
+    bounded memory whatever its size; a JSON-array document is one value, parsed whole in its
+    read task (memory a few times the file's size: convert such files to JSON lines beyond
+    a few GB). `declared` is `input.format`."""
 
-    def _blocks(self, f: Any, path: str) -> Iterator[pa.Table]:
-        counted = _Counted(f)  # Ray's input streams cannot tell() their position
-        # newline="": a parser's line and column are the file's own, CRLF or not.
-        text = io.TextIOWrapper(
-            io.BufferedReader(counted), encoding="utf-8", errors="replace", newline=""
-        )
-        head = first = ""
-        while not first.strip() and (line := text.readline()):
-            first, head = line, head + line
-        array = first.lstrip().startswith("[")
-        if array:
-            records = _array_records(head + text.read())
-        else:
-            lines = itertools.chain([first], text)
-            records = (line.rstrip("\r\n") for line in lines if line.strip())
-        start = 0
-        while chunk := list(itertools.islice(records, self.rows_per_block)):
-            table = _positioned(pa.table({RAW_JSON: chunk}), path, start)
-            start += len(chunk)
-            if not array:  # an array is read whole first: its offset says nothing of its rows
-                self._reached(path, counted.bytes, start)
-            yield table
+    def __init__(self, paths: list[str], *, declared: str = "auto", **kwargs: Any):
+        super().__init__(paths, **kwargs)
+        self.declared = declared
 
-
-class _Counted(io.RawIOBase):
-    """A binary stream that counts the bytes read through it."""
-
-    def __init__(self, f: Any):
-        self.f, self.bytes = f, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.f.read(len(buffer))
-        buffer[: len(data)] = data
-        self.bytes += len(data)
-        return len(data)
-
-
-def _array_records(text: str) -> Iterator[str]:
-    """The records of one JSON array document, each as JSON text. A document that does not
-    parse (a half-downloaded file) raises the parser's error: it is a file error, like a
-    corrupt Parquet file (`_skip_or_raise`), since no record in it can be trusted as a row."""
-    records = json.loads(text)
-    return (json.dumps(record, ensure_ascii=False) for record in records)
-
-
-class ParquetRecordsDatasource(_BlockedDatasource):
-    """Parquet files as blocks of at most `rows_per_block` rows, read batch by batch: memory
-    follows the row group being read, not the file."""
+    def _format(self, path: str) -> FileFormat:
+        found = format_of(path, self.declared)
+        if found is None:  # the listing refused or skipped it already
+            raise ValueError(f"{path} is not a format alpagasus-ray reads")
+        return found
 
     def _open(self, filesystem: Any, path: str, **open_args: Any) -> Any:
-        return filesystem.open_input_file(path)  # Parquet needs random access (its footer)
+        if self._format(path).columnar:
+            return filesystem.open_input_file(path)  # random access (a footer, a header)
+        # Raw bytes: records.decompressed decompresses (pyarrow passes .xz through as is).
+        size = self._data_context.streaming_read_buffer_size
+        return filesystem.open_input_stream(path, buffer_size=size, compression=None)
 
     def _blocks(self, f: Any, path: str) -> Iterator[pa.Table]:
-        parquet, start = pq.ParquetFile(f), 0
-        for batch in parquet.iter_batches(batch_size=self.rows_per_block):
-            yield _positioned(pa.Table.from_batches([batch]), path, start)
-            start += batch.num_rows
+        fmt, start = self._format(path), 0
+        if fmt.columnar:
+            for batch in columnar.batches(f, fmt, self.rows_per_block):
+                if batch.num_rows:
+                    yield _positioned(pa.Table.from_batches([batch]), path, start)
+                    start += batch.num_rows
+            return
+        counted = Counted(f)
+        text = decoded(decompressed(counted, fmt.compression))
+        stream = records(text, fmt.kind)
+        while chunk := list(itertools.islice(stream, self.rows_per_block)):
+            texts, errors = zip(*chunk, strict=True)
+            table = pa.table({RAW_JSON: pa.array(texts, pa.string()),
+                              READ_ERROR: pa.array(errors, pa.string())})  # fmt: skip
+            table, start = _positioned(table, path, start), start + len(chunk)
+            self._reached(path, counted.bytes, start)  # before the block goes on, in order
+            yield table
 
 
 def _positioned(table: pa.Table, path: str, start: int) -> pa.Table:

@@ -9,8 +9,9 @@ from typing import Any
 import pyarrow as pa
 
 from alpagasus_ray.core.config import InputConfig
-from alpagasus_ray.data.io import read_input
-from alpagasus_ray.data.schema import RAW_JSON
+from alpagasus_ray.data.read import read_input
+from alpagasus_ray.data.records import invalid_text
+from alpagasus_ray.data.schema import RAW_JSON, READ_ERROR
 from alpagasus_ray.evaluate.config import EvalConfig, TestSetConfig
 
 QUESTION_COLUMNS = ("test_set", "question_id", "instruction", "input", "question", "problem")
@@ -42,7 +43,14 @@ class NormalizeStage:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if RAW_JSON in table.column_names:
-            records = [_load(s) for s in table.column(RAW_JSON).to_pylist()]
+            errors = (
+                table.column(READ_ERROR).to_pylist()
+                if READ_ERROR in table.column_names
+                else [None] * table.num_rows
+            )
+            texts = table.column(RAW_JSON).to_pylist()
+            # A record the reader could not trust (bytes that are not UTF-8) is an error row.
+            records = [None if e else _load(s) for s, e in zip(texts, errors, strict=True)]
         else:
             records = table.to_pylist()
         out: dict[str, list] = {c: [] for c in QUESTION_COLUMNS}
@@ -51,9 +59,8 @@ class NormalizeStage:
             q = q if isinstance(q, str) and q.strip() else None
             problem = None
             if q is None:
-                problem = (
-                    "malformed JSON" if r is None else f"no question text in {self.t.question!r}"
-                )
+                problem = f"no question text in {self.t.question!r}"
+                problem = "malformed JSON or text" if r is None else problem
             inp = _dig(r, self.t.input) if self.t.input and r is not None else None
             inp = str(inp) if inp else ""
             qid = _dig(r, self.t.id) if self.t.id and r is not None else None
@@ -82,7 +89,12 @@ def read_questions(cfg: EvalConfig) -> Any:
 
 
 def _load(line: str) -> Any:
+    """A record, or None when it is not JSON or holds a lone surrogate (`\\ud800`), which
+    no Arrow column can store."""
     try:
-        return json.loads(line)
+        record = json.loads(line)
     except ValueError:
         return None
+    if "\\ud" in line.lower() and invalid_text(json.dumps(record, ensure_ascii=False)):
+        return None
+    return record

@@ -52,7 +52,7 @@ def estimate(cfg: FilterJobConfig) -> dict[str, Any]:
     import ray
 
     from alpagasus_ray.core.runtime import init_ray
-    from alpagasus_ray.data.io import read_input
+    from alpagasus_ray.data.read import read_input
     from alpagasus_ray.filter.judge import prompted
     from alpagasus_ray.filter.preflight import preflight
     from alpagasus_ray.filter.stages import ValidateStage

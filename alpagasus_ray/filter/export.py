@@ -25,7 +25,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from alpagasus_ray.core.config import StorageConfig
-from alpagasus_ray.data.io import PARQUET_EXT, filesystem, is_local, output_dataset
+from alpagasus_ray.data.formats import holds_json_text
+from alpagasus_ray.data.io import filesystem, is_local, output_dataset
 from alpagasus_ray.data.schema import (
     DECISIONS,
     INPUT,
@@ -141,7 +142,7 @@ def records(batch: pa.RecordBatch, extras: list[str]) -> Iterator[dict[str, Any]
     extras of JSON input were stored as JSON text and are decoded back."""
     for row in batch.to_pylist():
         record = {c: row[c] for c in TRIPLE}
-        from_json = not str(row.get(SOURCE) or "").lower().endswith(PARQUET_EXT)
+        from_json = holds_json_text(row.get(SOURCE))
         for name in extras:
             record[name] = decoded(row[name]) if from_json else row[name]
         yield record

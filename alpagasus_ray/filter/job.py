@@ -21,10 +21,11 @@ from alpagasus_ray.data.io import (
     is_local,
     join,
     prepare_output,
-    read_input,
     read_log_records,
     read_output_table,
 )
+from alpagasus_ray.data.listing import Listing
+from alpagasus_ray.data.read import read_input
 from alpagasus_ray.data.schema import DECISION, DECISIONS, NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 def build_dataset(
     cfg: FilterJobConfig,
     served_name: str | None = None,
-    listing: tuple[Any, list[str], str] | None = None,
+    listing: Listing | None = None,
     done: Any = None,
     progress: Any = None,
     api: Any = None,
@@ -85,8 +86,8 @@ def build_dataset(
     ds = read_input(cfg.input, cfg.storage, light, rows_per_block, read_log, listing, progress)
     if done is not None:
         ds = ds.map_batches(SkipDoneStage(done), batch_format="pyarrow", num_cpus=light)
-    # Parquet columns whose types differ across files are carried as JSON text (footers only).
-    as_json = conflicting_columns(*listing) if listing else []
+    # Columns whose types differ across files are carried as JSON text (footers only).
+    as_json = conflicting_columns(listing) if listing else []
     return judge_dataset(
         ds,
         cfg.judge,
@@ -101,51 +102,65 @@ def build_dataset(
     )
 
 
-def input_rows(cfg: FilterJobConfig, listing: tuple[Any, list[str], str]) -> int | None:
+def input_rows(cfg: FilterJobConfig, listing: Listing) -> int | None:
     """The rows the job will read, when that is cheap to know: Parquet footers, or the limit;
-    None for JSON, whose rows are only known once read."""
-    fs, files, fmt = listing
-    total = None
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    None for other files, whose rows are only known once read."""
+    fs, files, formats, _ = listing
+    total: int | None = None
+    if all(f.kind == "parquet" for f in formats.values()):
+        from alpagasus_ray.data.columnar import row_count
 
         total = 0
         for path in files:
             with fs.open(path, "rb") as f:
-                total += pq.ParquetFile(f).metadata.num_rows
+                total += row_count(f, formats[path]) or 0
     if cfg.input.limit:
         return min(cfg.input.limit, total) if total is not None else cfg.input.limit
     return total
 
 
-def input_sizes(listing: tuple[Any, list[str], str]) -> dict[str, int]:
-    """JSON input files' sizes in bytes, from which the progress line estimates the rows
-    before the read has counted them; none for Parquet, whose footers count them."""
-    fs, files, fmt = listing
-    return {path: fs.size(path) for path in files} if fmt == "json" else {}
+def input_sizes(listing: Listing) -> dict[str, int]:
+    """Record files' sizes in bytes (compressed, as their reads count them), from which the
+    progress line estimates the rows before the read has counted them; none for columnar
+    files."""
+    fs, files, formats, _ = listing
+    return {path: fs.size(path) for path in files if not formats[path].columnar}
 
 
 def _utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def count_read(
-    cfg: FilterJobConfig, fs: Any, root: str, listing: tuple[Any, list[str], str]
-) -> tuple[int, list[dict[str, Any]], list[str]]:
-    """(rows read, files skipped as unreadable, listed files with no read record).
+@dataclass
+class ReadCount:
+    """What the run read: rows, files skipped (unreadable, or of no format read), listed
+    files with no read record, and each input file with its format and rows."""
 
-    The read tasks counted every file's rows as they read it (`read_log/`), so the input is
-    read once. A run with `input.limit` stops reading mid-file; its rows are counted by
-    reading that prefix once more (at most `limit` rows).
+    rows: int
+    skipped: list[dict[str, Any]]
+    unread: list[str]
+    files: list[dict[str, Any]]
+
+
+def count_read(cfg: FilterJobConfig, fs: Any, root: str, listing: Listing) -> ReadCount:
+    """The read tasks counted every file's rows as they read it (`read_log/`), so the input
+    is read once. A run with `input.limit` stops reading mid-file; its rows are counted by
+    reading that prefix once more (at most `limit` rows), and no file's own count is known.
     """
     records = read_log_records(fs, root)
-    skipped = sorted((r for r in records.values() if r["error"]), key=lambda r: r["path"])
+    errors = (r for r in records.values() if r["error"])
+    skipped = sorted([*listing.skipped, *errors], key=lambda r: r["path"])
+    files = [
+        {"path": path, "format": listing.formats[path].name,
+         "rows": None if cfg.input.limit else records.get(path, {}).get("rows")}
+        for path in listing.files
+    ]  # fmt: skip
     if cfg.input.limit:
         rows_per_block = cfg.input.rows_per_block or cfg.judge.batch_size
         ds = read_input(cfg.input, cfg.storage, cfg.ray.task_cpus, rows_per_block, None, listing)
-        return ds.count(), skipped, []
-    unread = [path for path in listing[1] if path not in records]
-    return sum(r["rows"] for r in records.values()), skipped, unread
+        return ReadCount(ds.count(), skipped, [], files)
+    unread = [path for path in listing.files if path not in records]
+    return ReadCount(sum(r["rows"] for r in records.values()), skipped, unread, files)
 
 
 @dataclass
@@ -216,7 +231,7 @@ class Run:
     cfg: FilterJobConfig
     fs: Any
     root: str
-    listing: tuple[Any, list[str], str]
+    listing: Listing
     state: Attempt
     ds: Any
     counter: Any  # the progress counter actor
@@ -239,9 +254,7 @@ def run_filter(cfg: FilterJobConfig) -> Manifest:
         return finish_run(run, metrics)
 
 
-def prepare_run(
-    cfg: FilterJobConfig, fs: Any, root: str, listing: tuple[Any, list[str], str]
-) -> Run | Manifest:
+def prepare_run(cfg: FilterJobConfig, fs: Any, root: str, listing: Listing) -> Run | Manifest:
     """Decide what the run does to its output, claim it, and build the stream; a
     re-decision is done here, with no judge call."""
     now = fingerprint(cfg, listing)  # the input files' identities: a stat (or HEAD) each
@@ -315,7 +328,8 @@ def finish_run(run: Run, metrics: dict[str, Any]) -> Manifest:
     lists the attempt's data files; then retire the files it no longer lists."""
     cfg, fs, root, state = run.cfg, run.fs, run.root, run.state
     live = run_files(fs, root, state)
-    rows_read, skipped, unread = count_read(cfg, fs, root, run.listing)
+    read = count_read(cfg, fs, root, run.listing)
+    rows_read, skipped, unread = read.rows, read.skipped, read.unread
     threshold = decision_threshold(cfg, fs, root, live)
     if threshold != cfg.filter.threshold:  # keep_fraction: decided now that all are scored
         live, _ = redecide(fs, root, live, threshold)
@@ -341,6 +355,7 @@ def finish_run(run: Run, metrics: dict[str, Any]) -> Manifest:
         invariant=invariant,
         invariant_ok=ok,
         skipped_files=skipped,
+        input_files=read.files,
         kept_fraction=report["kept_fraction"],
         duplicates=report.get("duplicates", 0),
         judge=judge,

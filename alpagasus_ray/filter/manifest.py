@@ -64,6 +64,7 @@ class Manifest(_Record):
     invariant: str
     invariant_ok: bool
     skipped_files: list[dict[str, Any]]  # input files that could not be read, and why
+    input_files: list[dict[str, Any]] = []  # each read: path, format, rows (older: none)
     kept_fraction: float
     duplicates: int
     judge: dict[str, Any]  # model, engine, mode, dimension, layout

@@ -15,10 +15,13 @@ from typing import Any
 
 from alpagasus_ray.core.config import ColumnMap, JudgeConfig
 from alpagasus_ray.core.errors import first_line
-from alpagasus_ray.data.io import is_local, list_input_files
+from alpagasus_ray.data.formats import FileFormat
+from alpagasus_ray.data.io import is_local
+from alpagasus_ray.data.listing import Listing, list_input_files
+from alpagasus_ray.data.records import csv_header, open_text
 from alpagasus_ray.filter.config import FilterJobConfig
 
-JSON_SAMPLE_BYTES = 1 << 20  # read at most this much of the first JSON file
+JSON_SAMPLE_CHARS = 1 << 20  # read at most this much of the first JSON file
 JSON_SAMPLE_RECORDS = 100
 SKIP_PROBE_FILES = 10  # with on_unreadable_file=skip: files tried for a schema
 FOOTER_THREADS = 8  # Parquet footers read at once (`conflicting_columns`)
@@ -34,24 +37,24 @@ class PreflightError(ValueError):
         super().__init__(f"{what} ({where}): {cause}")
 
 
-def preflight(cfg: FilterJobConfig, dry_run: bool = False) -> tuple[Any, list[str], str]:
+def preflight(cfg: FilterJobConfig, dry_run: bool = False) -> Listing:
     """Raise `PreflightError` for the first problem found; when the job can start, return
-    the input's listing (filesystem, files, format), which the job then reads. A dry run
+    the input's listing (filesystem, files and their formats), which the job then reads. A dry run
     (`estimate.py`) neither asks an API judge's server nor looks at the output."""
     try:
-        fs, files, fmt = list_input_files(cfg.input, cfg.storage)
+        listing = list_input_files(cfg.input, cfg.storage)
     except (FileNotFoundError, ValueError) as e:
         raise PreflightError("input", "input.uri", str(e)) from None
     except OSError as e:  # credentials, permissions, an unreachable endpoint
         raise PreflightError("input", cfg.input.uri, storage_cause(e)) from None
     if not dry_run:
-        check_output_apart(cfg, fs, files)
-    path, columns = _first_readable(fs, files, fmt, cfg.input.on_unreadable_file == "skip")
+        check_output_apart(cfg, listing.fs, listing.files)
+    path, columns = _first_readable(listing, cfg.input.on_unreadable_file == "skip")
     check_mapping(cfg.input.columns, columns, path)
     check_judge(cfg.judge, ask_server=not dry_run)
     if not dry_run:
         check_output(cfg)
-    return fs, files, fmt
+    return listing
 
 
 def _check_reusable(fs: Any, root: str, uri: str) -> None:
@@ -182,32 +185,35 @@ def _glob_reaches(pattern: str, out: str) -> bool:
     return any(regex.match(f"{out}/{name}") for name in written)
 
 
-def _first_readable(fs: Any, files: list[str], fmt: str, skip: bool) -> tuple[str, set[str]]:
+def _first_readable(listing: Listing, skip: bool) -> tuple[str, set[str]]:
     """The first file's columns; when unreadable files are to be skipped, the first readable
     file's among the first few."""
+    fs, files, formats, _ = listing
     candidates = files[: SKIP_PROBE_FILES if skip else 1]
     for path in candidates[:-1]:
         try:
-            return path, first_file_columns(fs, path, fmt)
+            return path, first_file_columns(fs, path, formats[path])
         except PreflightError:
             continue
-    return candidates[-1], first_file_columns(fs, candidates[-1], fmt)
+    return candidates[-1], first_file_columns(fs, candidates[-1], formats[candidates[-1]])
 
 
-def first_file_columns(fs: Any, path: str, fmt: str) -> set[str]:
-    """The column names of a Parquet file's schema, or the keys of the first JSON records."""
+def first_file_columns(fs: Any, path: str, fmt: FileFormat) -> set[str]:
+    """The column names of a columnar file's schema, a CSV or TSV file's header, or the keys
+    of the first JSON records (read as the job reads them: decompressed and decoded)."""
     try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
+        if fmt.columnar:
+            from alpagasus_ray.data import columnar
 
             with fs.open(path, "rb") as f:
-                return set(pq.read_schema(f).names)
-        with fs.open(path, "rb") as f:
-            data = f.read(JSON_SAMPLE_BYTES + 1)
-        head = data[:JSON_SAMPLE_BYTES].decode("utf-8", errors="replace")
+                return set(columnar.schema(f, fmt).names)
+        with open_text(fs, path, fmt) as text:
+            if fmt.kind in ("csv", "tsv"):
+                return set(csv_header(text, "\t" if fmt.kind == "tsv" else ","))
+            head = text.read(JSON_SAMPLE_CHARS + 1)
     except Exception as e:  # noqa: BLE001 - a corrupt or unreadable file, said with its path
-        raise PreflightError("input file", path, f"cannot read it: {e}") from None
-    if len(data) <= JSON_SAMPLE_BYTES:
+        raise PreflightError("input file", path, f"cannot read it: {first_line(e)}") from None
+    if len(head) <= JSON_SAMPLE_CHARS:
         _check_whole_array(head, path)
     return set().union(*(r.keys() for r in _sample_records(head))) if head.strip() else set()
 
@@ -248,24 +254,26 @@ def _sample_records(head: str) -> list[dict[str, Any]]:
     return [r for r in records if isinstance(r, dict)]
 
 
-def conflicting_columns(fs: Any, files: list[str], fmt: str) -> list[str]:
-    """The Parquet columns whose types differ across the input's files beyond what Arrow
-    promotes (`pa.unify_schemas(..., promote_options="permissive")`; int64 in one file,
-    string in another). Their blocks could not be joined or written as one column, whichever
-    rows share a block, so validation carries them as JSON text. Read from the footers
-    alone, before anything is judged; a footer that cannot be read is left to that file's
-    read, which fails or skips it."""
-    if fmt != "parquet" or len(files) < 2:
+def conflicting_columns(listing: Listing) -> list[str]:
+    """The columns of columnar files whose types differ across the input's files beyond
+    what Arrow promotes (`pa.unify_schemas(..., promote_options="permissive")`; int64 in one
+    file, string in another). Their blocks could not be joined or written as one column,
+    whichever rows share a block, so validation carries them as JSON text. Read from the
+    footers and headers alone, before anything is judged; one that cannot be read is left
+    to that file's read, which fails or skips it."""
+    fs, files, formats, _ = listing
+    if len(files) < 2 or not all(f.columnar for f in formats.values()):
         return []
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from alpagasus_ray.data import columnar
 
     def footer(path: str) -> Any:
         try:
             with fs.open(path, "rb") as f:
-                return pq.read_schema(f)
+                return columnar.schema(f, formats[path])
         except Exception:  # noqa: BLE001 - the read of that file says why
             return None
 

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from alpagasus_ray.data.io import RUN_MARKER, join, output_dataset, read_json
+from alpagasus_ray.data.listing import Listing
 from alpagasus_ray.data.schema import CONTENT_HASH, DUPLICATE_OF, REASON, SOURCE, SOURCE_ROW, Reason
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.duplicates import SETTLED_SUFFIX, seen_in_output
@@ -69,10 +70,10 @@ def file_identity(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{info.get('size')}:{str(tag).strip(chr(34))}"
 
 
-def fingerprint(cfg: FilterJobConfig, listing: tuple[Any, list[str], str]) -> dict[str, Any]:
+def fingerprint(cfg: FilterJobConfig, listing: Listing) -> dict[str, Any]:
     """What must not change between the attempts of one run, by config key; the input
     files' identities too, so that a resumed run judges the input it was started on."""
-    fs, files, _ = listing
+    fs, files = listing.fs, listing.files
     extra: dict[str, Any] = {}
     if cfg.judge.engine == "openai":  # what changes the judgement; not the URL, limits, prices
         extra = {f"judge.api.{k}": getattr(cfg.judge.api, k) for k in ("endpoint", "top_logprobs")}

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import pyarrow as pa
 
 from alpagasus_ray.core.errors import StorageNotShared
 from alpagasus_ray.core.runtime import node_name, this_node
 from alpagasus_ray.data.io import RUN_MARKER, is_local, join
+from alpagasus_ray.data.listing import Listing
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ def unseen(root: str | None, sizes: dict[str, int]) -> tuple[str, str] | None:
     return None
 
 
-def local_sizes(listing: tuple[Any, list[str], str]) -> dict[str, int]:
+def local_sizes(listing: Listing) -> dict[str, int]:
     """The input files' sizes when they are local, which every node must then see alike."""
-    fs, files, _ = listing
+    fs, files = listing.fs, listing.files
     return {path: fs.size(path) for path in files} if is_local(fs) else {}
 
 

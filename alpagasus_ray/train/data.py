@@ -24,6 +24,7 @@ from alpagasus_ray.data.io import (
     filesystem,
     join,
 )
+from alpagasus_ray.data.listing import Listing
 from alpagasus_ray.data.schema import DECISION, INPUT, INSTRUCTION, OUTPUT, REASON, Decision
 from alpagasus_ray.text.prompts import alpaca_prompt
 from alpagasus_ray.train.config import TrainConfig, TrainData
@@ -135,11 +136,12 @@ class PadCollate(NumpyBatchCollateFn):
         return {INPUT_IDS: ids, ATTENTION_MASK: mask, LABELS: lab}
 
 
-def kept_input(cfg: TrainConfig) -> tuple[TrainData, tuple[Any, list[str], str] | None]:
+def kept_input(cfg: TrainConfig) -> tuple[TrainData, Listing | None]:
     """(data, listing): a finished filter output trains on the kept files its committed
     manifest lists (the listing `read_input` takes), never on a folder listing; an
     unfinished one (a `data/` folder or run marker without a complete manifest) is refused.
     Any other input is read as it is (listing None)."""
+    from alpagasus_ray.data.formats import FileFormat
     from alpagasus_ray.engines.hash import STAND_IN_NOTE
     from alpagasus_ray.filter.manifest import committed, listed_files
 
@@ -154,7 +156,8 @@ def kept_input(cfg: TrainConfig) -> tuple[TrainData, tuple[Any, list[str], str] 
         files = listed_files(root, manifest, (Decision.KEPT.value,))
         if not files:
             raise FileNotFoundError(f"data.uri {cfg.data.uri}: the filter kept no rows")
-        return cfg.data.model_copy(update={"format": "parquet"}), (fs, files, "parquet")
+        listing = Listing(fs, files, dict.fromkeys(files, FileFormat("parquet")), [])
+        return cfg.data.model_copy(update={"format": "parquet"}), listing
     if fs.exists(join(root, DATA_DIR)) or fs.exists(join(root, RUN_MARKER)):
         raise UnfinishedFilterOutput(
             f"data.uri {cfg.data.uri} is a filter output without manifest.json: its run did "
@@ -168,12 +171,13 @@ def check_rows_as_they_are(cfg: TrainConfig) -> None:
     """Data that is not a filter output is trained on as it is, so it must hold the mapped
     columns: a folder of someone else's files is refused here, in seconds and before Ray,
     as the filter's preflight refuses it, not once Ray has counted 0 trainable rows."""
-    from alpagasus_ray.data.io import list_input_files
+    from alpagasus_ray.data.listing import list_input_files
     from alpagasus_ray.filter.preflight import PreflightError, check_mapping, first_file_columns
 
     try:
-        fs, files, fmt = list_input_files(cfg.data, cfg.storage)
-        check_mapping(cfg.data.columns, first_file_columns(fs, files[0], fmt), files[0])
+        fs, files, formats, _ = list_input_files(cfg.data, cfg.storage)
+        columns = first_file_columns(fs, files[0], formats[files[0]])
+        check_mapping(cfg.data.columns, columns, files[0])
     except (FileNotFoundError, ValueError) as e:  # a PreflightError is a ValueError
         cause = str(e).split(": ", 1)[1] if isinstance(e, PreflightError) else str(e)
         raise PreflightError(
@@ -193,7 +197,7 @@ def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
     """
     import ray.data
 
-    from alpagasus_ray.data.io import read_input
+    from alpagasus_ray.data.read import read_input
     from alpagasus_ray.filter.stages import ValidateStage
 
     (data, listing), light = kept_input(cfg), cfg.ray.task_cpus

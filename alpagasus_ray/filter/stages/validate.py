@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from alpagasus_ray.core.config import ColumnMap
+from alpagasus_ray.data.records import invalid_text
 from alpagasus_ray.data.schema import (
     DECISION,
     ID,
@@ -19,6 +20,7 @@ from alpagasus_ray.data.schema import (
     OUTPUT,
     OWN_COLUMNS,
     RAW_JSON,
+    READ_ERROR,
     READ_ROW,
     READ_SOURCE,
     REASON,
@@ -66,6 +68,14 @@ def quarantined(reason: Reason, detail: str, raw: str, source: str | None) -> di
     }
 
 
+def _invalid_record_text(raw: str, record: Any) -> str | None:
+    """Why a parsed record holds text that is not valid Unicode: only a `\\uDXXX` escape in
+    its (valid) JSON text can put a lone surrogate there."""
+    if "\\ud" not in raw.lower():
+        return None
+    return invalid_text(json.dumps(record, ensure_ascii=False))
+
+
 def _read_column(table: pa.Table, name: str) -> list[Any]:
     """A column the readers add; nulls for a table built some other way."""
     if name in table.column_names:
@@ -94,18 +104,28 @@ class ValidateStage:
         return self._validate_columns(table)
 
     def _validate_json(self, table: pa.Table) -> pa.Table:
-        """JSON input: every record is parsed here, so a broken line is one quarantined row."""
+        """Record input: every record is parsed here, so a broken line is one quarantined row,
+        and so is one the reader could not trust (`_read_error`) or whose text is not valid
+        Unicode (a `\\ud800` escape): it could be stored neither as read nor changed."""
         rows, extras = [], []
         positions = zip(
             _read_column(table, READ_SOURCE), _read_column(table, READ_ROW), strict=True
         )
-        for raw, (source, position) in zip(
-            table.column(RAW_JSON).to_pylist(), positions, strict=True
-        ):
+        records = zip(
+            table.column(RAW_JSON).to_pylist(), _read_column(table, READ_ERROR), strict=True
+        )
+        for (raw, read_error), (source, position) in zip(records, positions, strict=True):
             try:
-                record = json.loads(raw)
+                record = None if read_error else json.loads(raw)
+                read_error = read_error or _invalid_record_text(raw, record)
             except (json.JSONDecodeError, TypeError) as e:
                 row = quarantined(Reason.MALFORMED_JSON, f"{e}: {raw[:500]}", raw, source)
+                rows.append({**row, SOURCE_ROW: position})
+                continue
+            if read_error:
+                reason, detail = read_error.split(": ", 1)
+                detail = f"{detail}; the record as read: {raw}"
+                row = quarantined(Reason(reason), detail, raw, source)
                 rows.append({**row, SOURCE_ROW: position})
                 continue
             if not isinstance(record, dict):
