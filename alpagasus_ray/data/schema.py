@@ -59,6 +59,7 @@ class Reason(str, Enum):
     MALFORMED_JSON = "malformed_json"
     MALFORMED_CSV = "malformed_csv"  # a row whose cells do not match its header
     INVALID_TEXT = "invalid_text"  # bytes that are not UTF-8, or a lone surrogate
+    DUPLICATE_ID = "duplicate_id"  # input.columns.id repeats (filter/repeated_ids.py)
     NOT_AN_OBJECT = "not_an_object"
     MISSING_FIELD = "missing_field"
     NULL_FIELD = "null_field"

@@ -47,6 +47,7 @@ from alpagasus_ray.filter.metrics import engine_metrics, stage_metrics
 from alpagasus_ray.filter.preflight import conflicting_columns, preflight
 from alpagasus_ray.filter.progress import ProgressCounter, ProgressLine
 from alpagasus_ray.filter.redecide import decision_threshold, redecide, redecide_finished
+from alpagasus_ray.filter.repeated_ids import quarantine_repeated_ids
 from alpagasus_ray.filter.report import write_report
 from alpagasus_ray.filter.resources import check_resources
 from alpagasus_ray.filter.resume import (
@@ -328,6 +329,8 @@ def finish_run(run: Run, metrics: dict[str, Any]) -> Manifest:
     lists the attempt's data files; then retire the files it no longer lists."""
     cfg, fs, root, state = run.cfg, run.fs, run.root, run.state
     live = run_files(fs, root, state)
+    if cfg.input.columns.id:  # a user's ids: each row after an id's first is quarantined
+        live, _ = quarantine_repeated_ids(fs, root, live)
     read = count_read(cfg, fs, root, run.listing)
     rows_read, skipped, unread = read.rows, read.skipped, read.unread
     threshold = decision_threshold(cfg, fs, root, live)

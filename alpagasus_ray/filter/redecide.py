@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -63,34 +64,47 @@ def redecide(
 ) -> tuple[list[str], dict[str, int]]:
     """The data `files` decided again at `threshold`, written as new files (the old ones
     are left for the caller to retire after its commit); returns (new files, rows moved)."""
+    changed = {"kept -> rejected": 0, "rejected -> kept": 0}
+
+    def decide(table: pa.Table) -> pa.Table:
+        judged = pc.is_in(table.column(DECISION), value_set=_JUDGED)
+        keep = pc.greater_equal(table.column(SCORE), threshold)
+        new = pc.if_else(
+            judged, pc.if_else(keep, Decision.KEPT.value, Decision.REJECTED.value), None
+        )
+        before = table.column(DECISION).cast(pa.string())
+        new = pc.coalesce(new, before)
+        moved = pc.not_equal(before, new)
+        for key, to in (("kept -> rejected", "rejected"), ("rejected -> kept", "kept")):
+            changed[key] += pc.sum(pc.and_(moved, pc.equal(new, to))).as_py() or 0
+        return table.set_column(table.column_names.index(DECISION), DECISION, new)
+
+    written = rewrite(fs, root, files, decide)
+    log.info("re-decided %s at threshold %g from stored scores: %s", root, threshold, changed)
+    return written, changed
+
+
+def rewrite(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    files: list[str],
+    change: Callable[[pa.Table], pa.Table],
+) -> list[str]:
+    """The rows of the data `files` passed through `change` (a batch at a time, in bounded
+    memory), written as new files in the decision folders their new `decision` says, named
+    apart from every earlier file; returns the new files. The old ones are left for the
+    caller to retire once its manifest, listing the new ones, is committed."""
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     source = output_dataset(fs, root, files, every_column=True)
-    changed = {"kept -> rejected": 0, "rejected -> kept": 0}
-
-    def batches() -> Any:
-        for batch in source.to_batches():
-            table = pa.Table.from_batches([batch])
-            judged = pc.is_in(table.column(DECISION), value_set=_JUDGED)
-            keep = pc.greater_equal(table.column(SCORE), threshold)
-            new = pc.if_else(
-                judged, pc.if_else(keep, Decision.KEPT.value, Decision.REJECTED.value), None
-            )
-            new = pc.coalesce(new, table.column(DECISION).cast(pa.string()))
-            before = table.column(DECISION).cast(pa.string())
-            moved = pc.not_equal(before, new)
-            changed["kept -> rejected"] += (
-                pc.sum(pc.and_(moved, pc.equal(new, "rejected"))).as_py() or 0
-            )
-            changed["rejected -> kept"] += (
-                pc.sum(pc.and_(moved, pc.equal(new, "kept"))).as_py() or 0
-            )
-            idx = table.column_names.index(DECISION)
-            yield from table.set_column(idx, DECISION, new).to_batches()
-
     schema = source.schema.set(
         source.schema.get_field_index(DECISION), pa.field(DECISION, pa.string())
     )
+
+    def batches() -> Any:
+        for batch in source.to_batches():
+            yield from change(pa.Table.from_batches([batch])).cast(schema).to_batches()
+
     written: list[str] = []
     pads.write_dataset(
         batches(),
@@ -103,8 +117,7 @@ def redecide(
         existing_data_behavior="overwrite_or_ignore",
         file_visitor=lambda f: written.append(f.path),
     )
-    log.info("re-decided %s at threshold %g from stored scores: %s", root, threshold, changed)
-    return written, changed
+    return written
 
 
 def redecide_finished(
