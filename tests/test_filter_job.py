@@ -101,13 +101,13 @@ def test_partitions_are_plain_parquet(filtered):
 
 def test_extra_columns_survive(filtered, source):
     rows = output_rows(filtered[0])
-    # JSON input: carried keys are JSON text, whatever shape they have (`json_text`).
-    by_row_no = {json.loads(r["row_no"]): r for r in rows if r["row_no"] is not None}
+    # JSON input: carried keys keep their JSON kind's type (`filter/carried.py`).
+    by_row_no = {r["row_no"]: r for r in rows if r["row_no"] is not None}
     assert sorted(by_row_no) == list(range(len(source[1])))
     for i, original in enumerate(source[1]):
         got = by_row_no[i]
         assert (got["instruction"], got["output"]) == (original["instruction"], original["output"])
-        assert json.loads(got["category"]) == original["category"]
+        assert got["category"] == original["category"]
 
 
 def test_every_quarantine_reason_is_recorded(filtered):
@@ -299,7 +299,9 @@ def test_a_cut_json_array_is_skipped_and_a_broken_line_stays_one_row(
 SHAPES = [None, 7, "seven", {"k": [1, "a"]}, [1, 2.5], True, 2.5]
 
 
-def test_json_extras_of_any_shape_come_through_as_json_text(ray_session, tmp_path, tiny_judge):
+def test_a_json_extra_of_mixed_shapes_is_json_text_and_the_others_keep_their_types(
+    ray_session, tmp_path, tiny_judge
+):
     rows = synthetic_examples(4 * len(SHAPES), seed=5)
     for i, r in enumerate(rows):
         r["row_no"], r["meta"] = i, SHAPES[i // 4]
@@ -308,11 +310,12 @@ def test_json_extras_of_any_shape_come_through_as_json_text(ray_session, tmp_pat
     cfg = job_config(str(src), str(out), tiny_judge, judge__batch_size=4, input__rows_per_block=4)
     manifest = run_filter(cfg)
     assert manifest.status == "complete" and manifest.rows_read == len(rows)
+    assert manifest.json_text_columns == ["meta"]
     got = output_rows(out)
-    assert sorted(json.loads(r["row_no"]) for r in got) == list(range(len(rows)))
+    assert sorted(r["row_no"] for r in got) == list(range(len(rows)))  # ints, as read
     for r in got:
         meta = None if r["meta"] is None else json.loads(r["meta"])
-        assert meta == rows[json.loads(r["row_no"])]["meta"]
+        assert meta == rows[r["row_no"]]["meta"]
     report = json.loads((out / "report.json").read_text())
     assert set(report["per_category"]) == {r["category"] for r in rows}  # plain, not '"math"'
 
@@ -338,3 +341,4 @@ def test_parquet_extras_whose_types_differ_across_files_come_through(
     got = output_rows(out)
     assert sorted(r["row_no"] for r in got) == list(range(16))
     assert all(json.loads(r["meta"]) == metas[r["row_no"]] for r in got)
+    assert manifest.json_text_columns == ["meta"]

@@ -198,3 +198,30 @@ def test_json_files_are_split_into_records(ray_session, tmp_path):
         f"input file ({broken}): cannot read it: "
         "JSONDecodeError: Expecting ',' delimiter: line 3 column 9 (char 22)"
     )
+
+
+def test_a_pass_over_the_input_gives_each_carried_key_one_type():
+    """`filter/carried.py`: kinds merged over every row give the column's type, in every
+    block alike; mixed kinds and objects are JSON text; without a pass, everything is."""
+    from alpagasus_ray.filter.carried import KindsStage, kind_of, merged
+
+    records = [
+        {"instruction": "a", "output": "b", "n": 1, "x": 1.5, "tags": ["t"], "o": {"k": 1}},
+        {"instruction": "a", "output": "b", "n": 2, "x": 2, "tags": [], "o": None, "m": "s"},
+        {"instruction": "a", "output": "b", "n": None, "m": 3, "big": 2**70},
+    ]
+    raw = KindsStage(frozenset({"instruction", "output"}))(json_table(records))
+    kinds = {k: merged(set(v)) for k, v in json.loads(raw.column("kinds")[0].as_py()).items()}
+    assert kinds == {"n": "int", "x": "float", "tags": "list:str", "o": "object",
+                     "m": "mixed", "big": "mixed"}  # fmt: skip
+    assert kind_of([1, "a"]) == "list:mixed" and merged({"list:int", "list:null"}) == "list:int"
+    blocks = [ValidateStage(ColumnMap(), carried_kinds=kinds)(json_table([r])) for r in records]
+    for name, typ in (("n", pa.int64()), ("x", pa.float64()), ("tags", pa.list_(pa.string()))):
+        assert {b.schema.field(name).type for b in blocks if name in b.column_names} == {typ}
+    assert {b.schema.field("m").type for b in blocks if "m" in b.column_names} == {pa.string()}
+    assert [b.column("m").to_pylist() for b in blocks[1:]] == [['"s"'], ["3"]]  # JSON text
+    assert pa.concat_tables(blocks, promote_options="default").column("n").to_pylist() == [
+        1,
+        2,
+        None,
+    ]

@@ -32,15 +32,16 @@ from alpagasus_ray.data.schema import (
     INPUT,
     INSTRUCTION,
     OUTPUT,
-    OWN_COLUMNS,
     SCORE,
     SOURCE,
     TRIPLE,
     Decision,
 )
 from alpagasus_ray.engines.hash import STAND_IN_NOTE
-from alpagasus_ray.filter.manifest import committed, listed_files
+from alpagasus_ray.filter.carried import extra_names
+from alpagasus_ray.filter.manifest import Manifest, committed, listed_files
 from alpagasus_ray.filter.redecide import keep_threshold
+from alpagasus_ray.filter.resume import INPUT_FILES
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
 SELECTIONS = (*DECISIONS, "all")
@@ -110,14 +111,10 @@ def export(
         remove_dead_exports(near, work_name(dest))
     with tempfile.TemporaryDirectory(prefix=work_prefix(dest), dir=near) as tmp:
         local = os.path.join(tmp, "export")
-        rows = write_local(fmt, local, batches, schema, extras, system_prompt)
+        json_text = json_text_of(manifest, extras)
+        rows = write_local(fmt, local, batches, schema, extras, system_prompt, json_text)
         publish(out_fs, local, dest, fmt == "hf", overwrite)
     return {"rows": rows, "format": fmt, "to": to}
-
-
-def extra_names(schema: pa.Schema) -> list[str]:
-    """The user's own columns: everything the filter did not add."""
-    return [n for n in schema.names if n not in OWN_COLUMNS]
 
 
 def output_schema(source: pads.Dataset | None, extras: list[str]) -> pa.Schema:
@@ -137,15 +134,25 @@ def rows_of(source: pads.Dataset, extras: list[str], where: Any) -> Iterator[pa.
             yield table.set_column(table.column_names.index(INPUT), INPUT, filled).to_batches()[0]
 
 
-def records(batch: pa.RecordBatch, extras: list[str]) -> Iterator[dict[str, Any]]:
+def records(
+    batch: pa.RecordBatch, extras: list[str], json_text: frozenset[str]
+) -> Iterator[dict[str, Any]]:
     """A batch as Alpaca dicts (instruction, input, output in that order), with extras;
-    extras of JSON input were stored as JSON text and are decoded back."""
+    those stored as JSON text (`json_text`) are decoded back."""
     for row in batch.to_pylist():
         record = {c: row[c] for c in TRIPLE}
-        from_json = holds_json_text(row.get(SOURCE))
         for name in extras:
-            record[name] = decoded(row[name]) if from_json else row[name]
+            record[name] = decoded(row[name]) if name in json_text else row[name]
         yield record
+
+
+def json_text_of(manifest: Manifest, extras: list[str]) -> frozenset[str]:
+    """The carried columns the output stores as JSON text: as its manifest says, or, for an
+    output written before manifests said it, every one when its input was record files."""
+    if manifest.json_text_columns is not None:
+        return frozenset(manifest.json_text_columns)
+    inputs = list(manifest.fingerprint.get(INPUT_FILES, {}))
+    return frozenset(extras) if inputs and holds_json_text(inputs[0]) else frozenset()
 
 
 def decoded(value: Any) -> Any:
@@ -173,6 +180,7 @@ def write_local(
     schema: pa.Schema,
     extras: list[str],
     system: str | None,
+    json_text: frozenset[str] = frozenset(),
 ) -> int:
     """Write the export to the local `path` as it streams in; returns the rows written."""
     rows = 0
@@ -189,7 +197,7 @@ def write_local(
     with open(path, "w", encoding="utf-8") as f:
         f.write("[" if fmt == "alpaca" else "")
         for batch in batches:
-            for record in records(batch, extras):
+            for record in records(batch, extras, json_text):
                 if fmt == "alpaca":
                     f.write(("\n" if not rows else ",\n") + dumps(record, ensure_ascii=False))
                 else:

@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from alpagasus_ray.core.errors import InvariantError
@@ -29,6 +30,7 @@ from alpagasus_ray.data.read import read_input
 from alpagasus_ray.data.schema import DECISION, DECISIONS, NUM_OUTPUT_TOKENS, NUM_PROMPT_TOKENS
 from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
+from alpagasus_ray.filter.carried import output_json_text, scan_kinds
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.duplicates import SeenContent, settle_duplicates
 from alpagasus_ray.filter.judge import judge_dataset
@@ -45,7 +47,7 @@ from alpagasus_ray.filter.manifest import (
 )
 from alpagasus_ray.filter.metrics import engine_metrics, stage_metrics
 from alpagasus_ray.filter.preflight import conflicting_columns, preflight
-from alpagasus_ray.filter.progress import ProgressCounter, ProgressLine
+from alpagasus_ray.filter.progress import ProgressCounter, ProgressLine, input_rows, input_sizes
 from alpagasus_ray.filter.redecide import decision_threshold, redecide, redecide_finished
 from alpagasus_ray.filter.repeated_ids import quarantine_repeated_ids
 from alpagasus_ray.filter.report import write_report
@@ -72,6 +74,7 @@ def build_dataset(
     progress: Any = None,
     api: Any = None,
     seen: Any = None,
+    kinds: dict[str, str] | None = None,
 ) -> Any:
     """The lazy Ray Dataset of decided rows, ready to be written. `served_name` names the vLLM
     replicas, whose metrics the job reads back by it; `listing` is the input preflight listed,
@@ -79,7 +82,7 @@ def build_dataset(
     keys) the rows a resumed run has written already; `progress` counts decided rows; `api`
     the budget and key an API judge's replicas share (`engines.api_budget.JobAPI`); `seen`
     the contents judged so far (a `filter.duplicates.SeenContent` actor), so that an exact
-    duplicate is not judged again."""
+    duplicate is not judged again; `kinds` those of a record input's extra keys (`carried`)."""
     light = cfg.ray.task_cpus
     rows_per_block = cfg.input.rows_per_block or cfg.judge.batch_size
     fs, root = filesystem(cfg.output.uri, cfg.storage)
@@ -100,32 +103,8 @@ def build_dataset(
         progress=progress,
         served_name=served_name,
         json_columns=as_json,
+        carried_kinds=kinds,
     )
-
-
-def input_rows(cfg: FilterJobConfig, listing: Listing) -> int | None:
-    """The rows the job will read, when that is cheap to know: Parquet footers, or the limit;
-    None for other files, whose rows are only known once read."""
-    fs, files, formats, _ = listing
-    total: int | None = None
-    if all(f.kind == "parquet" for f in formats.values()):
-        from alpagasus_ray.data.columnar import row_count
-
-        total = 0
-        for path in files:
-            with fs.open(path, "rb") as f:
-                total += row_count(f, formats[path]) or 0
-    if cfg.input.limit:
-        return min(cfg.input.limit, total) if total is not None else cfg.input.limit
-    return total
-
-
-def input_sizes(listing: Listing) -> dict[str, int]:
-    """Record files' sizes in bytes (compressed, as their reads count them), from which the
-    progress line estimates the rows before the read has counted them; none for columnar
-    files."""
-    fs, files, formats, _ = listing
-    return {path: fs.size(path) for path in files if not formats[path].columnar}
 
 
 def _utc(seconds: float) -> str:
@@ -239,6 +218,7 @@ class Run:
     api: Any  # the API judge's shared budget, or None
     served_name: str | None  # the vLLM replicas' name, whose metrics are read back
     ended_before: dict[str, str]  # the nodes that had ended before this run
+    kinds: dict[str, str] | None  # of a record input's extra keys (filter/carried.py)
 
 
 def run_filter(cfg: FilterJobConfig) -> Manifest:
@@ -281,11 +261,13 @@ def prepare_run(cfg: FilterJobConfig, fs: Any, root: str, listing: Listing) -> R
         api = job_api(cfg.judge, fs, root)  # its spending kept in the output
     seen = ray.remote(num_cpus=0)(SeenContent).options(**beside_driver())
     seen = seen.remote(state.judged_contents)
-    ds = build_dataset(cfg, served_name, listing, state.done, counter, api, seen)
+    rows = cfg.input.rows_per_block or cfg.judge.batch_size
+    kinds = scan_kinds(cfg.input, cfg.storage, listing, cfg.ray.task_cpus, rows)
+    ds = build_dataset(cfg, served_name, listing, state.done, counter, api, seen, kinds)
     if local_root:  # for the nodes that join later: where each batch is written
         on_disk = OnSharedDisk(local_root)
         ds = ds.map_batches(on_disk, batch_format="pyarrow", num_cpus=cfg.ray.task_cpus)
-    return Run(cfg, fs, root, listing, state, ds, counter, api, served_name, ended_before)
+    return Run(cfg, fs, root, listing, state, ds, counter, api, served_name, ended_before, kinds)
 
 
 def write_rows(run: Run) -> dict[str, Any]:
@@ -296,7 +278,8 @@ def write_rows(run: Run) -> dict[str, Any]:
 
     cfg, fs, root, state, counter = run.cfg, run.fs, run.root, run.state, run.counter
     kept_before = counts_of(file_entries(fs, root, sorted(state.kept_files))).get("kept", 0)
-    rows_fn, sizes_fn = (lambda: input_rows(cfg, run.listing)), (lambda: input_sizes(run.listing))
+    rows_fn = partial(input_rows, cfg.input.limit, run.listing)
+    sizes_fn = partial(input_sizes, run.listing)
     with ProgressLine(counter, rows_fn, (state.before, kept_before), sizes=sizes_fn):
         run.ds.write_parquet(
             join(root, DATA_DIR),
@@ -359,6 +342,7 @@ def finish_run(run: Run, metrics: dict[str, Any]) -> Manifest:
         invariant_ok=ok,
         skipped_files=skipped,
         input_files=read.files,
+        json_text_columns=output_json_text(fs, root, live, run.listing, run.kinds),
         kept_fraction=report["kept_fraction"],
         duplicates=report.get("duplicates", 0),
         judge=judge,

@@ -17,7 +17,7 @@ field) or `failed` (the engine's error), with the reason in `reason` and `reason
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from alpagasus_ray.core.config import ColumnMap, JudgeConfig, RayConfig
@@ -71,6 +71,7 @@ def judge_dataset(
     progress: Any = None,
     served_name: str | None = None,
     json_columns: Collection[str] = (),
+    carried_kinds: Mapping[str, str] | None = None,
 ) -> Any:
     """Validate, prompt, score and decide the rows of the Ray Dataset `ds`, lazily.
 
@@ -82,7 +83,8 @@ def judge_dataset(
     `engines.api_budget.JobAPI`) is given. The job's own wiring: `seen` (a
     `filter.duplicates.SeenContent` actor) judges an exact duplicate once, `progress` hears
     of every decided batch, `served_name` names the vLLM replicas for their metrics, and
-    `json_columns` are carried as JSON text (their types differ across the input's files).
+    `json_columns` are carried as JSON text (their types differ across the input's files),
+    and `carried_kinds` are the kinds of a record input's extra keys (`filter/carried.py`).
     """
     if not 0.0 <= threshold <= 5.0:  # ThresholdConfig's bound: scores run from 0 to 5
         raise ValueError(f"threshold must be between 0 and 5, not {threshold!r}")
@@ -92,7 +94,7 @@ def judge_dataset(
 
         api = job_api(judge)
     light = ray.task_cpus
-    validate = ValidateStage(columns or ColumnMap(), json_columns)
+    validate = ValidateStage(columns or ColumnMap(), json_columns, carried_kinds)
     ds = ds.map_batches(validate, batch_format="pyarrow", num_cpus=light)
     if seen is not None:
         ds = ds.map_batches(DedupStage(seen), batch_format="pyarrow", num_cpus=light)

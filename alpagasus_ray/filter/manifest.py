@@ -65,6 +65,9 @@ class Manifest(_Record):
     invariant_ok: bool
     skipped_files: list[dict[str, Any]]  # input files that could not be read, and why
     input_files: list[dict[str, Any]] = []  # each read: path, format, rows (older: none)
+    # The carried columns that hold JSON text (filter/carried.py); None: written before
+    # this was recorded, when every carried column of JSON input held JSON text.
+    json_text_columns: list[str] | None = None
     kept_fraction: float
     duplicates: int
     judge: dict[str, Any]  # model, engine, mode, dimension, layout

@@ -18,6 +18,8 @@ from typing import Any, TextIO
 
 import ray
 
+from alpagasus_ray.data.listing import Listing
+
 
 @ray.remote(num_cpus=0)
 class ProgressCounter:
@@ -174,3 +176,28 @@ class ProgressLine:
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
+
+
+def input_rows(limit: int | None, listing: Listing) -> int | None:
+    """The rows the job will read, when that is cheap to know: Parquet footers, or the limit;
+    None for other files, whose rows are only known once read."""
+    fs, files, formats, _ = listing
+    total: int | None = None
+    if all(f.kind == "parquet" for f in formats.values()):
+        from alpagasus_ray.data.columnar import row_count
+
+        total = 0
+        for path in files:
+            with fs.open(path, "rb") as f:
+                total += row_count(f, formats[path]) or 0
+    if limit:
+        return min(limit, total) if total is not None else limit
+    return total
+
+
+def input_sizes(listing: Listing) -> dict[str, int]:
+    """Record files' sizes in bytes (compressed, as their reads count them), from which the
+    progress line estimates the rows before the read has counted them; none for columnar
+    files."""
+    fs, files, formats, _ = listing
+    return {path: fs.size(path) for path in files if not formats[path].columnar}

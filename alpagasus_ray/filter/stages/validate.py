@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -18,7 +18,6 @@ from alpagasus_ray.data.schema import (
     INPUT,
     INSTRUCTION,
     OUTPUT,
-    OWN_COLUMNS,
     RAW_JSON,
     READ_ERROR,
     READ_ROW,
@@ -33,6 +32,7 @@ from alpagasus_ray.data.schema import (
     conform,
     rows_to_table,
 )
+from alpagasus_ray.filter.carried import carried_array, carried_name, consumed
 from alpagasus_ray.filter.suspicious import addresses_judge
 
 _MISSING = object()
@@ -44,11 +44,6 @@ def content_id(*parts: Any) -> str:
     """Stable across runs, machines and shard layouts: a hash of the content alone."""
     blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def carried_name(name: str) -> str:
-    """An input column that collides with one we write is kept under a prefixed name."""
-    return f"orig_{name}" if name in OWN_COLUMNS else name
 
 
 def json_text(value: Any) -> str | None:
@@ -85,18 +80,26 @@ def _read_column(table: pa.Table, name: str) -> list[Any]:
 
 class ValidateStage:
     """Blocks are validated apart, so a carried column's type cannot depend on the values a
-    block happens to hold: JSON input carries every non-canonical key as JSON text
-    (`json_text`); Parquet input keeps its Arrow columns, except `json_columns`, whose types
-    differ across the input's files (`preflight.conflicting_columns`), also as JSON text."""
+    block happens to hold: record input carries each non-canonical key in the type of the
+    kind `carried_kinds` found for it over the whole input (`filter/carried.py`), as JSON
+    text when that is mixed or when there was no such pass; columnar input keeps its Arrow
+    columns, except `json_columns`, whose types differ across the input's files
+    (`preflight.conflicting_columns`), also as JSON text."""
 
-    def __init__(self, columns: ColumnMap, json_columns: Collection[str] = ()):
+    def __init__(
+        self,
+        columns: ColumnMap,
+        json_columns: Collection[str] = (),
+        carried_kinds: Mapping[str, str] | None = None,
+    ):
         self.columns = columns
         self.json_columns = frozenset(json_columns)
+        self.carried_kinds = carried_kinds
         self.mapped = {INSTRUCTION: columns.instruction, OUTPUT: columns.output}
         if columns.input:
             self.mapped[INPUT] = columns.input
         # Mapped columns become the canonical ones; the id column is also carried as it is.
-        self.consumed = set(self.mapped.values())
+        self.consumed = consumed(columns)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if RAW_JSON in table.column_names:
@@ -107,7 +110,8 @@ class ValidateStage:
         """Record input: every record is parsed here, so a broken line is one quarantined row,
         and so is one the reader could not trust (`_read_error`) or whose text is not valid
         Unicode (a `\\ud800` escape): it could be stored neither as read nor changed."""
-        rows, extras = [], []
+        rows: list[dict[str, Any]] = []
+        extras: dict[str, str] = {}  # output name -> input key
         positions = zip(
             _read_column(table, READ_SOURCE), _read_column(table, READ_ROW), strict=True
         )
@@ -140,11 +144,14 @@ class ValidateStage:
                     continue
                 name = carried_name(key)
                 if name not in row:
-                    row[name] = json_text(record[key])
-                    if name not in extras:
-                        extras.append(name)
+                    row[name] = record[key]
+                    extras.setdefault(name, key)
             rows.append(row)
-        return conform(rows_to_table(rows, _OWN_HEAD + extras + _OWN_TAIL))
+        table = rows_to_table(rows, _OWN_HEAD + _OWN_TAIL)
+        for i, (name, key) in enumerate(extras.items()):
+            values = carried_array([r.get(name) for r in rows], key, self.carried_kinds)
+            table = table.add_column(len(_OWN_HEAD) + i, name, values)
+        return conform(table)
 
     def _validate_columns(self, table: pa.Table) -> pa.Table:
         """Parquet input: only the mapped columns are read; the rest pass through as Arrow."""
