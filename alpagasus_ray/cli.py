@@ -6,7 +6,7 @@ alpagasus-ray demo [--output DIR]
 alpagasus-ray train --config train.yaml
 alpagasus-ray pipeline --config pipeline.yaml   (filter, then train on the kept rows)
 alpagasus-ray evaluate --config evaluate.yaml
-alpagasus-ray export OUTPUT_URI --format alpaca|messages|hf|parquet --to PATH
+alpagasus-ray export OUTPUT_URI --format alpaca|messages|sharegpt|hf|parquet --to PATH
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from alpagasus_ray.core.config import ConfigError, load_config
 from alpagasus_ray.core.errors import (
     CalibrationRefused,
+    ExportRefused,
     InvariantError,
     JudgeAPIStopped,
     StorageNotShared,
@@ -32,7 +33,6 @@ from alpagasus_ray.core.errors import (
 from alpagasus_ray.data.heartbeat import OutputInUse
 from alpagasus_ray.data.io import OutputTakenError, UnfinishedFilterOutput
 from alpagasus_ray.filter.config import FilterJobConfig
-from alpagasus_ray.filter.export import ExportRefused
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.filter.resources import ResourceError
 
@@ -74,7 +74,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     which.add_argument("--min-score", type=float, help="kept and rejected rows with score >= X")
     which.add_argument("--keep-fraction", type=float, help="the top F of the scored rows")
     p.add_argument("--extra-columns", action="store_true", help="add the input's own columns")
-    p.add_argument("--system-prompt", help="a system turn for --format messages")
+    p.add_argument("--system-prompt", help="a first system turn (--format messages, sharegpt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (else the AWS environment)")
 

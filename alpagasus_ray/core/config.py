@@ -44,6 +44,13 @@ class ColumnMap(StrictModel):
     input: str | None = Field("input", description="None when the data has no input column.")
     output: str = "output"
     id: str | None = Field(None, description="Column with a stable row id; default: content hash.")
+    messages: str | None = Field(
+        None,
+        description="A column holding a conversation (OpenAI role/content or ShareGPT "
+        "from/value turns): its last assistant turn is judged, the user turn before it as the "
+        "instruction and the turns before that as the input; instruction, input and output "
+        "are then not read (docs/filtering.md).",
+    )
 
 
 class StorageConfig(StrictModel):

@@ -17,6 +17,10 @@ class UnreadableInputError(OSError):
         return type(self), (self.path, self.cause_line)
 
 
+class ExportRefused(ValueError):
+    """An export that cannot be done as asked, said in one line (the CLI exits 2)."""
+
+
 class CalibrationRefused(ValueError):
     """A label file or a match that `alpagasus-ray calibrate` cannot use."""
 

@@ -60,6 +60,9 @@ class Reason(str, Enum):
     MALFORMED_CSV = "malformed_csv"  # a row whose cells do not match its header
     INVALID_TEXT = "invalid_text"  # bytes that are not UTF-8, or a lone surrogate
     DUPLICATE_ID = "duplicate_id"  # input.columns.id repeats (filter/repeated_ids.py)
+    NO_ASSISTANT_TURN = "no_assistant_turn"  # a conversation (filter/conversations.py)
+    UNKNOWN_ROLE = "unknown_role"
+    INVALID_TURN = "invalid_turn"
     NOT_AN_OBJECT = "not_an_object"
     MISSING_FIELD = "missing_field"
     NULL_FIELD = "null_field"

@@ -141,7 +141,10 @@ def scan_kinds(
 
 
 def consumed(columns: ColumnMap) -> frozenset[str]:
-    """The input keys that become the canonical triple; every other key is carried."""
+    """The input keys that become the canonical triple; every other key is carried (a
+    conversation too: the triple is drawn from it, and it stays as read)."""
+    if columns.messages:
+        return frozenset()
     return frozenset(c for c in (columns.instruction, columns.input, columns.output) if c)
 
 

@@ -25,13 +25,12 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from alpagasus_ray.core.config import StorageConfig
+from alpagasus_ray.core.errors import ExportRefused
 from alpagasus_ray.data.formats import holds_json_text
 from alpagasus_ray.data.io import filesystem, is_local, output_dataset
 from alpagasus_ray.data.schema import (
     DECISIONS,
     INPUT,
-    INSTRUCTION,
-    OUTPUT,
     SCORE,
     SOURCE,
     TRIPLE,
@@ -39,17 +38,14 @@ from alpagasus_ray.data.schema import (
 )
 from alpagasus_ray.engines.hash import STAND_IN_NOTE
 from alpagasus_ray.filter.carried import extra_names
+from alpagasus_ray.filter.export_rows import TEXT_FORMATS, RowShaper
 from alpagasus_ray.filter.manifest import Manifest, committed, listed_files
 from alpagasus_ray.filter.redecide import keep_threshold
 from alpagasus_ray.filter.resume import INPUT_FILES
 
-FORMATS = ("alpaca", "messages", "hf", "parquet")
+FORMATS = (*TEXT_FORMATS, "hf", "parquet")
 SELECTIONS = (*DECISIONS, "all")
 JUDGED = (Decision.KEPT.value, Decision.REJECTED.value)  # the rows that have a score
-
-
-class ExportRefused(ValueError):
-    """An export that cannot be done as asked, said in one line (the CLI exits 2)."""
 
 
 def export(
@@ -74,8 +70,8 @@ def export(
         raise ExportRefused(f"export: --decision {decision!r}; one of {', '.join(SELECTIONS)}")
     if min_score is not None and keep_fraction is not None:
         raise ExportRefused("export: give --min-score or --keep-fraction, not both")
-    if system_prompt and fmt != "messages":
-        raise ExportRefused("export: --system-prompt is for --format messages only")
+    if system_prompt and fmt not in ("messages", "sharegpt"):
+        raise ExportRefused("export: --system-prompt is for --format messages or sharegpt")
     if keep_fraction is not None and not 0 < keep_fraction <= 1:
         raise ExportRefused(f"export: --keep-fraction {keep_fraction:g} is not in (0, 1]")
     fs, root = filesystem(uri, storage)
@@ -90,8 +86,13 @@ def export(
     by_score = min_score is not None or keep_fraction is not None
     decisions = JUDGED if by_score else () if decision == "all" else (decision,)
     files = listed_files(root, manifest, decisions)
-    source = output_dataset(fs, root, files, every_column=extra_columns) if files else None
+    # A conversation row's turns are the row itself: read, whichever file has them.
+    chat = manifest.config.get("input", {}).get("columns", {}).get("messages")
+    every = extra_columns or bool(chat)
+    source = output_dataset(fs, root, files, every_column=every) if files else None
     extras = extra_names(source.schema) if source is not None and extra_columns else []
+    if chat and source is not None and chat in source.schema.names and chat not in extras:
+        extras.append(chat)
     where = None
     if source is not None and by_score:
         if min_score is None:
@@ -111,8 +112,8 @@ def export(
         remove_dead_exports(near, work_name(dest))
     with tempfile.TemporaryDirectory(prefix=work_prefix(dest), dir=near) as tmp:
         local = os.path.join(tmp, "export")
-        json_text = json_text_of(manifest, extras)
-        rows = write_local(fmt, local, batches, schema, extras, system_prompt, json_text)
+        shape = RowShaper(fmt, extras, json_text_of(manifest, extras), system_prompt, chat)
+        rows = write_local(fmt, local, batches, schema, shape)
         publish(out_fs, local, dest, fmt == "hf", overwrite)
     return {"rows": rows, "format": fmt, "to": to}
 
@@ -134,18 +135,6 @@ def rows_of(source: pads.Dataset, extras: list[str], where: Any) -> Iterator[pa.
             yield table.set_column(table.column_names.index(INPUT), INPUT, filled).to_batches()[0]
 
 
-def records(
-    batch: pa.RecordBatch, extras: list[str], json_text: frozenset[str]
-) -> Iterator[dict[str, Any]]:
-    """A batch as Alpaca dicts (instruction, input, output in that order), with extras;
-    those stored as JSON text (`json_text`) are decoded back."""
-    for row in batch.to_pylist():
-        record = {c: row[c] for c in TRIPLE}
-        for name in extras:
-            record[name] = decoded(row[name]) if name in json_text else row[name]
-        yield record
-
-
 def json_text_of(manifest: Manifest, extras: list[str]) -> frozenset[str]:
     """The carried columns the output stores as JSON text: as its manifest says, or, for an
     output written before manifests said it, every one when its input was record files."""
@@ -155,32 +144,12 @@ def json_text_of(manifest: Manifest, extras: list[str]) -> frozenset[str]:
     return frozenset(extras) if inputs and holds_json_text(inputs[0]) else frozenset()
 
 
-def decoded(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
-def messages(record: dict[str, Any], extras: list[str], system: str | None) -> dict[str, Any]:
-    """One chat example: [system], user (instruction, then the input after a blank line),
-    assistant (the output); a quarantined row's missing text stays empty or null."""
-    user = (record[INSTRUCTION] or "") + ("\n\n" + record[INPUT] if record[INPUT] else "")
-    turns = [{"role": "system", "content": system}] if system else []
-    turns += [{"role": "user", "content": user}, {"role": "assistant", "content": record[OUTPUT]}]
-    return {"messages": turns, **{n: record[n] for n in extras}}
-
-
 def write_local(
     fmt: str,
     path: str,
     batches: Iterator[pa.RecordBatch],
     schema: pa.Schema,
-    extras: list[str],
-    system: str | None,
-    json_text: frozenset[str] = frozenset(),
+    shape: RowShaper,
 ) -> int:
     """Write the export to the local `path` as it streams in; returns the rows written."""
     rows = 0
@@ -193,15 +162,12 @@ def write_local(
         if fmt == "hf":
             save_hf(target, path)
         return rows
-    dumps = json.dumps
     with open(path, "w", encoding="utf-8") as f:
         f.write("[" if fmt == "alpaca" else "")
         for batch in batches:
-            for record in records(batch, extras, json_text):
-                if fmt == "alpaca":
-                    f.write(("\n" if not rows else ",\n") + dumps(record, ensure_ascii=False))
-                else:
-                    f.write(dumps(messages(record, extras, system), ensure_ascii=False) + "\n")
+            for row in batch.to_pylist():
+                text = json.dumps(shape(row), ensure_ascii=False)
+                f.write(("\n" if not rows else ",\n") + text if fmt == "alpaca" else text + "\n")
                 rows += 1
         f.write("\n]\n" if fmt == "alpaca" else "")
     return rows

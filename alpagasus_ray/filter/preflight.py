@@ -305,7 +305,8 @@ def check_mapping(mapping: ColumnMap, columns: set[str], path: str) -> None:
     if not columns:
         return  # an empty first file: nothing to compare against
     defaults = ColumnMap()
-    for field in ("instruction", "input", "output", "id"):
+    read = ("messages",) if mapping.messages else ("instruction", "input", "output")
+    for field in (*read, "id"):
         name = getattr(mapping, field)
         if name is None or name in columns:
             continue

@@ -33,6 +33,7 @@ from alpagasus_ray.data.schema import (
     rows_to_table,
 )
 from alpagasus_ray.filter.carried import carried_array, carried_name, consumed
+from alpagasus_ray.filter.conversations import conversation_fields
 from alpagasus_ray.filter.suspicious import addresses_judge
 
 _MISSING = object()
@@ -176,21 +177,13 @@ class ValidateStage:
         return conform(pa.table(out))
 
     def _sources(self, table: pa.Table) -> list[str]:
-        names = [*self.mapped.values()] + ([self.columns.id] if self.columns.id else [])
+        read = [self.columns.messages] if self.columns.messages else [*self.mapped.values()]
+        names = read + ([self.columns.id] if self.columns.id else [])
         return [n for n in names if n in table.column_names]
 
     def validate(self, record: dict[str, Any]) -> dict[str, Any]:
         """Canonical fields and id of one record; a quarantine reason on the first problem."""
-        row: dict[str, Any] = {}
-        problem: tuple[Reason, str] | None = None
-        for canon in (INSTRUCTION, INPUT, OUTPUT):
-            src = self.mapped.get(canon)
-            value = record.get(src, _MISSING) if src else ""
-            if canon == INPUT and (value is _MISSING or value is None):
-                value = ""  # Alpaca-style data may omit an empty input, or null it.
-            row[canon] = value if isinstance(value, str) else None
-            if problem is None:
-                problem = self._check(canon, src, value)
+        row, problem = self._fields(record)
         if self.columns.id:
             rid = record.get(self.columns.id, _MISSING)
             if rid is _MISSING or rid is None:
@@ -209,6 +202,29 @@ class ValidateStage:
             row.update({DECISION: Decision.QUARANTINED.value, REASON: reason.value})
             row[REASON_DETAIL] = detail
         return row
+
+    def _fields(self, record: dict[str, Any]) -> tuple[dict[str, Any], tuple[Reason, str] | None]:
+        """The triple of one record, from its mapped columns or its conversation, and the
+        first problem found."""
+        if self.columns.messages:
+            value = record.get(self.columns.messages, _MISSING)
+            if value is _MISSING or value is None:
+                what = "missing" if value is _MISSING else "null"
+                label = f"conversation (column {self.columns.messages!r})"
+                reason = Reason.MISSING_FIELD if value is _MISSING else Reason.NULL_FIELD
+                return {INSTRUCTION: None, INPUT: "", OUTPUT: None}, (reason, f"{label} is {what}")
+            return conversation_fields(value)
+        row: dict[str, Any] = {}
+        problem: tuple[Reason, str] | None = None
+        for canon in (INSTRUCTION, INPUT, OUTPUT):
+            src = self.mapped.get(canon)
+            value = record.get(src, _MISSING) if src else ""
+            if canon == INPUT and (value is _MISSING or value is None):
+                value = ""  # Alpaca-style data may omit an empty input, or null it.
+            row[canon] = value if isinstance(value, str) else None
+            if problem is None:
+                problem = self._check(canon, src, value)
+        return row, problem
 
     @staticmethod
     def _check(canon: str, src: str | None, value: Any) -> tuple[Reason, str] | None:
