@@ -119,7 +119,7 @@ def test_a_file_of_no_format_read_is_refused_by_name_or_skipped_and_listed(
     stray = tmp_path / "in" / "notes.xlsx"
     stray.write_bytes(b"PK\x03\x04 not a sheet we read")
     line, _ = cli_refusal(capsys, filter_args(tmp_path, tmp_path / "in", stand_in), True)
-    assert line.startswith(f"alpagasus-ray filter: input (input.uri): {stray}: not a format")
+    assert line.startswith(f"alpagasus-ray filter: input (input.uri): {stray}: not an input format")
     assert "input.on_unreadable_file=skip" in line
     skip = InputConfig(uri=str(tmp_path / "in"), on_unreadable_file="skip")
     listing = list_input_files(skip, StorageConfig())

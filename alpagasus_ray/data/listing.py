@@ -52,7 +52,7 @@ def list_input_files(cfg: InputConfig, storage: StorageConfig) -> Listing:
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         path, why = refused[0]
         raise ValueError(
-            f"{path}{more}: {why}; alpagasus-ray reads {READ_FORMATS}. Remove it, name the "
+            f"{path}{more}: {why} (alpagasus-ray reads {READ_FORMATS}); remove it, name the "
             "format with input.format, or skip such files with input.on_unreadable_file=skip"
         )
     if not formats:
@@ -81,7 +81,7 @@ def _classify(
             continue
         fmt = format_of(path, declared)
         if fmt is None:
-            refused.append((path, "not a format alpagasus-ray reads"))
+            refused.append((path, "not an input format"))
         else:
             formats[path] = fmt
     return formats, refused
