@@ -147,3 +147,24 @@ def test_the_cli_maps_a_conversation_column_and_refuses_a_missing_one(capsys, tm
     line, _ = cli_refusal(capsys, args, before_ray=True)
     assert "input.columns.messages=conversation" in line and "no column 'conversation'" in line
     assert main([*args[:-1], "input.columns.messages=messages"]) == 0
+
+
+@pytest.mark.parametrize("layout", ["paper", "prefix"])
+def test_a_one_turn_conversation_is_prompted_as_its_flat_row(tiny_judge, layout):
+    """The prompt is what every engine is given (token ids; an API judge the same text), so
+    a conversation and its Alpaca row are judged alike on any engine."""
+    from alpagasus_ray.core.config import JudgeConfig
+    from alpagasus_ray.data.schema import PROMPT_TOKEN_IDS
+    from alpagasus_ray.filter.stages import PromptStage
+
+    stage = PromptStage(JudgeConfig(model=str(tiny_judge), engine="hf", layout=layout))
+    chats = [{"messages": openai(r["instruction"], r["output"])} for r in FLAT]
+    chat = ValidateStage(ColumnMap(messages="messages"))(
+        pa.table({RAW_JSON: [json.dumps(c) for c in chats]})
+    )
+    flat = ValidateStage(ColumnMap())(
+        pa.table({RAW_JSON: [json.dumps({**r, "input": ""}) for r in FLAT]})
+    )
+    got = stage(chat).column(PROMPT_TOKEN_IDS).to_pylist()
+    assert got == stage(flat).column(PROMPT_TOKEN_IDS).to_pylist()
+    assert all(got)

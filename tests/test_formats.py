@@ -305,3 +305,26 @@ def test_csv_columns_are_strings_and_a_limited_run_carries_json_text(
     assert sorted(r["n"] for r in got) == sorted(str(i) for i in range(10))  # cells: strings
     limited = job_config(str(tmp_path / "t.csv"), str(tmp_path / "cut"), stand_in, input__limit=5)
     assert run_filter(limited).json_text_columns == ["category", "n"]
+
+
+def test_a_small_input_is_scanned_in_the_driver_as_ray_would_scan_it(ray_session, tmp_path):
+    """`carried.scan_kinds`: up to SMALL_INPUT_BYTES the kinds are found in this process;
+    beyond, by a Ray pass. Both see the same records, broken ones included."""
+    from alpagasus_ray.data.read import read_input
+    from alpagasus_ray.filter.carried import carried_kinds, consumed, scanned_here
+
+    rows = [{**r, **_extras(i)} for i, r in enumerate(ROWS[:24])]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(_lines(rows[:12]) + b"{broken\n")
+    (folder / "b.json.gz").write_bytes(gzip.compress(json.dumps(rows[12:]).encode()))
+    (folder / "c.csv").write_bytes(_delimited(ROWS[:3], "excel"))
+    cfg = InputConfig(uri=str(folder))
+    listing = list_input_files(cfg, StorageConfig())
+    keys = consumed(cfg.columns)
+    here = scanned_here(listing, keys)
+    assert here == carried_kinds(
+        read_input(cfg, StorageConfig(), 0.25, 8, None, listing), keys, 0.25
+    )
+    assert here == {"category": "str", "n": "int", "tags": "list:str", "flag": "bool",
+                    "rating": "float", "meta": "object", "mixed": "mixed"}  # fmt: skip

@@ -11,7 +11,7 @@ is carried as JSON text, and the manifest names each column's type (`carried_col
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -23,6 +23,7 @@ from alpagasus_ray.data.schema import OWN_COLUMNS, RAW_JSON, READ_ERROR
 JSON_TEXT = "json"  # the manifest's name for a column carried as JSON text
 _SCALARS = {"str": pa.string(), "bool": pa.bool_(), "int": pa.int64(), "float": pa.float64()}
 _INT64 = range(-(2**63), 2**63)
+SMALL_INPUT_BYTES = 16 << 20  # record input up to this size is scanned in the driver
 
 
 def carried_name(name: str) -> str:
@@ -86,22 +87,34 @@ class KindsStage:
         self.consumed = consumed
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        kinds: dict[str, set[str]] = {}
         errors = (
             table.column(READ_ERROR).to_pylist()
             if READ_ERROR in table.column_names
             else [None] * table.num_rows
         )
-        for raw, error in zip(table.column(RAW_JSON).to_pylist(), errors, strict=True):
-            try:
-                record = None if error else json.loads(raw)
-            except (json.JSONDecodeError, TypeError):
-                continue
-            if isinstance(record, dict):
-                for key, value in record.items():
-                    if key not in self.consumed:
-                        kinds.setdefault(key, set()).add(kind_of(value))
+        pairs = zip(table.column(RAW_JSON).to_pylist(), errors, strict=True)
+        kinds = kinds_of_records(pairs, self.consumed)
         return pa.table({"kinds": [json.dumps({k: sorted(v) for k, v in kinds.items()})]})
+
+
+def kinds_of_records(
+    records: Iterable[tuple[str, str | None]],
+    consumed: frozenset[str],
+    kinds: dict[str, set[str]] | None = None,
+) -> dict[str, set[str]]:
+    """The kinds of each key not in `consumed` over (record text, read error) pairs, added
+    to `kinds`. A record that does not parse is left to validation (it quarantines it)."""
+    kinds = {} if kinds is None else kinds
+    for raw, error in records:
+        try:
+            record = None if error else json.loads(raw)
+        except (json.JSONDecodeError, TypeError):
+            continue
+        if isinstance(record, dict):
+            for key, value in record.items():
+                if key not in consumed:
+                    kinds.setdefault(key, set()).add(kind_of(value))
+    return kinds
 
 
 def carried_kinds(ds: Any, consumed: frozenset[str], num_cpus: float) -> dict[str, str]:
@@ -134,10 +147,30 @@ def scan_kinds(
     in another pass, so its extra keys are carried as JSON text."""
     if cfg.limit or any(f.columnar for f in listing.formats.values()):
         return None
+    keys = consumed(cfg.columns)
+    if sum(listing.fs.size(path) for path in listing.files) <= SMALL_INPUT_BYTES:
+        return scanned_here(listing, keys)
     from alpagasus_ray.data.read import read_input
 
     ds = read_input(cfg, storage, num_cpus, rows, None, listing)
-    return carried_kinds(ds, consumed(cfg.columns), num_cpus)
+    return carried_kinds(ds, keys, num_cpus)
+
+
+def scanned_here(listing: Listing, consumed: frozenset[str]) -> dict[str, str]:
+    """`carried_kinds` of a small input, read in this process: a Ray pass would cost more
+    than the reading. A file that cannot be read is left to the job's read, which fails or
+    skips it (the kinds of the records before the error count, as their rows will)."""
+    from alpagasus_ray.data.records import open_text, records
+
+    seen: dict[str, set[str]] = {}
+    for path in listing.files:
+        fmt = listing.formats[path]
+        try:
+            with open_text(listing.fs, path, fmt) as text:
+                kinds_of_records(records(text, fmt.kind), consumed, seen)
+        except Exception:  # noqa: BLE001, S112 - the job's own read says why
+            continue
+    return {key: merged(kinds) for key, kinds in seen.items()}
 
 
 def consumed(columns: ColumnMap) -> frozenset[str]:
