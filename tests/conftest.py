@@ -307,6 +307,17 @@ def job_data(input_uri: str, output_uri: str, model: Path | str) -> dict[str, An
     }
 
 
+def clean_output(source: Path, model: Path | str, factory: Any, **overrides: Any) -> Path:
+    """A complete filter output of `source` in a fresh folder: the reference a test of a
+    killed or resumed run compares its output with."""
+    from alpagasus_ray.filter.job import run_filter
+
+    out = factory.mktemp("clean") / "out"
+    manifest = run_filter(job_config(str(source), str(out), model, **overrides))
+    assert manifest.status == "complete", manifest.invariant
+    return out
+
+
 def job_config(
     input_uri: str, output_uri: str, model: Path | str, **overrides: Any
 ) -> FilterJobConfig:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import assert_same_rows, job_config, s3_client, session_cluster_env
+from conftest import assert_same_rows, clean_output, job_config, s3_client, session_cluster_env
 from helpers import write_jsonl
 
 from alpagasus_ray.core.config import StorageConfig
@@ -44,10 +44,7 @@ def source(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clean(ray_session, stand_in, source, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("clean") / "out"
-    manifest = run_filter(job_config(str(source), str(out), stand_in, **SETTINGS))
-    assert manifest.status == "complete", manifest.invariant
-    return out
+    return clean_output(source, stand_in, tmp_path_factory, **SETTINGS)
 
 
 def committed_rows(uri: str, storage=None) -> dict[tuple[str, int], dict]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_rows, job_config
+from conftest import assert_same_rows, clean_output, job_config
 from helpers import write_jsonl
 from test_commit import committed_rows, killed_at, write_config
 
@@ -32,10 +32,7 @@ def source(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def clean(ray_session, stand_in, source, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("clean") / "out"
-    manifest = run_filter(job_config(str(source), str(out), stand_in, **SETTINGS))
-    assert manifest.status == "complete", manifest.invariant
-    return out
+    return clean_output(source, stand_in, tmp_path_factory, **SETTINGS)
 
 
 def test_each_later_row_of_an_id_is_quarantined_naming_the_first(clean, source):
