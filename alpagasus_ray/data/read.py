@@ -28,8 +28,8 @@ def read_input(
     to one replica) and keep a worker's memory independent of the file's size. Parquet rows
     keep their columns (and Arrow's); the records of JSON, JSON lines, CSV and TSV files become
     one row each with the record's text in `_json`, so a broken line is one quarantined row,
-    not a failed read (`data/sources.py`). With `read_log`
-    (filesystem, folder), each file read leaves its row count there (`read_log_records`).
+    not a failed read (`data/sources.py`). With `read_log` (filesystem, folder), each file
+    read leaves its row count there (`read_log_records`).
     `listing` is what `list_input_files` returned, when the caller has listed already;
     `progress` a `filter.progress.ProgressCounter` that hears how far each file is read.
     """

@@ -90,6 +90,14 @@ def open_text(fs: Any, path: str, fmt: FileFormat) -> Iterator[io.TextIOWrapper]
         yield text
 
 
+def starts_array(binary: io.BufferedIOBase) -> bool:
+    """Whether a JSON file's first character is `[`, from its first bytes (any BOM and
+    encoding): a JSON array document, read whole before its first record."""
+    head = binary.peek(256)[:256] if hasattr(binary, "peek") else b""
+    bom = next((bom for bom, _ in _BOMS if head.startswith(bom)), b"")
+    return head[len(bom) :].replace(b"\x00", b"").lstrip().startswith(b"[")
+
+
 def invalid_text(text: str) -> str | None:
     """Why `text` is not valid Unicode (so cannot be stored), or None when it is."""
     try:

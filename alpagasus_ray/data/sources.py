@@ -5,7 +5,7 @@ JSON lines, CSV, TSV): one row per record, keeping its text (`_json`), so that v
 can quarantine a broken record as one row instead of failing the read. Columnar files
 (Parquet, Arrow): their record batches. Ray's own `read_parquet` would do for Parquet, but its
 metadata tasks ask for a whole CPU each, which hangs a small cluster whose actors hold all but
-a fraction of one. Imported by `io.read_input`, so that importing `io` does not load Ray
+a fraction of one. Imported by `read.read_input`, so that importing `io` does not load Ray
 Data."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from alpagasus_ray.core.errors import StorageNotShared, UnreadableInputError, fi
 from alpagasus_ray.core.runtime import this_node
 from alpagasus_ray.data import columnar
 from alpagasus_ray.data.formats import FileFormat, format_of
-from alpagasus_ray.data.records import Counted, decoded, decompressed, records
+from alpagasus_ray.data.records import Counted, decoded, decompressed, records, starts_array
 from alpagasus_ray.data.schema import RAW_JSON, READ_ERROR, READ_ROW, READ_SOURCE
 
 
@@ -165,14 +165,17 @@ class InputDatasource(_BlockedDatasource):
                     start += batch.num_rows
             return
         counted = Counted(f)
-        text = decoded(decompressed(counted, fmt.compression))
-        stream = records(text, fmt.kind)
+        binary = decompressed(counted, fmt.compression)
+        # An array is read whole before its first record: its offset says nothing of its rows.
+        streamed = not (fmt.kind == "json" and starts_array(binary))
+        stream = records(decoded(binary), fmt.kind)
         while chunk := list(itertools.islice(stream, self.rows_per_block)):
             texts, errors = zip(*chunk, strict=True)
             table = pa.table({RAW_JSON: pa.array(texts, pa.string()),
                               READ_ERROR: pa.array(errors, pa.string())})  # fmt: skip
             table, start = _positioned(table, path, start), start + len(chunk)
-            self._reached(path, counted.bytes, start)  # before the block goes on, in order
+            if streamed:  # before the block goes on, in order
+                self._reached(path, counted.bytes, start)
             yield table
 
 
