@@ -125,6 +125,9 @@ def test_a_file_of_no_format_read_is_refused_by_name_or_skipped_and_listed(
     listing = list_input_files(skip, StorageConfig())
     assert [r["path"] for r in listing.skipped] == [str(stray)]
     assert str(stray) not in listing.files
+    only = InputConfig(uri=str(stray), on_unreadable_file="skip")
+    with pytest.raises(FileNotFoundError, match=f"1 of no input format, e.g. {stray}"):
+        list_input_files(only, StorageConfig())
 
 
 def test_a_folder_mixing_columnar_and_record_files_is_refused_naming_one_of_each(

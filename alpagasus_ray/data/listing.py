@@ -56,7 +56,8 @@ def list_input_files(cfg: InputConfig, storage: StorageConfig) -> Listing:
             "format with input.format, or skip such files with input.on_unreadable_file=skip"
         )
     if not formats:
-        raise FileNotFoundError(f"no input files found at {cfg.uri}")
+        none = f": {len(refused)} of no input format, e.g. {refused[0][0]}" if refused else ""
+        raise FileNotFoundError(f"no input files found at {cfg.uri}{none}")
     _check_one_family(cfg.uri, formats)
     skipped = [{"path": p, "rows": 0, "error": why} for p, why in refused]
     return Listing(fs, list(formats), formats, skipped)
