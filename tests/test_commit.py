@@ -19,7 +19,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import assert_same_rows, clean_output, job_config, s3_client, session_cluster_env
+from conftest import (
+    S3_CREDENTIALS,
+    assert_same_rows,
+    clean_output,
+    job_config,
+    s3_client,
+    session_cluster_env,
+)
 from helpers import write_jsonl
 
 from alpagasus_ray.core.config import StorageConfig
@@ -254,11 +261,9 @@ def test_a_run_killed_at_its_end_resumes_to_a_clean_output(
 def test_a_redecision_on_s3_killed_anywhere_leaves_a_committed_state(
     clean, source, stand_in, redecided, s3_endpoint, tmp_path
 ):
-    from test_s3 import CREDENTIALS
-
     bucket = "alpagasus-commit"
     s3_client(s3_endpoint).create_bucket(Bucket=bucket)
-    s3 = {"storage__endpoint_url": s3_endpoint, **CREDENTIALS}
+    s3 = {"storage__endpoint_url": s3_endpoint, **S3_CREDENTIALS}
     for i, point in enumerate(REDECIDE_POINTS):
         uri = f"s3://{bucket}/run-{i}"
         cfg = job_config(str(source), uri, stand_in, **SETTINGS, **s3)

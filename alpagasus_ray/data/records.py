@@ -77,8 +77,7 @@ def decoded(binary: io.BufferedIOBase) -> io.TextIOWrapper:
     bytes that are not UTF-8 as lone surrogates (`surrogateescape`), for the record that
     holds them to be quarantined; UTF-16 and UTF-32 are decoded strictly (a file that
     breaks them is a file error). `newline=""`: a parser's positions are the file's own."""
-    head = binary.peek(4)[:4] if hasattr(binary, "peek") else b""
-    encoding = next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
+    _, encoding = _bom(binary)
     errors = "surrogateescape" if encoding.startswith("utf-8") else "strict"
     return io.TextIOWrapper(binary, encoding=encoding, errors=errors, newline="")
 
@@ -94,8 +93,14 @@ def starts_array(binary: io.BufferedIOBase) -> bool:
     """Whether a JSON file's first character is `[`, from its first bytes (any BOM and
     encoding): a JSON array document, read whole before its first record."""
     head = binary.peek(256)[:256] if hasattr(binary, "peek") else b""
-    bom = next((bom for bom, _ in _BOMS if head.startswith(bom)), b"")
+    bom, _ = _bom(binary)
     return head[len(bom) :].replace(b"\x00", b"").lstrip().startswith(b"[")
+
+
+def _bom(binary: io.BufferedIOBase) -> tuple[bytes, str]:
+    """(the byte-order mark a stream starts with, or b"", and the encoding it names)."""
+    head = binary.peek(4)[:4] if hasattr(binary, "peek") else b""
+    return next(((bom, name) for bom, name in _BOMS if head.startswith(bom)), (b"", "utf-8"))
 
 
 def invalid_text(text: str) -> str | None:
@@ -111,6 +116,15 @@ def invalid_text(text: str) -> str | None:
             else f"a lone surrogate (\\u{code:04x})"
         )
         return f"{INVALID_TEXT}: {what} at character {e.start} of the record"
+
+
+def lone_surrogate(raw: str, record: Any) -> str | None:
+    """Why a record parsed from the valid JSON text `raw` holds text that is not valid
+    Unicode: only a `\\uDXXX` escape can put a lone surrogate there, so nothing else is
+    looked at."""
+    if "\\ud" not in raw.lower():
+        return None
+    return invalid_text(json.dumps(record, ensure_ascii=False))
 
 
 def storable(record: str) -> Record:
@@ -164,9 +178,8 @@ def csv_records(text: io.TextIOWrapper, delimiter: str) -> Iterator[Record]:
         if not row:
             continue
         if len(row) != len(header):
-            cells = json.dumps(row, ensure_ascii=False)
+            cells, problem = storable(json.dumps(row, ensure_ascii=False))
             detail = f"{len(row)} cells where the header has {len(header)}"
-            problem = invalid_text(cells)
-            yield storable(cells)[0], problem or f"{MALFORMED_CSV}: {detail}"
+            yield cells, problem or f"{MALFORMED_CSV}: {detail}"
             continue
         yield storable(json.dumps(dict(zip(header, row, strict=True)), ensure_ascii=False))

@@ -108,6 +108,14 @@ INTERNAL_TYPES = {
 }
 
 
+def read_column(table: pa.Table, name: str) -> list[Any]:
+    """A column the readers add (`READ_SOURCE`, `READ_ROW`, `READ_ERROR`), as values; nulls
+    for a table built some other way (a user's own dataset, a test's)."""
+    if name in table.column_names:
+        return table.column(name).to_pylist()
+    return [None] * table.num_rows
+
+
 def column_type(name: str) -> pa.DataType | None:
     if name in INTERNAL_TYPES:
         return INTERNAL_TYPES[name]

@@ -10,8 +10,8 @@ import pyarrow as pa
 
 from alpagasus_ray.core.config import InputConfig
 from alpagasus_ray.data.read import read_input
-from alpagasus_ray.data.records import invalid_text
-from alpagasus_ray.data.schema import RAW_JSON, READ_ERROR
+from alpagasus_ray.data.records import lone_surrogate
+from alpagasus_ray.data.schema import RAW_JSON, READ_ERROR, read_column
 from alpagasus_ray.evaluate.config import EvalConfig, TestSetConfig
 
 QUESTION_COLUMNS = ("test_set", "question_id", "instruction", "input", "question", "problem")
@@ -43,11 +43,7 @@ class NormalizeStage:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if RAW_JSON in table.column_names:
-            errors = (
-                table.column(READ_ERROR).to_pylist()
-                if READ_ERROR in table.column_names
-                else [None] * table.num_rows
-            )
+            errors = read_column(table, READ_ERROR)
             texts = table.column(RAW_JSON).to_pylist()
             # A record the reader could not trust (bytes that are not UTF-8) is an error row.
             records = [None if e else _load(s) for s, e in zip(texts, errors, strict=True)]
@@ -95,6 +91,4 @@ def _load(line: str) -> Any:
         record = json.loads(line)
     except ValueError:
         return None
-    if "\\ud" in line.lower() and invalid_text(json.dumps(record, ensure_ascii=False)):
-        return None
-    return record
+    return None if lone_surrogate(line, record) else record

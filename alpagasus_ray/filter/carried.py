@@ -6,7 +6,7 @@ have one type in every block, whatever values a block happens to hold. One light
 the input before judging (`carried_kinds`: each block's JSON kinds per key, merged on the
 driver) fixes each column's type; only a column whose values really differ in kind (a string
 here, a number there), or that holds objects (a struct would add keys a row did not have),
-is carried as JSON text, and the manifest names each column's type (`carried_columns`)."""
+is carried as JSON text, and the manifest names each such column (`json_text_columns`)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ import pyarrow as pa
 
 from alpagasus_ray.core.config import ColumnMap, InputConfig, StorageConfig
 from alpagasus_ray.data.listing import Listing
-from alpagasus_ray.data.schema import OWN_COLUMNS, RAW_JSON, READ_ERROR
+from alpagasus_ray.data.schema import OWN_COLUMNS, RAW_JSON, READ_ERROR, read_column
 
-JSON_TEXT = "json"  # the manifest's name for a column carried as JSON text
 _SCALARS = {"str": pa.string(), "bool": pa.bool_(), "int": pa.int64(), "float": pa.float64()}
 _INT64 = range(-(2**63), 2**63)
 SMALL_INPUT_BYTES = 16 << 20  # record input up to this size is scanned in the driver
@@ -61,12 +60,6 @@ def merged(kinds: set[str]) -> str:
     return kinds.pop() if len(kinds) == 1 else "null" if not kinds else "mixed"
 
 
-def type_name(kind: str) -> str:
-    """The column type a merged kind is carried as: an Arrow type's name, or `json`."""
-    arrow = arrow_type(kind)
-    return JSON_TEXT if arrow is None else str(arrow)
-
-
 def arrow_type(kind: str) -> pa.DataType | None:
     """The Arrow type of a merged kind; None for JSON text (objects, mixed kinds)."""
     if kind == "null":
@@ -87,11 +80,7 @@ class KindsStage:
         self.consumed = consumed
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        errors = (
-            table.column(READ_ERROR).to_pylist()
-            if READ_ERROR in table.column_names
-            else [None] * table.num_rows
-        )
+        errors = read_column(table, READ_ERROR)
         pairs = zip(table.column(RAW_JSON).to_pylist(), errors, strict=True)
         kinds = kinds_of_records(pairs, self.consumed)
         return pa.table({"kinds": [json.dumps({k: sorted(v) for k, v in kinds.items()})]})

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from alpagasus_ray.core.config import ColumnMap
-from alpagasus_ray.data.records import invalid_text
+from alpagasus_ray.data.records import lone_surrogate
 from alpagasus_ray.data.schema import (
     DECISION,
     ID,
@@ -30,6 +30,7 @@ from alpagasus_ray.data.schema import (
     Decision,
     Reason,
     conform,
+    read_column,
     rows_to_table,
 )
 from alpagasus_ray.filter.carried import carried_array, carried_name, consumed
@@ -62,21 +63,6 @@ def quarantined(reason: Reason, detail: str, raw: str, source: str | None) -> di
         REASON: reason.value,
         REASON_DETAIL: detail,
     }
-
-
-def _invalid_record_text(raw: str, record: Any) -> str | None:
-    """Why a parsed record holds text that is not valid Unicode: only a `\\uDXXX` escape in
-    its (valid) JSON text can put a lone surrogate there."""
-    if "\\ud" not in raw.lower():
-        return None
-    return invalid_text(json.dumps(record, ensure_ascii=False))
-
-
-def _read_column(table: pa.Table, name: str) -> list[Any]:
-    """A column the readers add; nulls for a table built some other way."""
-    if name in table.column_names:
-        return table.column(name).to_pylist()
-    return [None] * table.num_rows
 
 
 class ValidateStage:
@@ -113,16 +99,14 @@ class ValidateStage:
         Unicode (a `\\ud800` escape): it could be stored neither as read nor changed."""
         rows: list[dict[str, Any]] = []
         extras: dict[str, str] = {}  # output name -> input key
-        positions = zip(
-            _read_column(table, READ_SOURCE), _read_column(table, READ_ROW), strict=True
-        )
+        positions = zip(read_column(table, READ_SOURCE), read_column(table, READ_ROW), strict=True)
         records = zip(
-            table.column(RAW_JSON).to_pylist(), _read_column(table, READ_ERROR), strict=True
+            table.column(RAW_JSON).to_pylist(), read_column(table, READ_ERROR), strict=True
         )
         for (raw, read_error), (source, position) in zip(records, positions, strict=True):
             try:
                 record = None if read_error else json.loads(raw)
-                read_error = read_error or _invalid_record_text(raw, record)
+                read_error = read_error or lone_surrogate(raw, record)
             except (json.JSONDecodeError, TypeError) as e:
                 row = quarantined(Reason.MALFORMED_JSON, f"{e}: {raw[:500]}", raw, source)
                 rows.append({**row, SOURCE_ROW: position})
@@ -163,8 +147,8 @@ class ValidateStage:
             rows.append(self.validate(record))
         own = rows_to_table(rows, [ID, INSTRUCTION, INPUT, OUTPUT, *_OWN_TAIL])
         out = {name: own.column(name) for name in (ID, INSTRUCTION, INPUT, OUTPUT)}
-        out[SOURCE] = pa.array(_read_column(table, READ_SOURCE), pa.string())
-        out[SOURCE_ROW] = pa.array(_read_column(table, READ_ROW), pa.int64())
+        out[SOURCE] = pa.array(read_column(table, READ_SOURCE), pa.string())
+        out[SOURCE_ROW] = pa.array(read_column(table, READ_ROW), pa.int64())
         for name in table.column_names:
             if name in self.consumed or name in (READ_SOURCE, READ_ROW):
                 continue
