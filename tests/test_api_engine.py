@@ -504,3 +504,26 @@ def test_an_evaluation_stops_at_a_models_cost_cap_before_judging(
     # The rerun its line asks for ("... and output.overwrite") may replace what it wrote.
     prepare_output(fsspec.filesystem("file"), str(tmp_path / "eval"), overwrite=True)
     assert not (tmp_path / "eval" / "answers").exists()
+
+
+def test_each_turn_through_the_api_scores_as_that_turn_rated_alone(
+    ray_session, smol_server, smollm2, key, tmp_path
+):
+    """Conversations through vLLM's OpenAI server: one chat request per judged turn; each
+    turn's score equals its conversation cut after it, rated alone (`last`)."""
+    from test_vllm_engine import conversations
+
+    chats, cut = conversations(6, seed=37)
+    scores = {}
+    for name, rows, extra in (("each", chats, ["judge.turns=each"]), ("alone", cut, [])):
+        sets = ["input.columns.messages=messages", "input.columns.id=row", *extra]
+        args = filter_job(tmp_path / name, rows, smol_server.base_url, "smol", *sets)
+        assert main(args) == 0
+        table = pq.read_table(tmp_path / name / "out" / "data", partitioning="hive")
+        scores[name] = {r["id"]: r for r in table.to_pylist()}
+    assert len(scores["each"]) == len(chats) and len(scores["alone"]) == len(cut)
+    for rid, row in scores["each"].items():
+        want = [scores["alone"][f"{rid}-{k}"]["score"] for k in range(len(row["turn_scores"]))]
+        assert len(want) == len(json.loads(row["messages"])) // 2
+        assert row["turn_scores"] == pytest.approx(want, abs=1e-3), rid
+        assert row["score"] == pytest.approx(min(want), abs=1e-3)

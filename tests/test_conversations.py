@@ -168,3 +168,150 @@ def test_a_one_turn_conversation_is_prompted_as_its_flat_row(tiny_judge, layout)
     got = stage(chat).column(PROMPT_TOKEN_IDS).to_pylist()
     assert got == stage(flat).column(PROMPT_TOKEN_IDS).to_pylist()
     assert all(got)
+
+
+LONG = [
+    {"messages": openai("Hi", "Hello", "What is 2+2?", "4", "And 3+3?", "6", system="Be brief.")},
+    {"messages": sharegpt("Name a colour.", "Blue.", "Another?", "Red.")},
+    {"messages": openai("Tell me a joke.", "Knock knock.")},
+]
+
+
+def truncated(record: dict) -> list[dict]:
+    """A conversation cut after each of its answers: what `turns: each` rates, one by one."""
+    turns = record["messages"]
+    ends = [i for i, t in enumerate(turns) if t.get("role", t.get("from")) in ("assistant", "gpt")]
+    return [{"messages": turns[: end + 1]} for end in ends]
+
+
+@pytest.mark.parametrize("layout", ["paper", "prefix"])
+def test_a_turn_prompt_extends_the_previous_one_through_its_answer(tiny_judge, layout):
+    """What lets a prefix cache compute a conversation's history once under `each`."""
+    from alpagasus_ray.core.config import JudgeConfig
+    from alpagasus_ray.data.schema import TURN_PROMPT_IDS
+    from alpagasus_ray.filter.stages import PromptStage
+    from alpagasus_ray.text.models import load_tokenizer
+    from alpagasus_ray.text.prompts import conversation_messages, render
+
+    judge = JudgeConfig(model=str(tiny_judge), engine="hf", layout=layout, turns="each")
+    table = ValidateStage(ColumnMap(messages="messages"))(
+        pa.table({RAW_JSON: [json.dumps(LONG[0])]})
+    )
+    prompts = PromptStage(judge)(table).column(TURN_PROMPT_IDS).to_pylist()[0]
+    assert len(prompts) == 3
+    tokenizer = load_tokenizer(str(tiny_judge), False)
+    turns = [{"role": t["role"], "content": t["content"]} for t in LONG[0]["messages"]]
+    for k, (ids, longer) in enumerate(zip(prompts, prompts[1:], strict=False)):
+        text = render(
+            conversation_messages(turns[: 2 * k + 3], "accuracy", layout), tokenizer, True
+        )
+        answer = turns[2 * k + 2]["content"]
+        through = text[: text.rindex(answer) + len(answer)]
+        assert longer[: len(ids)] != ids  # a new prompt, not the old one continued
+        shared = next(j for j, (a, b) in enumerate(zip(ids, longer, strict=False)) if a != b)
+        assert shared >= len(tokenizer(through, add_special_tokens=False)["input_ids"]) - 1
+
+
+@pytest.fixture(scope="module")
+def each_turn(ray_session, tiny_judge, tmp_path_factory):
+    """`turns: each` on conversations, and every conversation cut after each answer rated
+    alone with `turns: last`, through the tiny HF judge."""
+    base = tmp_path_factory.mktemp("turns")
+    write_jsonl(base / "in" / "chat.jsonl", [*LONG, *(record for record, _ in BAD)])
+    cut = [c for record in LONG for c in truncated(record)]
+    write_jsonl(base / "cut" / "cut.jsonl", cut)
+    sets = {"input__columns__messages": "messages", "filter__threshold": 0.0}
+    each = run_filter(job_config(str(base / "in"), str(base / "out"), tiny_judge,
+                                 judge__turns="each", **sets))  # fmt: skip
+    run_filter(job_config(str(base / "cut"), str(base / "cut-out"), tiny_judge, **sets))
+    return base, each
+
+
+def scores_by_conversation(out) -> dict[str, dict]:
+    """Kept rows by their conversation (stored as JSON text: a list of objects)."""
+    rows = stored_rows(out)
+    return {json.dumps(json.loads(r["messages"])): r for r in rows if r["decision"] == "kept"}
+
+
+def test_each_turn_scores_as_that_turn_rated_alone_with_its_history(each_turn):
+    base, manifest = each_turn
+    assert manifest.status == "complete" and manifest.counts["quarantined"] == len(BAD)
+    alone = {k: r["score"] for k, r in scores_by_conversation(base / "cut-out").items()}
+    rows = scores_by_conversation(base / "out")
+    for record in LONG:
+        row = rows[json.dumps(record["messages"])]
+        want = [alone[json.dumps(c["messages"])] for c in truncated(record)]
+        assert row["turn_scores"] == pytest.approx(want, abs=1e-4)
+        assert row["score"] == pytest.approx(min(row["turn_scores"]), abs=1e-9)
+    quarantined = [r for r in stored_rows(base / "out") if r["decision"] == "quarantined"]
+    assert all(r["turn_scores"] is None for r in quarantined)
+
+
+def test_the_mean_aggregate_and_a_last_run_on_the_stand_in(ray_session, stand_in, tmp_path):
+    """`mean` averages the turns; `last` rates the last answer alone, as `each` rated it."""
+    write_jsonl(tmp_path / "in" / "chat.jsonl", LONG)
+    sets = {"input__columns__messages": "messages", "filter__threshold": 0.0}
+    runs = {}
+    for name, extra in {"mean": {"judge__turns": "each", "judge__turn_aggregate": "mean"},
+                        "last": {}}.items():  # fmt: skip
+        run_filter(job_config(str(tmp_path / "in"), str(tmp_path / name), stand_in, **sets,
+                              **extra))  # fmt: skip
+        runs[name] = scores_by_conversation(tmp_path / name)
+    for key, row in runs["mean"].items():
+        assert row["score"] == pytest.approx(sum(row["turn_scores"]) / len(row["turn_scores"]))
+        assert runs["last"][key]["score"] == pytest.approx(row["turn_scores"][-1])
+        assert runs["last"][key]["turn_scores"] is None
+
+
+def test_a_failed_turn_fails_its_conversation_and_names_the_turn():
+    from alpagasus_ray.filter.turns import combine
+
+    ok = {"score": 4.0, "num_output_tokens": 1}
+    failed = {"decision": "failed", "reason": "low_score_mass", "reason_detail": "P = 0.1",
+              "score": None, "num_output_tokens": 1}  # fmt: skip
+    row = combine([ok, failed, ok], "min")
+    assert (row["decision"], row["reason"]) == ("failed", "low_score_mass")
+    assert row["reason_detail"] == "judged turn 2 of 3: P = 0.1"
+    assert row["turn_scores"] == [4.0, None, 4.0] and row["num_output_tokens"] == 3
+    low = combine([ok, {"score": 2.0, "score_mass": 0.9}], "min")
+    assert (low["score"], low["score_mass"]) == (2.0, 0.9)
+
+
+def test_vllm_turn_rows_come_back_whole_whatever_batches_they_return_in(tiny_judge):
+    """vLLM's engine stage takes one prompt per row and re-batches: a conversation's turn
+    rows meet again in the gather actor, however they were split and reordered."""
+    import random
+
+    from alpagasus_ray.core.config import JudgeConfig
+    from alpagasus_ray.data.schema import PROMPT_TOKEN_IDS, SCORE, TURN_PROMPT_IDS
+    from alpagasus_ray.filter.stages import PromptStage
+    from alpagasus_ray.filter.stages.vllm_turns import TurnGather, explode_turns
+
+    judge = JudgeConfig(model=str(tiny_judge), engine="hf", turns="each")
+    records = [*LONG, {"messages": openai("Q", "A")}, *(record for record, _ in BAD[:2])]
+    table = ValidateStage(ColumnMap(messages="messages"))(
+        pa.table({RAW_JSON: [json.dumps(r) for r in records]})
+    )
+    prompted = PromptStage(judge)(table)
+    want_turns = prompted.column(TURN_PROMPT_IDS).to_pylist()
+    rows = explode_turns(prompted)
+    assert rows.num_rows == 3 + 2 + 1 + 1 + 2  # turn rows, and the quarantined as they are
+    fake = [
+        None if ids is None else sum(ids) % 6 for ids in rows.column(PROMPT_TOKEN_IDS).to_pylist()
+    ]
+    rows = rows.set_column(rows.schema.get_field_index(SCORE), SCORE, pa.array(fake, pa.float64()))
+    order = list(range(rows.num_rows))
+    random.Random(3).shuffle(order)
+    rows = rows.take(pa.array(order))
+    gather = TurnGather("min")
+    out = [gather(rows.slice(i, 2)) for i in range(0, rows.num_rows, 2)]
+    assert gather.held == {}
+    got = pa.concat_tables(out, promote_options="permissive").to_pylist()
+    assert sorted(r["id"] for r in got) == sorted(prompted.column("id").to_pylist())
+    for row in got:
+        turns = want_turns[prompted.column("id").to_pylist().index(row["id"])]
+        if turns is None:
+            assert row["turn_scores"] is None
+            continue
+        assert row["turn_scores"] == [sum(ids) % 6 for ids in turns]
+        assert row["score"] == min(row["turn_scores"])

@@ -8,6 +8,7 @@ row whose score and mass are not within those tolerances of the cut-offs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,38 @@ def test_smollm2_word_cache_is_exact_on_adversarial_text(smollm2):
     backend = load_tokenizer(str(smollm2)).backend_tokenizer
     texts = tricky_texts(5000, seed=3) + ["<|im_start|>user\nhi<|im_end|>\n"]
     assert assert_exact(backend, texts).cuts
+
+
+def conversations(n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Conversations of 1 to 4 exchanges built from synthetic rows (ids `row`), and each cut
+    after each of its answers: the turns `judge.turns: each` rates, as rows of their own."""
+    flat = synthetic_examples(4 * n, seed=seed, unique=True)
+    chats, cut = [], []
+    for i in range(n):
+        turns = []
+        for k, r in enumerate(flat[4 * i : 4 * i + 1 + i % 4]):
+            turns += [{"role": "user", "content": r["instruction"]},
+                      {"role": "assistant", "content": r["output"]}]  # fmt: skip
+            cut.append({"row": f"c{i}-{k}", "messages": list(turns)})
+        chats.append({"row": f"c{i}", "messages": turns})
+    return chats, cut
+
+
+def test_each_turn_on_vllm_scores_as_that_turn_rated_alone(ray_session, smollm2, tmp_path):
+    """SmolLM2 on vLLM, prefix layout: every answer of a conversation rated with the turns
+    before it, its turn rows re-batched by Ray's engine stage (3 rows a batch) and gathered
+    back; each turn's score equals its conversation cut after it, rated alone (`last`)."""
+    chats, cut = conversations(8, seed=31)
+    sets = {"judge__engine": "vllm", "input__columns__messages": "messages",
+            "judge__batch_size": 3}  # fmt: skip
+    src = write_jsonl(tmp_path / "chats.jsonl", chats)
+    manifest, each = filter_job(tmp_path, "each", src, smollm2, judge__turns="each", **sets)
+    conserved(manifest, each, len(chats))
+    _, alone = filter_job(tmp_path, "alone", write_jsonl(tmp_path / "cut.jsonl", cut), smollm2,
+                          **sets)  # fmt: skip
+    for rid, row in each.items():
+        n = len(json.loads(row["messages"])) // 2
+        want = [alone[f"{rid}-{k}"][SCORE] for k in range(n)]
+        assert row["turn_scores"] == pytest.approx(want, abs=SCORE_TOL), rid
+        assert row[SCORE] == pytest.approx(min(want), abs=SCORE_TOL)
+    assert manifest.engine_metrics["prefix_cache_hit_rate"] > 0

@@ -229,6 +229,16 @@ class JudgeConfig(StrictModel):
     mode: Literal["logprobs", "generate"] = "logprobs"
     dimension: Literal["accuracy", "helpfulness"] = "accuracy"
     layout: Literal["prefix", "paper"] = "prefix"
+    turns: Literal["last", "each"] = Field(
+        "last",
+        description="Conversation rows: rate the last assistant turn, or each assistant turn "
+        "that answers a user turn, with the conversation up to it as its context.",
+    )
+    turn_aggregate: Literal["min", "mean"] = Field(
+        "min",
+        description="turns: each: a conversation's score from its turns' scores (min: it is as "
+        "good as its worst answer).",
+    )
     chat_template: Literal["auto", "never"] = "auto"
     max_model_len: int | None = Field(None, gt=8, description="Default: from the tokenizer/model.")
     max_new_tokens: int = Field(256, gt=0, description="Generate mode only (the paper: 256).")

@@ -31,6 +31,7 @@ NUM_OUTPUT_TOKENS = "num_output_tokens"
 SUSPICIOUS = "suspicious"  # the text addresses the judge (filter/suspicious.py)
 CONTENT_HASH = "content_hash"  # equal for exact duplicates (filter/duplicates.py)
 DUPLICATE_OF = "duplicate_of"  # a copy: `<source>:<row>` of the row judged in its place
+TURN_SCORES = "turn_scores"  # judge.turns: each: each judged assistant turn's score
 
 # Internal columns, dropped before writing. The readers add READ_SOURCE and READ_ROW, which
 # validation turns into SOURCE and SOURCE_ROW.
@@ -40,7 +41,12 @@ READ_SOURCE = "_source"
 READ_ROW = "_row"
 PROMPT_TOKEN_IDS = "_prompt_token_ids"
 PROMPT_REQUEST = "_prompt_request"  # an API judge's request: JSON chat messages or prompt text
-INTERNAL = (RAW_JSON, READ_ERROR, READ_SOURCE, READ_ROW, PROMPT_TOKEN_IDS, PROMPT_REQUEST)
+TURNS = "_turns"  # a conversation row's turns as role/content JSON (filter/conversations.py)
+TURN_PROMPT_IDS = "_turn_prompt_ids"  # judge.turns: each: one prompt per judged turn
+TURN_REQUESTS = "_turn_requests"
+TURN_OF = "_turn_of"  # vLLM's turn rows: "<conversation key> <turn> <turns>"
+INTERNAL = (RAW_JSON, READ_ERROR, READ_SOURCE, READ_ROW, PROMPT_TOKEN_IDS, PROMPT_REQUEST,
+            TURNS, TURN_PROMPT_IDS, TURN_REQUESTS, TURN_OF)  # fmt: skip
 
 
 class Decision(str, Enum):
@@ -94,6 +100,7 @@ OUTPUT_SCHEMA = pa.schema(
         (SUSPICIOUS, pa.bool_()),
         (CONTENT_HASH, pa.string()),
         (DUPLICATE_OF, pa.string()),
+        (TURN_SCORES, pa.list_(pa.float64())),
     ]
 )
 OWN_COLUMNS = frozenset(OUTPUT_SCHEMA.names) | frozenset(INTERNAL)
@@ -105,6 +112,10 @@ INTERNAL_TYPES = {
     READ_ROW: pa.int64(),
     PROMPT_TOKEN_IDS: pa.list_(pa.int32()),
     PROMPT_REQUEST: pa.string(),
+    TURNS: pa.string(),
+    TURN_PROMPT_IDS: pa.list_(pa.list_(pa.int32())),
+    TURN_REQUESTS: pa.list_(pa.string()),
+    TURN_OF: pa.string(),
 }
 
 

@@ -2,17 +2,19 @@
 or ShareGPT's `from`/`value` (`human`, `gpt`, `system`), told apart by their keys, turn by
 turn.
 
-The judge rates the conversation's last assistant turn with the paper's rubric, word for
-word: the user turn before it is the instruction, the turns before that (a system turn
-among them) are the input, shown as the conversation so far, and the answer is the
-response. A one-turn conversation is thus judged exactly as the Alpaca row it amounts to.
-A conversation that cannot be judged is quarantined with its reason, never dropped."""
+The row's triple is the last exchange: the user turn before the last assistant turn is the
+instruction, the turns before that (a system turn among them) the input, shown as the
+conversation so far, and the answer the response; the judge's prompt shows the turns
+themselves (`text.prompts.conversation_messages`), so a one-turn conversation is judged
+exactly as the Alpaca row it amounts to. A conversation that cannot be judged is
+quarantined with its reason, never dropped."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from alpagasus_ray.data.schema import INPUT, INSTRUCTION, OUTPUT, Reason
+from alpagasus_ray.data.schema import INPUT, INSTRUCTION, OUTPUT, TURNS, Reason
 
 ROLES = {"system": "system", "user": "user", "assistant": "assistant",
          "human": "user", "gpt": "assistant"}  # fmt: skip
@@ -61,7 +63,21 @@ def conversation_fields(value: Any) -> tuple[dict[str, str | None], Problem | No
         return empty, (Reason.INVALID_TURN, f"the answer in turn {last} follows no user turn")
     context = "\n\n".join(f"{_SPEAKERS[t['role']]}: {t['content']}" for t in found[: last - 1])
     fields = {INSTRUCTION: found[last - 1]["content"], INPUT: context}
-    return {**fields, OUTPUT: found[last]["content"]}, None
+    fields[OUTPUT], fields[TURNS] = found[last]["content"], json.dumps(found[: last + 1])
+    return fields, None
+
+
+def judged_ends(conversation: list[dict[str, str]], each: bool) -> list[int]:
+    """The index of each turn the judge rates: the last one (the conversation as validated
+    ends with its last answer), or with `each` every assistant turn that answers a user
+    turn, in order."""
+    if not each:
+        return [len(conversation) - 1]
+    return [
+        i
+        for i, t in enumerate(conversation)
+        if t["role"] == "assistant" and i > 0 and conversation[i - 1]["role"] == "user"
+    ]
 
 
 def as_sharegpt(conversation: list[dict[str, str]]) -> list[dict[str, str]]:

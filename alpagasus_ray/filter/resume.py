@@ -53,6 +53,8 @@ _JUDGE_KEYS = (
     "mode",
     "dimension",
     "layout",
+    "turns",
+    "turn_aggregate",
     "chat_template",
     "max_model_len",
     "max_new_tokens",

@@ -70,15 +70,51 @@ def rating_messages(
     instruction: str, input: str | None, output: str, dimension: Dimension, layout: Layout
 ) -> list[dict[str, str]]:
     """Chat messages (system, user) asking the judge to rate one triple."""
-    rubric = RATING_PROMPTS[dimension]
     fields = {"instruction": instruction, "input": input or "", "output": output}
     if layout == "paper":
-        user = PAPER_TRIPLET.format_map(fields) + rubric
-    elif layout == "prefix":
+        return _messages(PAPER_TRIPLET.format_map(fields), dimension, layout)
+    if layout == "prefix":
         fenced = {k: _fence_safe(v) for k, v in fields.items()}
-        user = rubric + FENCE_NOTE + PREFIX_TRIPLET.format_map(fenced)
-    else:
+        return _messages(PREFIX_TRIPLET.format_map(fenced), dimension, layout)
+    raise ValueError(f"unknown prompt layout {layout!r}")
+
+
+def conversation_messages(
+    turns: list[dict[str, str]], dimension: Dimension, layout: Layout
+) -> list[dict[str, str]]:
+    """Chat messages asking the judge to rate a conversation's last turn (an assistant's)
+    with the turns before it as its context, in the layout's own labels.
+
+    The first exchange reads as the paper's triple (a leading system turn, or nothing, as
+    its input), so a one-turn conversation is rated exactly as the Alpaca row it amounts to;
+    each later user turn is an instruction, each answer a response, a later system turn an
+    input. The rated answer ends the example, so the prompt of an earlier answer of the same
+    conversation is this prompt's prefix through that answer: a prefix cache computes each
+    conversation's history once when every answer is rated (`judge.turns: each`)."""
+    if layout not in ("paper", "prefix"):
         raise ValueError(f"unknown prompt layout {layout!r}")
+    label = {"user": "###Instruction:" if layout == "paper" else "### Instruction:",
+             "system": "### Input:", "assistant": "### Response:"}  # fmt: skip
+    safe = _fence_safe if layout == "prefix" else (lambda text: text)
+    first = next((i for i, t in enumerate(turns) if t["role"] == "user"), len(turns))
+    context = "\n\n".join(safe(t["content"]) for t in turns[:first] if t["role"] == "system")
+    blocks = [f"{label[t['role']]}\n{safe(t['content'])}\n\n" for t in turns[:first]
+              if t["role"] != "system"]  # fmt: skip
+    for i, turn in enumerate(turns[first:], start=first):
+        blocks.append(f"{label[turn['role']]}\n{safe(turn['content'])}\n\n")
+        if i == first:
+            blocks.append(f"{label['system']}\n{context}\n\n")
+    body = "".join(blocks)
+    if layout == "paper":
+        return _messages(body, dimension, layout)
+    return _messages(f"{EXAMPLE_OPEN}\n{body[:-1]}{EXAMPLE_CLOSE}", dimension, layout)
+
+
+def _messages(example: str, dimension: Dimension, layout: Layout) -> list[dict[str, str]]:
+    """The system prompt and the user turn: the example, then the rubric (paper), or the
+    rubric and the fence note, then the fenced example (prefix)."""
+    rubric = RATING_PROMPTS[dimension]
+    user = example + rubric if layout == "paper" else rubric + FENCE_NOTE + example
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 

@@ -9,6 +9,7 @@ adds the read and the write around the chain.
     -> PromptStage        prompt.py: the paper's prompt, tokenized; too long quarantined
     -> ScoreStage         score.py: the hf and openai engines
        | VLLMRequestStage -> Ray's vLLM engine stage -> VLLMResultStage   vllm_score.py
+         (-> TurnGather under judge.turns: each: a conversation's turn rows whole again)
     -> DecideStage        decide.py: kept or rejected against the threshold
     -> write              filter/job.py (Parquet partitioned by decision), then the manifest
 """

@@ -8,6 +8,7 @@ fixed head of the prompt is tokenized once per actor (`prompts.PromptEncoder`).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pyarrow as pa
 
@@ -22,12 +23,22 @@ from alpagasus_ray.data.schema import (
     PROMPT_TOKEN_IDS,
     REASON,
     REASON_DETAIL,
+    TURN_PROMPT_IDS,
+    TURN_REQUESTS,
+    TURNS,
     Decision,
     Reason,
 )
+from alpagasus_ray.filter.conversations import judged_ends
 from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
 from alpagasus_ray.text.models import load_tokenizer, model_max_len
-from alpagasus_ray.text.prompts import PromptEncoder, rating_messages, render
+from alpagasus_ray.text.prompts import (
+    PromptEncoder,
+    conversation_messages,
+    encode_prompts,
+    rating_messages,
+    render,
+)
 
 
 class PromptStage:
@@ -53,55 +64,104 @@ class PromptStage:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         todo = pending_rows(table)
+        conversations = column_or_nulls(table, TURNS)
         cols = {c: table.column(c).to_pylist() for c in (INSTRUCTION, INPUT, OUTPUT)}
-        rows = [{c: cols[c][i] for c in cols} for i in todo]
-        encoded = self.encoder(rows) if self.encoder else [None] * len(rows)
+        messages = {i: self._messages(conversations[i]) for i in todo}
+        encoded = self._encode(todo, messages, cols)
 
         n = table.num_rows
+        each = self.cfg.turns == "each"
         token_ids: list[list[int] | None] = [None] * n
+        turn_ids: list[list[list[int]] | None] = [None] * n
         num_tokens: list[int | None] = [None] * n
         decision = column_or_nulls(table, DECISION)
         reason = column_or_nulls(table, REASON)
         detail = column_or_nulls(table, REASON_DETAIL)
         limit = self.max_len - self.reserve if self.max_len else None
-        for i, ids in zip(todo, encoded, strict=True):
-            if ids is None:
+        for i in todo:
+            prompts = encoded[i]
+            if prompts is None:
                 continue
-            num_tokens[i] = len(ids)
-            if limit is not None and len(ids) > limit:
+            longest = max(len(ids) for ids in prompts)
+            num_tokens[i] = sum(len(ids) for ids in prompts)
+            if limit is not None and longest > limit:
                 decision[i] = Decision.QUARANTINED.value
                 reason[i] = Reason.PROMPT_TOO_LONG.value
                 detail[i] = (
-                    f"{len(ids)} prompt tokens + {self.reserve} answer tokens > "
+                    f"{longest} prompt tokens + {self.reserve} answer tokens > "
                     f"max_model_len {self.max_len}"
                 )
+            elif each and conversations[i] is not None:
+                turn_ids[i] = prompts
             else:
-                token_ids[i] = ids
+                token_ids[i] = prompts[0]
         new = {
             PROMPT_TOKEN_IDS: token_ids,
+            TURN_PROMPT_IDS: turn_ids,
             NUM_PROMPT_TOKENS: num_tokens,
             DECISION: decision,
             REASON: reason,
             REASON_DETAIL: detail,
         }
         if not self.cfg.loads_model():
-            new[PROMPT_REQUEST] = self._requests(n, todo, rows, decision)
+            new.update(self._requests(n, messages, cols, decision, conversations))
         return with_columns(table, new)
 
+    def _messages(self, conversation: str | None) -> list[list[dict[str, str]]] | None:
+        """A conversation row's chat messages, one per judged turn (`judge.turns`); None
+        for a triple, which takes the encoder's cached head."""
+        if conversation is None:
+            return None
+        found = json.loads(conversation)
+        ends = judged_ends(found, each=self.cfg.turns == "each")
+        dimension, layout = self.cfg.dimension, self.cfg.layout
+        return [conversation_messages(found[: end + 1], dimension, layout) for end in ends]
+
+    def _encode(
+        self, todo: list[int], messages: dict[int, Any], cols: dict[str, list]
+    ) -> dict[int, list[list[int]] | None]:
+        """Each pending row's prompts as token ids (None without a tokenizer): triples
+        through the encoder's cached head, conversations rendered and tokenized whole."""
+        if self.encoder is None:
+            return dict.fromkeys(todo)
+        triples = [i for i in todo if messages[i] is None]
+        rows = [{c: cols[c][i] for c in cols} for i in triples]
+        out: dict[int, list[list[int]] | None] = {
+            i: [ids] for i, ids in zip(triples, self.encoder(rows), strict=True)
+        }
+        for i in todo:
+            if messages[i] is not None:
+                texts = [render(m, self.tokenizer, self.use_template) for m in messages[i]]
+                out[i] = [list(x) for x in encode_prompts(self.tokenizer, texts, self.use_template)]
+        return out
+
     def _requests(
-        self, n: int, todo: list[int], rows: list[dict], decision: list[str | None]
-    ) -> list[str | None]:
+        self,
+        n: int,
+        messages: dict[int, Any],
+        cols: dict[str, list],
+        decision: list[str | None],
+        conversations: list[str | None],
+    ) -> dict[str, list]:
         """Each pending row's request, for a judge that loads no model (an API, the hash
-        stand-in): the chat messages, or for the completions endpoint the prompt text."""
-        out: list[str | None] = [None] * n
-        for i, row in zip(todo, rows, strict=True):
+        stand-in): the chat messages, or for the completions endpoint the prompt text; a
+        conversation's, one per judged turn, in `TURN_REQUESTS` under `turns: each`."""
+        single: list[str | None] = [None] * n
+        turns: list[list[str] | None] = [None] * n
+        for i, msgs in messages.items():
             if decision[i] is not None:
                 continue
-            msgs = rating_messages(
-                row[INSTRUCTION], row[INPUT], row[OUTPUT], self.cfg.dimension, self.cfg.layout
-            )
-            if self.cfg.api.endpoint == "chat":
-                out[i] = json.dumps({"messages": msgs})
+            if msgs is None:
+                triple = [cols[c][i] for c in (INSTRUCTION, INPUT, OUTPUT)]
+                msgs = [rating_messages(*triple, self.cfg.dimension, self.cfg.layout)]
+            requests = [self._request(m) for m in msgs]
+            if self.cfg.turns == "each" and conversations[i] is not None:
+                turns[i] = requests
             else:
-                out[i] = json.dumps({"prompt": render(msgs, self.tokenizer, self.use_template)})
-        return out
+                single[i] = requests[0]
+        return {PROMPT_REQUEST: single, TURN_REQUESTS: turns}
+
+    def _request(self, messages: list[dict[str, str]]) -> str:
+        if self.cfg.api.endpoint == "chat":
+            return json.dumps({"messages": messages})
+        return json.dumps({"prompt": render(messages, self.tokenizer, self.use_template)})

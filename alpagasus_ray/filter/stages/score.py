@@ -19,10 +19,14 @@ from alpagasus_ray.data.schema import (
     SCORE,
     SCORE_MASS,
     SCORE_PROBS,
+    TURN_PROMPT_IDS,
+    TURN_REQUESTS,
+    TURN_SCORES,
 )
-from alpagasus_ray.engines import JudgeEngine, make_engine
+from alpagasus_ray.engines import JudgeEngine, JudgeOutput, make_engine
 from alpagasus_ray.engines.judgement import judgement_fields
 from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
+from alpagasus_ray.filter.turns import combine
 
 
 class ScoreStage:
@@ -34,26 +38,55 @@ class ScoreStage:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         todo = pending_rows(table)
-        prompts = table.column(PROMPT_TOKEN_IDS).to_pylist()
-        requests = column_or_nulls(table, PROMPT_REQUEST)
-        outputs = (
-            self.engine.judge([prompts[i] for i in todo], [requests[i] for i in todo])
-            if todo
-            else []
-        )
+        prompts, requests = _prompts(table, todo)
+        flat = [p for row in prompts for p in row]
+        flat_requests = [r for row in requests for r in row]
+        outputs = iter(self.engine.judge(flat, flat_requests) if flat else [])
 
         n = table.num_rows
-        new: dict[str, list] = {
-            c: [None] * n for c in (SCORE, SCORE_PROBS, SCORE_MASS, JUDGE_TEXT, NUM_OUTPUT_TOKENS)
-        }
+        names = (SCORE, SCORE_PROBS, SCORE_MASS, JUDGE_TEXT, NUM_OUTPUT_TOKENS, TURN_SCORES)
+        new: dict[str, list] = {c: [None] * n for c in names}
         cols = (DECISION, REASON, REASON_DETAIL, NUM_PROMPT_TOKENS)
         new.update({c: column_or_nulls(table, c) for c in cols})
-        for i, out in zip(todo, outputs, strict=True):
-            if out.num_prompt_tokens is not None:  # what the server counted (and billed)
-                new[NUM_PROMPT_TOKENS][i] = out.num_prompt_tokens
-            fields = judgement_fields(
-                out, self.cfg.mode, self.engine.score_tokens, self.cfg.min_score_mass
-            )
+        turn_rows = column_or_nulls(table, TURN_PROMPT_IDS)
+        turn_requests = column_or_nulls(table, TURN_REQUESTS)
+        for i, row_prompts in zip(todo, prompts, strict=True):
+            judged = [self._fields(next(outputs)) for _ in row_prompts]
+            if turn_rows[i] is not None or turn_requests[i] is not None:
+                fields = combine(judged, self.cfg.turn_aggregate)
+            else:
+                fields = judged[0]
             for name, value in fields.items():
                 new[name][i] = value
         return with_columns(table, new)
+
+    def _fields(self, out: JudgeOutput) -> dict[str, Any]:
+        fields = judgement_fields(
+            out, self.cfg.mode, self.engine.score_tokens, self.cfg.min_score_mass
+        )
+        if out.num_prompt_tokens is not None:  # what the server counted (and billed)
+            fields[NUM_PROMPT_TOKENS] = out.num_prompt_tokens
+        return fields
+
+
+def _prompts(table: pa.Table, todo: list[int]) -> tuple[list[list], list[list]]:
+    """Each pending row's prompts and requests: one, or one per judged turn of a
+    conversation under `judge.turns: each`."""
+    single, single_requests = (
+        column_or_nulls(table, PROMPT_TOKEN_IDS),
+        column_or_nulls(table, PROMPT_REQUEST),
+    )
+    turns, turn_requests = (
+        column_or_nulls(table, TURN_PROMPT_IDS),
+        column_or_nulls(table, TURN_REQUESTS),
+    )
+    prompts, requests = [], []
+    for i in todo:
+        if turns[i] is None and turn_requests[i] is None:
+            prompts.append([single[i]])
+            requests.append([single_requests[i]])
+            continue
+        k = len(turns[i] if turns[i] is not None else turn_requests[i])
+        prompts.append(turns[i] if turns[i] is not None else [None] * k)
+        requests.append(turn_requests[i] if turn_requests[i] is not None else [None] * k)
+    return prompts, requests

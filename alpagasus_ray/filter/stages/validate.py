@@ -27,6 +27,7 @@ from alpagasus_ray.data.schema import (
     SOURCE,
     SOURCE_ROW,
     SUSPICIOUS,
+    TURNS,
     Decision,
     Reason,
     conform,
@@ -39,7 +40,7 @@ from alpagasus_ray.filter.suspicious import addresses_judge
 
 _MISSING = object()
 _OWN_HEAD = [ID, INSTRUCTION, INPUT, OUTPUT, SOURCE, SOURCE_ROW]
-_OWN_TAIL = [SUSPICIOUS, DECISION, REASON, REASON_DETAIL]
+_OWN_TAIL = [SUSPICIOUS, DECISION, REASON, REASON_DETAIL, TURNS]
 
 
 def content_id(*parts: Any) -> str:

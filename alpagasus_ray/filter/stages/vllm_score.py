@@ -28,6 +28,7 @@ from alpagasus_ray.engines.vllm import (
     sampling_params,
 )
 from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
+from alpagasus_ray.filter.stages.vllm_turns import TurnGather, explode_turns
 from alpagasus_ray.text.tokenizer_probe import probe_tokenizer
 
 SKIPPED = "alpagasus-ray: decided before scoring"
@@ -43,6 +44,7 @@ class VLLMRequestStage:
         self.params = sampling_params(judge, score_tokens)
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        table = explode_turns(table)  # judge.turns: each: one engine row per judged turn
         table = table.rename_columns(
             [CARRIED_PREFIX + c if c in RESERVED_COLUMNS else c for c in table.column_names]
         )
@@ -120,4 +122,9 @@ def score_with_vllm(
     request = VLLMRequestStage(judge, score_tokens)
     ds = ds.map_batches(request, batch_format="pyarrow", num_cpus=task_cpus)
     ds = processor(ds)
-    return ds.map_batches(VLLMResultStage(judge), batch_format="pyarrow", num_cpus=task_cpus)
+    ds = ds.map_batches(VLLMResultStage(judge), batch_format="pyarrow", num_cpus=task_cpus)
+    if judge.turns == "each":  # one actor: a conversation's turn rows meet there
+        gather = {"how": judge.turn_aggregate}
+        ds = ds.map_batches(TurnGather, fn_constructor_kwargs=gather, batch_format="pyarrow",
+                            concurrency=1, num_cpus=task_cpus)  # fmt: skip
+    return ds
