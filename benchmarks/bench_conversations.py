@@ -83,7 +83,7 @@ def measure(tmp: Path, model: Path, chats: list[dict], few: int, turns: str) -> 
     steady = walls[len(chats)] - walls[few]
     return {
         "prompt tokens": full["input_tokens"],
-        "tokens computed": queries - hits if hits is not None and queries else None,
+        "tokens computed": int(queries - hits) if hits is not None and queries else None,
         "hit rate": full.get("prefix_cache_hit_rate"),
         "wall s": walls[len(chats)],
         "steady s": steady,

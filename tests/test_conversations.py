@@ -315,3 +315,18 @@ def test_vllm_turn_rows_come_back_whole_whatever_batches_they_return_in(tiny_jud
             continue
         assert row["turn_scores"] == [sum(ids) % 6 for ids in turns]
         assert row["score"] == min(row["turn_scores"])
+
+
+def test_the_dry_run_counts_a_request_per_judged_turn(ray_session, stand_in, tmp_path):
+    """`--dry-run` under `each` counts every turn's request and prompt tokens, and they are
+    what the job then sends (the stand-in counts prompts as a server would, no tokenizer)."""
+    from alpagasus_ray.filter.estimate import estimate, render
+
+    write_jsonl(tmp_path / "in" / "chat.jsonl", [*LONG, BAD[0][0]])
+    cfg = job_config(str(tmp_path / "in"), str(tmp_path / "out"), stand_in, judge__turns="each",
+                     input__columns__messages="messages")  # fmt: skip
+    dry = estimate(cfg)
+    assert (dry["rows_to_judge"], dry["requests"], dry["answer_tokens_at_most"]) == (3, 6, 6)
+    assert "1 a request; 6 requests" in render(dry, cfg)
+    manifest = run_filter(cfg)
+    assert manifest.engine_metrics["input_tokens"] == dry["prompt_tokens"] > 0

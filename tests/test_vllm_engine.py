@@ -318,20 +318,25 @@ def conversations(n: int, seed: int) -> tuple[list[dict], list[dict]]:
 
 
 def test_each_turn_on_vllm_scores_as_that_turn_rated_alone(ray_session, smollm2, tmp_path):
-    """SmolLM2 on vLLM, prefix layout: every answer of a conversation rated with the turns
-    before it, its turn rows re-batched by Ray's engine stage (3 rows a batch) and gathered
-    back; each turn's score equals its conversation cut after it, rated alone (`last`)."""
+    """SmolLM2 on vLLM, prefix layout, one run: every answer of a conversation rated with the
+    turns before it, its turn rows re-batched by Ray's engine stage (3 rows a batch) and
+    gathered back; each conversation cut short (a row of its own) scores its turns as the
+    whole conversation scores those turns. (`last` against `each` on the HF engine, the
+    stand-in and the API: tests/test_conversations.py, tests/test_api_engine.py.)"""
     chats, cut = conversations(8, seed=31)
-    sets = {"judge__engine": "vllm", "input__columns__messages": "messages",
-            "judge__batch_size": 3}  # fmt: skip
-    src = write_jsonl(tmp_path / "chats.jsonl", chats)
-    manifest, each = filter_job(tmp_path, "each", src, smollm2, judge__turns="each", **sets)
-    conserved(manifest, each, len(chats))
-    _, alone = filter_job(tmp_path, "alone", write_jsonl(tmp_path / "cut.jsonl", cut), smollm2,
-                          **sets)  # fmt: skip
-    for rid, row in each.items():
-        n = len(json.loads(row["messages"])) // 2
-        want = [alone[f"{rid}-{k}"][SCORE] for k in range(n)]
-        assert row["turn_scores"] == pytest.approx(want, abs=SCORE_TOL), rid
-        assert row[SCORE] == pytest.approx(min(want), abs=SCORE_TOL)
+    whole = {json.dumps(c["messages"]) for c in chats}
+    short = [c for c in cut if json.dumps(c["messages"]) not in whole]  # the rest: duplicates
+    src = write_jsonl(tmp_path / "chats.jsonl", chats + short)
+    manifest, rows = filter_job(tmp_path, "each", src, smollm2, judge__engine="vllm",
+                                input__columns__messages="messages", judge__batch_size=3,
+                                judge__turns="each")  # fmt: skip
+    conserved(manifest, rows, len(chats) + len(short))
+    assert len(short) == 12  # conversations of 1, 2, 3 and 4 exchanges, twice
+    for c in short:
+        full = rows[c["row"].split("-")[0]]["turn_scores"]
+        part = rows[c["row"]]["turn_scores"]
+        assert len(part) == len(c["messages"]) // 2 < len(full)
+        assert part == pytest.approx(full[: len(part)], abs=SCORE_TOL), c["row"]
+    for row in rows.values():
+        assert row[SCORE] == pytest.approx(min(row["turn_scores"]), abs=1e-9)
     assert manifest.engine_metrics["prefix_cache_hit_rate"] > 0

@@ -17,9 +17,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alpagasus_ray.data.schema import DECISION, NUM_PROMPT_TOKENS, PROMPT_REQUEST
+from alpagasus_ray.data.schema import (
+    DECISION,
+    NUM_PROMPT_TOKENS,
+    PROMPT_REQUEST,
+    TURN_PROMPT_IDS,
+    TURN_REQUESTS,
+)
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.duplicates import SeenContent
+from alpagasus_ray.filter.stages.common import column_or_nulls
 from alpagasus_ray.filter.stages.dedup import DUPLICATE, DedupStage
 
 
@@ -30,22 +37,40 @@ def count_batch(table: pa.Table) -> pa.Table:
     pending = pc.fill_null(pc.is_null(table.column(DECISION)), False)
     todo = table.filter(pending)
     counted = int(pc.sum(todo.column(NUM_PROMPT_TOKENS)).as_py() or 0)
-    estimated = 0
-    if PROMPT_REQUEST in todo.column_names:
-        n_tokens = todo.column(NUM_PROMPT_TOKENS).to_pylist()
-        for n, req in zip(n_tokens, todo.column(PROMPT_REQUEST).to_pylist(), strict=True):
-            if n is None and req:
+    estimated, requests = 0, 0
+    n_tokens = todo.column(NUM_PROMPT_TOKENS).to_pylist()
+    for n, row_requests in zip(n_tokens, _requests(todo), strict=True):
+        requests += len(row_requests)
+        if n is None:
+            for req in filter(None, row_requests):
                 r = json.loads(req)
                 estimated += estimate_tokens(r.get("messages"), r.get("prompt"))
     copies = pc.sum(pc.fill_null(pc.equal(table.column(DECISION), DUPLICATE), False))
     counts = {
         "rows": table.num_rows,
         "to_judge": todo.num_rows,
+        "requests": requests,
         "duplicates": int(copies.as_py() or 0),
         "counted_tokens": counted,
         "estimated_tokens": estimated,
     }
     return pa.table({k: [v] for k, v in counts.items()})
+
+
+def _requests(todo: pa.Table) -> list[list[str | None]]:
+    """Each row's requests to the judge: one, or one per judged turn (`judge.turns: each`)."""
+    single = column_or_nulls(todo, PROMPT_REQUEST)
+    turns = column_or_nulls(todo, TURN_PROMPT_IDS)
+    turn_requests = column_or_nulls(todo, TURN_REQUESTS)
+    out: list[list[str | None]] = []
+    for one, ids, many in zip(single, turns, turn_requests, strict=True):
+        if many is not None:
+            out.append(many)
+        elif ids is not None:
+            out.append([None] * len(ids))
+        else:
+            out.append([one])
+    return out
 
 
 def estimate(cfg: FilterJobConfig) -> dict[str, Any]:
@@ -68,18 +93,19 @@ def estimate(cfg: FilterJobConfig) -> dict[str, Any]:
     ds = prompted(ds, cfg.judge, cfg.ray)
     ds = ds.map_batches(count_batch, batch_format="pyarrow", num_cpus=light)
     totals = dict.fromkeys(
-        ("rows", "to_judge", "duplicates", "counted_tokens", "estimated_tokens"), 0
+        ("rows", "to_judge", "requests", "duplicates", "counted_tokens", "estimated_tokens"), 0
     )
     for row in ds.iter_rows():
         for k in totals:
             totals[k] += row[k]
     prompt_tokens = totals["counted_tokens"] + totals["estimated_tokens"]
     per_row = judge.answer_tokens()
-    answer_tokens = totals["to_judge"] * per_row
+    answer_tokens = totals["requests"] * per_row
     cost = judge.api.cost(prompt_tokens, answer_tokens) if judge.engine == "openai" else None
     return {
         "rows_read": totals["rows"],
         "rows_to_judge": totals["to_judge"],
+        "requests": totals["requests"],
         "rows_quarantined": totals["rows"] - totals["to_judge"] - totals["duplicates"],
         "duplicates": totals["duplicates"],
         "prompt_tokens": prompt_tokens,
@@ -99,7 +125,10 @@ def render(e: dict[str, Any], cfg: FilterJobConfig) -> str:
         if e["prompt_tokens_estimated"]
         else "counted with the judge's tokenizer"
     )
-    per_row = "1 a row" if judge.mode == "logprobs" else f"up to {judge.answer_tokens()} a row"
+    per = (
+        "a row" if e["requests"] == e["rows_to_judge"] else f"a request; {e['requests']:,} requests"
+    )
+    per_row = f"1 {per}" if judge.mode == "logprobs" else f"up to {judge.answer_tokens()} {per}"
     lines = [
         "dry run: nothing was sent to the judge and nothing was written",
         f"rows read        {e['rows_read']:,}",
