@@ -17,16 +17,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alpagasus_ray.data.schema import (
-    DECISION,
-    NUM_PROMPT_TOKENS,
-    PROMPT_REQUEST,
-    TURN_PROMPT_IDS,
-    TURN_REQUESTS,
-)
+from alpagasus_ray.data.schema import DECISION, NUM_PROMPT_TOKENS
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.duplicates import SeenContent
-from alpagasus_ray.filter.stages.common import column_or_nulls
+from alpagasus_ray.filter.stages.common import row_prompts
 from alpagasus_ray.filter.stages.dedup import DUPLICATE, DedupStage
 
 
@@ -39,7 +33,8 @@ def count_batch(table: pa.Table) -> pa.Table:
     counted = int(pc.sum(todo.column(NUM_PROMPT_TOKENS)).as_py() or 0)
     estimated, requests = 0, 0
     n_tokens = todo.column(NUM_PROMPT_TOKENS).to_pylist()
-    for n, row_requests in zip(n_tokens, _requests(todo), strict=True):
+    _, each_requests = row_prompts(todo, list(range(todo.num_rows)))
+    for n, row_requests in zip(n_tokens, each_requests, strict=True):
         requests += len(row_requests)
         if n is None:
             for req in filter(None, row_requests):
@@ -55,22 +50,6 @@ def count_batch(table: pa.Table) -> pa.Table:
         "estimated_tokens": estimated,
     }
     return pa.table({k: [v] for k, v in counts.items()})
-
-
-def _requests(todo: pa.Table) -> list[list[str | None]]:
-    """Each row's requests to the judge: one, or one per judged turn (`judge.turns: each`)."""
-    single = column_or_nulls(todo, PROMPT_REQUEST)
-    turns = column_or_nulls(todo, TURN_PROMPT_IDS)
-    turn_requests = column_or_nulls(todo, TURN_REQUESTS)
-    out: list[list[str | None]] = []
-    for one, ids, many in zip(single, turns, turn_requests, strict=True):
-        if many is not None:
-            out.append(many)
-        elif ids is not None:
-            out.append([None] * len(ids))
-        else:
-            out.append([one])
-    return out
 
 
 def estimate(cfg: FilterJobConfig) -> dict[str, Any]:

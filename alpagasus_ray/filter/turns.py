@@ -1,8 +1,9 @@
-"""`judge.turns: each`: a conversation row's judged turns, and their judgements folded back
-into the row's own.
+"""`judge.turns: each`: the judgements of a conversation's turns folded back into its row's
+own.
 
 Every engine path folds with `combine`: the actor-pool engines inside one batch
-(`stages/score.py`), vLLM after its turn rows come back (`stages/vllm_turns.py`).
+(`stages/score.py`), vLLM after its turn rows come back (`stages/vllm_turns.py`); the
+score stage and the dry run find a row's prompts with `stages.common.row_prompts`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alpagasus_ray.data.schema import DECISION, column_type
+from alpagasus_ray.data.schema import (
+    DECISION,
+    PROMPT_REQUEST,
+    PROMPT_TOKEN_IDS,
+    TURN_PROMPT_IDS,
+    TURN_REQUESTS,
+    column_type,
+)
 
 
 def with_columns(table: pa.Table, columns: dict[str, list[Any]]) -> pa.Table:
@@ -32,3 +39,23 @@ def column_or_nulls(table: pa.Table, name: str) -> list[Any]:
     if name in table.column_names:
         return table.column(name).to_pylist()
     return [None] * table.num_rows
+
+
+def row_prompts(table: pa.Table, rows: list[int]) -> tuple[list[list], list[list]]:
+    """The prompts (token ids) and requests (an API judge's) of each of `rows`: one each,
+    or one per judged turn of a conversation under `judge.turns: each`; None where the
+    prompt stage made none of that kind."""
+    single = column_or_nulls(table, PROMPT_TOKEN_IDS)
+    single_requests = column_or_nulls(table, PROMPT_REQUEST)
+    turns = column_or_nulls(table, TURN_PROMPT_IDS)
+    turn_requests = column_or_nulls(table, TURN_REQUESTS)
+    prompts, requests = [], []
+    for i in rows:
+        if turns[i] is None and turn_requests[i] is None:
+            prompts.append([single[i]])
+            requests.append([single_requests[i]])
+            continue
+        k = len(turns[i] if turns[i] is not None else turn_requests[i])
+        prompts.append(turns[i] if turns[i] is not None else [None] * k)
+        requests.append(turn_requests[i] if turn_requests[i] is not None else [None] * k)
+    return prompts, requests

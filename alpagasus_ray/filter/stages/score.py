@@ -12,8 +12,6 @@ from alpagasus_ray.data.schema import (
     JUDGE_TEXT,
     NUM_OUTPUT_TOKENS,
     NUM_PROMPT_TOKENS,
-    PROMPT_REQUEST,
-    PROMPT_TOKEN_IDS,
     REASON,
     REASON_DETAIL,
     SCORE,
@@ -25,7 +23,12 @@ from alpagasus_ray.data.schema import (
 )
 from alpagasus_ray.engines import JudgeEngine, JudgeOutput, make_engine
 from alpagasus_ray.engines.judgement import judgement_fields
-from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
+from alpagasus_ray.filter.stages.common import (
+    column_or_nulls,
+    pending_rows,
+    row_prompts,
+    with_columns,
+)
 from alpagasus_ray.filter.turns import combine
 
 
@@ -38,7 +41,7 @@ class ScoreStage:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         todo = pending_rows(table)
-        prompts, requests = _prompts(table, todo)
+        prompts, requests = row_prompts(table, todo)
         flat = [p for row in prompts for p in row]
         flat_requests = [r for row in requests for r in row]
         outputs = iter(self.engine.judge(flat, flat_requests) if flat else [])
@@ -50,8 +53,8 @@ class ScoreStage:
         new.update({c: column_or_nulls(table, c) for c in cols})
         turn_rows = column_or_nulls(table, TURN_PROMPT_IDS)
         turn_requests = column_or_nulls(table, TURN_REQUESTS)
-        for i, row_prompts in zip(todo, prompts, strict=True):
-            judged = [self._fields(next(outputs)) for _ in row_prompts]
+        for i, mine in zip(todo, prompts, strict=True):
+            judged = [self._fields(next(outputs)) for _ in mine]
             if turn_rows[i] is not None or turn_requests[i] is not None:
                 fields = combine(judged, self.cfg.turn_aggregate)
             else:
@@ -67,26 +70,3 @@ class ScoreStage:
         if out.num_prompt_tokens is not None:  # what the server counted (and billed)
             fields[NUM_PROMPT_TOKENS] = out.num_prompt_tokens
         return fields
-
-
-def _prompts(table: pa.Table, todo: list[int]) -> tuple[list[list], list[list]]:
-    """Each pending row's prompts and requests: one, or one per judged turn of a
-    conversation under `judge.turns: each`."""
-    single, single_requests = (
-        column_or_nulls(table, PROMPT_TOKEN_IDS),
-        column_or_nulls(table, PROMPT_REQUEST),
-    )
-    turns, turn_requests = (
-        column_or_nulls(table, TURN_PROMPT_IDS),
-        column_or_nulls(table, TURN_REQUESTS),
-    )
-    prompts, requests = [], []
-    for i in todo:
-        if turns[i] is None and turn_requests[i] is None:
-            prompts.append([single[i]])
-            requests.append([single_requests[i]])
-            continue
-        k = len(turns[i] if turns[i] is not None else turn_requests[i])
-        prompts.append(turns[i] if turns[i] is not None else [None] * k)
-        requests.append(turn_requests[i] if turn_requests[i] is not None else [None] * k)
-    return prompts, requests
