@@ -330,3 +330,39 @@ def test_the_dry_run_counts_a_request_per_judged_turn(ray_session, stand_in, tmp
     assert "1 a request; 6 requests" in render(dry, cfg)
     manifest = run_filter(cfg)
     assert manifest.engine_metrics["input_tokens"] == dry["prompt_tokens"] > 0
+
+
+def test_turns_each_is_a_judge_setting_and_older_outputs_rerun_as_before(
+    ray_session, stand_in, tmp_path
+):
+    """`each` is in the run's fingerprint only when on: an output written before the setting
+    existed (its fingerprint without it) still reruns as a no-op or a re-decision, while a
+    rerun that would judge the turns is refused before any row."""
+    from alpagasus_ray.filter.preflight import PreflightError
+
+    write_jsonl(tmp_path / "in" / "chat.jsonl", LONG)
+    sets = {"input__columns__messages": "messages", "output__overwrite": False}
+    cfg = job_config(str(tmp_path / "in"), str(tmp_path / "out"), stand_in, **sets)
+    first = run_filter(cfg)
+    assert not any(k.startswith("judge.turn") for k in first.fingerprint)
+    assert run_filter(cfg).attempts == first.attempts  # an identical rerun: nothing judged
+    again = job_config(str(tmp_path / "in"), str(tmp_path / "out"), stand_in, **sets,
+                       filter__threshold=1.0)  # fmt: skip
+    assert run_filter(again).threshold == 1.0  # re-decided from the stored scores
+    each = job_config(str(tmp_path / "in"), str(tmp_path / "out"), stand_in, **sets,
+                      judge__turns="each")  # fmt: skip
+    with pytest.raises(PreflightError, match="judge.turns"):
+        run_filter(each)
+
+
+def test_an_output_from_before_conversations_reruns_as_before(ray_session, stand_in, tmp_path):
+    """Its fingerprint's column map has no `messages` key: the same map, that key unset."""
+    write_jsonl(tmp_path / "in" / "flat.jsonl", FLAT)
+    cfg = job_config(str(tmp_path / "in"), str(tmp_path / "out"), stand_in,
+                     output__overwrite=False)  # fmt: skip
+    first = run_filter(cfg)
+    manifest = tmp_path / "out" / "manifest.json"
+    older = json.loads(manifest.read_text())
+    del older["fingerprint"]["input.columns"]["messages"]
+    manifest.write_text(json.dumps(older))
+    assert run_filter(cfg).attempts == first.attempts  # still the same run: nothing judged

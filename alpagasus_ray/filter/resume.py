@@ -53,8 +53,6 @@ _JUDGE_KEYS = (
     "mode",
     "dimension",
     "layout",
-    "turns",
-    "turn_aggregate",
     "chat_template",
     "max_model_len",
     "max_new_tokens",
@@ -81,6 +79,8 @@ def fingerprint(cfg: FilterJobConfig, listing: Listing) -> dict[str, Any]:
         extra = {f"judge.api.{k}": getattr(cfg.judge.api, k) for k in ("endpoint", "top_logprobs")}
     if cfg.judge.stop_after_score_line:  # named only when on, so earlier runs still resume
         extra["judge.stop_after_score_line"] = True
+    if cfg.judge.turns == "each":  # the same: outputs from before `turns` rerun as they did
+        extra.update({"judge.turns": "each", "judge.turn_aggregate": cfg.judge.turn_aggregate})
     return {
         "input.uri": cfg.input.uri,
         INPUT_FILES: {path: file_identity(fs, path) for path in files},
@@ -91,6 +91,16 @@ def fingerprint(cfg: FilterJobConfig, listing: Listing) -> dict[str, Any]:
         "filter.threshold": cfg.filter.threshold,
         "filter.keep_fraction": cfg.filter.keep_fraction,
     }
+
+
+def _same(before: Any, now: Any) -> bool:
+    """Equal, a key a section of settings lacks read as unset: a column map written before
+    a key was added (`input.columns.messages`) is the same map with that key unset."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        return {k: v for k, v in before.items() if v is not None} == {
+            k: v for k, v in now.items() if v is not None
+        }
+    return before == now
 
 
 INPUT_FILES = "input files"
@@ -142,7 +152,7 @@ def check_rerun(
             "resume", "input.limit", f"a run with a row limit cannot resume {cfg.output.uri}"
         )
     before = (manifest.fingerprint if manifest is not None else run.get("fingerprint")) or {}
-    changed = [k for k in now if before.get(k) != now[k]]
+    changed = [k for k in now if not _same(before.get(k), now[k])]
     judged_alike = not [k for k in changed if k not in DECISION_KEYS]
     if manifest is not None and cfg.output.retry_failed and not changed:
         return "retry", manifest
