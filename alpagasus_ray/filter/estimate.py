@@ -33,7 +33,7 @@ def count_batch(table: pa.Table) -> pa.Table:
     counted = int(pc.sum(todo.column(NUM_PROMPT_TOKENS)).as_py() or 0)
     estimated, requests = 0, 0
     n_tokens = todo.column(NUM_PROMPT_TOKENS).to_pylist()
-    _, each_requests = row_prompts(todo, list(range(todo.num_rows)))
+    _, each_requests, _ = row_prompts(todo, list(range(todo.num_rows)))
     for n, row_requests in zip(n_tokens, each_requests, strict=True):
         requests += len(row_requests)
         if n is None:

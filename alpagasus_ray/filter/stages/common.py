@@ -41,21 +41,22 @@ def column_or_nulls(table: pa.Table, name: str) -> list[Any]:
     return [None] * table.num_rows
 
 
-def row_prompts(table: pa.Table, rows: list[int]) -> tuple[list[list], list[list]]:
+def row_prompts(table: pa.Table, rows: list[int]) -> tuple[list[list], list[list], list[bool]]:
     """The prompts (token ids) and requests (an API judge's) of each of `rows`: one each,
-    or one per judged turn of a conversation under `judge.turns: each`; None where the
-    prompt stage made none of that kind."""
+    or one per judged turn of a conversation under `judge.turns: each` (the third list says
+    which rows those are); None where the prompt stage made none of that kind."""
     single = column_or_nulls(table, PROMPT_TOKEN_IDS)
     single_requests = column_or_nulls(table, PROMPT_REQUEST)
     turns = column_or_nulls(table, TURN_PROMPT_IDS)
     turn_requests = column_or_nulls(table, TURN_REQUESTS)
-    prompts, requests = [], []
+    prompts, requests, turned = [], [], []
     for i in rows:
-        if turns[i] is None and turn_requests[i] is None:
+        turned.append(turns[i] is not None or turn_requests[i] is not None)
+        if not turned[-1]:
             prompts.append([single[i]])
             requests.append([single_requests[i]])
             continue
         k = len(turns[i] if turns[i] is not None else turn_requests[i])
         prompts.append(turns[i] if turns[i] is not None else [None] * k)
         requests.append(turn_requests[i] if turn_requests[i] is not None else [None] * k)
-    return prompts, requests
+    return prompts, requests, turned

@@ -17,8 +17,6 @@ from alpagasus_ray.data.schema import (
     SCORE,
     SCORE_MASS,
     SCORE_PROBS,
-    TURN_PROMPT_IDS,
-    TURN_REQUESTS,
     TURN_SCORES,
 )
 from alpagasus_ray.engines import JudgeEngine, JudgeOutput, make_engine
@@ -41,7 +39,7 @@ class ScoreStage:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         todo = pending_rows(table)
-        prompts, requests = row_prompts(table, todo)
+        prompts, requests, turned = row_prompts(table, todo)
         flat = [p for row in prompts for p in row]
         flat_requests = [r for row in requests for r in row]
         outputs = iter(self.engine.judge(flat, flat_requests) if flat else [])
@@ -51,14 +49,9 @@ class ScoreStage:
         new: dict[str, list] = {c: [None] * n for c in names}
         cols = (DECISION, REASON, REASON_DETAIL, NUM_PROMPT_TOKENS)
         new.update({c: column_or_nulls(table, c) for c in cols})
-        turn_rows = column_or_nulls(table, TURN_PROMPT_IDS)
-        turn_requests = column_or_nulls(table, TURN_REQUESTS)
-        for i, mine in zip(todo, prompts, strict=True):
+        for i, mine, is_turns in zip(todo, prompts, turned, strict=True):
             judged = [self._fields(next(outputs)) for _ in mine]
-            if turn_rows[i] is not None or turn_requests[i] is not None:
-                fields = combine(judged, self.cfg.turn_aggregate)
-            else:
-                fields = judged[0]
+            fields = combine(judged, self.cfg.turn_aggregate) if is_turns else judged[0]
             for name, value in fields.items():
                 new[name][i] = value
         return with_columns(table, new)
