@@ -84,7 +84,7 @@ def cluster_config(port: int) -> dict:
         "head_node_type": "ray.head.default",
         "auth": {},
         "upscaling_speed": 1.0,
-        "idle_timeout_minutes": 0.5,
+        "idle_timeout_minutes": IDLE_MINUTES,
         "docker": {},
         "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
         "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [],
@@ -92,6 +92,17 @@ def cluster_config(port: int) -> dict:
         "head_start_ray_commands": [], "worker_start_ray_commands": [],
     }  # fmt: skip
 
+
+# The test cluster's own clocks, shorter than Ray's defaults where only waiting is saved:
+# an idle GPU node goes after 15 s (default 5 min), and the GCS asks each raylet whether it is
+# alive every second (default every 3 s). What decides a node dead is unchanged: 5 checks in a
+# row that failed, each given Ray's default 10 s to answer, and a check starts only once the
+# last one has ended (the GCS's health check manager); so a raylet slowed by a loaded machine
+# is dead only after about 55 s without an answer (65 s by default), and a killed one (its port
+# closed: each check fails at once) after about 5 s instead of 15 s. `make test-under-load`
+# runs these scenarios beside a CPU hog.
+IDLE_MINUTES = 0.25
+HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000"}
 
 # One fake cluster on the machine at a time, whichever lane starts it: the fake provider
 # gives every cluster's worker nodes the same node ids (`fff...00001`, ...), so two clusters
@@ -116,7 +127,8 @@ def fake_cluster(one_cluster_at_a_time, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | WORKER_NICENESS
     env.update(HOME=str(tmp), PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="disabled",
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_FAKE_CLUSTER="1",
-               AUTOSCALER_UPDATE_INTERVAL_S="1", **{CLUSTER_MARK: temp_dir})  # fmt: skip
+               AUTOSCALER_UPDATE_INTERVAL_S="1", **HEALTH_CHECKS,
+               **{CLUSTER_MARK: temp_dir})  # fmt: skip
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
            f"--port={port}", f"--autoscaling-config={config}", "--num-cpus=1", "--num-gpus=0",
            f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
@@ -274,7 +286,7 @@ def wait_for_the_end(cluster: dict, job: str, gpu_nodes: list | None = None) -> 
             gpu_nodes.append(len(alive_gpu_nodes(cluster)))
         return job_status(cluster, job)[0] in ENDED
 
-    wait_until(done, 900, "the job", cluster, every=5.0)
+    wait_until(done, 900, "the job", cluster)
     return job_status(cluster, job)
 
 

@@ -143,27 +143,6 @@ def test_logprobs_mode_matches_hf_on_tiny_model(ray_session, vllm_tiny, tiny_inp
     assert len(metrics["prefix_cache_replicas"]) == 1
 
 
-def test_generate_mode_parses_real_engine_text(ray_session, vllm_tiny, tiny_input, tmp_path):
-    """The paper's way: decode, then the shared parser. A random model writes no score, so
-    its rows fail as unparseable with the text kept; the same text as the HF engine."""
-    over = {"judge__mode": "generate", "judge__max_new_tokens": 8}
-    _, hf = filter_job(tmp_path, "hf", tiny_input, vllm_tiny, **over)
-    manifest, vl = filter_job(tmp_path, "vllm", tiny_input, vllm_tiny, judge__engine="vllm", **over)
-    conserved(manifest, vl, 42)
-    assert manifest.counts["quarantined"] == 2
-    judged = [r for r in vl.values() if r[DECISION] != "quarantined"]
-    assert len(judged) == 40 and all(r["judge_text"] for r in judged)
-    assert {r[REASON] for r in judged if r[DECISION] == "failed"} <= {"unparseable_judgement"}
-    both = [rid for rid in vl if judged_in_both(vl[rid], hf[rid])]
-    assert len(both) >= 26, both  # 33 distinct contents in 40 rows: at most 7 copies a run
-    for rid, v in vl.items():
-        if rid in both:
-            assert v["num_output_tokens"] == hf[rid]["num_output_tokens"], rid
-        # The same greedy tokens; a cut-off multi-byte character at the end is rendered as
-        # U+FFFD by the HF decode and held back by vLLM's incremental detokenizer.
-        assert same_text(v["judge_text"], hf[rid]["judge_text"]), rid
-
-
 @pytest.fixture(scope="module")
 def smol_input(tmp_path_factory) -> Path:
     rows = synthetic_examples(24, seed=9)
@@ -225,16 +204,33 @@ def test_prefix_layout_reuses_the_cache_paper_layout_does_not(smol_runs):
         assert metrics["prefix_cache_query_tokens"] == metrics["input_tokens"]
 
 
-def test_smollm2_generate_mode_matches_hf(ray_session, smollm2, smol_input, tmp_path):
-    over = {"judge__mode": "generate", "judge__max_new_tokens": 24, "input__limit": 8}
-    _, hf = filter_job(tmp_path, "hf", smol_input, smollm2, **over)
-    manifest, vl = filter_job(tmp_path, "vllm", smol_input, smollm2, judge__engine="vllm", **over)
-    conserved(manifest, vl, 8)
+def test_smollm2_generate_mode_matches_hf(ray_session, smollm2, tmp_path):
+    """The paper's way: decode, then the shared parser, on a real instruct model: the same
+    greedy text, token counts, scores and decisions as the HF engine; a row that cannot be
+    judged is quarantined before the engine, and a text with no score fails as unparseable
+    with the text kept."""
+    rows = synthetic_examples(8, seed=9) + BAD_ROWS
+    for i, row in enumerate(rows):
+        row["row"] = f"g{i}"
+    src = write_jsonl(tmp_path / "rows.jsonl", rows)
+    over = {"judge__mode": "generate", "judge__max_new_tokens": 24}
+    _, hf = filter_job(tmp_path, "hf", src, smollm2, **over)
+    manifest, vl = filter_job(tmp_path, "vllm", src, smollm2, judge__engine="vllm", **over)
+    conserved(manifest, vl, 10)
     assert hf.keys() == vl.keys()
+    assert {vl[r][REASON] for r in vl if vl[r][DECISION] == "quarantined"} == {
+        "null_field",
+        "prompt_too_long",
+    }
+    judged = [r for r in vl.values() if r[DECISION] != "quarantined"]
+    assert len(judged) == 8 and all(r["judge_text"] for r in judged)
+    assert {r[REASON] for r in judged if r[DECISION] == "failed"} <= {"unparseable_judgement"}
     for rid, v in vl.items():
         h = hf[rid]
         if judged_in_both(v, h):
             assert v["num_output_tokens"] == h["num_output_tokens"], rid
+        # The same greedy tokens; a cut-off multi-byte character at the end is rendered as
+        # U+FFFD by the HF decode and held back by vLLM's incremental detokenizer.
         assert same_text(v["judge_text"], h["judge_text"]), rid
         assert (v[DECISION], v[REASON], v[SCORE]) == (h[DECISION], h[REASON], h[SCORE]), rid
 
