@@ -65,6 +65,18 @@ print(client.submit_job(entrypoint=entrypoint, entrypoint_resources=json.loads(r
 """
 
 
+# The test cluster's own clocks, shorter than Ray's defaults where only waiting is saved:
+# an idle GPU node goes after 15 s (30 s before; Ray's default 5 min), and the GCS asks each
+# raylet whether it is alive every second (default every 3 s). What decides a node dead is
+# unchanged: 5 checks in a row that failed, each given Ray's default 10 s to answer, and a
+# check starts only once the last one has ended (the GCS's health check manager); so a
+# raylet slowed by a loaded machine is dead only after about 55 s without an answer (65 s by
+# default), and a killed one (its port closed: each check fails at once) after about 5 s
+# instead of 15 s. `make test-under-load` runs these scenarios beside a CPU hog.
+IDLE_MINUTES = 0.25
+HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000"}
+
+
 def cluster_config(port: int) -> dict:
     """The fake provider's cluster: a head without GPUs, a GPU node type from 0, and a CPU
     node type from 0 that a job's driver can ask for (`entrypoint_resources`)."""
@@ -92,17 +104,6 @@ def cluster_config(port: int) -> dict:
         "head_start_ray_commands": [], "worker_start_ray_commands": [],
     }  # fmt: skip
 
-
-# The test cluster's own clocks, shorter than Ray's defaults where only waiting is saved:
-# an idle GPU node goes after 15 s (default 5 min), and the GCS asks each raylet whether it is
-# alive every second (default every 3 s). What decides a node dead is unchanged: 5 checks in a
-# row that failed, each given Ray's default 10 s to answer, and a check starts only once the
-# last one has ended (the GCS's health check manager); so a raylet slowed by a loaded machine
-# is dead only after about 55 s without an answer (65 s by default), and a killed one (its port
-# closed: each check fails at once) after about 5 s instead of 15 s. `make test-under-load`
-# runs these scenarios beside a CPU hog.
-IDLE_MINUTES = 0.25
-HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000"}
 
 # One fake cluster on the machine at a time, whichever lane starts it: the fake provider
 # gives every cluster's worker nodes the same node ids (`fff...00001`, ...), so two clusters
