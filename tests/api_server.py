@@ -42,6 +42,15 @@ class VLLMServer:
         return self.root + "/v1"
 
     def wait(self, timeout: float = 300) -> VLLMServer:
+        """Until the server answers; a server that does not (it exited, it is not ready in
+        time, the wait is interrupted with Ctrl-C) is stopped, since no caller will."""
+        try:
+            return self._wait(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait(self, timeout: float) -> VLLMServer:
         deadline = time.monotonic() + timeout
         req = urllib.request.Request(self.base_url + "/models")
         if self.api_key:
@@ -54,12 +63,14 @@ class VLLMServer:
                     return self
             except OSError:
                 time.sleep(1)
-        self.stop()
         raise TimeoutError(f"vLLM server not ready in {timeout} s: {self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()

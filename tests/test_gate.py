@@ -50,3 +50,26 @@ def test_a_failing_lane_fails_the_gate(tmp_path, failing):
     assert code != 0, lines
     closing = dict(line.split(": ", 1) for line in lines[-2:])
     assert closing[failing].startswith(f"1 failed, 2 passed in 1.00s ({failing} lane: exit 1 in ")
+
+
+def test_a_model_server_interrupted_while_starting_is_stopped(tmp_path, monkeypatch):
+    """Ctrl-C during a server fixture's start (`VLLMServer.wait`) ends the server too: it
+    was left running, its parent gone, when a lane was interrupted there. The server here is
+    a process that never ends by itself; the interrupt comes with the first look at it."""
+    import urllib.request
+
+    from api_server import VLLMServer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    server = VLLMServer.__new__(VLLMServer)
+    server.port, server.api_key, server.log = 9, None, tmp_path / "server.log"
+    server.proc = subprocess.Popen(["sleep", "600"])
+    monkeypatch.setattr(urllib.request, "urlopen", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.wait()
+        assert server.proc.poll() is not None
+    finally:
+        server.proc.kill()  # where the check failed: no process of the test outlives it
