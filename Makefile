@@ -81,6 +81,7 @@ test-vllm: $(VSTAMP)
 bench: setup
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_train_reports.py
 
 bench-vllm: $(VSTAMP)
 	$(VBIN)/python benchmarks/bench_vllm.py

@@ -224,8 +224,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                if step % t.log_every_steps == 0:
-                    ray.train.report(record("step", step_meter, epoch))
+                if step % t.log_every_steps == 0:  # kept in the run's metrics, not reported
+                    record("step", step_meter, epoch)
                     step_meter = Meter(device)
         row = record("epoch", epoch_meter, epoch)
         model_state = get_model_state_dict(model, options=full)  # collective under FSDP
@@ -243,6 +243,10 @@ def train_loop(config: dict[str, Any]) -> None:
                 write_jsonl(LOCAL, os.path.join(d, METRICS_FILE), history)
                 write_run_metrics(cfg, history)
                 ckpt = ray.train.Checkpoint.from_directory(d)
+            # Ray Train gets one report per epoch, with its checkpoint: its controller takes a
+            # worker's report only when it polls (every 2 s by default) and the next report
+            # waits until then, so a report per logged step held back every step faster than
+            # that (`benchmarks/bench_train_reports.py`). Step rows go to the run's metrics.
             ray.train.report(row, checkpoint=ckpt)
 
     model_state = get_model_state_dict(model, options=full)
