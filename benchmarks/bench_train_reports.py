@@ -7,7 +7,7 @@ Ray Train's controller takes a worker's report when it polls its workers (every
 until the last one was taken. This runs the same loop of fixed-length steps (a sleep
 standing for a step's compute, so only the reports differ) on 2 workers, reporting every
 step, every 10 steps, or only at the end (what the fine-tune does: one report per epoch,
-with its checkpoint), and prints each loop's time against the loop with no report.
+with its checkpoint), and prints each loop's time against the loop with one report, at its end.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-reports-"))
     print(f"\n{args.steps} steps of {args.step_s} s on 2 workers; Ray Train's default poll\n")
-    print("| reports | loop s | vs no report |\n|---|---:|---:|")
+    print("| reports | loop s | vs one report |\n|---|---:|---:|")
     base = None
     for every, name in ((0, "one, at the end"), (10, "every 10 steps"), (1, "every step")):
         loop_s = run(every, args.steps, args.step_s, tmp)
