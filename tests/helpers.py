@@ -103,3 +103,11 @@ def export_smollm2(path: str | Path) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# A user's own rubric (`judge.rubric`), as the tests of each engine judge with it.
+CODE_RUBRIC = (
+    "Rate how correct the code in the answer is, from 0 (wrong) to 5 (correct and idiomatic). "
+    "Put the score alone on the first line.\n\nTask:\n{instruction}\n\nContext:\n{input}\n\n"
+    "Answer:\n{output}\n\nScore (0-5), first line:"
+)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import API_KEY, cli_refusal
 from fault_proxy import BAD_REPLIES, FaultProxy, Rule
-from helpers import write_jsonl
+from helpers import CODE_RUBRIC, write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.core.config import SCORE_LINE_TOKENS, JudgeConfig
@@ -134,10 +134,14 @@ def filter_job(tmp_path: Path, rows: list, base_url: str, model: str, *sets: str
 def test_filter_end_to_end_with_an_api_judge(
     ray_session, smol_server, smollm2, key, tmp_path, capsys
 ):
+    """A user's rubric file, judged by the API: the server counts the prompts we rendered
+    with it, token for token."""
     rows = synthetic_examples(24, seed=23, unique=True) + [{"instruction": "no output"}, "{broken"]
+    rubric = tmp_path / "code.txt"
+    rubric.write_text(CODE_RUBRIC)
     args = filter_job(tmp_path, rows, smol_server.base_url, "smol", f"judge.tokenizer={smollm2}",
                       "judge.api.price_input_per_mtok=2", "judge.api.price_output_per_mtok=8",
-                      "judge.replicas=2")  # fmt: skip
+                      "judge.replicas=2", f"judge.rubric_file={rubric}")  # fmt: skip
     assert main(args) == 0
     printed = capsys.readouterr()
     out = tmp_path / "out"
@@ -152,7 +156,9 @@ def test_filter_end_to_end_with_an_api_judge(
     from alpagasus_ray.text.models import load_tokenizer
 
     tok = load_tokenizer(str(smollm2))
-    want = sorted(map(len, rating_prompt_ids(tok, rows[:24], "accuracy", "prefix")))
+    want = sorted(map(len, rating_prompt_ids(tok, rows[:24], CODE_RUBRIC, "prefix")))
+    assert want != sorted(map(len, rating_prompt_ids(tok, rows[:24], "accuracy", "prefix")))
+    assert manifest["judge"]["rubric_text"] == CODE_RUBRIC
     assert sorted(r["num_prompt_tokens"] for r in table if r["num_prompt_tokens"]) == want
     metrics = manifest["engine_metrics"]
     cost = (metrics["input_tokens"] * 2 + metrics["output_tokens"] * 8) / 1e6

@@ -23,7 +23,7 @@ def test_defaults_are_the_papers(cfg_file):
     cfg = load_config(cfg_file, model=FilterJobConfig)
     assert isinstance(cfg, FilterJobConfig)
     assert cfg.filter.threshold == 4.5
-    assert cfg.judge.dimension == "accuracy"
+    assert cfg.judge.rubric == "accuracy" and cfg.judge.rubric_file is None
     assert cfg.judge.mode == "logprobs"
     assert cfg.judge.layout == "prefix"
     assert cfg.judge.max_new_tokens == 256

@@ -177,6 +177,7 @@ def test_files_a_killed_attempt_writes_late_are_not_counted_twice(
     ("change", "key"),
     [
         ({"judge__dimension": "helpfulness"}, "judge.dimension"),
+        ({"judge__rubric": "Rate 0-5, score first.\n{instruction}\n{output}"}, "judge.rubric"),
         ({"input__limit": 10}, "input.limit"),
     ],
 )

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow.dataset as pads
 import pytest
 from conftest import job_config
-from helpers import write_jsonl
+from helpers import CODE_RUBRIC, write_jsonl
 
 from alpagasus_ray.core.config import build_config
 from alpagasus_ray.data.schema import (
@@ -205,15 +205,16 @@ def test_prefix_layout_reuses_the_cache_paper_layout_does_not(smol_runs):
 
 
 def test_smollm2_generate_mode_matches_hf(ray_session, smollm2, tmp_path):
-    """The paper's way: decode, then the shared parser, on a real instruct model: the same
-    greedy text, token counts, scores and decisions as the HF engine; a row that cannot be
-    judged is quarantined before the engine, and a text with no score fails as unparseable
-    with the text kept."""
+    """The paper's way: decode, then the shared parser, on a real instruct model, here with
+    a user's own rubric (the paper's is the other tests'): the same greedy text, token
+    counts, scores and decisions as the HF engine; a row that cannot be judged is
+    quarantined before the engine, and a text with no score fails as unparseable with the
+    text kept."""
     rows = synthetic_examples(8, seed=9) + BAD_ROWS
     for i, row in enumerate(rows):
         row["row"] = f"g{i}"
     src = write_jsonl(tmp_path / "rows.jsonl", rows)
-    over = {"judge__mode": "generate", "judge__max_new_tokens": 24}
+    over = {"judge__mode": "generate", "judge__max_new_tokens": 24, "judge__rubric": CODE_RUBRIC}
     _, hf = filter_job(tmp_path, "hf", src, smollm2, **over)
     manifest, vl = filter_job(tmp_path, "vllm", src, smollm2, judge__engine="vllm", **over)
     conserved(manifest, vl, 10)
@@ -225,6 +226,7 @@ def test_smollm2_generate_mode_matches_hf(ray_session, smollm2, tmp_path):
     judged = [r for r in vl.values() if r[DECISION] != "quarantined"]
     assert len(judged) == 8 and all(r["judge_text"] for r in judged)
     assert {r[REASON] for r in judged if r[DECISION] == "failed"} <= {"unparseable_judgement"}
+    assert manifest.judge["rubric_text"] == CODE_RUBRIC
     for rid, v in vl.items():
         h = hf[rid]
         if judged_in_both(v, h):

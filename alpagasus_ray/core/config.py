@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from alpagasus_ray.text.rubrics import check_rubric
+
 # judge.stop_after_score_line: the score's line ends at the first line break; a score line
 # ("Score: 4.5", "4.5/5") is a handful of tokens, so this budget only bounds a rambling one.
 SCORE_LINE_END = "\n"
@@ -227,7 +229,18 @@ class JudgeConfig(StrictModel):
     )
     tokenizer: str | None = None
     mode: Literal["logprobs", "generate"] = "logprobs"
-    dimension: Literal["accuracy", "helpfulness"] = "accuracy"
+    rubric: str = Field(
+        "accuracy",
+        description="accuracy or helpfulness: the paper's rubric, word for word; or your own "
+        "template, the judge's whole user turn with {instruction}, {input} and {output} where "
+        "the row goes ({output} required; {{ and }} for literal braces). It asks for a 0-5 "
+        "score, first, as the paper's do. Formerly judge.dimension (still read).",
+    )
+    rubric_file: str | None = Field(
+        None,
+        description="Your template in a file (local or s3://, UTF-8), read once at start into "
+        "judge.rubric; the run records its text.",
+    )
     layout: Literal["prefix", "paper"] = "prefix"
     turns: Literal["last", "each"] = Field(
         "last",
@@ -280,6 +293,22 @@ class JudgeConfig(StrictModel):
     )
     vllm: VLLMConfig = VLLMConfig()
     api: APIConfig = APIConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dimension_is_rubric(cls, data: Any) -> Any:
+        """`judge.dimension`, the rubric's name before templates, still reads as the rubric."""
+        if isinstance(data, dict) and "dimension" in data:
+            if "rubric" in data:
+                raise ValueError("judge.dimension is the old name of judge.rubric: set only one")
+            data = {**data, "rubric": data["dimension"]}
+            del data["dimension"]
+        return data
+
+    @field_validator("rubric")
+    @classmethod
+    def _check_rubric(cls, v: str) -> str:
+        return check_rubric(v)
 
     @field_validator("replicas")
     @classmethod

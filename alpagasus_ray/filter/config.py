@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alpagasus_ray.core.config import (
     InputConfig,
@@ -14,6 +14,7 @@ from alpagasus_ray.core.config import (
     StorageConfig,
     StrictModel,
 )
+from alpagasus_ray.text.rubrics import is_paper
 
 
 class ThresholdConfig(StrictModel):
@@ -52,6 +53,15 @@ class FilterJobConfig(StrictModel):
     ray: RayConfig = RayConfig()
     storage: StorageConfig = StorageConfig()
     report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _rubric_fits_the_rows(self) -> FilterJobConfig:
+        if self.input.columns.messages and not is_paper(self.judge.rubric):
+            raise ValueError(
+                "judge.rubric: a custom template rates instruction rows; conversation rows "
+                "(input.columns.messages) are rated with the paper's accuracy or helpfulness"
+            )
+        return self
 
     def redacted(self) -> dict[str, Any]:
         """The config as plain data with secrets masked, safe for manifests and logs."""

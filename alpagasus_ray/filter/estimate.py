@@ -59,8 +59,10 @@ def estimate(cfg: FilterJobConfig) -> dict[str, Any]:
     from alpagasus_ray.data.read import read_input
     from alpagasus_ray.filter.judge import prompted
     from alpagasus_ray.filter.preflight import preflight
+    from alpagasus_ray.filter.rubric_file import with_rubric_file
     from alpagasus_ray.filter.stages import ValidateStage
 
+    cfg = with_rubric_file(cfg)
     listing = preflight(cfg, dry_run=True)
     init_ray(cfg.ray)
     judge, light = cfg.judge, cfg.ray.task_cpus

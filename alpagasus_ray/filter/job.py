@@ -58,10 +58,12 @@ from alpagasus_ray.filter.resume import (
     fingerprint,
     resume_state,
 )
+from alpagasus_ray.filter.rubric_file import with_rubric_file
 from alpagasus_ray.filter.shared_storage import OnSharedDisk, check_nodes_see, local_sizes
 from alpagasus_ray.filter.stages.dedup import DUPLICATE
 from alpagasus_ray.filter.stages.skip_done import SkipDoneStage
 from alpagasus_ray.text.prompts import prompt_hash
+from alpagasus_ray.text.rubrics import is_paper, rubric_label
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +227,7 @@ def run_filter(cfg: FilterJobConfig) -> Manifest:
     """Run the whole job; returns the manifest, whose commit ends it. A mistake, or another
     run writing the output now, is refused in seconds, before Ray or the output is touched;
     from then on the output's heartbeat says this run is writing it."""
+    cfg = with_rubric_file(cfg)
     listing = preflight(cfg)
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     with Heartbeat(fs, root):
@@ -321,7 +324,10 @@ def finish_run(run: Run, metrics: dict[str, Any]) -> Manifest:
         live, _ = redecide(fs, root, live, threshold)
     entries = file_entries(fs, root, live)
     counts = counts_of(entries)
-    judge = cfg.judge.model_dump(include={"model", "engine", "mode", "dimension", "layout"})
+    judge = cfg.judge.model_dump(include={"model", "engine", "mode", "layout", "rubric_file"})
+    judge["rubric"] = rubric_label(cfg.judge.rubric)
+    if not is_paper(cfg.judge.rubric):  # the template itself, for the report's reader
+        judge["rubric_text"] = cfg.judge.rubric
     report = write_report(fs, root, live, cfg.report, threshold, {**judge, "input": cfg.input.uri},
                           skipped)  # fmt: skip
     total = sum(counts.values())
@@ -346,7 +352,7 @@ def finish_run(run: Run, metrics: dict[str, Any]) -> Manifest:
         kept_fraction=report["kept_fraction"],
         duplicates=report.get("duplicates", 0),
         judge=judge,
-        prompt_hash=prompt_hash(cfg.judge.dimension, cfg.judge.layout),
+        prompt_hash=prompt_hash(cfg.judge.rubric, cfg.judge.layout),
         engine_metrics=judge_throughput(run, live, scored - started),
         stages=metrics["stages"],
         threshold=threshold,

@@ -70,7 +70,7 @@ class Manifest(_Record):
     json_text_columns: list[str] | None = None
     kept_fraction: float
     duplicates: int
-    judge: dict[str, Any]  # model, engine, mode, dimension, layout
+    judge: dict[str, Any]  # model, engine, mode, layout, rubric (its label), rubric_file
     prompt_hash: str
     engine_metrics: dict[str, Any]
     stages: list[dict[str, Any]]  # Ray Data's operators, in pipeline order

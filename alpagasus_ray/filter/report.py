@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io as _io
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,11 +135,16 @@ def figure_png(fig: Any) -> bytes:
 def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# AlpaGasus filter report", ""]
     if judged := report.get("judged"):
+        rubric = judged.get("rubric") or judged.get("dimension")  # the key before templates
         lines += [
             f"Judge `{judged['model']}` ({judged['engine']} engine, {judged['mode']} mode, "
-            f"{judged['dimension']}, {judged['layout']} layout) on `{judged['input']}`.",
+            f"{rubric}, {judged['layout']} layout) on `{judged['input']}`.",
             "",
         ]
+        if text := judged.get("rubric_text"):
+            source = f" (from `{judged['rubric_file']}`)" if judged.get("rubric_file") else ""
+            fence = "`" * max(3, 1 + max(map(len, re.findall("`+", text)), default=0))
+            lines += [f"Rubric{source}:", "", fence, text.rstrip("\n"), fence, ""]
         if judged["engine"] == "hash":
             lines += [f"**Not a rating:** {STAND_IN_NOTE}; train on none of it.", ""]
     lines += [

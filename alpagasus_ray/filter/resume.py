@@ -43,6 +43,7 @@ from alpagasus_ray.filter.manifest import (
 )
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.text.prompts import prompt_hash
+from alpagasus_ray.text.rubrics import is_paper, rubric_label
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ _JUDGE_KEYS = (
     "tokenizer",
     "engine",
     "mode",
-    "dimension",
     "layout",
     "chat_template",
     "max_model_len",
@@ -81,13 +81,15 @@ def fingerprint(cfg: FilterJobConfig, listing: Listing) -> dict[str, Any]:
         extra["judge.stop_after_score_line"] = True
     if cfg.judge.turns == "each":  # the same: outputs from before `turns` rerun as they did
         extra.update({"judge.turns": "each", "judge.turn_aggregate": cfg.judge.turn_aggregate})
+    rubric = cfg.judge.rubric  # a paper rubric under its key of old; a template by its hash
+    extra["judge.dimension" if is_paper(rubric) else "judge.rubric"] = rubric_label(rubric)
     return {
         "input.uri": cfg.input.uri,
         INPUT_FILES: {path: file_identity(fs, path) for path in files},
         "input.columns": cfg.input.columns.model_dump(),
         **{f"judge.{k}": getattr(cfg.judge, k) for k in _JUDGE_KEYS},
         **extra,
-        "prompt": prompt_hash(cfg.judge.dimension, cfg.judge.layout),
+        "prompt": prompt_hash(cfg.judge.rubric, cfg.judge.layout),
         "filter.threshold": cfg.filter.threshold,
         "filter.keep_fraction": cfg.filter.keep_fraction,
     }

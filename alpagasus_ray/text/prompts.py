@@ -3,7 +3,8 @@
 Wording of the system prompt and the rating instructions is the paper's reference code's,
 verbatim. `paper` puts the example first (as the reference code does); `prefix` puts all
 fixed text first so that an engine with prefix caching reuses it across every row, and
-fences the example so its text cannot pose as the rubric.
+fences the example so its text cannot pose as the rubric. A user's own rubric (a template,
+`text/rubrics.py`) takes the paper's place in the user turn, in either layout.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from alpagasus_ray.text.bpe_cache import CachedBPE
+from alpagasus_ray.text.rubrics import fill_template, is_paper
 
 SYSTEM_PROMPT = (
     "We would like to request your feedback on the performance of AI assistant in response to "
@@ -52,7 +54,6 @@ PREFIX_TRIPLET = (
 )
 
 Layout = Literal["prefix", "paper"]
-Dimension = Literal["accuracy", "helpfulness"]
 
 
 # Any spelling of the fence tags a reader (or a judge) could take for one: any case,
@@ -67,20 +68,25 @@ def _fence_safe(text: str) -> str:
 
 
 def rating_messages(
-    instruction: str, input: str | None, output: str, dimension: Dimension, layout: Layout
+    instruction: str, input: str | None, output: str, rubric: str, layout: Layout
 ) -> list[dict[str, str]]:
-    """Chat messages (system, user) asking the judge to rate one triple."""
+    """Chat messages (system, user) asking the judge to rate one triple under `rubric`: a
+    paper rubric's name or a template (`rubrics.check_rubric`)."""
     fields = {"instruction": instruction, "input": input or "", "output": output}
-    if layout == "paper":
-        return _messages(PAPER_TRIPLET.format_map(fields), dimension, layout)
+    if layout not in ("paper", "prefix"):
+        raise ValueError(f"unknown prompt layout {layout!r}")
     if layout == "prefix":
-        fenced = {k: _fence_safe(v) for k, v in fields.items()}
-        return _messages(PREFIX_TRIPLET.format_map(fenced), dimension, layout)
-    raise ValueError(f"unknown prompt layout {layout!r}")
+        fields = {k: _fence_safe(v) for k, v in fields.items()}
+    if not is_paper(rubric):
+        fence = (FENCE_NOTE, EXAMPLE_OPEN, EXAMPLE_CLOSE) if layout == "prefix" else None
+        user = fill_template(rubric, fields, fence)
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    triplet = PAPER_TRIPLET if layout == "paper" else PREFIX_TRIPLET
+    return _messages(triplet.format_map(fields), rubric, layout)
 
 
 def conversation_messages(
-    turns: list[dict[str, str]], dimension: Dimension, layout: Layout
+    turns: list[dict[str, str]], rubric: str, layout: Layout
 ) -> list[dict[str, str]]:
     """Chat messages asking the judge to rate a conversation's last turn (an assistant's)
     with the turns before it as its context, in the layout's own labels.
@@ -90,9 +96,12 @@ def conversation_messages(
     each later user turn is an instruction, each answer a response, a later system turn an
     input. The rated answer ends the example, so the prompt of an earlier answer of the same
     conversation is this prompt's prefix through that answer: a prefix cache computes each
-    conversation's history once when every answer is rated (`judge.turns: each`)."""
+    conversation's history once when every answer is rated (`judge.turns: each`). The
+    paper's rubrics only: a template names a triple's fields."""
     if layout not in ("paper", "prefix"):
         raise ValueError(f"unknown prompt layout {layout!r}")
+    if not is_paper(rubric):
+        raise ValueError("a custom rubric rates instruction rows, not conversations")
     label = {"user": "###Instruction:" if layout == "paper" else "### Instruction:",
              "system": "### Input:", "assistant": "### Response:"}  # fmt: skip
     safe = _fence_safe if layout == "prefix" else (lambda text: text)
@@ -106,15 +115,15 @@ def conversation_messages(
             blocks.append(f"{label['system']}\n{context}\n\n")
     body = "".join(blocks)
     if layout == "paper":
-        return _messages(body, dimension, layout)
-    return _messages(f"{EXAMPLE_OPEN}\n{body[:-1]}{EXAMPLE_CLOSE}", dimension, layout)
+        return _messages(body, rubric, layout)
+    return _messages(f"{EXAMPLE_OPEN}\n{body[:-1]}{EXAMPLE_CLOSE}", rubric, layout)
 
 
-def _messages(example: str, dimension: Dimension, layout: Layout) -> list[dict[str, str]]:
-    """The system prompt and the user turn: the example, then the rubric (paper), or the
-    rubric and the fence note, then the fenced example (prefix)."""
-    rubric = RATING_PROMPTS[dimension]
-    user = example + rubric if layout == "paper" else rubric + FENCE_NOTE + example
+def _messages(example: str, rubric: str, layout: Layout) -> list[dict[str, str]]:
+    """The system prompt and the user turn: the example, then the paper's rubric (paper),
+    or the rubric and the fence note, then the fenced example (prefix)."""
+    text = RATING_PROMPTS[rubric]
+    user = example + text if layout == "paper" else text + FENCE_NOTE + example
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
@@ -128,7 +137,7 @@ def render(messages: list[dict[str, str]], tokenizer: Any | None, use_chat_templ
 def rating_prompt_ids(
     tokenizer: Any,
     rows: Iterable[Mapping[str, Any]],
-    dimension: Dimension,
+    rubric: str,
     layout: Layout,
     use_chat_template: bool = True,
 ) -> list[list[int]]:
@@ -136,7 +145,7 @@ def rating_prompt_ids(
     use = use_chat_template and bool(getattr(tokenizer, "chat_template", None))
     texts = [
         render(
-            rating_messages(r["instruction"], r.get("input"), r["output"], dimension, layout),
+            rating_messages(r["instruction"], r.get("input"), r["output"], rubric, layout),
             tokenizer,
             use,
         )
@@ -187,16 +196,20 @@ class PromptEncoder:
     def __init__(
         self,
         tokenizer: Any,
-        dimension: Dimension,
+        rubric: str,
         layout: Layout,
         chat: bool = True,
         word_cache: bool = True,
     ):
-        self.tokenizer, self.dimension, self.layout = tokenizer, dimension, layout
+        self.tokenizer, self.rubric, self.layout = tokenizer, rubric, layout
         self.chat = chat and bool(getattr(tokenizer, "chat_template", None))
-        text = render(rating_messages(*_MARKS, dimension, layout), tokenizer, self.chat)
+        text = render(rating_messages(*_MARKS, rubric, layout), tokenizer, self.chat)
         pieces = _MARK_SPLIT.split(text)
-        self.head, self.pieces = pieces[0], pieces[1:]  # the row's part starts at a field
+        # The row's part starts at a field, or at the spaces before it: a tokenizer joins a
+        # space to the word after it ("Question: {instruction}"), not to the text before.
+        self.head = pieces[0].rstrip(" ")
+        lead = pieces[0][len(self.head) :]
+        self.pieces = ([lead] if lead else []) + pieces[1:]
         self.head_ids = encode_prompts(tokenizer, [self.head], self.chat)[0]
         self.words = CachedBPE.from_tokenizer(tokenizer) if word_cache else None
         self.tail_ids: list[int] = []  # the fixed end of a prompt, where it can be cut off
@@ -210,7 +223,7 @@ class PromptEncoder:
     def __call__(self, rows: list[Mapping[str, Any]]) -> list[list[int]]:
         if not self.split:
             return self.full(rows)
-        first = _MARKS[self.pieces[0]]  # the field right after the cut
+        first = next(_MARKS[p] for p in self.pieces if p in _MARKS)  # the first field
         fast = [i for i, r in enumerate(rows) if (r.get(first) or "")[:1].strip()]
         ids: list[list[int]] = [[] for _ in rows]
         for i, row_ids in zip(fast, self._split([rows[i] for i in fast]), strict=True):
@@ -224,7 +237,7 @@ class PromptEncoder:
         """Each prompt rendered and tokenized whole: the reference the split must equal."""
         return [
             list(x)
-            for x in rating_prompt_ids(self.tokenizer, rows, self.dimension, self.layout, self.chat)
+            for x in rating_prompt_ids(self.tokenizer, rows, self.rubric, self.layout, self.chat)
         ]
 
     def _split(self, rows: list[Mapping[str, Any]]) -> list[list[int]]:
@@ -246,9 +259,9 @@ class PromptEncoder:
         return "".join(values[_MARKS[p]] if p in _MARKS else p for p in self.pieces)
 
 
-def prompt_hash(dimension: Dimension, layout: Layout) -> str:
+def prompt_hash(rubric: str, layout: Layout) -> str:
     """Identifies the exact prompt wording, so outputs scored with different prompts differ."""
-    probe = rating_messages("{instruction}", "{input}", "{output}", dimension, layout)
+    probe = rating_messages("{instruction}", "{input}", "{output}", rubric, layout)
     text = "\x1e".join(m["role"] + "\x1f" + m["content"] for m in probe)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

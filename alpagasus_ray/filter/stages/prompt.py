@@ -55,7 +55,7 @@ class PromptStage:
             model_max_len(name, self.tokenizer, judge.trust_remote_code) if name else None
         )
         self.encoder = (
-            PromptEncoder(self.tokenizer, judge.dimension, judge.layout, self.use_template)
+            PromptEncoder(self.tokenizer, judge.rubric, judge.layout, self.use_template)
             if self.tokenizer is not None
             else None
         )
@@ -114,8 +114,8 @@ class PromptStage:
             return None
         found = json.loads(conversation)
         ends = judged_ends(found, each=self.cfg.turns == "each")
-        dimension, layout = self.cfg.dimension, self.cfg.layout
-        return [conversation_messages(found[: end + 1], dimension, layout) for end in ends]
+        rubric, layout = self.cfg.rubric, self.cfg.layout
+        return [conversation_messages(found[: end + 1], rubric, layout) for end in ends]
 
     def _encode(
         self, todo: list[int], messages: dict[int, Any], cols: dict[str, list]
@@ -153,7 +153,7 @@ class PromptStage:
                 continue
             if msgs is None:
                 triple = [cols[c][i] for c in (INSTRUCTION, INPUT, OUTPUT)]
-                msgs = [rating_messages(*triple, self.cfg.dimension, self.cfg.layout)]
+                msgs = [rating_messages(*triple, self.cfg.rubric, self.cfg.layout)]
             requests = [self._request(m) for m in msgs]
             if self.cfg.turns == "each" and conversations[i] is not None:
                 turns[i] = requests

@@ -1,0 +1,57 @@
+"""`judge.rubric_file`: a user's rubric template, read once at start into `judge.rubric`.
+
+Read by the driver, not by each prompt actor: every worker, the run's fingerprint and its
+manifest then see the one text that was judged with, not a path whose file may change.
+"""
+
+from __future__ import annotations
+
+from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.data.io import filesystem
+from alpagasus_ray.filter.config import FilterJobConfig
+from alpagasus_ray.filter.preflight import PreflightError, storage_cause
+from alpagasus_ray.text.rubrics import check_rubric
+
+MAX_RUBRIC_BYTES = 1 << 20  # a prompt's template, not a corpus
+_DEFAULT = JudgeConfig.model_fields["rubric"].default
+
+
+def with_rubric_file(cfg: FilterJobConfig) -> FilterJobConfig:
+    """`cfg` itself without a rubric file; else a copy whose `judge.rubric` is the file's
+    text. Raises `PreflightError` naming the file: unreadable, not UTF-8, too large, not a
+    usable template, or another template set in `judge.rubric` too."""
+    uri = cfg.judge.rubric_file
+    if uri is None:
+        return cfg
+    text = _read_text(uri, cfg)
+    try:
+        check_rubric(text)
+    except ValueError as e:
+        raise PreflightError("judge rubric", uri, str(e)) from None
+    if cfg.judge.rubric not in (_DEFAULT, text):
+        cause = "judge.rubric is set too: give the template in one of the two"
+        raise PreflightError("judge rubric", "judge.rubric_file", cause)
+    resolved = cfg.model_copy(deep=True)
+    resolved.judge.rubric = text
+    return resolved
+
+
+def _read_text(uri: str, cfg: FilterJobConfig) -> str:
+    try:
+        fs, path = filesystem(uri, cfg.storage)
+        with fs.open(path, "rb") as f:
+            data = f.read(MAX_RUBRIC_BYTES + 1)
+    except FileNotFoundError:
+        raise PreflightError("judge rubric", "judge.rubric_file", f"no such file {uri}") from None
+    except IsADirectoryError:
+        raise PreflightError("judge rubric", uri, "is a folder, not a file") from None
+    except OSError as e:
+        raise PreflightError("judge rubric", uri, storage_cause(e)) from None
+    if len(data) > MAX_RUBRIC_BYTES:
+        cause = f"is over {MAX_RUBRIC_BYTES} bytes: a rubric is a prompt's template"
+        raise PreflightError("judge rubric", uri, cause)
+    try:
+        return data.decode("utf-8-sig")  # a BOM from a Windows editor is not the rubric's
+    except UnicodeDecodeError as e:
+        cause = f"is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})"
+        raise PreflightError("judge rubric", uri, cause) from None
