@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
-from conftest import cli_refusal, filter_args, job_config
+from conftest import S3_CREDENTIALS, cli_refusal, filter_args, job_config, s3_client
 from helpers import CODE_RUBRIC, write_jsonl
 from test_prompts import EDGE_ROWS
 
@@ -150,6 +150,19 @@ def test_a_rubric_file_that_cannot_be_used_is_refused_by_name(tmp_path, content,
     with pytest.raises(PreflightError) as e:
         with_rubric_file(config(f"judge.rubric_file={path}"))
     assert said in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_rubric_file_on_s3_is_read_with_the_jobs_storage(s3_endpoint):
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="rubrics")
+    client.put_object(Bucket="rubrics", Key="code.txt", Body=CODE_RUBRIC.encode())
+    storage = [f"{k.replace('__', '.')}={v}" for k, v in S3_CREDENTIALS.items()]
+    storage.append(f"storage.endpoint_url={s3_endpoint}")
+    cfg = config("judge.rubric_file=s3://rubrics/code.txt", *storage)
+    assert with_rubric_file(cfg).judge.rubric == CODE_RUBRIC
+    missing = config("judge.rubric_file=s3://rubrics/none.txt", *storage)
+    with pytest.raises(PreflightError, match=r"no such file s3://rubrics/none.txt$"):
+        with_rubric_file(missing)
 
 
 def test_a_rubric_file_beside_another_rubric_is_refused(tmp_path):
