@@ -68,6 +68,21 @@ def save_digitless_tokenizer(path: str | Path) -> Path:
     return Path(path)
 
 
+def save_single_digit_tokenizer(path: str | Path) -> Path:
+    """A tokenizer with a token for each digit and none for a number of two: "10" is "1",
+    "0", as in Llama's and SmolLM2's tokenizers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{str(d): d + 1 for d in range(10)}}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(path)
+    return Path(path)
+
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

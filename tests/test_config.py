@@ -112,8 +112,8 @@ def test_secrets_never_appear_in_the_redacted_config(cfg_file):
 def test_a_config_error_is_one_line_naming_each_key():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["input.uri=x", "output.uri=y", "judge.model=m", "judge.mode=logprob",
-                           "filter.threshold=7"], model=FilterJobConfig)  # fmt: skip
+                           "filter.keep_fraction=7"], model=FilterJobConfig)  # fmt: skip
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("invalid configuration (judge.mode, filter.threshold): ")
+    assert message.startswith("invalid configuration (judge.mode, filter.keep_fraction): ")
     assert "judge.mode: Input should be 'logprobs' or 'generate'" in message

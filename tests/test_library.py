@@ -76,7 +76,9 @@ def test_a_users_dataset_is_judged_as_the_job_judges_it(ray_session, tiny_judge,
 
 
 def test_a_threshold_off_the_scale_is_refused_before_any_work(ray_session, tiny_judge):
-    with pytest.raises(ValueError, match="threshold must be between 0 and 5, not 45"):
+    with pytest.raises(
+        ValueError, match=r"threshold must be between 0 and 5 \(judge.scale\), not 45"
+    ):
         judge_dataset(user_pipeline(ray_session), JudgeConfig(model=str(tiny_judge)), 45)
 
 

@@ -119,8 +119,8 @@ def test_a_judge_tokenizer_without_score_digit_tokens(capsys, tmp_path):
     folder = save_digitless_tokenizer(tmp_path / "no-digits")
     src = write_jsonl(tmp_path / "rows.jsonl", ROWS)
     err = refused(capsys, tmp_path, src, folder)
-    assert err.startswith("alpagasus-ray filter: judge tokenizer (judge.model): the judge "
-                          "tokenizer has no single token for score digits {")  # fmt: skip
+    said = "judge.scale [0, 5]: the judge tokenizer has no single token for the score 0"
+    assert err.startswith(f"alpagasus-ray filter: judge tokenizer (judge.model): {said}")
 
 
 DRIVER_PROBE = """

@@ -290,6 +290,17 @@ def test_smollm2_prompts_tokenize_the_head_once_with_identical_ids(smollm2, shar
     assert_split_equals_whole(load_tokenizer(str(smollm2)), rows, layout)
 
 
+def test_smollm2_serves_a_0_to_9_scale_and_not_1_to_10(smollm2):
+    """A real tokenizer that splits numbers into digits: "10" has no token of its own."""
+    from alpagasus_ray.engines.judgement import score_token_ids
+    from alpagasus_ray.text.models import load_tokenizer
+
+    tok = load_tokenizer(str(smollm2))
+    assert sorted(set(score_token_ids(tok, (0, 9)).values())) == list(range(10))
+    with pytest.raises(ValueError, match="no single token for the score 10"):
+        score_token_ids(tok, (1, 10))
+
+
 def test_smollm2_word_cache_is_exact_on_adversarial_text(smollm2):
     from test_bpe_cache import assert_exact, tricky_texts
 

@@ -28,6 +28,7 @@ from alpagasus_ray.core.config import StorageConfig
 from alpagasus_ray.core.errors import CalibrationRefused
 from alpagasus_ray.data.io import filesystem, join, read_output_table, write_atomic, write_json
 from alpagasus_ray.data.schema import SCORE, SOURCE, SOURCE_ROW
+from alpagasus_ray.text.rubrics import PAPER_SCALE
 
 POSITION = "position"  # match on the row's place in its input file
 # Below these, an AUC and its interval are noise that looks like a figure (3 rows of one
@@ -160,7 +161,8 @@ def calibrate(
         raise CalibrationRefused(f"the filter output has no column {match!r} to match on") from None
     scores, reference, left = joined(output, read_labels(labels_uri, storage), label, key, match)
     threshold = manifest.threshold if threshold is None else threshold
-    result = {"output": output_uri, "labels": labels_uri, "label": label, **left,
+    scale = manifest.judge.get("scale") or list(PAPER_SCALE)  # the judge's, for the plot
+    result = {"output": output_uri, "labels": labels_uri, "label": label, "scale": scale, **left,
               **agreement(scores, reference, threshold, label_threshold, resamples)}  # fmt: skip
     write_calibration(to, storage, result, scores, reference, label_threshold)
     return result

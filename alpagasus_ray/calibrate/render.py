@@ -9,6 +9,7 @@ import numpy as np
 
 from alpagasus_ray.calibrate.metrics import roc_curve
 from alpagasus_ray.filter.report import figure_png
+from alpagasus_ray.text.rubrics import PAPER_SCALE
 
 
 def _f(x: float) -> str:
@@ -75,7 +76,8 @@ def plot(scores: np.ndarray, labels: np.ndarray, result: dict[str, Any]) -> byte
     roc.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     roc.legend(loc="lower right")
-    bins = np.linspace(0, 5, 26)
+    lo, hi = result.get("scale") or PAPER_SCALE  # the judge's scale
+    bins = np.linspace(lo, hi, 26)
     # Shares, not counts: the reference keeps a small part, whose shape must still show.
     for part, name in ((labels, "reference keeps"), (~labels, "reference drops")):
         if part.any():

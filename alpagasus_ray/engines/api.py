@@ -33,9 +33,8 @@ from alpagasus_ray.core.config import JudgeConfig
 from alpagasus_ray.core.errors import JudgeAPIStopped
 from alpagasus_ray.engines.api_budget import JobAPI
 from alpagasus_ray.engines.base import JudgeEngine, JudgeOutput
-from alpagasus_ray.engines.judgement import SCORE_DIGITS
+from alpagasus_ray.text.rubrics import PAPER_SCALE, Scale, scale_scores
 
-DIGIT_TOKENS = {d: d for d in SCORE_DIGITS}  # the "token ids" of this engine: the digits
 CHARS_PER_TOKEN = 4  # a prompt's tokens, estimated when no tokenizer is configured
 TEMPLATE_TOKENS = 16  # at most, per chat message: a template's role header and separators
 NOT_SENT = "not sent"  # a row the cost cap kept from the server: engine_error, so retried
@@ -51,17 +50,21 @@ def redact(text: str, key: str) -> str:
     return text.replace(key, "***") if key else text
 
 
-def digit_of(token: str) -> int | None:
-    """The score digit a token spells ("4", " 4", "▁4"), or None."""
+def digit_of(token: str, scale: Scale = PAPER_SCALE) -> int | None:
+    """The score a token spells ("4", " 4", "▁4"; "10" where the scale has it), or None."""
     t = token.strip().lstrip("▁Ġ")
-    return int(t) if len(t) == 1 and t.isdigit() and int(t) in DIGIT_TOKENS else None
+    if not (t.isascii() and t.isdigit()) or str(int(t)) != t:
+        return None  # "four", "4.", "04"
+    return int(t) if scale[0] <= int(t) <= scale[1] else None
 
 
-def digit_logprobs(top: Sequence[tuple[str, float]]) -> dict[int, float]:
-    """Top-k (token text, logprob) -> digit -> log P(digit), spellings summed."""
+def digit_logprobs(
+    top: Sequence[tuple[str, float]], scale: Scale = PAPER_SCALE
+) -> dict[int, float]:
+    """Top-k (token text, logprob) -> score -> log P(score), spellings summed."""
     probs: dict[int, float] = {}
     for token, lp in top:
-        d = digit_of(token)
+        d = digit_of(token, scale)
         if d is not None and lp is not None:
             probs[d] = probs.get(d, 0.0) + math.exp(lp)
     return {d: math.log(p) for d, p in probs.items() if p > 0}
@@ -105,7 +108,7 @@ class APIEngine(JudgeEngine):
 
     @property
     def score_tokens(self) -> dict[int, int]:
-        return DIGIT_TOKENS
+        return {s: s for s in scale_scores(self.cfg.scale)}  # its "token ids": the scores
 
     def judge(
         self,
@@ -207,7 +210,7 @@ class APIEngine(JudgeEngine):
             if top is None:
                 out.error = "the server returned no log-probabilities for the answer token"
             else:
-                out.logprobs = digit_logprobs(top)
+                out.logprobs = digit_logprobs(top, cfg.scale)
         return out
 
     def close(self) -> None:

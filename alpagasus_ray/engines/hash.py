@@ -15,15 +15,20 @@ from collections.abc import Sequence
 
 from alpagasus_ray.engines.api import estimate_tokens
 from alpagasus_ray.engines.base import JudgeEngine, JudgeOutput
-from alpagasus_ray.engines.judgement import SCORE_DIGITS
+from alpagasus_ray.text.rubrics import PAPER_SCALE, Scale, scale_scores
 
 STAND_IN_NOTE = "the hash stand-in judge ran no model: its scores are a hash of each prompt"
 
 
-def hash_probs(text: str) -> list[float]:
-    """P(score = 0..5) from the text's digest: spread over the scale (cubed weights), the
-    same on every machine and in every run."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=len(SCORE_DIGITS)).digest()
+def hash_probs(text: str, scale: Scale = PAPER_SCALE) -> list[float]:
+    """P(score) for each score of the scale from the text's digest: spread over the scale
+    (cubed weights), the same on every machine and in every run."""
+    n = len(scale_scores(scale))
+    data = text.encode("utf-8")
+    if n <= 64:
+        digest = hashlib.blake2b(data, digest_size=n).digest()
+    else:  # blake2b's digest stops at 64 bytes
+        digest = hashlib.shake_256(data).digest(n)
     weights = [(b + 1) ** 3 for b in digest]
     total = sum(weights)
     return [w / total for w in weights]
@@ -35,7 +40,7 @@ class HashEngine(JudgeEngine):
 
     @property
     def score_tokens(self) -> dict[int, int]:
-        return {d: d for d in SCORE_DIGITS}  # its "token ids" are the digits themselves
+        return {s: s for s in scale_scores(self.cfg.scale)}  # its "token ids": the scores
 
     def judge(
         self,
@@ -48,7 +53,8 @@ class HashEngine(JudgeEngine):
     def _one(self, ids: Sequence[int] | None, request: str | None) -> JudgeOutput:
         if not request:
             return JudgeOutput(error="the hash judge got no request for this row")
-        probs = hash_probs(request)
+        probs = hash_probs(request, self.cfg.scale)
+        scores = scale_scores(self.cfg.scale)
         # Without token ids (no judge.tokenizer) its prompt is counted as the dry run
         # estimates one, as a server would report its usage, so the counts add up.
         counted = None
@@ -56,8 +62,8 @@ class HashEngine(JudgeEngine):
             req = json.loads(request)
             counted = estimate_tokens(req.get("messages"), req.get("prompt"))
         if self.cfg.mode == "logprobs":
-            logprobs = {d: math.log(p) for d, p in enumerate(probs)}
+            logprobs = {s: math.log(p) for s, p in zip(scores, probs, strict=True)}
             return JudgeOutput(logprobs=logprobs, num_output_tokens=1, num_prompt_tokens=counted)
-        best = max(SCORE_DIGITS, key=probs.__getitem__)
+        best = max(scores, key=lambda s: probs[s - scores.start])  # the first, on a tie
         text = f"{best}\n{STAND_IN_NOTE}."
         return JudgeOutput(text=text, num_output_tokens=2, num_prompt_tokens=counted)

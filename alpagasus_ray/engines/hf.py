@@ -28,7 +28,9 @@ class HFEngine(JudgeEngine):
             cfg.model, cfg.device, cfg.dtype, cfg.trust_remote_code
         )
         self.device = next(self.model.parameters()).device
-        self._score_tokens = score_token_ids(self.tokenizer)
+        # Generate mode parses text: its scale need not be one token a score.
+        logprobs = cfg.mode == "logprobs"
+        self._score_tokens = score_token_ids(self.tokenizer, cfg.scale) if logprobs else {}
         self._candidates = torch.tensor(sorted(self._score_tokens), device=self.device)
 
     @property

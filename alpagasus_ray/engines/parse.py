@@ -1,4 +1,5 @@
-"""Read a 0-5 score from a judge's free text (generate mode).
+"""Read a score on the rubric's scale (the paper's: 0-5) from a judge's free text
+(generate mode).
 
 The paper's prompt asks for the score alone on the first line, but judges wander:
 "Score: 4", "**Score:** 3.5", "4/5", "4 - accurate but terse", "I would rate it a 4 ...".
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-MIN_SCORE, MAX_SCORE = 0.0, 5.0
+from alpagasus_ray.text.rubrics import PAPER_SCALE, Scale
 
 _NUM = r"(-?\d+(?:\.\d+)?)"
 _OUT_OF = rf"\s*(?:/|out\s+of)\s*{_NUM}"
@@ -29,11 +30,12 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
 _NUMBERS = re.compile(rf"(?<![\w.]){_NUM}(?![\w]|\.\d)")
 
 
-def _in_range(value: str, denominator: str | None = None) -> float | None:
+def _in_range(value: str, denominator: str | None, scale: Scale) -> float | None:
+    lo, hi = scale
     score = float(value)
-    if denominator is not None and float(denominator) != MAX_SCORE:
-        return None  # "8/10" is another scale; rescaling would be a guess.
-    return score if MIN_SCORE <= score <= MAX_SCORE else None
+    if denominator is not None and float(denominator) != hi:
+        return None  # "8/10" on a 0-5 scale is another scale; rescaling would be a guess.
+    return score if lo <= score <= hi else None
 
 
 def strip_markup(text: object) -> str:
@@ -42,25 +44,25 @@ def strip_markup(text: object) -> str:
     return re.sub(r"[*_`#]+", "", text).strip() if isinstance(text, str) else ""
 
 
-def parse_score(text: str) -> float | None:
-    """The judge's 0-5 score, or None when the text holds no unambiguous score in range."""
+def parse_score(text: str, scale: Scale = PAPER_SCALE) -> float | None:
+    """The judge's score, or None when the text holds no unambiguous score in `scale`."""
     clean = strip_markup(text)
     if not clean:
         return None
 
     first_line = clean.splitlines()[0]
     if m := _BARE_LINE.match(first_line):
-        return _in_range(m.group(1), m.group(2))
+        return _in_range(m.group(1), m.group(2), scale)
     if m := _LEADING.match(first_line):
-        return _in_range(m.group(1), m.group(2))
+        return _in_range(m.group(1), m.group(2), scale)
 
     if m := _LABELLED.search(clean):
-        return _in_range(m.group(1), m.group(2))
+        return _in_range(m.group(1), m.group(2), scale)
 
     first_sentence = _SENTENCE_END.split(clean, maxsplit=1)[0]
     if m := _FRACTION.search(first_sentence):
-        return _in_range(m.group(1), m.group(2))
+        return _in_range(m.group(1), m.group(2), scale)
     numbers = _NUMBERS.findall(first_sentence)
     if len(numbers) == 1 and _CONTEXT.search(first_sentence):
-        return _in_range(numbers[0])
+        return _in_range(numbers[0], None, scale)
     return None

@@ -19,6 +19,7 @@ from typing import Any
 from alpagasus_ray.core.config import JudgeConfig
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judgement_fields
+from alpagasus_ray.text.rubrics import PAPER_SCALE, Scale
 
 INSTALL_HINT = "pip install 'alpagasus-ray[vllm]'"
 SERVED_NAME_PREFIX = "alpagasus-ray-"
@@ -241,13 +242,23 @@ class VLLMPostprocess:
     with `__inference_error__` set, and the result stage marks them failed.
     """
 
-    def __init__(self, mode: str, score_tokens: dict[int, int], min_score_mass: float):
+    def __init__(
+        self,
+        mode: str,
+        score_tokens: dict[int, int],
+        min_score_mass: float,
+        scale: Scale = PAPER_SCALE,
+    ):
         self.mode = mode
         self.score_tokens = dict(score_tokens)
         self.min_score_mass = min_score_mass
+        self.scale = scale
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         out = to_judge_output(row, self.mode)
         kept = {k: v for k, v in row.items() if k not in ENGINE_COLUMNS}
-        kept.update(judgement_fields(out, self.mode, self.score_tokens, self.min_score_mass))
+        fields = judgement_fields(
+            out, self.mode, self.score_tokens, self.min_score_mass, self.scale
+        )
+        kept.update(fields)
         return kept

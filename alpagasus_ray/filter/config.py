@@ -20,7 +20,9 @@ from alpagasus_ray.text.rubrics import is_paper
 class ThresholdConfig(StrictModel):
     """The `filter:` section: where the kept rows are cut from the rejected."""
 
-    threshold: float = Field(4.5, ge=0.0, le=5.0, description="Keep when score >= threshold.")
+    threshold: float = Field(
+        4.5, description="Keep when score >= threshold; within judge.scale (the paper's: 0-5)."
+    )
     keep_fraction: float | None = Field(
         None,
         gt=0.0,
@@ -53,6 +55,14 @@ class FilterJobConfig(StrictModel):
     ray: RayConfig = RayConfig()
     storage: StorageConfig = StorageConfig()
     report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _threshold_on_the_scale(self) -> FilterJobConfig:
+        lo, hi = self.judge.scale
+        if not lo <= self.filter.threshold <= hi:
+            raise ValueError(f"filter.threshold {self.filter.threshold:g} is outside "
+                             f"judge.scale [{lo}, {hi}]")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _rubric_fits_the_rows(self) -> FilterJobConfig:

@@ -325,7 +325,7 @@ def finish_run(run: Run, metrics: dict[str, Any]) -> Manifest:
     entries = file_entries(fs, root, live)
     counts = counts_of(entries)
     judge = cfg.judge.model_dump(include={"model", "engine", "mode", "layout", "rubric_file"})
-    judge["rubric"] = rubric_label(cfg.judge.rubric)
+    judge.update(rubric=rubric_label(cfg.judge.rubric), scale=list(cfg.judge.scale))
     if not is_paper(cfg.judge.rubric):  # the template itself, for the report's reader
         judge["rubric_text"] = cfg.judge.rubric
     report = write_report(fs, root, live, cfg.report, threshold, {**judge, "input": cfg.input.uri},

@@ -86,8 +86,11 @@ def judge_dataset(
     `json_columns` are carried as JSON text (their types differ across the input's files),
     and `carried_kinds` are the kinds of a record input's extra keys (`filter/carried.py`).
     """
-    if not 0.0 <= threshold <= 5.0:  # ThresholdConfig's bound: scores run from 0 to 5
-        raise ValueError(f"threshold must be between 0 and 5, not {threshold!r}")
+    lo, hi = judge.scale  # the job's config checks the same (FilterJobConfig)
+    if not lo <= threshold <= hi:
+        raise ValueError(
+            f"threshold must be between {lo} and {hi} (judge.scale), not {threshold!r}"
+        )
     ray = ray or RayConfig()
     if judge.engine == "openai" and api is None:
         from alpagasus_ray.engines.api_budget import job_api

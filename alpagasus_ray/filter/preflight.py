@@ -386,7 +386,7 @@ def check_judge(judge: JudgeConfig, ask_server: bool = True) -> None:
             "judge tokenizer", key, f"no tokenizer files in {name!r} (tokenizer.json, ...)"
         )  # transformers would say it cannot convert a slow tokenizer: true, and no help
     try:
-        facts = probe_tokenizer(name, judge.trust_remote_code)  # in a child: no torch here
+        facts = probe_tokenizer(name, judge.trust_remote_code, judge.scale)  # in a child
     except TokenizerProbeError as e:
         raise PreflightError("judge tokenizer", key, f"cannot load {name!r}: {e}") from None
     if judge.mode == "logprobs" and judge.loads_model() and facts["score_tokens_error"]:

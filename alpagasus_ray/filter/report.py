@@ -29,6 +29,7 @@ from alpagasus_ray.engines.hash import STAND_IN_NOTE
 from alpagasus_ray.filter import examples as _examples
 from alpagasus_ray.filter.config import ReportConfig
 from alpagasus_ray.filter.manifest import committed, listed_files
+from alpagasus_ray.text.rubrics import PAPER_SCALE, Scale
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 REPORT_JSON, REPORT_MD, HISTOGRAM = "report.json", "report.md", "score_histogram.png"
@@ -105,16 +106,19 @@ def compute_report(table: pa.Table, threshold: float, category: str | None) -> d
     return report
 
 
-def histogram_png(scores: Sequence[float], threshold: float, bins: int) -> bytes:
+def histogram_png(
+    scores: Sequence[float], threshold: float, bins: int, scale: Scale = PAPER_SCALE
+) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.hist(scores, bins=bins, range=(0.0, 5.0), color="#4c72b0", edgecolor="white")
+    lo, hi = scale
+    ax.hist(scores, bins=bins, range=(lo, hi), color="#4c72b0", edgecolor="white")
     ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:g}")
-    ax.set_xlabel("judge score (0-5)")
+    ax.set_xlabel(f"judge score ({lo}-{hi})")
     ax.set_ylabel("examples")
     ax.set_title(f"Score distribution ({len(scores)} scored examples)")
     ax.legend()
@@ -136,9 +140,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = ["# AlpaGasus filter report", ""]
     if judged := report.get("judged"):
         rubric = judged.get("rubric") or judged.get("dimension")  # the key before templates
+        lo, hi = judged.get("scale") or PAPER_SCALE
         lines += [
             f"Judge `{judged['model']}` ({judged['engine']} engine, {judged['mode']} mode, "
-            f"{rubric}, {judged['layout']} layout) on `{judged['input']}`.",
+            f"{rubric}, scale {lo}-{hi}, {judged['layout']} layout) on `{judged['input']}`.",
             "",
         ]
         if text := judged.get("rubric_text"):
@@ -236,7 +241,9 @@ def write_report(
     write_atomic(fs, join(root, REPORT_JSON), text.encode())
     write_atomic(fs, join(root, REPORT_MD), render_markdown(report).encode())
     scores = pc.drop_null(table.column(SCORE)).to_numpy()
-    write_atomic(fs, join(root, HISTOGRAM), histogram_png(scores, threshold, cfg.histogram_bins))
+    scale = tuple((judged or {}).get("scale") or PAPER_SCALE)  # none recorded: the paper's
+    png = histogram_png(scores, threshold, cfg.histogram_bins, scale)
+    write_atomic(fs, join(root, HISTOGRAM), png)
     return report
 
 

@@ -43,7 +43,7 @@ from alpagasus_ray.filter.manifest import (
 )
 from alpagasus_ray.filter.preflight import PreflightError
 from alpagasus_ray.text.prompts import prompt_hash
-from alpagasus_ray.text.rubrics import is_paper, rubric_label
+from alpagasus_ray.text.rubrics import PAPER_SCALE, is_paper, rubric_label
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ def fingerprint(cfg: FilterJobConfig, listing: Listing) -> dict[str, Any]:
         extra.update({"judge.turns": "each", "judge.turn_aggregate": cfg.judge.turn_aggregate})
     rubric = cfg.judge.rubric  # a paper rubric under its key of old; a template by its hash
     extra["judge.dimension" if is_paper(rubric) else "judge.rubric"] = rubric_label(rubric)
+    if cfg.judge.scale != PAPER_SCALE:
+        extra["judge.scale"] = list(cfg.judge.scale)
     return {
         "input.uri": cfg.input.uri,
         INPUT_FILES: {path: file_identity(fs, path) for path in files},

@@ -15,6 +15,8 @@ import string
 from collections.abc import Mapping
 
 PAPER_RUBRICS = ("accuracy", "helpfulness")  # their texts: prompts.RATING_PROMPTS
+Scale = tuple[int, int]  # the lowest and the highest score a rubric asks for
+PAPER_SCALE: Scale = (0, 5)
 FIELDS = ("instruction", "input", "output")
 ANSWER_FIELD = "output"
 
@@ -23,6 +25,11 @@ Parts = list[tuple[str, str | None]]  # (literal text, the field after it or Non
 
 def is_paper(rubric: str) -> bool:
     return rubric in PAPER_RUBRICS
+
+
+def scale_scores(scale: Scale) -> range:
+    """Every score of a scale, lowest first."""
+    return range(scale[0], scale[1] + 1)
 
 
 def template_parts(template: str) -> Parts:

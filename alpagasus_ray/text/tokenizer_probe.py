@@ -4,7 +4,7 @@ Loading a tokenizer through transformers imports torch: a few hundred MB that th
 a million-row job would then hold for hours for one check. The child loads it the same way
 the workers will (`models.load_tokenizer`), answers in one JSON line and exits.
 
-Run as `python -m alpagasus_ray.text.tokenizer_probe NAME [--trust-remote-code]`.
+Run as `python -m alpagasus_ray.text.tokenizer_probe NAME --scale LO,HI [--trust-remote-code]`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import sys
 from functools import lru_cache
 from typing import Any
 
+from alpagasus_ray.text.rubrics import PAPER_SCALE, Scale
+
 TIMEOUT_S = 300  # a hub id's tokenizer files are a few MB; a local folder takes seconds
 
 
@@ -24,9 +26,13 @@ class TokenizerProbeError(Exception):
 
 
 @lru_cache(maxsize=8)
-def probe_tokenizer(name: str, trust_remote_code: bool = False) -> dict[str, Any]:
-    """{"score_tokens": {token id: digit} or None, "score_tokens_error": str or None}."""
-    cmd = [sys.executable, "-m", "alpagasus_ray.text.tokenizer_probe", name]
+def probe_tokenizer(
+    name: str, trust_remote_code: bool = False, scale: Scale = PAPER_SCALE
+) -> dict[str, Any]:
+    """{"score_tokens": {token id: score} or None, "score_tokens_error": str or None}, for
+    the scores of `scale`."""
+    cmd = [sys.executable, "-m", "alpagasus_ray.text.tokenizer_probe", name, "--scale"]
+    cmd.append(f"{scale[0]},{scale[1]}")
     if trust_remote_code:
         cmd.append("--trust-remote-code")
     # The child imports this package from where the driver did, installed or not.
@@ -55,7 +61,7 @@ def probe_tokenizer(name: str, trust_remote_code: bool = False) -> dict[str, Any
     return facts
 
 
-def _facts(name: str, trust_remote_code: bool) -> dict[str, Any]:
+def _facts(name: str, trust_remote_code: bool, scale: Scale) -> dict[str, Any]:
     from alpagasus_ray.engines.judgement import score_token_ids
     from alpagasus_ray.text.models import load_tokenizer
 
@@ -64,10 +70,11 @@ def _facts(name: str, trust_remote_code: bool) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; say which
         return {"error": " ".join(str(e).split())[:300] or type(e).__name__}
     try:
-        return {"score_tokens": score_token_ids(tokenizer), "score_tokens_error": None}
+        return {"score_tokens": score_token_ids(tokenizer, scale), "score_tokens_error": None}
     except ValueError as e:
         return {"score_tokens": None, "score_tokens_error": str(e)}
 
 
 if __name__ == "__main__":
-    print(json.dumps(_facts(sys.argv[1], "--trust-remote-code" in sys.argv[2:])))
+    lo, hi = map(int, sys.argv[sys.argv.index("--scale") + 1].split(","))
+    print(json.dumps(_facts(sys.argv[1], "--trust-remote-code" in sys.argv[2:], (lo, hi))))

@@ -57,8 +57,9 @@ class ScoreStage:
         return with_columns(table, new)
 
     def _fields(self, out: JudgeOutput) -> dict[str, Any]:
+        cfg = self.cfg
         fields = judgement_fields(
-            out, self.cfg.mode, self.engine.score_tokens, self.cfg.min_score_mass
+            out, cfg.mode, self.engine.score_tokens, cfg.min_score_mass, cfg.scale
         )
         if out.num_prompt_tokens is not None:  # what the server counted (and billed)
             fields[NUM_PROMPT_TOKENS] = out.num_prompt_tokens

@@ -94,8 +94,10 @@ class VLLMResultStage:
 
 def judge_score_tokens(judge: JudgeConfig) -> dict[int, int]:
     """The judge tokenizer's score tokens, asked for by the request stage and read back by
-    the postprocess."""
-    facts = probe_tokenizer(judge.tokenizer or judge.model, judge.trust_remote_code)
+    the postprocess (logprobs mode; generate mode parses text)."""
+    if judge.mode != "logprobs":
+        return {}
+    facts = probe_tokenizer(judge.tokenizer or judge.model, judge.trust_remote_code, judge.scale)
     if facts["score_tokens_error"]:
         raise ValueError(facts["score_tokens_error"])
     return facts["score_tokens"]
@@ -108,7 +110,7 @@ def build_judge_processor(
     served_name: str | None = None,
 ) -> Any:
     """The `ray.data.llm` processor of a job (no vLLM import; it builds the plan only)."""
-    post = VLLMPostprocess(judge.mode, score_tokens, judge.min_score_mass)
+    post = VLLMPostprocess(judge.mode, score_tokens, judge.min_score_mass, judge.scale)
     return build_vllm_processor(judge, task_cpus, post, served_name)
 
 
