@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.engines.api import APIEngine, tokens_at_most
 from alpagasus_ray.engines.api_budget import SPEND_FILE
 from alpagasus_ray.engines.hf import HFEngine
-from alpagasus_ray.text.prompts import rating_prompt_ids
+from alpagasus_ray.engines.parse import parse_score
+from alpagasus_ray.text.prompts import rating_messages, rating_prompt_ids
 
 pytestmark = pytest.mark.vllm
 
@@ -111,6 +113,22 @@ def test_generate_mode_through_the_api_equals_hf(tiny_server, vllm_tiny, stop):
     if stop:  # some answers did stop at a line break, before the token cap
         assert any(g.num_output_tokens < SCORE_LINE_TOKENS for g in got)
     api.close()
+
+
+def test_structured_scores_through_the_api_always_parse(smol_server, key):
+    """`judge.structured_score` against vLLM's server: the regex rides in the request's
+    extra body, and every answer starts with a score that parses."""
+    rows = synthetic_examples(8, seed=26)
+    cfg = api_judge(smol_server.base_url, "smol", mode="generate", max_new_tokens=12,
+                    structured_score=True, rubric=CODE_RUBRIC)  # fmt: skip
+    messages = [rating_messages(*(r[k] for k in ("instruction", "input", "output")),
+                                CODE_RUBRIC, "prefix") for r in rows]  # fmt: skip
+    api = APIEngine(cfg)
+    got = api.judge([None] * len(rows), [json.dumps({"messages": m}) for m in messages])
+    api.close()
+    for g in got:
+        assert g.error is None and parse_score(g.text) is not None, g.text
+        assert re.fullmatch(r"[0-5](\.[0-9]?)?", g.text.split("\n")[0]), g.text
 
 
 def filter_job(tmp_path: Path, rows: list, base_url: str, model: str, *sets: str) -> list[str]:

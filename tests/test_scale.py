@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import re
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -19,7 +21,8 @@ from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.engines.api import digit_logprobs, digit_of
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judge_output_to_judgement, score_token_ids
-from alpagasus_ray.engines.parse import parse_score
+from alpagasus_ray.engines.parse import parse_score, score_line_regex
+from alpagasus_ray.engines.vllm import sampling_params
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.filter.preflight import PreflightError
@@ -86,6 +89,36 @@ def test_generate_mode_parses_scores_on_the_scale(text, scale, score):
     assert j.score == score
     if score is None:
         assert j.detail == f"no {scale[0]}-{scale[1]} score found in the judge's text"
+
+
+@pytest.mark.parametrize("scale", [(0, 5), (1, 10), (0, 9)])
+def test_every_answer_the_score_regex_allows_parses_to_its_leading_score(scale):
+    """What structured outputs hold a judge to (`judge.structured_score`) always parses."""
+    regex, rng = re.compile(score_line_regex(scale)), random.Random(5)
+    tails = ["", "\n", "\nGood.", "\n\n3/5 overall", "\nScore: 1\n**9**"]
+    for score in range(scale[0], scale[1] + 1):
+        for text in [f"{score}", f"{score}.{rng.randrange(10)}", f"{score}.0"]:
+            for tail in tails:
+                answer = text + tail
+                on_scale = float(text) <= scale[1]
+                assert bool(regex.fullmatch(answer)) == on_scale, answer
+                if on_scale:
+                    assert parse_score(answer, scale) == float(text), answer
+    for off in ["Score: 4", f"{scale[1] + 1}", f"{scale[0] - 1}", " 4", "4/5", "four"]:
+        assert not regex.fullmatch(off), off
+
+
+def test_structured_scores_are_asked_of_vllm_and_refused_where_they_cannot_work():
+    judge = config("judge.engine=vllm", "judge.mode=generate", "judge.structured_score=true",
+                   f"judge.rubric={json.dumps(TEN)}", "judge.scale=[1, 10]",
+                   "filter.threshold=8").judge  # fmt: skip
+    regex = sampling_params(judge)["structured_outputs"]["regex"]
+    assert regex == score_line_regex((1, 10))
+    refusals = {"judge.mode=generate": "needs an engine that constrains decoding",  # hf
+                "judge.engine=vllm": "judge.structured_score is for mode generate"}  # fmt: skip
+    for setting, said in refusals.items():
+        with pytest.raises(ConfigError, match=said):
+            config("judge.structured_score=true", setting)
 
 
 def test_an_api_judges_top_tokens_are_read_on_the_scale():

@@ -9,6 +9,7 @@ row whose score and mass are not within those tolerances of the cut-offs.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,23 @@ def test_smollm2_generate_mode_matches_hf(ray_session, smollm2, tmp_path):
         # U+FFFD by the HF decode and held back by vLLM's incremental detokenizer.
         assert same_text(v["judge_text"], h["judge_text"]), rid
         assert (v[DECISION], v[REASON], v[SCORE]) == (h[DECISION], h[REASON], h[SCORE]), rid
+
+
+def test_smollm2_structured_scores_always_parse(ray_session, smollm2, tmp_path):
+    """`judge.structured_score`: SmolLM2's answers held to the score line's regex by vLLM's
+    structured outputs, so every judged row parses, its text starting with its score."""
+    rows = synthetic_examples(8, seed=12)
+    for i, row in enumerate(rows):
+        row["row"] = f"t{i}"
+    src = write_jsonl(tmp_path / "rows.jsonl", rows)
+    manifest, vl = filter_job(tmp_path, "vllm", src, smollm2, judge__engine="vllm",
+                              judge__mode="generate", judge__max_new_tokens=12,
+                              judge__structured_score=True, judge__rubric=CODE_RUBRIC)  # fmt: skip
+    conserved(manifest, vl, 8)
+    for r in vl.values():
+        assert r[DECISION] in ("kept", "rejected"), (r[REASON], r["judge_text"])
+        first = r["judge_text"].split("\n")[0]
+        assert re.fullmatch(r"[0-5](\.[0-9]?)?", first) and float(first) == r[SCORE], first
 
 
 def test_evaluation_answers_with_vllm(ray_session, vllm_tiny, tiny_judge, tmp_path):

@@ -165,6 +165,12 @@ class JudgeConfig(StrictModel):
         "few output tokens a row instead of up to max_new_tokens, and judge_text holds the "
         "score line only, no explanation.",
     )
+    structured_score: bool = Field(
+        False,
+        description="Generate mode on vllm, or openai against a vLLM server: hold decoding to an "
+        "answer that starts with a score on judge.scale (structured outputs, a regex), so every "
+        "judgement parses. The HF engine cannot constrain its decoding: refused there.",
+    )
     min_score_mass: float = Field(
         0.5,
         ge=0.0,
@@ -245,9 +251,13 @@ class JudgeConfig(StrictModel):
             scale, rubric = list(self.scale), self.rubric
             raise ValueError(f"judge.scale {scale} needs your own judge.rubric: the paper's "
                              f"{rubric} rubric asks for a score from 0 to 5")  # fmt: skip
-        if self.stop_after_score_line and self.mode != "generate":
-            raise ValueError("judge.stop_after_score_line is for mode generate (logprobs mode "
-                             "reads a single token already)")  # fmt: skip
+        for key in ("stop_after_score_line", "structured_score"):
+            if getattr(self, key) and self.mode != "generate":
+                raise ValueError(f"judge.{key} is for mode generate (logprobs mode reads a "
+                                 "single token already)")  # fmt: skip
+        if self.structured_score and self.engine == "hf":
+            raise ValueError("judge.structured_score needs an engine that constrains decoding: "
+                             "vllm, or openai against a vLLM server")  # fmt: skip
         return self
 
     def answer_tokens(self) -> int:

@@ -33,6 +33,7 @@ from alpagasus_ray.core.config import JudgeConfig
 from alpagasus_ray.core.errors import JudgeAPIStopped
 from alpagasus_ray.engines.api_budget import JobAPI
 from alpagasus_ray.engines.base import JudgeEngine, JudgeOutput
+from alpagasus_ray.engines.parse import score_line_regex
 from alpagasus_ray.text.rubrics import PAPER_SCALE, Scale, scale_scores
 
 CHARS_PER_TOKEN = 4  # a prompt's tokens, estimated when no tokenizer is configured
@@ -179,6 +180,8 @@ class APIEngine(JudgeEngine):
         args["temperature"] = 0.0
         if cfg.stop():
             args["stop"] = cfg.stop()
+        if cfg.structured_score:  # vLLM's server takes a regex for the answer
+            args["extra_body"] = {"structured_outputs": {"regex": score_line_regex(cfg.scale)}}
         if api.endpoint == "chat":
             if cfg.mode == "logprobs":
                 args.update(logprobs=True, top_logprobs=api.top_logprobs)

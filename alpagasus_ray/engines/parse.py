@@ -66,3 +66,12 @@ def parse_score(text: str, scale: Scale = PAPER_SCALE) -> float | None:
     if len(numbers) == 1 and _CONTEXT.search(first_sentence):
         return _in_range(numbers[0], None, scale)
     return None
+
+
+def score_line_regex(scale: Scale = PAPER_SCALE) -> str:
+    """An answer that starts with a score on the scale ("4", "4.5"; the top score bare or
+    ".0"), then a line break and anything, or nothing: what structured outputs hold a
+    judge's decoding to, so that `parse_score` reads every answer."""
+    lo, hi = scale
+    below = "|".join(rf"{s}(\.[0-9])?" for s in range(hi - 1, lo - 1, -1))
+    return rf"({hi}(\.0)?|{below})(\n[\s\S]*)?"

@@ -19,6 +19,7 @@ from typing import Any
 from alpagasus_ray.core.config import JudgeConfig
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judgement_fields
+from alpagasus_ray.engines.parse import score_line_regex
 from alpagasus_ray.text.rubrics import PAPER_SCALE, Scale
 
 INSTALL_HINT = "pip install 'alpagasus-ray[vllm]'"
@@ -114,6 +115,8 @@ def sampling_params(judge: JudgeConfig, score_tokens: Iterable[int] = ()) -> dic
     params: dict[str, Any] = {"temperature": 0.0, "max_tokens": judge.answer_tokens()}
     if judge.stop():
         params["stop"] = judge.stop()  # vLLM leaves the stop string out of the text
+    if judge.structured_score:  # Ray's stage builds vLLM's StructuredOutputsParams from it
+        params["structured_outputs"] = {"regex": score_line_regex(judge.scale)}
     return params
 
 

@@ -77,8 +77,9 @@ def fingerprint(cfg: FilterJobConfig, listing: Listing) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if cfg.judge.engine == "openai":  # what changes the judgement; not the URL, limits, prices
         extra = {f"judge.api.{k}": getattr(cfg.judge.api, k) for k in ("endpoint", "top_logprobs")}
-    if cfg.judge.stop_after_score_line:  # named only when on, so earlier runs still resume
-        extra["judge.stop_after_score_line"] = True
+    for key in ("stop_after_score_line", "structured_score"):  # named only when on, so
+        if getattr(cfg.judge, key):  # that earlier runs still resume
+            extra[f"judge.{key}"] = True
     if cfg.judge.turns == "each":  # the same: outputs from before `turns` rerun as they did
         extra.update({"judge.turns": "each", "judge.turn_aggregate": cfg.judge.turn_aggregate})
     rubric = cfg.judge.rubric  # a paper rubric under its key of old; a template by its hash
