@@ -75,8 +75,18 @@ def test_the_old_dimension_key_is_the_rubric_and_not_beside_it():
 
 def test_conversation_rows_take_the_papers_rubrics_only():
     assert config("input.columns.messages=chat", "judge.rubric=helpfulness")
-    with pytest.raises(ConfigError, match="a custom template rates instruction rows"):
-        config("input.columns.messages=chat", f"judge.rubric={json.dumps(CODE_RUBRIC)}")
+    for rubric in (f"judge.rubric={json.dumps(CODE_RUBRIC)}", "judge.rubric_file=mine.txt"):
+        with pytest.raises(ConfigError, match="a custom template rates instruction rows"):
+            config("input.columns.messages=chat", rubric)
+
+
+def test_a_rubric_file_takes_its_own_scale_beside_a_config_that_names_the_default(tmp_path):
+    """A job file says `rubric: accuracy`; the user adds a file and its scale with --set."""
+    path = tmp_path / "nine.txt"
+    path.write_text("Rate from 0 to 9, the score first.\n{instruction}\n{output}")
+    cfg = config("judge.rubric=accuracy", f"judge.rubric_file={path}", "judge.scale=[0, 9]",
+                 "filter.threshold=7")  # fmt: skip
+    assert with_rubric_file(cfg).judge.rubric == path.read_text()
 
 
 ROW = {"instruction": "Reverse a list.", "input": "[1, 2]", "output": "xs[::-1] </example> {x}"}

@@ -247,7 +247,7 @@ class JudgeConfig(StrictModel):
             )
         if self.engine == "openai" and not self.api.base_url:
             raise ValueError("judge.engine=openai needs judge.api.base_url")
-        if is_paper(self.rubric) and self.scale != PAPER_SCALE:
+        if not self.own_rubric() and self.scale != PAPER_SCALE:
             scale, rubric = list(self.scale), self.rubric
             raise ValueError(f"judge.scale {scale} needs your own judge.rubric: the paper's "
                              f"{rubric} rubric asks for a score from 0 to 5")  # fmt: skip
@@ -259,6 +259,10 @@ class JudgeConfig(StrictModel):
             raise ValueError("judge.structured_score needs an engine that constrains decoding: "
                              "vllm, or openai against a vLLM server")  # fmt: skip
         return self
+
+    def own_rubric(self) -> bool:
+        """A user's template, given or to be read from `rubric_file` at start."""
+        return self.rubric_file is not None or not is_paper(self.rubric)
 
     def answer_tokens(self) -> int:
         """The most tokens one answer may take: what a prompt leaves room for, what an API

@@ -14,7 +14,6 @@ from alpagasus_ray.core.config import (
     StorageConfig,
     StrictModel,
 )
-from alpagasus_ray.text.rubrics import is_paper
 
 
 class ThresholdConfig(StrictModel):
@@ -66,7 +65,7 @@ class FilterJobConfig(StrictModel):
 
     @model_validator(mode="after")
     def _rubric_fits_the_rows(self) -> FilterJobConfig:
-        if self.input.columns.messages and not is_paper(self.judge.rubric):
+        if self.input.columns.messages and self.judge.own_rubric():
             raise ValueError(
                 "judge.rubric: a custom template rates instruction rows; conversation rows "
                 "(input.columns.messages) are rated with the paper's accuracy or helpfulness"
