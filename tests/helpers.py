@@ -120,6 +120,16 @@ def export_smollm2(path: str | Path) -> Path:
     return path
 
 
+def numbered_rows(n: int, seed: int, prefix: str = "r") -> list[dict]:
+    """`n` distinct synthetic rows, each with its id in the column `row` (prefix + position)."""
+    from alpagasus_ray.demo import synthetic_examples
+
+    rows = synthetic_examples(n, seed=seed, unique=True)
+    for i, row in enumerate(rows):
+        row["row"] = f"{prefix}{i}"
+    return rows
+
+
 # A user's own rubric (`judge.rubric`), as the tests of each engine judge with it.
 CODE_RUBRIC = (
     "Rate how correct the code in the answer is, from 0 (wrong) to 5 (correct and idiomatic). "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 from conftest import S3_CREDENTIALS, cli_refusal, filter_args, job_config, s3_client
-from helpers import CODE_RUBRIC, write_jsonl
+from helpers import CODE_RUBRIC, numbered_rows, write_jsonl
 from test_prompts import EDGE_ROWS
 
 from alpagasus_ray.core.config import ConfigError, load_config
@@ -199,10 +199,7 @@ def decisions(out: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory) -> Path:
-    examples = synthetic_examples(40, seed=4, unique=True)
-    for i, row in enumerate(examples):
-        row["row"] = f"r{i}"
-    return write_jsonl(tmp_path_factory.mktemp("rubric-in") / "rows.jsonl", examples)
+    return write_jsonl(tmp_path_factory.mktemp("rubric-in") / "rows.jsonl", numbered_rows(40, 4))
 
 
 def test_a_rubric_file_judges_the_run_and_is_its_identity(ray_session, rows, stand_in, tmp_path):

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.dataset as pads
 import pytest
 from conftest import job_config
-from helpers import CODE_RUBRIC, write_jsonl
+from helpers import CODE_RUBRIC, numbered_rows, write_jsonl
 
 from alpagasus_ray.core.config import build_config
 from alpagasus_ray.data.schema import (
@@ -241,10 +241,7 @@ def test_smollm2_generate_mode_matches_hf(ray_session, smollm2, tmp_path):
 def test_smollm2_structured_scores_always_parse(ray_session, smollm2, tmp_path):
     """`judge.structured_score`: SmolLM2's answers held to the score line's regex by vLLM's
     structured outputs, so every judged row parses, its text starting with its score."""
-    rows = synthetic_examples(8, seed=12)
-    for i, row in enumerate(rows):
-        row["row"] = f"t{i}"
-    src = write_jsonl(tmp_path / "rows.jsonl", rows)
+    src = write_jsonl(tmp_path / "rows.jsonl", numbered_rows(8, 12, prefix="t"))
     manifest, vl = filter_job(tmp_path, "vllm", src, smollm2, judge__engine="vllm",
                               judge__mode="generate", judge__max_new_tokens=12,
                               judge__structured_score=True, judge__rubric=CODE_RUBRIC)  # fmt: skip
