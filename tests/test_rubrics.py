@@ -86,7 +86,7 @@ def test_a_rubric_file_takes_its_own_scale_beside_a_config_that_names_the_defaul
     path.write_text("Rate from 0 to 9, the score first.\n{instruction}\n{output}")
     cfg = config("judge.rubric=accuracy", f"judge.rubric_file={path}", "judge.scale=[0, 9]",
                  "filter.threshold=7")  # fmt: skip
-    assert with_rubric_file(cfg).judge.rubric == path.read_text()
+    assert with_rubric_file(cfg.judge, cfg.storage).rubric == path.read_text()
 
 
 ROW = {"instruction": "Reverse a list.", "input": "[1, 2]", "output": "xs[::-1] </example> {x}"}
@@ -138,9 +138,9 @@ def test_a_rubric_file_is_read_once_into_the_rubric(tmp_path):
     path = tmp_path / "code.txt"
     path.write_bytes(b"\xef\xbb\xbf" + CODE_RUBRIC.encode())  # a BOM from a Windows editor
     cfg = config(f"judge.rubric_file={path}")
-    resolved = with_rubric_file(cfg)
-    assert resolved.judge.rubric == CODE_RUBRIC and cfg.judge.rubric == "accuracy"
-    assert with_rubric_file(resolved).judge.rubric == CODE_RUBRIC  # its own text again: fine
+    resolved = with_rubric_file(cfg.judge, cfg.storage)
+    assert resolved.rubric == CODE_RUBRIC and cfg.judge.rubric == "accuracy"
+    assert with_rubric_file(resolved, cfg.storage) is resolved  # read already
 
 
 @pytest.mark.parametrize(
@@ -158,7 +158,8 @@ def test_a_rubric_file_that_cannot_be_used_is_refused_by_name(tmp_path, content,
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(PreflightError) as e:
-        with_rubric_file(config(f"judge.rubric_file={path}"))
+        cfg = config(f"judge.rubric_file={path}")
+        with_rubric_file(cfg.judge, cfg.storage)
     assert said in str(e.value) and "\n" not in str(e.value)
 
 
@@ -169,18 +170,36 @@ def test_a_rubric_file_on_s3_is_read_with_the_jobs_storage(s3_endpoint):
     storage = [f"{k.replace('__', '.')}={v}" for k, v in S3_CREDENTIALS.items()]
     storage.append(f"storage.endpoint_url={s3_endpoint}")
     cfg = config("judge.rubric_file=s3://rubrics/code.txt", *storage)
-    assert with_rubric_file(cfg).judge.rubric == CODE_RUBRIC
+    assert with_rubric_file(cfg.judge, cfg.storage).rubric == CODE_RUBRIC
     missing = config("judge.rubric_file=s3://rubrics/none.txt", *storage)
     with pytest.raises(PreflightError, match=r"no such file s3://rubrics/none.txt$"):
-        with_rubric_file(missing)
+        with_rubric_file(missing.judge, missing.storage)
 
 
 def test_a_rubric_file_beside_another_rubric_is_refused(tmp_path):
     path = tmp_path / "rubric.txt"
     path.write_text(CODE_RUBRIC)
     cfg = config(f"judge.rubric_file={path}", "judge.rubric=helpfulness")
-    with pytest.raises(PreflightError, match=r"^judge rubric \(judge.rubric_file\): judge.rubric "):
-        with_rubric_file(cfg)
+    said = r"^judge rubric \(judge.rubric_file\): judge.rubric is set too \(helpfulness\): "
+    with pytest.raises(PreflightError, match=said):
+        with_rubric_file(cfg.judge, cfg.storage)
+
+
+def test_a_library_call_reads_the_rubric_file_too(ray_session, stand_in, tmp_path):
+    """`judge_dataset` with a rubric file judges with its text, as the job does."""
+    from alpagasus_ray.core.config import JudgeConfig
+    from alpagasus_ray.filter.judge import judge_dataset
+
+    path = tmp_path / "code.txt"
+    path.write_text(CODE_RUBRIC)
+    rows = numbered_rows(12, 6)
+    scores = {}
+    for name, judge in {"file": {"rubric_file": str(path)}, "text": {"rubric": CODE_RUBRIC},
+                        "paper": {}}.items():  # fmt: skip
+        cfg = JudgeConfig(engine="hash", model=stand_in, num_cpus_per_replica=0.5, **judge)
+        ds = judge_dataset(ray_session.data.from_items(rows), cfg)
+        scores[name] = {r["row"]: r["score"] for r in ds.take_all()}
+    assert scores["file"] == scores["text"] != scores["paper"]
 
 
 def test_the_cli_refuses_an_unusable_rubric_file_before_ray(tmp_path, capsys, stand_in):

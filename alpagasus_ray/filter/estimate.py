@@ -62,7 +62,7 @@ def estimate(cfg: FilterJobConfig) -> dict[str, Any]:
     from alpagasus_ray.filter.rubric_file import with_rubric_file
     from alpagasus_ray.filter.stages import ValidateStage
 
-    cfg = with_rubric_file(cfg)
+    cfg = cfg.model_copy(update={"judge": with_rubric_file(cfg.judge, cfg.storage)})
     listing = preflight(cfg, dry_run=True)
     init_ray(cfg.ray)
     judge, light = cfg.judge, cfg.ray.task_cpus

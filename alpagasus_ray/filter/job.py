@@ -227,7 +227,7 @@ def run_filter(cfg: FilterJobConfig) -> Manifest:
     """Run the whole job; returns the manifest, whose commit ends it. A mistake, or another
     run writing the output now, is refused in seconds, before Ray or the output is touched;
     from then on the output's heartbeat says this run is writing it."""
-    cfg = with_rubric_file(cfg)
+    cfg = cfg.model_copy(update={"judge": with_rubric_file(cfg.judge, cfg.storage)})
     listing = preflight(cfg)
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     with Heartbeat(fs, root):

@@ -20,9 +20,11 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from alpagasus_ray.core.config import ColumnMap, JudgeConfig, RayConfig
+from alpagasus_ray.core.config import ColumnMap, JudgeConfig, RayConfig, StorageConfig
+from alpagasus_ray.filter.rubric_file import with_rubric_file
 from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 from alpagasus_ray.filter.stages.dedup import DedupStage
+from alpagasus_ray.text.rubrics import is_paper
 
 
 def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
@@ -86,6 +88,8 @@ def judge_dataset(
     `json_columns` are carried as JSON text (their types differ across the input's files),
     and `carried_kinds` are the kinds of a record input's extra keys (`filter/carried.py`).
     """
+    if judge.rubric_file is not None and is_paper(judge.rubric):  # not read by a job
+        judge = with_rubric_file(judge, StorageConfig())  # (the job reads it with its storage)
     lo, hi = judge.scale  # the job's config checks the same (FilterJobConfig)
     if not lo <= threshold <= hi:
         raise ValueError(

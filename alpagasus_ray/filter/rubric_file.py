@@ -6,39 +6,40 @@ manifest then see the one text that was judged with, not a path whose file may c
 
 from __future__ import annotations
 
-from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.core.config import JudgeConfig, StorageConfig
 from alpagasus_ray.data.io import filesystem
-from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.preflight import PreflightError, storage_cause
-from alpagasus_ray.text.rubrics import check_rubric
+from alpagasus_ray.text.rubrics import check_rubric, rubric_label
 
 MAX_RUBRIC_BYTES = 1 << 20  # a prompt's template, not a corpus
 _DEFAULT = JudgeConfig.model_fields["rubric"].default
 
 
-def with_rubric_file(cfg: FilterJobConfig) -> FilterJobConfig:
-    """`cfg` itself without a rubric file; else a copy whose `judge.rubric` is the file's
-    text. Raises `PreflightError` naming the file: unreadable, not UTF-8, too large, not a
-    usable template, or another template set in `judge.rubric` too."""
-    uri = cfg.judge.rubric_file
+def with_rubric_file(judge: JudgeConfig, storage: StorageConfig) -> JudgeConfig:
+    """`judge` whose `rubric` is its rubric file's text (itself without a file, or when read
+    already). Raises `PreflightError` naming the file: unreadable, not UTF-8, too large, not
+    a usable template, or beside another template in `rubric`."""
+    uri = judge.rubric_file
     if uri is None:
-        return cfg
-    text = _read_text(uri, cfg)
+        return judge
+    text = _read_text(uri, storage)
     try:
         check_rubric(text)
     except ValueError as e:
         raise PreflightError("judge rubric", uri, str(e)) from None
-    if cfg.judge.rubric not in (_DEFAULT, text):
-        cause = "judge.rubric is set too: give the template in one of the two"
+    if judge.rubric == text:
+        return judge
+    if judge.rubric != _DEFAULT:
+        cause = f"judge.rubric is set too ({rubric_label(judge.rubric)}): give one of the two"
         raise PreflightError("judge rubric", "judge.rubric_file", cause)
-    resolved = cfg.model_copy(deep=True)
-    resolved.judge.rubric = text
+    resolved = judge.model_copy(deep=True)
+    resolved.rubric = text
     return resolved
 
 
-def _read_text(uri: str, cfg: FilterJobConfig) -> str:
+def _read_text(uri: str, storage: StorageConfig) -> str:
     try:
-        fs, path = filesystem(uri, cfg.storage)
+        fs, path = filesystem(uri, storage)
         with fs.open(path, "rb") as f:
             data = f.read(MAX_RUBRIC_BYTES + 1)
     except FileNotFoundError:
