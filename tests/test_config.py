@@ -109,6 +109,24 @@ def test_secrets_never_appear_in_the_redacted_config(cfg_file):
     assert "very-secret-value" not in repr(cfg)
 
 
+@pytest.mark.parametrize(
+    ("sets", "line"),
+    [
+        (["filter.threshold=7"],
+         "invalid configuration (filter.threshold): filter.threshold 7 is outside judge.scale "
+         "[0, 5]"),
+        (["judge.engine=openai"],
+         "invalid configuration (judge.engine): judge.engine=openai needs judge.api.base_url"),
+    ],
+)  # fmt: skip
+def test_a_check_across_keys_names_the_key_it_is_about(sets, line):
+    """Not `(<root>)` or `(judge)` and pydantic's "Value error, ": the key to change."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["input.uri=x", "output.uri=y", "judge.model=m", *sets],
+                    model=FilterJobConfig)  # fmt: skip
+    assert str(err.value) == line
+
+
 def test_a_config_error_is_one_line_naming_each_key():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["input.uri=x", "output.uri=y", "judge.model=m", "judge.mode=logprob",

@@ -40,7 +40,7 @@ def config(*sets: str) -> FilterJobConfig:
 @pytest.mark.parametrize(
     ("sets", "said"),
     [
-        (["judge.scale=[5, 1]"], "(judge.scale): judge.scale: Value error, [5, 1] is not a scale"),
+        (["judge.scale=[5, 1]"], "(judge.scale): judge.scale: [5, 1] is not a scale"),
         (["judge.scale=[-1, 5]"], "[-1, 5] is not a scale [lo, hi] of whole scores, 0 <= lo < hi"),
         (["judge.scale=[1, 10]"], "judge.scale [1, 10] needs your own judge.rubric: the paper's "
                                   "accuracy rubric asks for a score from 0 to 5"),

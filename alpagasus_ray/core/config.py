@@ -8,6 +8,7 @@ instead of being silently ignored halfway through a multi-hour GPU job.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -331,14 +332,31 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+_KEY_FIRST = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+)[:= ]")  # "judge.rubric: ...", "filter.x 7 ..."
+
+
 def format_validation_error(err: ValidationError) -> str:
     """One line that names every bad key: `invalid configuration (judge.mode): <why>`."""
-    problems = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        problems.append((key, " ".join(str(e["msg"]).split())))
+    problems = [_problem(e) for e in err.errors()]
     keys = ", ".join(key for key, _ in problems)
-    return f"invalid configuration ({keys}): " + "; ".join(f"{k}: {m}" for k, m in problems)
+    return f"invalid configuration ({keys}): " + "; ".join(text for _, text in problems)
+
+
+def _problem(error: Any) -> tuple[str, str]:
+    """(key, text) of one error. A check across keys names its key first, as seen from the
+    section that checks it ("judge.scale [1, 10] needs ..." in `judge`): that key, not the
+    section's."""
+    msg = " ".join(str(error["msg"]).removeprefix("Value error, ").split())
+    loc = [str(p) for p in error["loc"]]
+    named = _KEY_FIRST.match(msg)
+    if named is None:
+        key = ".".join(loc) or "<root>"
+        return key, f"{key}: {msg}"
+    said = named.group(1)
+    if loc and loc[-1] == said.split(".")[0]:
+        loc = loc[:-1]  # "judge.scale" said in judge
+    key = ".".join([*loc, said])
+    return key, msg if key == said else f"{key}: {msg}"
 
 
 def build_config(model: type[BaseModel], data: dict[str, Any]) -> Any:
