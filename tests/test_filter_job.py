@@ -133,7 +133,9 @@ def test_manifest_report_and_regeneration(filtered, tiny_judge, capsys):
     md = (out / "report.md").read_text()
     assert md.startswith("# AlpaGasus filter report")
     # The report alone says what judged which input (regenerated from the manifest here).
-    assert f"Judge `{tiny_judge}` (hf engine, logprobs mode, accuracy, prefix layout)" in md
+    assert (
+        f"Judge `{tiny_judge}` (hf engine, logprobs mode, accuracy, scale 0-5, prefix layout)" in md
+    )
     assert f"on `{manifest.config['input']['uri']}`." in md
 
 
