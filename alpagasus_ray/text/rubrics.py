@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import string
 from collections.abc import Mapping
+from functools import lru_cache
 
 PAPER_RUBRICS = ("accuracy", "helpfulness")  # their texts: prompts.RATING_PROMPTS
 Scale = tuple[int, int]  # the lowest and the highest score a rubric asks for
@@ -20,7 +21,7 @@ PAPER_SCALE: Scale = (0, 5)
 FIELDS = ("instruction", "input", "output")
 ANSWER_FIELD = "output"
 
-Parts = list[tuple[str, str | None]]  # (literal text, the field after it or None)
+Parts = tuple[tuple[str, str | None], ...]  # (literal text, the field after it or None)
 
 
 def is_paper(rubric: str) -> bool:
@@ -32,15 +33,17 @@ def scale_scores(scale: Scale) -> range:
     return range(scale[0], scale[1] + 1)
 
 
+@lru_cache(maxsize=16)
 def template_parts(template: str) -> Parts:
-    """The template as literal text and fields; a ValueError names its first problem."""
+    """The template as literal text and fields; a ValueError names its first problem.
+    Parsed once per template and process, not once per row (`fill_template`)."""
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError:
         raise ValueError(
             "the template has a lone '{' or '}' (write '{{' or '}}' for a literal brace)"
         ) from None
-    parts: Parts = []
+    parts: list[tuple[str, str | None]] = []
     for literal, field, spec, conversion in parsed:
         if field is not None and field not in FIELDS:
             named = f"{{{field}}}" if field else "a bare {}"
@@ -54,7 +57,7 @@ def template_parts(template: str) -> Parts:
                 f"the template formats its field {{{field}}}: a field takes no '!' or ':'"
             )
         parts.append((literal, field))
-    return parts
+    return tuple(parts)
 
 
 def check_rubric(rubric: str) -> str:
