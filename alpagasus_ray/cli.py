@@ -86,6 +86,8 @@ def _add_calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", default="index", help="the label file's column naming the row")
     p.add_argument("--match", default="position", help="what --key holds: the row's position "
                    "in its input file (default), or an output column such as id")  # fmt: skip
+    p.add_argument("--criterion", help="with judge.criteria: the criterion to measure "
+                   "(its score_<name>, scale and threshold)")  # fmt: skip
     p.add_argument("--threshold", type=float, help="the judge's cut (default: the output's)")
     p.add_argument("--label-threshold", type=float, default=4.5, help="keep cut for scores")
     p.add_argument("--to", default="calibration", help="folder for the report (or s3://)")
@@ -190,7 +192,7 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     result = calibrate(output, args.labels, args.label, args.to, key=args.key,
                        match=args.match, threshold=args.threshold,
                        label_threshold=args.label_threshold, resamples=args.resamples,
-                       storage=storage)  # fmt: skip
+                       storage=storage, criterion=args.criterion)  # fmt: skip
     from alpagasus_ray.calibrate.render import summary_line
 
     print(summary_line(result, args.to))

@@ -55,9 +55,14 @@ def rows(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         nested = _model_of(field.annotation)
-        if nested is not None:  # a section: its own keys, `[]` for each item of a list
-            many = typing.get_origin(field.annotation) in (list, tuple)
-            out += rows(nested, f"{key}[]." if many else f"{key}.")
+        if nested is not None:  # a section: its own keys, `[]` for each item of a list,
+            origin = typing.get_origin(field.annotation)  # `<name>` for each of a mapping
+            if origin is dict:
+                out.append(f"| `{key}` | dict[str, {nested.__name__}] | `{{}}` | "
+                           f"{field.description or ''} |")  # fmt: skip
+            many = origin in (list, tuple)
+            inner = "[]." if many else ".<name>." if origin is dict else "."
+            out += rows(nested, f"{key}{inner}")
             continue
         about = (field.description or "").replace("|", "\\|").replace("\n", " ")
         out.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {about} |")

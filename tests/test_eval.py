@@ -52,6 +52,9 @@ def test_config_defaults_and_errors():
         build_config(EvalConfig, base_config(judge={"model": "j", "mode": "logprobs"}))
     with pytest.raises(ConfigError, match="stand-in: it cannot judge pairs"):
         build_config(EvalConfig, base_config(judge={"model": "j", "engine": "hash"}))
+    with pytest.raises(ConfigError, match="judge.criteria are the filter's"):
+        criteria = {"a": {"rubric": "accuracy"}}
+        build_config(EvalConfig, base_config(judge={"model": "j", "criteria": criteria}))
     with pytest.raises(ConfigError, match="pair"):
         build_config(EvalConfig, base_config(pairs=[["a", "c"]]))
     with pytest.raises(ConfigError, match="unique"):

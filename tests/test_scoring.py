@@ -2,6 +2,7 @@
 
 import math
 
+import pyarrow as pa
 import pytest
 
 from alpagasus_ray.core.config import SCORE_LINE_TOKENS, JudgeConfig
@@ -9,7 +10,7 @@ from alpagasus_ray.data.schema import Reason
 from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.engines import JudgeOutput, judge_output_to_judgement, score_token_ids
 from alpagasus_ray.engines.hf import HFEngine
-from alpagasus_ray.filter.stages.decide import decide
+from alpagasus_ray.filter.stages.decide import DecideStage
 from alpagasus_ray.text.models import load_tokenizer
 from alpagasus_ray.text.prompts import rating_prompt_ids
 
@@ -54,9 +55,10 @@ def test_engine_error_is_a_row_failure():
 
 
 def test_decision_rule():
-    assert decide(4.5, 4.5).value == "kept"
-    assert decide(4.4999, 4.5).value == "rejected"
-    assert decide(None, 4.5).value == "failed"
+    table = pa.table({"score": pa.array([4.5, 4.4999, None], pa.float64())})
+    decided = DecideStage(4.5)(table).to_pylist()
+    assert [r["decision"] for r in decided] == ["kept", "rejected", "failed"]
+    assert decided[2]["reason"] == "not_scored"
 
 
 def test_score_tokens_of_a_real_tokenizer(tiny_judge):

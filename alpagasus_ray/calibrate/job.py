@@ -25,6 +25,7 @@ from alpagasus_ray.calibrate.metrics import (
     spearman,
 )
 from alpagasus_ray.core.config import StorageConfig
+from alpagasus_ray.core.criteria import score_column
 from alpagasus_ray.core.errors import CalibrationRefused
 from alpagasus_ray.data.io import filesystem, join, read_output_table, write_atomic, write_json
 from alpagasus_ray.data.schema import SCORE, SOURCE, SOURCE_ROW
@@ -58,7 +59,7 @@ def read_labels(uri: str, storage: StorageConfig) -> pa.Table:
 
 
 def joined(
-    output: pa.Table, labels: pa.Table, label: str, key: str, match: str
+    output: pa.Table, labels: pa.Table, label: str, key: str, match: str, score: str = SCORE
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """(scores, reference labels) of the rows both sides have, and what was left out."""
     for name, table, side in ((label, labels, "label file"), (key, labels, "label file")):
@@ -80,15 +81,15 @@ def joined(
                          strict=True))  # fmt: skip
     scores, refs = [], []
     left = {"rows_in_output": output.num_rows, "not_scored": 0, "not_labelled": 0}
-    for k, score in zip(output.column(ours).to_pylist(), output.column(SCORE).to_pylist(),
+    for k, value in zip(output.column(ours).to_pylist(), output.column(score).to_pylist(),
                         strict=True):  # fmt: skip
         ref = reference.get(k)
-        if score is None:
+        if value is None:
             left["not_scored"] += 1
         elif ref is None:
             left["not_labelled"] += 1
         else:
-            scores.append(float(score))
+            scores.append(float(value))
             refs.append(ref)
     bad = next((r for r in refs if not isinstance(r, (bool, int, float))), None)
     if bad is not None:
@@ -146,26 +147,53 @@ def calibrate(
     label_threshold: float = 4.5,
     resamples: int = 1000,
     storage: StorageConfig | None = None,
+    criterion: str | None = None,
 ) -> dict[str, Any]:
-    """Join a finished filter output with its reference labels and write the agreement."""
+    """Join a finished filter output with its reference labels and write the agreement: of
+    the row's score, or of one `criterion`'s (`judge.criteria`)."""
     from alpagasus_ray.filter.manifest import committed, listed_files
 
     storage = storage or StorageConfig()
     fs, root = filesystem(output_uri, storage)
     manifest = committed(fs, root, output_uri)
-    columns = [SCORE, SOURCE, SOURCE_ROW] + ([] if match == POSITION else [match])
+    score, scale, cut = measured(manifest.judge, manifest.threshold, criterion)
+    columns = [score, SOURCE, SOURCE_ROW] + ([] if match == POSITION else [match])
     files = listed_files(root, manifest)
     try:
         output = read_output_table(fs, root, files, columns=columns)
     except (pa.ArrowInvalid, KeyError):  # said as ours: the CLI names a cause's own error
         raise CalibrationRefused(f"the filter output has no column {match!r} to match on") from None
-    scores, reference, left = joined(output, read_labels(labels_uri, storage), label, key, match)
-    threshold = manifest.threshold if threshold is None else threshold
-    scale = manifest.judge.get("scale") or list(PAPER_SCALE)  # the judge's, for the plot
+    labels = read_labels(labels_uri, storage)
+    scores, reference, left = joined(output, labels, label, key, match, score)
+    threshold = cut if threshold is None else threshold
     result = {"output": output_uri, "labels": labels_uri, "label": label, "scale": scale, **left,
               **agreement(scores, reference, threshold, label_threshold, resamples)}  # fmt: skip
+    if criterion is not None:
+        result["criterion"] = criterion
     write_calibration(to, storage, result, scores, reference, label_threshold)
     return result
+
+
+def measured(
+    judge: dict[str, Any], threshold: float, criterion: str | None
+) -> tuple[str, list[int], float]:
+    """The column `calibrate` measures, its scale and its cut, from the manifest's `judge`:
+    the row's score, or a criterion's. A run decided criterion by criterion has no one
+    score to measure: its criterion is asked for, by name."""
+    criteria = judge.get("criteria") or {}
+    if criterion is None:
+        if criteria and judge.get("rule") != "mean":
+            raise CalibrationRefused(
+                f"the output was decided per criterion (rule {judge.get('rule')}): measure one "
+                f"with --criterion ({', '.join(criteria)})"
+            )
+        return SCORE, judge.get("scale") or list(PAPER_SCALE), threshold
+    if criterion not in criteria:
+        has = f"its criteria: {', '.join(criteria)}" if criteria else "it has none"
+        raise CalibrationRefused(f"--criterion {criterion}: the output has no such criterion "
+                                 f"({has})")  # fmt: skip
+    c = criteria[criterion]
+    return score_column(criterion), c["scale"], c["threshold"]
 
 
 def write_calibration(

@@ -35,7 +35,9 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         "# Judge calibration",
         "",
-        f"Output `{result['output']}` against `{result['labels']}` (label `{result['label']}`):"
+        f"Output `{result['output']}`"
+        + (f", criterion `{result['criterion']}`," if result.get("criterion") else "")
+        + f" against `{result['labels']}` (label `{result['label']}`):"
         f" {result['rows_compared']} rows compared ({result['not_scored']} not scored, "
         f"{result['not_labelled']} without a label).",
         "",

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.data.schema import TURN_OF
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judgement_fields
 from alpagasus_ray.engines.parse import score_line_regex
@@ -251,17 +252,23 @@ class VLLMPostprocess:
         score_tokens: dict[int, int],
         min_score_mass: float,
         scale: Scale = PAPER_SCALE,
+        criteria_scales: tuple[Scale, ...] = (),
     ):
+        """`criteria_scales`: with `judge.criteria`, each criterion's scale, in order; a
+        criterion row (`TURN_OF`: "<row key> <criterion> <criteria>") is read on its own."""
         self.mode = mode
         self.score_tokens = dict(score_tokens)
         self.min_score_mass = min_score_mass
         self.scale = scale
+        self.criteria_scales = criteria_scales
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         out = to_judge_output(row, self.mode)
         kept = {k: v for k, v in row.items() if k not in ENGINE_COLUMNS}
-        fields = judgement_fields(
-            out, self.mode, self.score_tokens, self.min_score_mass, self.scale
-        )
+        scale, tokens = self.scale, self.score_tokens
+        if self.criteria_scales and row.get(TURN_OF):
+            scale = self.criteria_scales[int(row[TURN_OF].split(" ")[1])]
+            tokens = {t: s for t, s in tokens.items() if scale[0] <= s <= scale[1]}
+        fields = judgement_fields(out, self.mode, tokens, self.min_score_mass, scale)
         kept.update(fields)
         return kept

@@ -127,6 +127,9 @@ class EvalConfig(StrictModel):
             raise ValueError("the pairwise judge needs mode=generate (it writes two scores)")
         if v.engine == "hash":
             raise ValueError("judge.engine=hash is the filter's stand-in: it cannot judge pairs")
+        if v.criteria:
+            raise ValueError("judge.criteria are the filter's: the pairwise judge rates with "
+                             "the paper's pairwise prompt")  # fmt: skip
         return v
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ is carried as JSON text, and the manifest names each such column (`json_text_col
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -25,9 +25,10 @@ _INT64 = range(-(2**63), 2**63)
 SMALL_INPUT_BYTES = 16 << 20  # record input up to this size is scanned in the driver
 
 
-def carried_name(name: str) -> str:
-    """An input column that collides with one we write is kept under a prefixed name."""
-    return f"orig_{name}" if name in OWN_COLUMNS else name
+def carried_name(name: str, own: Collection[str] = ()) -> str:
+    """An input column that collides with one we write (`own`: a run's criteria columns
+    besides the fixed ones) is kept under a prefixed name."""
+    return f"orig_{name}" if name in OWN_COLUMNS or name in own else name
 
 
 def kind_of(value: Any) -> str:

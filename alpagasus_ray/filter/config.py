@@ -14,6 +14,8 @@ from alpagasus_ray.core.config import (
     StorageConfig,
     StrictModel,
 )
+from alpagasus_ray.core.criteria import Rule, check_thresholds
+from alpagasus_ray.text.rubrics import is_paper
 
 
 class ThresholdConfig(StrictModel):
@@ -28,6 +30,11 @@ class ThresholdConfig(StrictModel):
         le=1.0,
         description="Keep this share of the scored rows instead (e.g. 0.17, the paper's keep "
         "rate): the threshold becomes the matching score quantile, decided after judging.",
+    )
+    rule: Rule = Field(
+        "all",
+        description="judge.criteria: keep a row when all its criteria pass (each score >= "
+        "its threshold), any passes, or the mean of its scores scaled to 0-1 >= threshold.",
     )
 
 
@@ -57,6 +64,18 @@ class FilterJobConfig(StrictModel):
 
     @model_validator(mode="after")
     def _threshold_on_the_scale(self) -> FilterJobConfig:
+        f = self.filter
+        if not self.judge.criteria:
+            if f.rule != "all":
+                raise ValueError(f"filter.rule {f.rule} decides among judge.criteria: give "
+                                 "criteria, or leave it unset")  # fmt: skip
+        else:
+            check_thresholds(self.judge.criteria, f.rule, f.threshold)
+            if f.keep_fraction is not None and f.rule != "mean":
+                raise ValueError(f"filter.keep_fraction ranks rows by one score: with rule "
+                                 f"{f.rule} each criterion has its own; take rule "
+                                 "mean")  # fmt: skip
+            return self
         lo, hi = self.judge.scale
         if not lo <= self.filter.threshold <= hi:
             raise ValueError(f"filter.threshold {self.filter.threshold:g} is outside "
@@ -65,7 +84,10 @@ class FilterJobConfig(StrictModel):
 
     @model_validator(mode="after")
     def _rubric_fits_the_rows(self) -> FilterJobConfig:
-        if self.input.columns.messages and self.judge.own_rubric():
+        own = self.judge.own_rubric() or any(
+            c.rubric is None or not is_paper(c.rubric) for c in self.judge.criteria.values()
+        )
+        if self.input.columns.messages and own:
             raise ValueError(
                 "judge.rubric: a custom template rates instruction rows; conversation rows "
                 "(input.columns.messages) are rated with the paper's accuracy or helpfulness"

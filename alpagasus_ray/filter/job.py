@@ -32,6 +32,7 @@ from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
 from alpagasus_ray.filter.carried import output_json_text, scan_kinds
 from alpagasus_ray.filter.config import FilterJobConfig
+from alpagasus_ray.filter.criteria import prompt_identity
 from alpagasus_ray.filter.duplicates import SeenContent, settle_duplicates
 from alpagasus_ray.filter.judge import judge_dataset
 from alpagasus_ray.filter.manifest import (
@@ -40,6 +41,7 @@ from alpagasus_ray.filter.manifest import (
     counts_of,
     data_files,
     file_entries,
+    judge_record,
     listed_files,
     remove_files,
     remove_unlisted,
@@ -62,8 +64,6 @@ from alpagasus_ray.filter.rubric_file import with_rubric_file
 from alpagasus_ray.filter.shared_storage import OnSharedDisk, check_nodes_see, local_sizes
 from alpagasus_ray.filter.stages.dedup import DUPLICATE
 from alpagasus_ray.filter.stages.skip_done import SkipDoneStage
-from alpagasus_ray.text.prompts import prompt_hash
-from alpagasus_ray.text.rubrics import is_paper, rubric_label
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def build_dataset(
         cfg.filter.threshold,
         cfg.input.columns,
         cfg.ray,
+        rule=cfg.filter.rule,
         api=api,
         seen=seen,
         progress=progress,
@@ -321,13 +322,10 @@ def finish_run(run: Run, metrics: dict[str, Any]) -> Manifest:
     rows_read, skipped, unread = read.rows, read.skipped, read.unread
     threshold = decision_threshold(cfg, fs, root, live)
     if threshold != cfg.filter.threshold:  # keep_fraction: decided now that all are scored
-        live, _ = redecide(fs, root, live, threshold)
+        live, _ = redecide(fs, root, live, threshold, cfg)
     entries = file_entries(fs, root, live)
     counts = counts_of(entries)
-    judge = cfg.judge.model_dump(include={"model", "engine", "mode", "layout", "rubric_file"})
-    judge.update(rubric=rubric_label(cfg.judge.rubric), scale=list(cfg.judge.scale))
-    if not is_paper(cfg.judge.rubric):  # the template itself, for the report's reader
-        judge["rubric_text"] = cfg.judge.rubric
+    judge = judge_record(cfg)
     report = write_report(fs, root, live, cfg.report, threshold, {**judge, "input": cfg.input.uri},
                           skipped)  # fmt: skip
     total = sum(counts.values())
@@ -352,7 +350,7 @@ def finish_run(run: Run, metrics: dict[str, Any]) -> Manifest:
         kept_fraction=report["kept_fraction"],
         duplicates=report.get("duplicates", 0),
         judge=judge,
-        prompt_hash=prompt_hash(cfg.judge.rubric, cfg.judge.layout),
+        prompt_hash=prompt_identity(cfg.judge),
         engine_metrics=judge_throughput(run, live, scored - started),
         stages=metrics["stages"],
         threshold=threshold,

@@ -21,10 +21,11 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from alpagasus_ray.core.config import ColumnMap, JudgeConfig, RayConfig, StorageConfig
-from alpagasus_ray.filter.rubric_file import with_rubric_file
+from alpagasus_ray.core.criteria import Rule, check_thresholds
+from alpagasus_ray.filter.criteria import criteria_types
+from alpagasus_ray.filter.rubric_file import unread, with_rubric_file
 from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 from alpagasus_ray.filter.stages.dedup import DedupStage
-from alpagasus_ray.text.rubrics import is_paper
 
 
 def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
@@ -68,6 +69,7 @@ def judge_dataset(
     columns: ColumnMap | None = None,
     ray: RayConfig | None = None,
     *,
+    rule: Rule = "all",
     api: Any = None,
     seen: Any = None,
     progress: Any = None,
@@ -87,23 +89,36 @@ def judge_dataset(
     of every decided batch, `served_name` names the vLLM replicas for their metrics, and
     `json_columns` are carried as JSON text (their types differ across the input's files),
     and `carried_kinds` are the kinds of a record input's extra keys (`filter/carried.py`).
+    With `judge.criteria`, every criterion is judged for each row (`score_<name>`), `score`
+    is their mean scaled to 0-1, and `rule` (all, any, mean) decides the row.
     """
-    if judge.rubric_file is not None and is_paper(judge.rubric):  # not read by a job
-        judge = with_rubric_file(judge, StorageConfig())  # (the job reads it with its storage)
-    lo, hi = judge.scale  # the job's config checks the same (FilterJobConfig)
-    if not lo <= threshold <= hi:
-        raise ValueError(
-            f"threshold must be between {lo} and {hi} (judge.scale), not {threshold!r}"
-        )
+    if unread(judge):  # not read by a job (the job reads it with its own storage settings)
+        judge = with_rubric_file(judge, StorageConfig())
+    check_threshold(judge, threshold, rule)  # the job's config checks the same
+
     ray = ray or RayConfig()
     if judge.engine == "openai" and api is None:
         from alpagasus_ray.engines.api_budget import job_api
 
         api = job_api(judge)
     light = ray.task_cpus
-    validate = ValidateStage(columns or ColumnMap(), json_columns, carried_kinds)
+    own = criteria_types(judge)
+    validate = ValidateStage(columns or ColumnMap(), json_columns, carried_kinds, own)
     ds = ds.map_batches(validate, batch_format="pyarrow", num_cpus=light)
     if seen is not None:
         ds = ds.map_batches(DedupStage(seen), batch_format="pyarrow", num_cpus=light)
     ds = scored(prompted(ds, judge, ray), judge, ray, api, served_name)
-    return ds.map_batches(DecideStage(threshold, progress), batch_format="pyarrow", num_cpus=light)
+    decide = DecideStage(threshold, progress, judge, rule)
+    return ds.map_batches(decide, batch_format="pyarrow", num_cpus=light)
+
+
+def check_threshold(judge: JudgeConfig, threshold: float, rule: Rule) -> None:
+    """A ValueError where `threshold` (and the criteria's) cannot be met on their scales."""
+    if judge.criteria:
+        check_thresholds(judge.criteria, rule, threshold)
+        return
+    lo, hi = judge.scale
+    if not lo <= threshold <= hi:
+        raise ValueError(
+            f"threshold must be between {lo} and {hi} (judge.scale), not {threshold!r}"
+        )

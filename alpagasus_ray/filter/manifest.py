@@ -18,6 +18,7 @@ import fsspec
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
+from alpagasus_ray.core.criteria import thresholds
 from alpagasus_ray.data.io import (
     DATA_DIR,
     MANIFEST,
@@ -27,6 +28,8 @@ from alpagasus_ray.data.io import (
     write_atomic,
 )
 from alpagasus_ray.data.schema import DECISION
+from alpagasus_ray.filter.config import FilterJobConfig
+from alpagasus_ray.text.rubrics import is_paper, rubric_label
 
 FORMAT_VERSION = 2  # 2: the manifest lists its data files; 1 (unversioned) did not
 
@@ -214,3 +217,24 @@ def remove_unlisted(fs: fsspec.AbstractFileSystem, root: str, live: list[str]) -
     stale = unlisted(fs, root, live)
     remove_files(fs, stale)
     return len(stale)
+
+
+def judge_record(cfg: FilterJobConfig) -> dict[str, Any]:
+    """The manifest's `judge`: what judged and by which rubric (its label, and a template's
+    text for the report's reader); with criteria, each criterion's, and the rule."""
+    judge = cfg.judge.model_dump(include={"model", "engine", "mode", "layout", "rubric_file"})
+    if cfg.judge.criteria:
+        limits = thresholds(cfg.judge.criteria, cfg.filter.threshold)
+        criteria = {
+            name: {"rubric": rubric_label(c.rubric), "rubric_file": c.rubric_file,
+                   "scale": list(c.scale), "threshold": limits[name],
+                   **({} if is_paper(c.rubric) else {"rubric_text": c.rubric})}
+            for name, c in cfg.judge.criteria.items()
+        }  # fmt: skip
+        rubric = "criteria: " + ", ".join(criteria)
+        judge.update(rubric=rubric, scale=[0, 1], criteria=criteria, rule=cfg.filter.rule)
+        return judge
+    judge.update(rubric=rubric_label(cfg.judge.rubric), scale=list(cfg.judge.scale))
+    if not is_paper(cfg.judge.rubric):  # the template itself, for the report's reader
+        judge["rubric_text"] = cfg.judge.rubric
+    return judge

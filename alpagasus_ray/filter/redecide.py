@@ -23,6 +23,7 @@ from alpagasus_ray.core.errors import InvariantError
 from alpagasus_ray.data.io import DATA_DIR, join, output_dataset, read_output_table
 from alpagasus_ray.data.schema import DECISION, DECISIONS, SCORE, Decision
 from alpagasus_ray.filter.config import FilterJobConfig
+from alpagasus_ray.filter.criteria import kept_mask
 from alpagasus_ray.filter.manifest import (
     Manifest,
     Redecision,
@@ -30,6 +31,7 @@ from alpagasus_ray.filter.manifest import (
     committed,
     counts_of,
     file_entries,
+    judge_record,
     listed_files,
     remove_unlisted,
 )
@@ -60,15 +62,21 @@ def decision_threshold(
 
 
 def redecide(
-    fs: fsspec.AbstractFileSystem, root: str, files: list[str], threshold: float
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    files: list[str],
+    threshold: float,
+    cfg: FilterJobConfig | None = None,
 ) -> tuple[list[str], dict[str, int]]:
-    """The data `files` decided again at `threshold`, written as new files (the old ones
-    are left for the caller to retire after its commit); returns (new files, rows moved)."""
+    """The data `files` decided again at `threshold` (and, with criteria, `cfg`'s rule and
+    criteria thresholds), written as new files (the old ones are left for the caller to
+    retire after its commit); returns (new files, rows moved)."""
     changed = {"kept -> rejected": 0, "rejected -> kept": 0}
+    judge, rule = (cfg.judge, cfg.filter.rule) if cfg is not None else (None, "all")
 
     def decide(table: pa.Table) -> pa.Table:
         judged = pc.is_in(table.column(DECISION), value_set=_JUDGED)
-        keep = pc.greater_equal(table.column(SCORE), threshold)
+        keep = kept_mask(table, threshold, judge, rule)
         new = pc.if_else(
             judged, pc.if_else(keep, Decision.KEPT.value, Decision.REJECTED.value), None
         )
@@ -131,7 +139,7 @@ def redecide_finished(
     old = listed_files(root, before)
     remove_unlisted(fs, root, old)  # what an earlier change left when it died
     threshold = decision_threshold(cfg, fs, root, old)
-    new, changed = redecide(fs, root, old, threshold)
+    new, changed = redecide(fs, root, old, threshold, cfg)
     entries = file_entries(fs, root, new)
     counts = counts_of(entries)
     total = sum(counts.values())
@@ -154,6 +162,7 @@ def redecide_finished(
             "keep_fraction": cfg.filter.keep_fraction,
             "fingerprint": fingerprint,
             "config": cfg.redacted(),
+            "judge": judge_record(cfg) if cfg.judge.criteria else before.judge,
         }
     )
     judged = {**manifest.judge, "input": cfg.input.uri}

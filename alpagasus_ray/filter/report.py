@@ -1,7 +1,7 @@
 """The filter report, computed from the written output alone (so it can be regenerated):
-counts per decision, kept fraction, score quantiles, reasons, per-category counts, rows to
-look at (filter/examples.py) and the score histogram, as report.json, report.md and
-score_histogram.png."""
+counts per decision, kept fraction, score quantiles, a section per criterion
+(`judge.criteria`), reasons, per-category counts, rows to look at (filter/examples.py) and
+the score histogram, as report.json, report.md and score_histogram.png."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from alpagasus_ray.core.criteria import score_column
 from alpagasus_ray.data.io import join, output_dataset, read_output_table, write_atomic
 from alpagasus_ray.data.schema import (
     DECISION,
@@ -33,6 +34,7 @@ from alpagasus_ray.text.rubrics import PAPER_SCALE, Scale
 
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 REPORT_JSON, REPORT_MD, HISTOGRAM = "report.json", "report.md", "score_histogram.png"
+_JUDGED = pa.array(["kept", "rejected"])
 
 
 def _tally(table: pa.Table, *keys: str) -> list[dict[str, Any]]:
@@ -106,6 +108,46 @@ def compute_report(table: pa.Table, threshold: float, category: str | None) -> d
     return report
 
 
+def criteria_report(table: pa.Table, criteria: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per criterion (as the manifest records it): its scored rows, how many of them pass
+    its threshold, and its score's quantiles, over the rows judged (kept or rejected)."""
+    judged = table.filter(pc.is_in(table.column(DECISION), value_set=_JUDGED))
+    out: dict[str, Any] = {}
+    for name, c in criteria.items():
+        scores = pc.drop_null(judged.column(score_column(name)))
+        n = len(scores)
+        passed = (pc.sum(pc.greater_equal(scores, c["threshold"])).as_py() or 0) if n else 0
+        qs = pc.quantile(scores, q=[0.1, 0.5, 0.9]).to_pylist() if n else []
+        out[name] = {**c, "scored": n, "passed": passed,
+                     "mean": pc.mean(scores).as_py() if n else None,
+                     "quantiles": dict(zip(("p10", "p50", "p90"), qs, strict=False))}  # fmt: skip
+    return out
+
+
+def render_criteria(report: dict[str, Any]) -> list[str]:
+    """The report's section per criterion, and what the rule made of them."""
+    criteria, rule = report["criteria"], report["judged"].get("rule", "all")
+    said = {"all": "a row is kept when every criterion passes",
+            "any": "a row is kept when any criterion passes",
+            "mean": f"a row is kept when the mean of its scores scaled to 0-1 (`score`) is at "
+                    f"least {report['threshold']:g}"}  # fmt: skip
+    lines = [f"Rule `{rule}`: {said[rule]}; {report['counts']['kept']} kept.", ""]
+    for name, c in criteria.items():
+        lo, hi = c["scale"]
+        passed = f"{c['passed']} of {c['scored']} judged rows pass"
+        lines += [f"## Criterion `{name}`", "",
+                  f"Rubric {c['rubric']}, scale {lo}-{hi}, threshold {c['threshold']:g} "
+                  f"(`score_{name}`): {passed}."]  # fmt: skip
+        if c["scored"]:
+            qs = " ".join(f"{k} {v:.3f}" for k, v in c["quantiles"].items())
+            lines[-1] += f" Mean {c['mean']:.3f}; {qs}."
+        lines.append("")
+        if text := c.get("rubric_text"):
+            fence = "`" * max(3, 1 + max(map(len, re.findall("`+", text)), default=0))
+            lines += [fence, text.rstrip("\n"), fence, ""]
+    return lines
+
+
 def histogram_png(
     scores: Sequence[float], threshold: float, bins: int, scale: Scale = PAPER_SCALE
 ) -> bytes:
@@ -169,6 +211,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             "| " + " | ".join(f"{v:.3f}" for v in qs.values()) + f" | {report['score_mean']:.3f} |",
             "",
         ]
+    if "criteria" in report:
+        lines += render_criteria(report)
     if report["reasons"]:
         lines += ["| reason | rows |", "|---|---:|"]
         lines += [f"| {r} | {n} |" for r, n in sorted(report["reasons"].items())] + [""]
@@ -229,8 +273,12 @@ def write_report(
     columns = [DECISION, SCORE, REASON] + ([category] if category else [])
     columns += [c for c in (SUSPICIOUS, DUPLICATE_OF) if c in schema_names]
     columns += [ID] if cfg.examples and ID in schema_names else []
+    criteria = (judged or {}).get("criteria") or {}
+    columns += [score_column(name) for name in criteria]
     table = read_output_table(fs, root, files, columns=columns)
     report = compute_report(table, threshold, category)
+    if criteria:
+        report["criteria"] = criteria_report(table, criteria)
     if cfg.examples and ID in table.column_names:
         report["examples"] = _examples.examples(fs, root, files, table, threshold, cfg.examples)
     if judged:

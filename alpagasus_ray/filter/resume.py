@@ -29,10 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from alpagasus_ray.core.criteria import thresholds
 from alpagasus_ray.data.io import RUN_MARKER, join, output_dataset, read_json
 from alpagasus_ray.data.listing import Listing
 from alpagasus_ray.data.schema import CONTENT_HASH, DUPLICATE_OF, REASON, SOURCE, SOURCE_ROW, Reason
 from alpagasus_ray.filter.config import FilterJobConfig
+from alpagasus_ray.filter.criteria import prompt_identity
 from alpagasus_ray.filter.duplicates import SETTLED_SUFFIX, seen_in_output
 from alpagasus_ray.filter.manifest import (
     Manifest,
@@ -42,7 +44,6 @@ from alpagasus_ray.filter.manifest import (
     remove_unlisted,
 )
 from alpagasus_ray.filter.preflight import PreflightError
-from alpagasus_ray.text.prompts import prompt_hash
 from alpagasus_ray.text.rubrics import PAPER_SCALE, is_paper, rubric_label
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,13 @@ def fingerprint(cfg: FilterJobConfig, listing: Listing) -> dict[str, Any]:
     if cfg.judge.turns == "each":  # the same: outputs from before `turns` rerun as they did
         extra.update({"judge.turns": "each", "judge.turn_aggregate": cfg.judge.turn_aggregate})
     rubric = cfg.judge.rubric  # a paper rubric under its key of old; a template by its hash
-    extra["judge.dimension" if is_paper(rubric) else "judge.rubric"] = rubric_label(rubric)
+    if cfg.judge.criteria:  # what judges, and apart from it what decides (DECISION_KEYS)
+        extra["judge.criteria"] = {n: {"rubric": rubric_label(c.rubric), "scale": list(c.scale)}
+                                   for n, c in cfg.judge.criteria.items()}  # fmt: skip
+        extra[CRITERIA_THRESHOLDS] = thresholds(cfg.judge.criteria, cfg.filter.threshold)
+        extra["filter.rule"] = cfg.filter.rule
+    else:
+        extra["judge.dimension" if is_paper(rubric) else "judge.rubric"] = rubric_label(rubric)
     if cfg.judge.scale != PAPER_SCALE:
         extra["judge.scale"] = list(cfg.judge.scale)
     return {
@@ -92,7 +99,7 @@ def fingerprint(cfg: FilterJobConfig, listing: Listing) -> dict[str, Any]:
         "input.columns": cfg.input.columns.model_dump(),
         **{f"judge.{k}": getattr(cfg.judge, k) for k in _JUDGE_KEYS},
         **extra,
-        "prompt": prompt_hash(cfg.judge.rubric, cfg.judge.layout),
+        "prompt": prompt_identity(cfg.judge),
         "filter.threshold": cfg.filter.threshold,
         "filter.keep_fraction": cfg.filter.keep_fraction,
     }
@@ -118,7 +125,9 @@ def is_derived(name: str, settling: bool) -> bool:
     return name.startswith(REDECIDED_PREFIX) or (settling and name.endswith(SETTLED_SUFFIX))
 
 
-DECISION_KEYS = ("filter.threshold", "filter.keep_fraction")  # re-decided without judging
+CRITERIA_THRESHOLDS = "criteria thresholds"
+# Re-decided without judging.
+DECISION_KEYS = ("filter.threshold", "filter.keep_fraction", CRITERIA_THRESHOLDS, "filter.rule")
 
 
 def _what_changed(key: str, before: Any, now: Any) -> str:
@@ -178,8 +187,9 @@ def check_rerun(
         raise PreflightError(
             "output",
             "output.uri",
-            f"{cfg.output.uri} holds a finished run ({why}; only filter.threshold or "
-            "filter.keep_fraction can change without judging again, and "
+            f"{cfg.output.uri} holds a finished run ({why}; only filter.threshold, "
+            "filter.keep_fraction, filter.rule and the criteria's thresholds can change "
+            "without judging again, and "
             "output.retry_failed=true judges its engine_error rows again with the same "
             "settings); set output.overwrite=true to replace it",
         )

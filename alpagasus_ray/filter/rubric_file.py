@@ -9,24 +9,29 @@ from __future__ import annotations
 from alpagasus_ray.core.config import JudgeConfig, StorageConfig
 from alpagasus_ray.data.io import filesystem
 from alpagasus_ray.filter.preflight import PreflightError, storage_cause
-from alpagasus_ray.text.rubrics import check_rubric, rubric_label
+from alpagasus_ray.text.rubrics import check_rubric, is_paper, rubric_label
 
 MAX_RUBRIC_BYTES = 1 << 20  # a prompt's template, not a corpus
 _DEFAULT = JudgeConfig.model_fields["rubric"].default
 
 
 def with_rubric_file(judge: JudgeConfig, storage: StorageConfig) -> JudgeConfig:
-    """`judge` whose `rubric` is its rubric file's text (itself without a file, or when read
-    already). Raises `PreflightError` naming the file: unreadable, not UTF-8, too large, not
-    a usable template, or beside another template in `rubric`."""
+    """`judge` whose `rubric` is its rubric file's text, and each criterion's the same
+    (itself without a file, or when read already). Raises `PreflightError` naming the file:
+    unreadable, not UTF-8, too large, not a usable template, or beside another template in
+    `rubric`."""
+    if judge.criteria:
+        criteria = {
+            name: c.model_copy(update={"rubric": _rubric_text(c.rubric_file, storage)})
+            if c.rubric_file is not None and c.rubric is None
+            else c
+            for name, c in judge.criteria.items()
+        }
+        return judge.model_copy(update={"criteria": criteria})
     uri = judge.rubric_file
     if uri is None:
         return judge
-    text = _read_text(uri, storage)
-    try:
-        check_rubric(text)
-    except ValueError as e:
-        raise PreflightError("judge rubric", uri, str(e)) from None
+    text = _rubric_text(uri, storage)
     if judge.rubric == text:
         return judge
     if judge.rubric != _DEFAULT:
@@ -35,6 +40,21 @@ def with_rubric_file(judge: JudgeConfig, storage: StorageConfig) -> JudgeConfig:
     resolved = judge.model_copy(deep=True)
     resolved.rubric = text
     return resolved
+
+
+def unread(judge: JudgeConfig) -> bool:
+    """Whether a rubric file of `judge` (or of one of its criteria) is still to be read."""
+    if judge.criteria:
+        return any(c.rubric is None for c in judge.criteria.values())
+    return judge.rubric_file is not None and is_paper(judge.rubric)
+
+
+def _rubric_text(uri: str, storage: StorageConfig) -> str:
+    text = _read_text(uri, storage)
+    try:
+        return check_rubric(text)
+    except ValueError as e:
+        raise PreflightError("judge rubric", uri, str(e)) from None
 
 
 def _read_text(uri: str, storage: StorageConfig) -> str:

@@ -4,7 +4,9 @@ Wording of the system prompt and the rating instructions is the paper's referenc
 verbatim. `paper` puts the example first (as the reference code does); `prefix` puts all
 fixed text first so that an engine with prefix caching reuses it across every row, and
 fences the example so its text cannot pose as the rubric. A user's own rubric (a template,
-`text/rubrics.py`) takes the paper's place in the user turn, in either layout.
+`text/rubrics.py`) takes the paper's place in the user turn, in either layout. `row_first`
+puts the fenced example first and the rubric after it, so that the prompts of one row under
+several rubrics (`judge.criteria`) share the row in a prefix cache.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from alpagasus_ray.text.bpe_cache import CachedBPE
-from alpagasus_ray.text.rubrics import fill_template, is_paper
+from alpagasus_ray.text.rubrics import fill_template, is_paper, refer_template
 
 SYSTEM_PROMPT = (
     "We would like to request your feedback on the performance of AI assistant in response to "
@@ -53,7 +55,8 @@ PREFIX_TRIPLET = (
     "### Response:\n{output}\n" + EXAMPLE_CLOSE
 )
 
-Layout = Literal["prefix", "paper"]
+Layout = Literal["prefix", "paper", "row_first"]
+LAYOUTS = ("prefix", "paper", "row_first")
 
 
 # Any spelling of the fence tags a reader (or a judge) could take for one: any case,
@@ -73,10 +76,12 @@ def rating_messages(
     """Chat messages (system, user) asking the judge to rate one triple under `rubric`: a
     paper rubric's name or a template (`rubrics.check_rubric`)."""
     fields = {"instruction": instruction, "input": input or "", "output": output}
-    if layout not in ("paper", "prefix"):
+    if layout not in LAYOUTS:
         raise ValueError(f"unknown prompt layout {layout!r}")
-    if layout == "prefix":
+    if layout != "paper":
         fields = {k: _fence_safe(v) for k, v in fields.items()}
+    if not is_paper(rubric) and layout == "row_first":
+        return _messages(PREFIX_TRIPLET.format_map(fields), rubric, layout)
     if not is_paper(rubric):
         fence = (FENCE_NOTE, EXAMPLE_OPEN, EXAMPLE_CLOSE) if layout == "prefix" else None
         user = fill_template(rubric, fields, fence)
@@ -98,13 +103,13 @@ def conversation_messages(
     conversation is this prompt's prefix through that answer: a prefix cache computes each
     conversation's history once when every answer is rated (`judge.turns: each`). The
     paper's rubrics only: a template names a triple's fields."""
-    if layout not in ("paper", "prefix"):
+    if layout not in LAYOUTS:
         raise ValueError(f"unknown prompt layout {layout!r}")
     if not is_paper(rubric):
         raise ValueError("a custom rubric rates instruction rows, not conversations")
     label = {"user": "###Instruction:" if layout == "paper" else "### Instruction:",
              "system": "### Input:", "assistant": "### Response:"}  # fmt: skip
-    safe = _fence_safe if layout == "prefix" else (lambda text: text)
+    safe = _fence_safe if layout != "paper" else (lambda text: text)
     first = next((i for i, t in enumerate(turns) if t["role"] == "user"), len(turns))
     context = "\n\n".join(safe(t["content"]) for t in turns[:first] if t["role"] == "system")
     blocks = [f"{label[t['role']]}\n{safe(t['content'])}\n\n" for t in turns[:first]
@@ -121,9 +126,13 @@ def conversation_messages(
 
 def _messages(example: str, rubric: str, layout: Layout) -> list[dict[str, str]]:
     """The system prompt and the user turn: the example, then the paper's rubric (paper),
-    or the rubric and the fence note, then the fenced example (prefix)."""
-    text = RATING_PROMPTS[rubric]
-    user = example + text if layout == "paper" else text + FENCE_NOTE + example
+    the rubric and the fence note, then the fenced example (prefix), or the fence note and
+    the fenced example, then the rubric (row_first; a template pointing back to it)."""
+    text = RATING_PROMPTS[rubric] if is_paper(rubric) else refer_template(rubric)
+    if layout == "row_first":
+        user = FENCE_NOTE + example + "\n\n" + text
+    else:
+        user = example + text if layout == "paper" else text + FENCE_NOTE + example
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
@@ -254,7 +263,7 @@ class PromptEncoder:
 
     def _row_text(self, row: Mapping[str, Any]) -> str:
         values = {f: row.get(f) or "" for f in _FIELDS}
-        if self.layout == "prefix":
+        if self.layout != "paper":
             values = {f: _fence_safe(v) for f, v in values.items()}
         return "".join(values[_MARKS[p]] if p in _MARKS else p for p in self.pieces)
 

@@ -5,7 +5,9 @@ A template is the judge's user turn with the row's fields where they go: `{instr
 `{{` and `}}` are literal braces, as in Python's `str.format`. In the `paper` layout it is
 filled in as written. In the `prefix` layout the text before the first field stays first
 (the head every row shares in a prefix cache), and the row, from its first field to its
-last, is fenced as data like the paper rubric's example (`prompts.PREFIX_TRIPLET`).
+last, is fenced as data like the paper rubric's example (`prompts.PREFIX_TRIPLET`). In the
+`row_first` layout the fenced example comes first, as for the paper's rubrics, and the
+template follows with each field pointing back to it (`refer_template`).
 """
 
 from __future__ import annotations
@@ -104,3 +106,16 @@ def fill_template(
     tail = "".join(lit + val for lit, val in pieces[last + 1 :])
     note, open_tag, close_tag = fence
     return f"{head}{note}{open_tag}\n{row}\n{close_tag}{tail}"
+
+
+REFERENCES = {"instruction": "instruction", "input": "input", "output": "response"}
+
+
+def refer_template(template: str) -> str:
+    """The template with each field replaced by a pointer to the example above it: the
+    rubric of the `row_first` layout, where the row is written once, before every rubric."""
+    parts = template_parts(template)
+    return "".join(
+        literal + (f"[the {REFERENCES[field]} in the example above]" if field else "")
+        for literal, field in parts
+    )

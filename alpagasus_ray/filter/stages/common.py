@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -17,10 +18,15 @@ from alpagasus_ray.data.schema import (
 )
 
 
-def with_columns(table: pa.Table, columns: dict[str, list[Any]]) -> pa.Table:
-    """Replace or append columns, typed by the schema where the column is ours."""
+def with_columns(
+    table: pa.Table,
+    columns: dict[str, list[Any]],
+    types: Mapping[str, pa.DataType] | None = None,
+) -> pa.Table:
+    """Replace or append columns, typed by the schema where the column is ours, or by
+    `types` (a run's criteria columns)."""
     for name, values in columns.items():
-        typ = column_type(name)
+        typ = (types or {}).get(name) or column_type(name)
         arr = pa.array(values, type=typ) if typ is not None else pa.array(values)
         idx = table.schema.get_field_index(name)
         table = table.set_column(idx, name, arr) if idx >= 0 else table.append_column(name, arr)

@@ -54,11 +54,13 @@ class PromptStage:
         self.max_len = judge.max_model_len or (
             model_max_len(name, self.tokenizer, judge.trust_remote_code) if name else None
         )
-        self.encoder = (
-            PromptEncoder(self.tokenizer, judge.rubric, judge.layout, self.use_template)
+        # One prompt a row, or with `judge.criteria` one per criterion (each its rubric).
+        self.judges = list(judge.criterion_judges().values()) or [judge]
+        self.encoders = [
+            PromptEncoder(self.tokenizer, j.rubric, j.layout, self.use_template)
+            for j in self.judges
             if self.tokenizer is not None
-            else None
-        )
+        ]
         # Room the answer needs: one token to read log-probs from, or the whole generation.
         self.reserve = judge.answer_tokens()
 
@@ -70,7 +72,6 @@ class PromptStage:
         encoded = self._encode(todo, messages, cols)
 
         n = table.num_rows
-        each = self.cfg.turns == "each"
         token_ids: list[list[int] | None] = [None] * n
         turn_ids: list[list[list[int]] | None] = [None] * n
         num_tokens: list[int | None] = [None] * n
@@ -91,7 +92,7 @@ class PromptStage:
                     f"{longest} prompt tokens + {self.reserve} answer tokens > "
                     f"max_model_len {self.max_len}"
                 )
-            elif each and conversations[i] is not None:
+            elif self._several(conversations[i]):
                 turn_ids[i] = prompts
             else:
                 token_ids[i] = prompts[0]
@@ -107,27 +108,37 @@ class PromptStage:
             new.update(self._requests(n, messages, cols, decision, conversations))
         return with_columns(table, new)
 
+    def _several(self, conversation: str | None) -> bool:
+        """Whether a row has several prompts: one per criterion, or one per judged turn of
+        a conversation (`judge.turns: each`)."""
+        each_turn = self.cfg.turns == "each" and conversation is not None
+        return bool(self.cfg.criteria) or each_turn
+
     def _messages(self, conversation: str | None) -> list[list[dict[str, str]]] | None:
-        """A conversation row's chat messages, one per judged turn (`judge.turns`); None
-        for a triple, which takes the encoder's cached head."""
+        """A conversation row's chat messages, one per judged turn (`judge.turns`) or per
+        criterion; None for a triple, which takes the encoders' cached heads."""
         if conversation is None:
             return None
         found = json.loads(conversation)
         ends = judged_ends(found, each=self.cfg.turns == "each")
-        rubric, layout = self.cfg.rubric, self.cfg.layout
-        return [conversation_messages(found[: end + 1], rubric, layout) for end in ends]
+        return [
+            conversation_messages(found[: end + 1], j.rubric, j.layout)
+            for j in self.judges
+            for end in ends
+        ]
 
     def _encode(
         self, todo: list[int], messages: dict[int, Any], cols: dict[str, list]
     ) -> dict[int, list[list[int]] | None]:
         """Each pending row's prompts as token ids (None without a tokenizer): triples
         through the encoder's cached head, conversations rendered and tokenized whole."""
-        if self.encoder is None:
+        if not self.encoders:
             return dict.fromkeys(todo)
         triples = [i for i in todo if messages[i] is None]
         rows = [{c: cols[c][i] for c in cols} for i in triples]
+        each = [encoder(rows) for encoder in self.encoders]
         out: dict[int, list[list[int]] | None] = {
-            i: [ids] for i, ids in zip(triples, self.encoder(rows), strict=True)
+            i: [ids[k] for ids in each] for k, i in enumerate(triples)
         }
         for i in todo:
             if messages[i] is not None:
@@ -153,9 +164,9 @@ class PromptStage:
                 continue
             if msgs is None:
                 triple = [cols[c][i] for c in (INSTRUCTION, INPUT, OUTPUT)]
-                msgs = [rating_messages(*triple, self.cfg.rubric, self.cfg.layout)]
+                msgs = [rating_messages(*triple, j.rubric, j.layout) for j in self.judges]
             requests = [self._request(m) for m in msgs]
-            if self.cfg.turns == "each" and conversations[i] is not None:
+            if self._several(conversations[i]):
                 turns[i] = requests
             else:
                 single[i] = requests[0]

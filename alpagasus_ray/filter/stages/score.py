@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ from alpagasus_ray.data.schema import (
 )
 from alpagasus_ray.engines import JudgeEngine, JudgeOutput, make_engine
 from alpagasus_ray.engines.judgement import judgement_fields
+from alpagasus_ray.filter.criteria import criteria_types, fold_criteria
 from alpagasus_ray.filter.stages.common import (
     column_or_nulls,
     pending_rows,
@@ -35,7 +37,9 @@ class ScoreStage:
 
     def __init__(self, judge: JudgeConfig, engine: JudgeEngine | None = None, api: Any = None):
         self.cfg = judge
-        self.engine = engine or make_engine(judge, api)
+        self.engine = engine or make_engine(judge.engine_judge(), api)
+        self.criteria = list(judge.criterion_judges().values())  # a row's prompts' judges
+        self.types = criteria_types(judge)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         todo = pending_rows(table)
@@ -45,22 +49,29 @@ class ScoreStage:
         outputs = iter(self.engine.judge(flat, flat_requests) if flat else [])
 
         n = table.num_rows
-        names = (SCORE, SCORE_PROBS, SCORE_MASS, JUDGE_TEXT, NUM_OUTPUT_TOKENS, TURN_SCORES)
+        names = (SCORE, SCORE_PROBS, SCORE_MASS, JUDGE_TEXT, NUM_OUTPUT_TOKENS, TURN_SCORES,
+                 *self.types)  # fmt: skip
         new: dict[str, list] = {c: [None] * n for c in names}
         cols = (DECISION, REASON, REASON_DETAIL, NUM_PROMPT_TOKENS)
         new.update({c: column_or_nulls(table, c) for c in cols})
         for i, mine, is_turns in zip(todo, prompts, turned, strict=True):
-            judged = [self._fields(next(outputs)) for _ in mine]
-            fields = combine(judged, self.cfg.turn_aggregate) if is_turns else judged[0]
-            for name, value in fields.items():
+            for name, value in self._row(mine, outputs, is_turns).items():
                 new[name][i] = value
-        return with_columns(table, new)
+        return with_columns(table, new, self.types)
 
-    def _fields(self, out: JudgeOutput) -> dict[str, Any]:
-        cfg = self.cfg
-        fields = judgement_fields(
-            out, cfg.mode, self.engine.score_tokens, cfg.min_score_mass, cfg.scale
-        )
+    def _row(self, prompts: list, outputs: Iterator[JudgeOutput], is_turns: bool) -> dict:
+        """One row's columns from the outputs of its prompts: its criteria's, its turns'
+        or its own."""
+        if self.criteria:
+            judged = [self._fields(next(outputs), judge) for judge in self.criteria]
+            return fold_criteria(judged, self.cfg)
+        judged = [self._fields(next(outputs), self.cfg) for _ in prompts]
+        return combine(judged, self.cfg.turn_aggregate) if is_turns else judged[0]
+
+    def _fields(self, out: JudgeOutput, judge: JudgeConfig) -> dict[str, Any]:
+        lo, hi = judge.scale  # the engine reads every criterion's scores: this one's
+        tokens = {t: s for t, s in self.engine.score_tokens.items() if lo <= s <= hi}
+        fields = judgement_fields(out, judge.mode, tokens, judge.min_score_mass, judge.scale)
         if out.num_prompt_tokens is not None:  # what the server counted (and billed)
             fields[NUM_PROMPT_TOKENS] = out.num_prompt_tokens
         return fields

@@ -79,8 +79,11 @@ class ValidateStage:
         columns: ColumnMap,
         json_columns: Collection[str] = (),
         carried_kinds: Mapping[str, str] | None = None,
+        own: Collection[str] = (),
     ):
+        """`own`: the columns a run writes besides the fixed ones (its criteria's)."""
         self.columns = columns
+        self.own = frozenset(own)
         self.json_columns = frozenset(json_columns)
         self.carried_kinds = carried_kinds
         self.mapped = {INSTRUCTION: columns.instruction, OUTPUT: columns.output}
@@ -128,7 +131,7 @@ class ValidateStage:
             for key in record:
                 if key in self.consumed:
                     continue
-                name = carried_name(key)
+                name = carried_name(key, self.own)
                 if name not in row:
                     row[name] = record[key]
                     extras.setdefault(name, key)
@@ -156,7 +159,7 @@ class ValidateStage:
             column = table.column(name)
             if name in self.json_columns:
                 column = pa.array([json_text(v) for v in column.to_pylist()], pa.string())
-            out[carried_name(name)] = column
+            out[carried_name(name, self.own)] = column
         for name in _OWN_TAIL:
             out[name] = own.column(name)
         return conform(pa.table(out))

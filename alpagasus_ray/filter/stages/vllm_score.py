@@ -110,8 +110,10 @@ def build_judge_processor(
     served_name: str | None = None,
 ) -> Any:
     """The `ray.data.llm` processor of a job (no vLLM import; it builds the plan only)."""
-    post = VLLMPostprocess(judge.mode, score_tokens, judge.min_score_mass, judge.scale)
-    return build_vllm_processor(judge, task_cpus, post, served_name)
+    scales = tuple(c.scale for c in judge.criteria.values())
+    engine = judge.engine_judge()
+    post = VLLMPostprocess(judge.mode, score_tokens, judge.min_score_mass, engine.scale, scales)
+    return build_vllm_processor(engine, task_cpus, post, served_name)
 
 
 def score_with_vllm(
@@ -119,14 +121,14 @@ def score_with_vllm(
 ) -> Any:
     """The prompt stage's dataset -> scored rows, ready for the decide stage."""
     require_vllm(judge)
-    score_tokens = judge_score_tokens(judge)
+    score_tokens = judge_score_tokens(judge.engine_judge())
     processor = build_judge_processor(judge, task_cpus, score_tokens, served_name)
-    request = VLLMRequestStage(judge, score_tokens)
+    request = VLLMRequestStage(judge.engine_judge(), score_tokens)
     ds = ds.map_batches(request, batch_format="pyarrow", num_cpus=task_cpus)
     ds = processor(ds)
     ds = ds.map_batches(VLLMResultStage(judge), batch_format="pyarrow", num_cpus=task_cpus)
-    if judge.turns == "each":  # one actor: a conversation's turn rows meet there
-        gather = {"how": judge.turn_aggregate}
+    if judge.turns == "each" or judge.criteria:  # one actor: a row's prompt rows meet there
+        gather = {"how": judge.turn_aggregate, "judge": judge}
         ds = ds.map_batches(TurnGather, fn_constructor_kwargs=gather, batch_format="pyarrow",
                             concurrency=1, num_cpus=task_cpus)  # fmt: skip
     return ds

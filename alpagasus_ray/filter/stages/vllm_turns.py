@@ -1,5 +1,6 @@
 """`judge.turns: each` on vLLM: a conversation row becomes one engine row per judged turn
-before Ray's engine stage, and its turn rows become the row again after it.
+before Ray's engine stage, and its turn rows become the row again after it; with
+`judge.criteria`, a row becomes one engine row per criterion the same way.
 
 Ray's engine stage takes one prompt per row and re-batches its input, so a conversation's
 turn rows can come back in different batches. `TurnGather` runs as one actor (every batch
@@ -16,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from alpagasus_ray.core.config import JudgeConfig
 from alpagasus_ray.data.schema import (
     DECISION,
     JUDGE_TEXT,
@@ -31,6 +33,7 @@ from alpagasus_ray.data.schema import (
     TURN_SCORES,
     conform,
 )
+from alpagasus_ray.filter.criteria import criteria_types, fold_criteria
 from alpagasus_ray.filter.stages.common import column_or_nulls, with_columns
 from alpagasus_ray.filter.turns import combine
 
@@ -59,11 +62,14 @@ def explode_turns(table: pa.Table) -> pa.Table:
 
 
 class TurnGather:
-    """Turn rows back into their conversation rows (`turns.combine`); rows that are not
-    turn rows pass through."""
+    """Turn rows back into their conversation rows (`turns.combine`), or criterion rows
+    into their rows (`criteria.fold_criteria`, with `judge.criteria`); other rows pass
+    through."""
 
-    def __init__(self, how: str):
+    def __init__(self, how: str, judge: JudgeConfig | None = None):
         self.how = how
+        self.judge = judge if judge is not None and judge.criteria else None
+        self.types = criteria_types(judge) if judge is not None else {}
         self.held: dict[str, dict[int, pa.Table]] = {}
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -85,6 +91,10 @@ class TurnGather:
     def _row(self, turns: list[pa.Table]) -> pa.Table:
         judged = [{c: t.column(c)[0].as_py() for c in _JUDGED if c in t.column_names}
                   for t in turns]  # fmt: skip
-        fields = combine(judged, self.how)
-        cols: dict[str, list[Any]] = {c: [fields.get(c)] for c in (*_JUDGED, TURN_SCORES)}
-        return with_columns(turns[0], cols)
+        if self.judge is not None:
+            fields = fold_criteria(judged, self.judge)
+        else:
+            fields = combine(judged, self.how)
+        names = (*_JUDGED, TURN_SCORES, *self.types)
+        cols: dict[str, list[Any]] = {c: [fields.get(c)] for c in names}
+        return with_columns(turns[0], cols, self.types)
