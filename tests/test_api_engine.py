@@ -551,3 +551,30 @@ def test_each_turn_through_the_api_scores_as_that_turn_rated_alone(
         assert len(want) == len(json.loads(row["messages"])) // 2
         assert row["turn_scores"] == pytest.approx(want, abs=1e-3), rid
         assert row["score"] == pytest.approx(min(want), abs=1e-3)
+
+
+def test_criteria_through_the_api_score_as_each_rubric_alone(
+    ray_session, smol_server, smollm2, key, tmp_path
+):
+    """`judge.criteria` through vLLM's OpenAI server: one request per criterion and row,
+    each criterion's score (on its own scale) the score its rubric gets alone."""
+    rows = synthetic_examples(6, seed=41, unique=True)
+    nine = "Rate the answer from 0 to 9; the score first.\n{instruction}\n{output}"
+    criteria = {"accuracy": {"rubric": "accuracy"}, "correct": {"rubric": nine, "scale": [0, 9]}}
+    runs = {"both": [f"judge.criteria={json.dumps(criteria)}", "filter.threshold=2.5"],
+            "accuracy": ["judge.rubric=accuracy"],
+            "correct": [f"judge.rubric={json.dumps(nine)}", "judge.scale=[0, 9]"]}  # fmt: skip
+    scores = {}
+    for name, sets in runs.items():
+        args = filter_job(tmp_path / name, rows, smol_server.base_url, "smol",
+                          "judge.layout=row_first", f"judge.tokenizer={smollm2}",
+                          *sets)  # fmt: skip
+        assert main(args) == 0
+        table = pq.read_table(tmp_path / name / "out" / "data", partitioning="hive")
+        scores[name] = {r["id"]: r for r in table.to_pylist()}
+    assert len(scores["both"]) == 6
+    for rid, row in scores["both"].items():
+        for name in criteria:
+            assert row[f"score_{name}"] == pytest.approx(scores[name][rid]["score"], abs=1e-3)
+        alone = [scores[name][rid]["num_prompt_tokens"] for name in criteria]
+        assert row["num_prompt_tokens"] == sum(alone)  # as the server counted them

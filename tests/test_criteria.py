@@ -246,3 +246,45 @@ def test_calibrate_measures_one_criterion_against_labels(ray_session, rows, stan
     assert result["at_job_threshold"]["threshold"] == 2.5
     assert main([*base, "--to", str(tmp_path / "none")]) == 2  # decided per criterion
     assert main([*base, "--criterion", "fluency", "--to", str(tmp_path / "no")]) == 2
+
+
+def test_conversation_rows_take_the_papers_criteria_each_on_the_last_answer(
+    ray_session, stand_in, tmp_path
+):
+    """A chat row under two paper criteria: one prompt each, the conversation rendered as
+    that rubric rates its last answer alone (the stand-in's score is a hash of the prompt,
+    so equal scores mean equal prompts)."""
+    chats = [{"row": f"c{i}", "messages": [
+        {"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "Yes."},
+        {"role": "user", "content": f"And {i}?"}, {"role": "assistant", "content": f"No, {i}."}]}
+        for i in range(6)]  # fmt: skip
+    src = write_jsonl(tmp_path / "chats.jsonl", chats)
+    common = {"input__columns__id": "row", "input__columns__messages": "messages"}
+    criteria = {"accuracy": {"rubric": "accuracy"}, "helpfulness": {"rubric": "helpfulness"}}
+    manifest = run_filter(job_config(str(src), str(tmp_path / "both"), stand_in, **common,
+                                     judge__criteria=criteria, filter__rule="any",
+                                     filter__threshold=2.5))  # fmt: skip
+    assert manifest.status == "complete" and manifest.counts["quarantined"] == 0
+    both = output_rows(tmp_path / "both")
+    for name in criteria:
+        run_filter(job_config(str(src), str(tmp_path / name), stand_in, **common,
+                              judge__rubric=name, judge__layout="row_first"))  # fmt: skip
+        alone = output_rows(tmp_path / name)
+        for key, r in alone.items():
+            assert both[key][f"score_{name}"] == pytest.approx(r[SCORE], abs=1e-9), key
+
+
+def test_an_exact_copy_takes_its_originals_criteria_scores(ray_session, stand_in, tmp_path):
+    rows = numbered_rows(10, 6)
+    copies = [{**r, "row": f"copy-{r['row']}"} for r in rows[:5]]
+    src = write_jsonl(tmp_path / "rows.jsonl", rows + copies)
+    manifest = run_filter(job_config(str(src), str(tmp_path / "out"), stand_in,
+                                     input__columns__id="row", judge__criteria=TWO,
+                                     filter__threshold=2.5))  # fmt: skip
+    assert manifest.status == "complete" and manifest.duplicates == 5
+    got = output_rows(tmp_path / "out")
+    for copy in copies:
+        twin, original = got[copy["row"]], got[copy["row"].removeprefix("copy-")]
+        assert twin["duplicate_of"] is not None
+        for column in ("score_accuracy", "score_correct", "score_probs_correct", DECISION):
+            assert twin[column] == original[column] is not None, column

@@ -364,3 +364,40 @@ def test_each_turn_on_vllm_scores_as_that_turn_rated_alone(ray_session, smollm2,
     for row in rows.values():
         assert row[SCORE] == pytest.approx(min(row["turn_scores"]), abs=1e-9)
     assert manifest.engine_metrics["prefix_cache_hit_rate"] > 0
+
+
+def test_criteria_on_vllm_score_as_the_hf_engine_and_share_each_row(ray_session, smollm2,
+                                                                     tmp_path):  # fmt: skip
+    """Two criteria (the paper's accuracy on 0-5, a rubric of our own on 0-9) in one run on
+    SmolLM2: each row's criterion rows are re-batched by Ray's engine stage (3 a batch) and
+    gathered back; every criterion's score and distribution is the HF engine's, the row's
+    score is their mean scaled to 0-1, the rule decides as computed by hand, and the row,
+    written before the rubrics, is found in the prefix cache by the second criterion."""
+    rows = numbered_rows(8, 21, prefix="c") + [{**r, "row": f"bad{i}"}
+                                               for i, r in enumerate(BAD_ROWS)]  # fmt: skip
+    src = write_jsonl(tmp_path / "rows.jsonl", rows)
+    nine = CODE_RUBRIC.replace("0 (wrong) to 5", "0 (wrong) to 9").replace("(0-5)", "(0-9)")
+    criteria = {"accuracy": {"rubric": "accuracy", "threshold": 1.0},
+                "correct": {"rubric": nine, "scale": [0, 9], "threshold": 2.0}}  # fmt: skip
+    over = {"judge__criteria": criteria, "filter__rule": "any", "judge__min_score_mass": 0.0}
+    _, hf = filter_job(tmp_path, "hf", src, smollm2, **over)
+    manifest, vl = filter_job(tmp_path, "vllm", src, smollm2, judge__engine="vllm",
+                              judge__batch_size=3, **over)  # fmt: skip
+    conserved(manifest, vl, len(rows))
+    assert hf.keys() == vl.keys()
+    assert {vl[r][REASON] for r in vl if vl[r][DECISION] == "quarantined"} == {
+        "null_field",
+        "prompt_too_long",
+    }
+    judged = [r for r in vl if vl[r][DECISION] in ("kept", "rejected")]
+    assert len(judged) == 8
+    for rid in judged:
+        v, h = vl[rid], hf[rid]
+        for name, c in criteria.items():
+            assert v[f"score_{name}"] == pytest.approx(h[f"score_{name}"], abs=SCORE_TOL), rid
+            assert len(v[f"score_probs_{name}"]) == c.get("scale", [0, 5])[1] + 1
+        mean = (v["score_accuracy"] / 5 + v["score_correct"] / 9) / 2
+        assert v[SCORE] == pytest.approx(mean, abs=1e-6)
+        passes = v["score_accuracy"] >= 1.0 or v["score_correct"] >= 2.0
+        assert v[DECISION] == ("kept" if passes else "rejected"), rid
+    assert manifest.engine_metrics["prefix_cache_hit_rate"] > 0

@@ -76,21 +76,29 @@ def seen_in_output(table: pa.Table | None) -> dict[str, str]:
 
 
 def settle_duplicates(
-    fs: Any, root: str, attempt: str, live: list[str], num_cpus: float = 0.25
+    fs: Any,
+    root: str,
+    attempt: str,
+    live: list[str],
+    num_cpus: float = 0.25,
+    judged_too: tuple[str, ...] = (),
 ) -> dict[str, int]:
-    """Give every copy among the run's data files `live` its original's judgement and move
-    it to that decision's partition; returns how many copies were settled into each
-    decision. A Ray task does it, so the driver never holds the copies; run again (a task
-    retried after a lost node), it writes the same files again."""
+    """Give every copy among the run's data files `live` its original's judgement (and the
+    columns `judged_too`: a run's criteria columns) and move it to that decision's
+    partition; returns how many copies were settled into each decision. A Ray task does it,
+    so the driver never holds the copies; run again (a task retried after a lost node), it
+    writes the same files again."""
     import ray
 
     settle = ray.remote(num_cpus=num_cpus)(_settle)
-    moved = ray.get(settle.remote(fs, root, attempt, live))
+    moved = ray.get(settle.remote(fs, root, attempt, live, (*JUDGED_COLUMNS, *judged_too)))
     fs.invalidate_cache()  # the task wrote and removed files: S3 listings cached here are stale
     return moved
 
 
-def _settle(fs: Any, root: str, attempt: str, live: list[str]) -> dict[str, int]:
+def _settle(
+    fs: Any, root: str, attempt: str, live: list[str], taken: tuple[str, ...]
+) -> dict[str, int]:
     """Copies are never committed (a manifest lists no `duplicate` file), so their folder
     goes as soon as they are settled."""
     from alpagasus_ray.data.io import DATA_DIR, join, output_dataset
@@ -112,18 +120,19 @@ def _settle(fs: Any, root: str, attempt: str, live: list[str]) -> dict[str, int]
     )  # a superset of the originals' positions, read without the rows' text
     originals = [f for f in live if not f.startswith(folder + "/")]
     judged = output_dataset(fs, root, originals).to_table(
-        columns=[SOURCE, SOURCE_ROW, *JUDGED_COLUMNS],
+        columns=[SOURCE, SOURCE_ROW, *taken],
         filter=near & (pc.field(DECISION) != DUPLICATE),
     )
     by_place = {position(r[SOURCE], r[SOURCE_ROW]): r for r in judged.to_pylist()}
-    cols = {c: column_or_nulls(copies, c) for c in JUDGED_COLUMNS}
+    cols = {c: column_or_nulls(copies, c) for c in taken}
     for i, first in enumerate(copies.column(DUPLICATE_OF).to_pylist()):
         original = by_place.get(first)
         if original is None:  # cannot happen: the original is written before the end
             raise RuntimeError(f"row {first}, judged for its duplicates, is not in the output")
-        for c in JUDGED_COLUMNS:
+        for c in taken:
             cols[c][i] = original.get(c)
-    settled = with_columns(copies, cols)
+    types = {f.name: f.type for f in judged.schema}  # the criteria columns' own types
+    settled = with_columns(copies, cols, types)
     moved: dict[str, int] = {}
     for d in Decision:
         part = settled.filter(pc.equal(settled.column(DECISION), d.value))

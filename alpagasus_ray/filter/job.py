@@ -32,7 +32,7 @@ from alpagasus_ray.engines.vllm import served_model_name
 from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
 from alpagasus_ray.filter.carried import output_json_text, scan_kinds
 from alpagasus_ray.filter.config import FilterJobConfig
-from alpagasus_ray.filter.criteria import prompt_identity
+from alpagasus_ray.filter.criteria import criteria_types, prompt_identity
 from alpagasus_ray.filter.duplicates import SeenContent, settle_duplicates
 from alpagasus_ray.filter.judge import judge_dataset
 from alpagasus_ray.filter.manifest import (
@@ -297,7 +297,8 @@ def write_rows(run: Run) -> dict[str, Any]:
         check_claim(fs, root, state.run_id)
         # Each copy takes its original's judgement; the last progress line counts its kept.
         live = run_files(fs, root, state)
-        settled = settle_duplicates(fs, root, state.prefix, live, cfg.ray.task_cpus)
+        criteria = tuple(criteria_types(cfg.judge))
+        settled = settle_duplicates(fs, root, state.prefix, live, cfg.ray.task_cpus, criteria)
         counter.add.remote(0, settled.get("kept", 0))
     if run.api is not None:
         run.api.stop_if_over_budget(cfg.judge.api)  # no manifest: a rerun judges the rows not sent
