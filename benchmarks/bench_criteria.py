@@ -83,7 +83,7 @@ def measure(tmp: Path, model: Path, rows: list[dict], few: int, count: int,
         walls[n], metrics[n] = manifest.timings_s["score_and_write"], manifest.engine_metrics
     hits = {n: m.get("prefix_cache_hit_tokens") for n, m in metrics.items()}
     queries = {n: m.get("prefix_cache_query_tokens") for n, m in metrics.items()}
-    computed = {n: queries[n] - hits[n] if hits[n] is not None else None for n in metrics}
+    computed = {n: int(queries[n] - hits[n]) if hits[n] is not None else None for n in metrics}
     full = metrics[len(rows)]
     return {
         "prompt tokens": full["input_tokens"],

@@ -578,3 +578,42 @@ def test_criteria_through_the_api_score_as_each_rubric_alone(
             assert row[f"score_{name}"] == pytest.approx(scores[name][rid]["score"], abs=1e-3)
         alone = [scores[name][rid]["num_prompt_tokens"] for name in criteria]
         assert row["num_prompt_tokens"] == sum(alone)  # as the server counted them
+
+
+def test_retry_failed_judges_again_only_the_criterion_the_api_failed(
+    ray_session, smol_server, smollm2, proxy, tmp_path
+):
+    """Two criteria; the server refuses (HTTP 400) the helpfulness request of two rows
+    only, so those rows fail naming it, with their accuracy judged. `--retry-failed` sends
+    exactly those two helpfulness requests again (no accuracy one) and keeps the accuracy
+    scores it had."""
+    rows = synthetic_examples(8, seed=27, unique=True)
+    for row in rows[:2]:
+        row["output"] += " FAULT-400Z"  # the row's end, then (row first) the rubric's start
+    marker = "FAULT-400Z\\n</example>\\n\\nPlease rate according to the helpfulness"
+    p, url = proxy(smol_server, Rule("400", marker=marker))
+    criteria = {"accuracy": {"rubric": "accuracy"}, "helpfulness": {"rubric": "helpfulness"}}
+    sets = [f"judge.criteria={json.dumps(criteria)}", "filter.threshold=2.5"]
+    args = filter_job(tmp_path, rows, url, "smol", f"judge.tokenizer={smollm2}", *sets)
+    assert main(args) == 0
+    out = tmp_path / "out"
+    first = {r["id"]: r for r in pq.read_table(out / "data", partitioning="hive").to_pylist()}
+    failed = {i for i, r in first.items() if r["reason"] == "engine_error"}
+    assert len(failed) == 2 and p.count("400") == 2
+    for i in failed:
+        assert first[i]["reason_detail"].startswith("criterion helpfulness: ")
+        assert first[i]["score_accuracy"] is not None and first[i]["score_helpfulness"] is None
+    healthy, url2 = proxy(smol_server)
+    assert main([a.replace(url, url2) for a in args] + ["--retry-failed"]) == 0
+    sent = [h.body for h in healthy.hits if h.body]  # not preflight's look at /v1/models
+    assert len(sent) == 2 and all(marker in body for body in sent)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["attempts"][-1]["criterion_scores_reused"] == 2
+    after = {r["id"]: r for r in pq.read_table(out / "data", partitioning="hive").to_pylist()}
+    assert after.keys() == first.keys() and manifest["status"] == "complete"
+    for i, row in after.items():
+        assert row["score_accuracy"] == first[i]["score_accuracy"], i  # never judged again
+        if i in failed:
+            assert row["score_helpfulness"] is not None and row["decision"] in ("kept", "rejected")
+        else:
+            assert (row["decision"], row["score"]) == (first[i]["decision"], first[i]["score"])

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 from conftest import cli_refusal, filter_args, job_config
 from helpers import numbered_rows, write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.core.config import ConfigError, JudgeConfig, load_config
+from alpagasus_ray.data.io import MANIFEST
 from alpagasus_ray.data.schema import DECISION, JUDGE_TEXT, REASON_DETAIL, SCORE, Decision
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.criteria import fold_criteria, kept_mask
@@ -288,3 +290,42 @@ def test_an_exact_copy_takes_its_originals_criteria_scores(ray_session, stand_in
         assert twin["duplicate_of"] is not None
         for column in ("score_accuracy", "score_correct", "score_probs_correct", DECISION):
             assert twin[column] == original[column] is not None, column
+
+
+def test_a_resume_judges_again_only_the_criterion_the_engine_failed(
+    ray_session, rows, stand_in, tmp_path
+):
+    """A killed run's row whose `correct` criterion met an engine error, its `accuracy`
+    judged (stored as 0.123, a score the stand-in never gives): the rerun judges `correct`
+    alone, keeps 0.123, and decides the row from both."""
+    out = tmp_path / "out"
+    cfg = job_config(str(rows), str(out), stand_in, input__columns__id="row",
+                     output__overwrite=False, judge__criteria=TWO,
+                     filter__threshold=2.5)  # fmt: skip
+    run_filter(cfg)
+    clean = output_rows(out)
+    (out / MANIFEST).unlink()  # as a killed run leaves it
+    judged = sorted((out / "data" / "decision=kept").glob("*.parquet"))
+    judged = judged or sorted((out / "data" / "decision=rejected").glob("*.parquet"))
+    table = pq.read_table(judged[0])
+    victim = table.slice(0, 1).to_pylist()[0]
+    pq.write_table(table.slice(1), judged[0])
+    victim.update(score=None, score_correct=None, score_probs_correct=None, score_accuracy=0.123,
+                  reason="engine_error", reason_detail="criterion correct: boom")  # fmt: skip
+    failed = out / "data" / "decision=failed"
+    failed.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([victim], schema=table.schema), failed / "err.parquet")
+    manifest = run_filter(cfg)
+    assert manifest.status == "complete", manifest.invariant
+    last = manifest.attempts[-1]
+    assert last["engine_errors_retried"] == 1 and last["criterion_scores_reused"] == 1
+    assert last["rows_written"] == 1
+    after = output_rows(out)
+    row, before = after[victim["row"]], clean[victim["row"]]
+    assert row["score_accuracy"] == 0.123 != before["score_accuracy"]  # not judged again
+    assert row["score_correct"] == before["score_correct"]  # judged again: the same hash
+    assert row[SCORE] == pytest.approx((0.123 / 5 + row["score_correct"] / 9) / 2, abs=1e-6)
+    assert row[DECISION] == "rejected"  # accuracy 0.123 < 2.5
+    for key, r in after.items():
+        if key != victim["row"]:
+            assert (r[DECISION], r[SCORE]) == (clean[key][DECISION], clean[key][SCORE]), key

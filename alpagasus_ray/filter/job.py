@@ -77,6 +77,7 @@ def build_dataset(
     api: Any = None,
     seen: Any = None,
     kinds: dict[str, str] | None = None,
+    known: Any = None,
 ) -> Any:
     """The lazy Ray Dataset of decided rows, ready to be written. `served_name` names the vLLM
     replicas, whose metrics the job reads back by it; `listing` is the input preflight listed,
@@ -84,7 +85,8 @@ def build_dataset(
     keys) the rows a resumed run has written already; `progress` counts decided rows; `api`
     the budget and key an API judge's replicas share (`engines.api_budget.JobAPI`); `seen`
     the contents judged so far (a `filter.duplicates.SeenContent` actor), so that an exact
-    duplicate is not judged again; `kinds` those of a record input's extra keys (`carried`)."""
+    duplicate is not judged again; `kinds` those of a record input's extra keys (`carried`);
+    `known` the criteria a retried row had judged already (`filter.resume.resume_state`)."""
     light = cfg.ray.task_cpus
     rows_per_block = cfg.input.rows_per_block or cfg.judge.batch_size
     fs, root = filesystem(cfg.output.uri, cfg.storage)
@@ -103,6 +105,7 @@ def build_dataset(
         rule=cfg.filter.rule,
         api=api,
         seen=seen,
+        known=known,
         progress=progress,
         served_name=served_name,
         json_columns=as_json,
@@ -155,6 +158,7 @@ class Attempt:
     attempts: list[dict[str, Any]]
     fingerprint: dict[str, Any]
     done: Any = None  # an object ref to the keys of the rows the output holds already
+    known: Any = None  # an object ref to the retried rows' criteria judged already
     before: int = 0  # those rows
     kept_files: set[str] = field(default_factory=set)  # the data files that stay
     judged_contents: Any = None  # a ref to content hash -> position of the row judged
@@ -186,8 +190,8 @@ def start_attempt(
         files = listed_files(root, previous) if mode == "retry" else data_files(fs, root)
         if mode == "retry":  # what an earlier change left when it died
             remove_unlisted(fs, root, files)
-        state.done, cleaned, state.kept_files, state.judged_contents = resume_state(
-            fs, root, files, prefix, committed=mode == "retry", num_cpus=cfg.ray.task_cpus
+        state.done, cleaned, state.kept_files, state.judged_contents, state.known = resume_state(
+            fs, root, files, prefix, mode == "retry", cfg.ray.task_cpus, cfg.judge
         )
         state.before = cleaned["rows_kept"]
         if attempts and mode == "resume":  # what the attempt that was cut off left behind
@@ -267,7 +271,8 @@ def prepare_run(cfg: FilterJobConfig, fs: Any, root: str, listing: Listing) -> R
     seen = seen.remote(state.judged_contents)
     rows = cfg.input.rows_per_block or cfg.judge.batch_size
     kinds = scan_kinds(cfg.input, cfg.storage, listing, cfg.ray.task_cpus, rows)
-    ds = build_dataset(cfg, served_name, listing, state.done, counter, api, seen, kinds)
+    ds = build_dataset(cfg, served_name, listing, state.done, counter, api, seen, kinds,
+                       state.known)  # fmt: skip
     if local_root:  # for the nodes that join later: where each batch is written
         on_disk = OnSharedDisk(local_root)
         ds = ds.map_batches(on_disk, batch_format="pyarrow", num_cpus=cfg.ray.task_cpus)

@@ -26,6 +26,7 @@ from alpagasus_ray.filter.criteria import criteria_types
 from alpagasus_ray.filter.rubric_file import unread, with_rubric_file
 from alpagasus_ray.filter.stages import DecideStage, PromptStage, ScoreStage, ValidateStage
 from alpagasus_ray.filter.stages.dedup import DedupStage
+from alpagasus_ray.filter.stages.skip_done import KnownScoresStage
 
 
 def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
@@ -72,6 +73,7 @@ def judge_dataset(
     rule: Rule = "all",
     api: Any = None,
     seen: Any = None,
+    known: Any = None,
     progress: Any = None,
     served_name: str | None = None,
     json_columns: Collection[str] = (),
@@ -86,7 +88,9 @@ def judge_dataset(
     token counts. An API judge gets a rate limit and cost cap of its own unless `api` (an
     `engines.api_budget.JobAPI`) is given. The job's own wiring: `seen` (a
     `filter.duplicates.SeenContent` actor) judges an exact duplicate once, `progress` hears
-    of every decided batch, `served_name` names the vLLM replicas for their metrics, and
+    of every decided batch, `known` gives a retried row the criteria it had judged already
+    (`stages.skip_done.KnownScoresStage`), `served_name` names the vLLM replicas for their
+    metrics, and
     `json_columns` are carried as JSON text (their types differ across the input's files),
     and `carried_kinds` are the kinds of a record input's extra keys (`filter/carried.py`).
     With `judge.criteria`, every criterion is judged for each row (`score_<name>`), `score`
@@ -105,6 +109,8 @@ def judge_dataset(
     own = criteria_types(judge)
     validate = ValidateStage(columns or ColumnMap(), json_columns, carried_kinds, own)
     ds = ds.map_batches(validate, batch_format="pyarrow", num_cpus=light)
+    if known is not None:
+        ds = ds.map_batches(KnownScoresStage(known, own), batch_format="pyarrow", num_cpus=light)
     if seen is not None:
         ds = ds.map_batches(DedupStage(seen), batch_format="pyarrow", num_cpus=light)
     ds = scored(prompted(ds, judge, ray), judge, ray, api, served_name)

@@ -29,12 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from alpagasus_ray.core.criteria import thresholds
+from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.core.criteria import score_column, thresholds
 from alpagasus_ray.data.io import RUN_MARKER, join, output_dataset, read_json
 from alpagasus_ray.data.listing import Listing
 from alpagasus_ray.data.schema import CONTENT_HASH, DUPLICATE_OF, REASON, SOURCE, SOURCE_ROW, Reason
 from alpagasus_ray.filter.config import FilterJobConfig
-from alpagasus_ray.filter.criteria import prompt_identity
+from alpagasus_ray.filter.criteria import criteria_types, prompt_identity
 from alpagasus_ray.filter.duplicates import SETTLED_SUFFIX, seen_in_output
 from alpagasus_ray.filter.manifest import (
     Manifest,
@@ -116,6 +117,7 @@ def _same(before: Any, now: Any) -> bool:
 
 
 INPUT_FILES = "input files"
+KNOWN_KEY = "_key"  # a retried row's key beside its criteria judged already
 REDECIDED_PREFIX = "redecided-"  # the files of a re-decision (filter/redecide.py)
 
 
@@ -237,11 +239,13 @@ def resume_state(
     attempt: str,
     committed: bool,
     num_cpus: float = 0.25,
-) -> tuple[Any, dict[str, int], set[str], Any]:
+    judge: JudgeConfig | None = None,
+) -> tuple[Any, dict[str, int], set[str], Any, Any]:
     """Take stock of an output before judging the rest: return an object ref to the keys of
     the rows it holds, what was cleaned up (`rows_kept` the number of those keys), the data
-    files that stay, and an object ref to the contents judged so far (for the duplicates
-    still to come, `filter/duplicates.py`).
+    files that stay, an object ref to the contents judged so far (for the duplicates
+    still to come, `filter/duplicates.py`), and with `judge.criteria` one to the criteria
+    the retried rows had judged (or None), which they keep (`stages.skip_done`).
 
     Ray tasks do the reading, a task a file, then one for the keys, so the driver never
     holds a file's rows: `engine_error` rows are taken out of the `failed` files, so they
@@ -260,9 +264,12 @@ def resume_state(
         for i, path in enumerate(files)
     ]
     pairs = zip(files, targets, strict=True)
-    checked = ray.get([check.remote(fs, path, target, committed) for path, target in pairs])
+    kept_columns = tuple(criteria_types(judge)) if judge is not None else ()
+    checked = ray.get([check.remote(fs, path, target, committed, kept_columns)
+                       for path, target in pairs])  # fmt: skip
     fs.invalidate_cache()  # the tasks wrote and removed files: cached S3 listings are stale
-    live = [path for path, _, _ in checked if path is not None]
+    live = [path for path, _, _, _ in checked if path is not None]
+    known = [k for _, _, _, k in checked if k is not None and k.num_rows]
     stock = ray.remote(num_cpus=num_cpus, num_returns=3)(_keys_of_output)
     keys, seen, summary = stock.remote(fs, root, live)
     rows, unplaced = ray.get(summary)
@@ -273,19 +280,29 @@ def resume_state(
         )  # fmt: skip
     stats = {
         "rows_kept": rows,
-        "partial_files_removed": sum(removed for _, removed, _ in checked),
-        "engine_errors_retried": sum(retried for _, _, retried in checked),
+        "partial_files_removed": sum(removed for _, removed, _, _ in checked),
+        "engine_errors_retried": sum(retried for _, _, retried, _ in checked),
     }
+    table = pa.concat_tables(known, promote_options="permissive") if known else None
+    if kept_columns:  # judge.criteria: the retried rows' criteria judged already
+        scores = [score_column(name) for name in judge.criteria]
+        valid = [pc.is_valid(table.column(c)) for c in scores if table and c in table.column_names]
+        stats["criterion_scores_reused"] = sum(pc.sum(v).as_py() or 0 for v in valid)
     log.info("resuming %s: %s", root, stats)
-    return keys, stats, set(live), seen
+    return keys, stats, set(live), seen, (ray.put(table) if table is not None else None)
 
 
 def _take_stock_of_file(
-    fs: fsspec.AbstractFileSystem, path: str, target: str, committed: bool
-) -> tuple[str | None, int, int]:
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    target: str,
+    committed: bool,
+    kept_columns: tuple[str, ...] = (),
+) -> tuple[str | None, int, int, pa.Table | None]:
     """One data file at a resume: (the file that holds its rows now, or None; 1 if it was
-    removed as cut off; the `engine_error` rows taken out). A file cut off by a kill has no
-    Parquet footer, so only `failed` files, which may be rewritten, are read whole."""
+    removed as cut off; the `engine_error` rows taken out; their keys and `kept_columns`,
+    the criteria judged already). A file cut off by a kill has no Parquet footer, so only
+    `failed` files, which may be rewritten, are read whole."""
     whole = "decision=failed" in path
     try:
         with fs.open(path, "rb") as f:
@@ -295,19 +312,22 @@ def _take_stock_of_file(
             raise
         if fs.exists(path):  # gone already if Ray runs this task again
             fs.rm(path)
-        return None, 1, 0
+        return None, 1, 0, None
     transient = _engine_errors(path, table) if whole else None
     if transient is None:
-        return path, 0, 0
+        return path, 0, 0, None
     keep = table.filter(pc.invert(transient))
     retried = table.num_rows - keep.num_rows
+    again = table.filter(transient)
+    kept = {c: again.column(c) for c in kept_columns if c in again.column_names}
+    known = pa.table({KNOWN_KEY: row_keys(again), **kept})
     if keep.num_rows:
         with fs.open(target, "wb") as f:
             pq.write_table(keep, f)
-        return target, 0, retried
+        return target, 0, retried, known
     if not committed:
         fs.rm(path)
-    return None, 0, retried
+    return None, 0, retried, known
 
 
 def _keys_of_output(

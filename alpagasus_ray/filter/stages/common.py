@@ -8,10 +8,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from alpagasus_ray.core.config import JudgeConfig
+from alpagasus_ray.core.criteria import criterion_columns
 from alpagasus_ray.data.schema import (
     DECISION,
+    JUDGE_TEXT,
     PROMPT_REQUEST,
     PROMPT_TOKEN_IDS,
+    SCORE,
+    SCORE_PROBS,
     TURN_PROMPT_IDS,
     TURN_REQUESTS,
     column_type,
@@ -66,3 +71,17 @@ def row_prompts(table: pa.Table, rows: list[int]) -> tuple[list[list], list[list
         prompts.append(turns[i] if turns[i] is not None else [None] * k)
         requests.append(turn_requests[i] if turn_requests[i] is not None else [None] * k)
     return prompts, requests, turned
+
+
+def stored_judgements(table: pa.Table, judge: JudgeConfig) -> dict[str, list[dict | None]]:
+    """Per criterion (`judge.criteria`), each row's judgement kept from an earlier attempt
+    (`KnownScoresStage`), or None where the criterion is still to be judged: what a retry
+    does not pay for again."""
+    detail = SCORE_PROBS if judge.mode == "logprobs" else JUDGE_TEXT
+    out: dict[str, list[dict | None]] = {}
+    for name in judge.criteria:
+        score_name, detail_name = criterion_columns(name, judge.mode)
+        pairs = zip(column_or_nulls(table, score_name), column_or_nulls(table, detail_name),
+                    strict=True)  # fmt: skip
+        out[name] = [None if s is None else {SCORE: s, detail: d} for s, d in pairs]
+    return out

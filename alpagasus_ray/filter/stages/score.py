@@ -27,6 +27,7 @@ from alpagasus_ray.filter.stages.common import (
     column_or_nulls,
     pending_rows,
     row_prompts,
+    stored_judgements,
     with_columns,
 )
 from alpagasus_ray.filter.turns import combine
@@ -44,8 +45,10 @@ class ScoreStage:
     def __call__(self, table: pa.Table) -> pa.Table:
         todo = pending_rows(table)
         prompts, requests, turned = row_prompts(table, todo)
-        flat = [p for row in prompts for p in row]
-        flat_requests = [r for row in requests for r in row]
+        stored = self._stored(table, todo, prompts)
+        sent = [(p, r) for row in zip(prompts, requests, stored, strict=True)
+                for p, r, kept in zip(*row, strict=True) if kept is None]  # fmt: skip
+        flat, flat_requests = [p for p, _ in sent], [r for _, r in sent]
         outputs = iter(self.engine.judge(flat, flat_requests) if flat else [])
 
         n = table.num_rows
@@ -54,16 +57,27 @@ class ScoreStage:
         new: dict[str, list] = {c: [None] * n for c in names}
         cols = (DECISION, REASON, REASON_DETAIL, NUM_PROMPT_TOKENS)
         new.update({c: column_or_nulls(table, c) for c in cols})
-        for i, mine, is_turns in zip(todo, prompts, turned, strict=True):
-            for name, value in self._row(mine, outputs, is_turns).items():
+        for i, mine, is_turns, kept in zip(todo, prompts, turned, stored, strict=True):
+            for name, value in self._row(mine, outputs, is_turns, kept).items():
                 new[name][i] = value
         return with_columns(table, new, self.types)
 
-    def _row(self, prompts: list, outputs: Iterator[JudgeOutput], is_turns: bool) -> dict:
-        """One row's columns from the outputs of its prompts: its criteria's, its turns'
-        or its own."""
+    def _stored(self, table: pa.Table, todo: list[int], prompts: list) -> list[list]:
+        """Per pending row, per prompt: a criterion's judgement kept from an earlier
+        attempt (not sent again), or None."""
+        if not self.criteria:
+            return [[None] * len(p) for p in prompts]
+        known = stored_judgements(table, self.cfg)
+        return [[known[name][i] for name in self.cfg.criteria] for i in todo]
+
+    def _row(
+        self, prompts: list, outputs: Iterator[JudgeOutput], is_turns: bool, stored: list
+    ) -> dict:
+        """One row's columns from the outputs of its prompts: its criteria's (a kept one
+        as it was), its turns' or its own."""
         if self.criteria:
-            judged = [self._fields(next(outputs), judge) for judge in self.criteria]
+            judged = [kept if kept is not None else self._fields(next(outputs), judge)
+                      for judge, kept in zip(self.criteria, stored, strict=True)]  # fmt: skip
             return fold_criteria(judged, self.cfg)
         judged = [self._fields(next(outputs), self.cfg) for _ in prompts]
         return combine(judged, self.cfg.turn_aggregate) if is_turns else judged[0]

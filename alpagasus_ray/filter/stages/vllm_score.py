@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from alpagasus_ray.core.config import JudgeConfig
-from alpagasus_ray.data.schema import DECISION, PROMPT_TOKEN_IDS, conform
+from alpagasus_ray.data.schema import DECISION, PROMPT_TOKEN_IDS, TURN_OF, conform
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judgement_fields
 from alpagasus_ray.engines.vllm import (
@@ -27,7 +27,12 @@ from alpagasus_ray.engines.vllm import (
     require_vllm,
     sampling_params,
 )
-from alpagasus_ray.filter.stages.common import column_or_nulls, pending_rows, with_columns
+from alpagasus_ray.filter.stages.common import (
+    column_or_nulls,
+    pending_rows,
+    stored_judgements,
+    with_columns,
+)
 from alpagasus_ray.filter.stages.vllm_turns import TurnGather, explode_turns
 from alpagasus_ray.text.tokenizer_probe import probe_tokenizer
 
@@ -41,14 +46,15 @@ class VLLMRequestStage:
     overwrite are moved aside."""
 
     def __init__(self, judge: JudgeConfig, score_tokens: dict[int, int]):
-        self.params = sampling_params(judge, score_tokens)
+        self.judge = judge
+        self.params = sampling_params(judge.engine_judge(), score_tokens)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        table = explode_turns(table)  # judge.turns: each: one engine row per judged turn
+        table = explode_turns(table)  # one engine row per judged turn, or per criterion
         table = table.rename_columns(
             [CARRIED_PREFIX + c if c in RESERVED_COLUMNS else c for c in table.column_names]
         )
-        todo = set(pending_rows(table))
+        todo = set(pending_rows(table)) - self._kept(table)
         ids = column_or_nulls(table, PROMPT_TOKEN_IDS)
         n = table.num_rows
         pending = [i in todo and ids[i] is not None for i in range(n)]
@@ -62,6 +68,17 @@ class VLLMRequestStage:
             .append_column("sampling_params", pa.array(params))
             .append_column(ERROR_COLUMN, pa.array(errors, type=pa.string()))
         )
+
+    def _kept(self, table: pa.Table) -> set[int]:
+        """The criterion rows whose criterion an earlier attempt judged already (a retry):
+        they pass the engine untouched, and the gather takes the kept judgement."""
+        if not self.judge.criteria:
+            return set()
+        known = stored_judgements(table, self.judge)
+        names = list(self.judge.criteria)
+        marks = column_or_nulls(table, TURN_OF)
+        criterion = [None if m is None else names[int(m.split(" ")[1])] for m in marks]
+        return {i for i, name in enumerate(criterion) if name and known[name][i] is not None}
 
 
 class VLLMResultStage:
@@ -123,7 +140,7 @@ def score_with_vllm(
     require_vllm(judge)
     score_tokens = judge_score_tokens(judge.engine_judge())
     processor = build_judge_processor(judge, task_cpus, score_tokens, served_name)
-    request = VLLMRequestStage(judge.engine_judge(), score_tokens)
+    request = VLLMRequestStage(judge, score_tokens)
     ds = ds.map_batches(request, batch_format="pyarrow", num_cpus=task_cpus)
     ds = processor(ds)
     ds = ds.map_batches(VLLMResultStage(judge), batch_format="pyarrow", num_cpus=task_cpus)

@@ -34,7 +34,7 @@ from alpagasus_ray.data.schema import (
     conform,
 )
 from alpagasus_ray.filter.criteria import criteria_types, fold_criteria
-from alpagasus_ray.filter.stages.common import column_or_nulls, with_columns
+from alpagasus_ray.filter.stages.common import column_or_nulls, stored_judgements, with_columns
 from alpagasus_ray.filter.turns import combine
 
 _JUDGED = (SCORE, SCORE_PROBS, SCORE_MASS, JUDGE_TEXT, NUM_OUTPUT_TOKENS, DECISION, REASON,
@@ -91,7 +91,10 @@ class TurnGather:
     def _row(self, turns: list[pa.Table]) -> pa.Table:
         judged = [{c: t.column(c)[0].as_py() for c in _JUDGED if c in t.column_names}
                   for t in turns]  # fmt: skip
-        if self.judge is not None:
+        if self.judge is not None:  # a criterion judged before (a retry) as it was kept
+            kept = [stored_judgements(t, self.judge)[name][0]
+                    for t, name in zip(turns, self.judge.criteria, strict=True)]  # fmt: skip
+            judged = [k if k is not None else j for k, j in zip(kept, judged, strict=True)]
             fields = fold_criteria(judged, self.judge)
         else:
             fields = combine(judged, self.how)
