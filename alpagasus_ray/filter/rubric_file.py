@@ -22,7 +22,7 @@ def with_rubric_file(judge: JudgeConfig, storage: StorageConfig) -> JudgeConfig:
     `rubric`."""
     if judge.criteria:
         criteria = {
-            name: c.model_copy(update={"rubric": _rubric_text(c.rubric_file, storage)})
+            name: c.model_copy(update={"rubric": _rubric_text(c.rubric_file, storage, name)})
             if c.rubric_file is not None and c.rubric is None
             else c
             for name, c in judge.criteria.items()
@@ -49,21 +49,22 @@ def unread(judge: JudgeConfig) -> bool:
     return judge.rubric_file is not None and is_paper(judge.rubric)
 
 
-def _rubric_text(uri: str, storage: StorageConfig) -> str:
-    text = _read_text(uri, storage)
+def _rubric_text(uri: str, storage: StorageConfig, criterion: str | None = None) -> str:
+    key = f"judge.criteria.{criterion}.rubric_file" if criterion else "judge.rubric_file"
+    text = _read_text(uri, storage, key)
     try:
         return check_rubric(text)
     except ValueError as e:
         raise PreflightError("judge rubric", uri, str(e)) from None
 
 
-def _read_text(uri: str, storage: StorageConfig) -> str:
+def _read_text(uri: str, storage: StorageConfig, key: str) -> str:
     try:
         fs, path = filesystem(uri, storage)
         with fs.open(path, "rb") as f:
             data = f.read(MAX_RUBRIC_BYTES + 1)
     except FileNotFoundError:
-        raise PreflightError("judge rubric", "judge.rubric_file", f"no such file {uri}") from None
+        raise PreflightError("judge rubric", key, f"no such file {uri}") from None
     except IsADirectoryError:
         raise PreflightError("judge rubric", uri, "is a folder, not a file") from None
     except OSError as e:
