@@ -404,4 +404,3 @@ def _criterion_said(judge: JudgeConfig, name: str, facts: dict[str, Any]) -> str
         if own:
             return own.replace("judge.scale", f"judge.criteria.{criterion}.scale", 1)
     return facts["score_tokens_error"]
-
