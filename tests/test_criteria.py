@@ -5,6 +5,7 @@ and re-deciding it from the stored scores without a judge."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +19,8 @@ from alpagasus_ray.cli import main
 from alpagasus_ray.core.config import ConfigError, JudgeConfig, load_config
 from alpagasus_ray.data.io import MANIFEST
 from alpagasus_ray.data.schema import DECISION, JUDGE_TEXT, REASON_DETAIL, SCORE, Decision
+from alpagasus_ray.engines.base import JudgeOutput
+from alpagasus_ray.engines.judgement import judge_output_to_judgement
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.criteria import fold_criteria, kept_mask
 from alpagasus_ray.filter.job import run_filter
@@ -143,6 +146,16 @@ def test_a_failed_criterion_fails_the_row_naming_it_and_keeps_the_others_score()
     assert row[SCORE] is None
     both = fold_criteria([ok, {SCORE: 9.0, JUDGE_TEXT: "9"}], judge)
     assert both[SCORE] == pytest.approx((4 / 5 + 1) / 2) and DECISION not in both
+
+
+def test_a_criterions_judgement_counts_only_its_own_scales_tokens():
+    """One engine reads the tokens of every criterion's scale (here 0-9); a 0-5 criterion's
+    expected score and mass come from its own six, whatever the others hold."""
+    tokens = {100 + s: s for s in range(10)}
+    logprobs = {100 + s: math.log(p) for s, p in ((2, 0.2), (4, 0.4), (7, 0.3))}
+    j = judge_output_to_judgement(JudgeOutput(logprobs=logprobs), "logprobs", tokens, 0.5, (0, 5))
+    assert j.mass == pytest.approx(0.6) and len(j.probs) == 6
+    assert j.score == pytest.approx((2 * 0.2 + 4 * 0.4) / 0.6)
 
 
 def output_rows(out: Path) -> dict[str, dict]:

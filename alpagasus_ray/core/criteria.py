@@ -54,12 +54,17 @@ class Criterion(StrictModel):
         lo, hi = self.scale
         if not 0 <= lo < hi:
             raise ValueError(f"scale {list(self.scale)} is not [lo, hi] with 0 <= lo < hi")
-        if self.scale != PAPER_SCALE and self.rubric is not None and is_paper(self.rubric):
+        if self.scale != PAPER_SCALE and not self.own_rubric():
             raise ValueError(f"scale {list(self.scale)} needs your own rubric: the paper's "
                              f"{self.rubric} rubric asks for a score from 0 to 5")  # fmt: skip
         if self.threshold is not None and not lo <= self.threshold <= hi:
             raise ValueError(f"threshold {self.threshold:g} is outside its scale [{lo}, {hi}]")
         return self
+
+    def own_rubric(self) -> bool:
+        """A user's template, given or to be read from `rubric_file` at start (as
+        `JudgeConfig.own_rubric`)."""
+        return self.rubric_file is not None or not is_paper(self.rubric)
 
 
 def check_names(criteria: Mapping[str, Criterion]) -> None:

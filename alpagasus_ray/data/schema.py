@@ -44,7 +44,7 @@ PROMPT_REQUEST = "_prompt_request"  # an API judge's request: JSON chat messages
 TURNS = "_turns"  # a conversation row's turns as role/content JSON (filter/conversations.py)
 TURN_PROMPT_IDS = "_turn_prompt_ids"  # judge.turns: each: one prompt per judged turn
 TURN_REQUESTS = "_turn_requests"
-TURN_OF = "_turn_of"  # vLLM's turn rows: "<conversation key> <turn> <turns>"
+TURN_OF = "_turn_of"  # vLLM's turn rows: "<conversation key> <turn> <turns>" (turn_index)
 INTERNAL = (RAW_JSON, READ_ERROR, READ_SOURCE, READ_ROW, PROMPT_TOKEN_IDS, PROMPT_REQUEST,
             TURNS, TURN_PROMPT_IDS, TURN_REQUESTS, TURN_OF)  # fmt: skip
 
@@ -117,6 +117,11 @@ INTERNAL_TYPES = {
     TURN_REQUESTS: pa.list_(pa.string()),
     TURN_OF: pa.string(),
 }
+
+
+def turn_index(mark: str) -> int:
+    """A `TURN_OF` mark's turn (or, with criteria, criterion) number, from 0."""
+    return int(mark.split(" ")[1])
 
 
 def read_column(table: pa.Table, name: str) -> list[Any]:

@@ -109,11 +109,14 @@ def judgement_fields(
 def _from_logprobs(
     logprobs: dict[int, float], score_tokens: dict[int, int], min_mass: float, scale: Scale
 ) -> Judgement:
+    """The expected score over `scale`'s tokens. An engine serving several criteria reads
+    the tokens of all their scales (`judge.criteria`); only this scale's count here."""
     scores = scale_scores(scale)
     probs = [0.0] * len(scores)
     for token_id, lp in logprobs.items():
         score = score_tokens.get(int(token_id))
-        if score is not None and lp is not None and lp > -math.inf:
+        on_scale = score is not None and scale[0] <= score <= scale[1]
+        if on_scale and lp is not None and lp > -math.inf:
             probs[score - scale[0]] += math.exp(lp)
     mass = sum(probs)
     if mass <= 0.0 or mass < min_mass:

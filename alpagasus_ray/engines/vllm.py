@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from alpagasus_ray.core.config import JudgeConfig
-from alpagasus_ray.data.schema import TURN_OF
+from alpagasus_ray.data.schema import TURN_OF, turn_index
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judgement_fields
 from alpagasus_ray.engines.parse import score_line_regex
@@ -265,10 +265,9 @@ class VLLMPostprocess:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         out = to_judge_output(row, self.mode)
         kept = {k: v for k, v in row.items() if k not in ENGINE_COLUMNS}
-        scale, tokens = self.scale, self.score_tokens
+        scale = self.scale
         if self.criteria_scales and row.get(TURN_OF):
-            scale = self.criteria_scales[int(row[TURN_OF].split(" ")[1])]
-            tokens = {t: s for t, s in tokens.items() if scale[0] <= s <= scale[1]}
-        fields = judgement_fields(out, self.mode, tokens, self.min_score_mass, scale)
+            scale = self.criteria_scales[turn_index(row[TURN_OF])]
+        fields = judgement_fields(out, self.mode, self.score_tokens, self.min_score_mass, scale)
         kept.update(fields)
         return kept

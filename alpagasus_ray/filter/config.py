@@ -15,7 +15,6 @@ from alpagasus_ray.core.config import (
     StrictModel,
 )
 from alpagasus_ray.core.criteria import Rule, check_thresholds
-from alpagasus_ray.text.rubrics import is_paper
 
 
 class ThresholdConfig(StrictModel):
@@ -84,9 +83,7 @@ class FilterJobConfig(StrictModel):
 
     @model_validator(mode="after")
     def _rubric_fits_the_rows(self) -> FilterJobConfig:
-        own = self.judge.own_rubric() or any(
-            c.rubric is None or not is_paper(c.rubric) for c in self.judge.criteria.values()
-        )
+        own = self.judge.own_rubric() or any(c.own_rubric() for c in self.judge.criteria.values())
         if self.input.columns.messages and own:
             raise ValueError(
                 "judge.rubric: a custom template rates instruction rows; conversation rows "

@@ -83,9 +83,8 @@ class ScoreStage:
         return combine(judged, self.cfg.turn_aggregate) if is_turns else judged[0]
 
     def _fields(self, out: JudgeOutput, judge: JudgeConfig) -> dict[str, Any]:
-        lo, hi = judge.scale  # the engine reads every criterion's scores: this one's
-        tokens = {t: s for t, s in self.engine.score_tokens.items() if lo <= s <= hi}
-        fields = judgement_fields(out, judge.mode, tokens, judge.min_score_mass, judge.scale)
+        tokens, mass = self.engine.score_tokens, judge.min_score_mass
+        fields = judgement_fields(out, judge.mode, tokens, mass, judge.scale)
         if out.num_prompt_tokens is not None:  # what the server counted (and billed)
             fields[NUM_PROMPT_TOKENS] = out.num_prompt_tokens
         return fields

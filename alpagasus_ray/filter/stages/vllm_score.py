@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from alpagasus_ray.core.config import JudgeConfig
-from alpagasus_ray.data.schema import DECISION, PROMPT_TOKEN_IDS, TURN_OF, conform
+from alpagasus_ray.data.schema import DECISION, PROMPT_TOKEN_IDS, TURN_OF, conform, turn_index
 from alpagasus_ray.engines.base import JudgeOutput
 from alpagasus_ray.engines.judgement import judgement_fields
 from alpagasus_ray.engines.vllm import (
@@ -77,7 +77,7 @@ class VLLMRequestStage:
         known = stored_judgements(table, self.judge)
         names = list(self.judge.criteria)
         marks = column_or_nulls(table, TURN_OF)
-        criterion = [None if m is None else names[int(m.split(" ")[1])] for m in marks]
+        criterion = [None if m is None else names[turn_index(m)] for m in marks]
         return {i for i, name in enumerate(criterion) if name and known[name][i] is not None}
 
 
