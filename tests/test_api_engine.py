@@ -463,8 +463,11 @@ def test_mistakes_are_refused_before_any_row(smol_server, tmp_path, capsys, monk
     assert not (tmp_path / "out").exists()
 
 
-def api_evaluation(tmp_path: Path, models_url: str, judge_url: str, **api: Any) -> Any:
-    """Two served names of one model answer 6 questions; `api` adds to generation.api."""
+def api_evaluation(
+    tmp_path: Path, models_url: str, judge_url: str, local: Path | None = None, **api: Any
+) -> Any:
+    """Two served names of one model answer 6 questions (and `local` on its own HF engine,
+    compared with the first); `api` adds to generation.api."""
     from alpagasus_ray.core.config import build_config
     from alpagasus_ray.evaluate.config import EvalConfig
 
@@ -482,22 +485,31 @@ def api_evaluation(tmp_path: Path, models_url: str, judge_url: str, **api: Any) 
                        "input": "input"}],
         "output": {"uri": str(tmp_path / "eval"), "overwrite": True},
     }  # fmt: skip
+    if local is not None:
+        cfg["models"].append({"name": "local", "path": str(local), "engine": "hf"})
+        cfg["pairs"] = [["a", "b"], ["local", "a"]]
     return build_config(EvalConfig, cfg)
 
 
 def test_evaluation_with_api_models_and_an_api_judge(
-    ray_session, tiny_server, smol_server, key, tmp_path
+    ray_session, tiny_server, smol_server, vllm_tiny, key, tmp_path
 ):
+    """Two models on vLLM's server and one on the HF engine of its own, in one evaluation."""
     from alpagasus_ray.evaluate.job import run_evaluate
 
-    cfg = api_evaluation(tmp_path, tiny_server.base_url, smol_server.base_url)
+    cfg = api_evaluation(tmp_path, tiny_server.base_url, smol_server.base_url, vllm_tiny)
     manifest = run_evaluate(cfg)
     assert manifest["status"] == "complete" and manifest["checks"]["ok"]
-    assert manifest["questions"] == 6 and manifest["judgments"] == 12  # both orders
+    assert manifest["questions"] == 6 and manifest["judgments"] == 24  # 2 pairs, both orders
     answers = pads.dataset(str(tmp_path / "eval" / "answers")).to_table().to_pylist()
     for r in answers:  # one model under two names: the same greedy answer
         assert r["answer__a"] and r["answer__a"] == r["answer__b"]
         assert r["answer_tokens__a"] > 0
+        assert r["answer__local"] and 0 < r["answer_tokens__local"] <= 16  # its own engine
+    assert [(p["model_a"], p["model_b"]) for p in manifest["results"]] == [
+        ("a", "b"),
+        ("local", "a"),
+    ]
     judgments = pads.dataset(str(tmp_path / "eval" / "judgments")).to_table().to_pylist()
     assert all(j["status"] in ("ok", "unparseable") for j in judgments)
     assert all(j["judge_text"] for j in judgments)

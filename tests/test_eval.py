@@ -17,9 +17,13 @@ from alpagasus_ray.data.schema import RAW_JSON, READ_ERROR
 from alpagasus_ray.demo import build_tiny_model
 from alpagasus_ray.evaluate.config import PAPER_TEST_SETS, EvalConfig, ModelSpec, TestSetConfig
 from alpagasus_ray.evaluate.generate import PromptStage
+from alpagasus_ray.evaluate.job import check_models
 from alpagasus_ray.evaluate.outcomes import combine_judgments
 from alpagasus_ray.evaluate.questions import NormalizeStage
 from alpagasus_ray.evaluate.report import BIAS_PNG, REPORT_MD, chart_name, write_eval_report
+from alpagasus_ray.filter.preflight import PreflightError
+from alpagasus_ray.text.models import load_tokenizer
+from alpagasus_ray.text.prompts import alpaca_prompt, encode_prompts
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "evaluate.yaml"
 SIZES = {"vicuna": 80, "koala": 180, "wizardlm": 218, "sinstruct": 252}
@@ -68,7 +72,10 @@ def test_own_test_set_by_path_and_columns(tmp_path):
     cfg = build_config(EvalConfig, base_config(extra_test_sets=[extra]))
     assert [t.name for t in cfg.all_test_sets()] == [*SIZES, "mine"]
     assert cfg.test_set_uri(cfg.extra_test_sets[0]) == extra["path"]
-    assert cfg.test_set_uri(cfg.test_sets[0]).endswith("shared/data/vicuna_test_set.jsonl")
+    shipped = "alpagasus_ray/evaluate/test_sets/vicuna_test_set.jsonl"  # the package's own
+    assert cfg.test_set_uri(cfg.test_sets[0]).endswith(shipped)
+    mine = build_config(EvalConfig, base_config(data_dir="/d"))  # or the user's copy
+    assert mine.test_set_uri(mine.test_sets[0]) == "/d/vicuna_test_set.jsonl"
     rows = NormalizeStage(cfg.extra_test_sets[0])(pa.table({"q": [{"text": "Hi?"}]}))
     row = rows.to_pylist()[0]
     assert row["question"] == "Hi?" and len(row["question_id"]) == 12  # hash: no id column
@@ -97,6 +104,33 @@ def test_bad_test_set_rows_become_error_rows_not_a_crash(tiny_judge):
     assert prompted[0]["_ids"] and prompted[0]["_gen_error"] is None
     for r in prompted[1:]:  # nothing to answer: an error the report counts, no generation
         assert r["_ids"] is None and r["_gen_error"].startswith("test set row: ")
+
+
+def test_each_model_answers_on_its_own_engine_and_template(tiny_judge, tmp_path):
+    api = {"base_url": "http://127.0.0.1:9/v1", "api_key_env": None}
+    models = [{"name": "a", "path": str(tiny_judge), "template": "chat"},
+              {"name": "b", "path": "served-b", "engine": "openai", "api": api}]  # fmt: skip
+    cfg = build_config(EvalConfig, base_config(models=models))
+    a, b = (cfg.generation.judge_config(m) for m in cfg.models)
+    assert (a.engine, a.chat_template, b.engine, b.chat_template) == ("hf", "auto", "openai",
+                                                                      "never")  # fmt: skip
+    assert b.api.base_url == api["base_url"] and a.api == cfg.generation.api
+    row = {"test_set": "t", "question_id": "1", "instruction": "Name a colour.",
+           "input": "Warm ones.", "question": "q", "problem": None}  # fmt: skip
+    tok = load_tokenizer(str(tiny_judge))
+    turn = [{"role": "user", "content": "Name a colour.\n\nWarm ones."}]
+    chat = tok.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+    (got,) = PromptStage(a, "answer")(pa.Table.from_pylist([row])).to_pylist()
+    assert got["_ids"] == encode_prompts(tok, [chat], chat_rendered=True)[0]
+    alpaca = cfg.generation.judge_config(ModelSpec(name="c", path=str(tiny_judge)))
+    (got,) = PromptStage(alpaca, "answer")(pa.Table.from_pylist([row])).to_pylist()
+    text = alpaca_prompt("Name a colour.", "Warm ones.")
+    assert got["_ids"] == encode_prompts(tok, [text], chat_rendered=False)[0]
+
+    bare = build_tiny_model(tmp_path / "no-template", chat_template=False)
+    models = [{"name": "a", "path": str(bare), "template": "chat"}, {"name": "b", "path": "x"}]
+    with pytest.raises(PreflightError, match=r"models.0.template.*no chat template"):
+        check_models(build_config(EvalConfig, base_config(models=models)))
 
 
 @pytest.mark.parametrize("spec", PAPER_TEST_SETS, ids=lambda s: s["name"])

@@ -1,11 +1,13 @@
 """Configuration of the evaluate job: the models, the judge, how answers are generated, and
 the test sets, each read in its own stored format (question / id / input columns).
 
-The paper's four test sets are the default, so a config names only the models and judge.
+The paper's four test sets ship with the package and are the default, so a config names only
+the models and judge (`EvalSettings` is everything else, which the experiment reuses).
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from itertools import combinations
 from typing import Any, Literal
 
@@ -24,11 +26,23 @@ from alpagasus_ray.data.io import join
 
 
 class ModelSpec(StrictModel):
-    """A model to evaluate: hub id, local path, or a fine-tune export directory."""
+    """A model to evaluate: hub id, local path, or a fine-tune export directory; it answers
+    through the `generation` section's engine unless it names its own."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    path: str
+    path: str = Field(..., description="Hub id, local path or export folder; openai: its name.")
     tokenizer: str | None = None
+    engine: Literal["hf", "vllm", "openai"] | None = Field(
+        None, description="This model's engine; default: generation.engine."
+    )
+    api: APIConfig | None = Field(
+        None, description="This model's server (engine openai); default: generation.api."
+    )
+    template: Literal["alpaca", "chat"] = Field(
+        "alpaca",
+        description="alpaca: the paper's Alpaca prompt; chat: the question as one user turn "
+        "through the model's own chat template (a model tuned on conversations).",
+    )
 
 
 class TestSetConfig(StrictModel):
@@ -59,6 +73,11 @@ PAPER_TEST_SETS = [
 ]
 
 
+def packaged_test_sets() -> str:
+    """The folder of the four test sets shipped with the package, wherever it is installed."""
+    return str(files("alpagasus_ray.evaluate") / "test_sets")
+
+
 class GenerationConfig(StrictModel):
     """How the candidate models answer: greedy, Alpaca template, same engines as the judge."""
 
@@ -79,28 +98,31 @@ class GenerationConfig(StrictModel):
     api: APIConfig = APIConfig()
 
     def judge_config(self, model: ModelSpec) -> JudgeConfig:
-        """The model as a generate-mode engine config (no chat template: Alpaca format)."""
+        """The model as a generate-mode engine config: its own engine and server where it
+        names them; the Alpaca prompt as it is, or its chat template (`template: chat`)."""
         return JudgeConfig(
             model=model.path,
             tokenizer=model.tokenizer,
             mode="generate",
-            chat_template="never",
-            **self.model_dump(exclude={"vllm", "api"}),
+            chat_template="auto" if model.template == "chat" else "never",
+            **self.model_dump(exclude={"vllm", "api", "engine"}),
+            engine=model.engine or self.engine,
             vllm=self.vllm,
-            api=self.api,
+            api=model.api or self.api,
         )
 
 
-class EvalConfig(StrictModel):
-    """The evaluate job: models x test sets -> answers; pairs x both orders -> judgements."""
+class EvalSettings(StrictModel):
+    """How models are compared, whichever they are: the judge, how answers are generated and
+    on which test sets (the evaluate job adds its models and output; the experiment its)."""
 
-    models: list[ModelSpec] = Field(..., min_length=2)
-    pairs: list[tuple[str, str]] | None = Field(
-        None, description="[A, B] pairs (A is the model the outcome is for); default: all."
-    )
     judge: JudgeConfig
     generation: GenerationConfig = GenerationConfig()
-    data_dir: str = "../shared/data"
+    data_dir: str | None = Field(
+        None,
+        description="Where relative test set paths resolve; default: the package's own copy "
+        "of the paper's four sets.",
+    )
     test_sets: list[TestSetConfig] = Field(
         default_factory=lambda: [TestSetConfig(**t) for t in PAPER_TEST_SETS]
     )
@@ -108,9 +130,6 @@ class EvalConfig(StrictModel):
         default_factory=list, description="Your own sets, evaluated after `test_sets`."
     )
     limit: int | None = Field(None, gt=0, description="Slice every test set to N questions.")
-    output: OutputConfig
-    ray: RayConfig = RayConfig()
-    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -133,13 +152,7 @@ class EvalConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _check_names(self) -> EvalConfig:
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise ValueError(f"model names must be unique: {names}")
-        for a, b in self.pairs or []:
-            if a not in names or b not in names or a == b:
-                raise ValueError(f"pair [{a}, {b}] must name two different models of {names}")
+    def _check_test_sets(self) -> EvalSettings:
         sets = [t.name for t in self.all_test_sets()]
         if len(set(sets)) != len(sets):
             raise ValueError(f"test set names must be unique: {sets}")
@@ -148,14 +161,36 @@ class EvalConfig(StrictModel):
     def all_test_sets(self) -> list[TestSetConfig]:
         return [*self.test_sets, *self.extra_test_sets]
 
+    def test_set_uri(self, t: TestSetConfig) -> str:
+        if "://" in t.path or t.path.startswith("/"):
+            return t.path
+        return join(self.data_dir or packaged_test_sets(), t.path)
+
+
+class EvalConfig(EvalSettings):
+    """The evaluate job: models x test sets -> answers; pairs x both orders -> judgements."""
+
+    models: list[ModelSpec] = Field(..., min_length=2)
+    pairs: list[tuple[str, str]] | None = Field(
+        None, description="[A, B] pairs (A is the model the outcome is for); default: all."
+    )
+    output: OutputConfig
+    ray: RayConfig = RayConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _check_names(self) -> EvalConfig:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique: {names}")
+        for a, b in self.pairs or []:
+            if a not in names or b not in names or a == b:
+                raise ValueError(f"pair [{a}, {b}] must name two different models of {names}")
+        return self
+
     def model_pairs(self) -> list[tuple[str, str]]:
         return (
             [tuple(p) for p in self.pairs]
             if self.pairs
             else list(combinations([m.name for m in self.models], 2))
         )
-
-    def test_set_uri(self, t: TestSetConfig) -> str:
-        if "://" in t.path or t.path.startswith("/"):
-            return t.path
-        return join(self.data_dir, t.path)

@@ -59,8 +59,7 @@ class PromptStage:
                 messages.append(None)
                 errors.append(f"test set row: {r['problem']}")
             elif self.kind == "answer":
-                text = alpaca_prompt(r["instruction"], r["input"])
-                messages.append([{"role": "user", "content": text}])
+                messages.append([{"role": "user", "content": self._question(r)}])
                 errors.append(None)
             elif r["answer_1"] is None or r["answer_2"] is None:
                 messages.append(None)
@@ -94,10 +93,17 @@ class PromptStage:
             table = table.append_column(GEN_REQUEST, pa.array(reqs, type=pa.string()))
         return table
 
+    def _question(self, row: dict[str, Any]) -> str:
+        """What a candidate model is asked: the Alpaca prompt, or (its chat template) the
+        instruction and its input as one user turn."""
+        if self.cfg.chat_template == "never":
+            return alpaca_prompt(row["instruction"], row["input"])
+        return "\n\n".join(p for p in (row["instruction"], row["input"]) if p)
+
     def _text(self, messages: list[dict[str, str]], tok: Any, use_chat: bool) -> str:
-        """The prompt as a local engine (or the completions endpoint) gets it: an answer is
-        the bare Alpaca prompt, a judgement the chat-rendered pairwise prompt."""
-        if self.kind == "answer":
+        """The prompt as a local engine (or the completions endpoint) gets it: an answer in
+        the Alpaca template is the bare prompt; any other prompt is chat-rendered."""
+        if self.kind == "answer" and not use_chat:
             return messages[0]["content"]
         return render(messages, tok, use_chat)
 

@@ -36,15 +36,24 @@ from alpagasus_ray.evaluate.questions import read_questions
 ANSWERS, JUDGMENTS, OUTCOMES_FILE = "answers", "judgments", "outcomes.parquet"
 
 
-def check_apis(cfg: EvalConfig) -> None:
-    """API engines answer one cheap call (key, URL, model served) before Ray starts."""
-    from alpagasus_ray.filter.preflight import check_api
+def check_models(cfg: EvalConfig) -> None:
+    """Before Ray starts: API engines answer one cheap call (key, URL, model served), and a
+    model told to answer through its chat template has one."""
+    from alpagasus_ray.filter.preflight import PreflightError, check_api
+    from alpagasus_ray.text.models import load_tokenizer
 
     if cfg.judge.engine == "openai":
         check_api(cfg.judge)
-    if cfg.generation.engine == "openai":
-        for i, m in enumerate(cfg.models):
-            check_api(cfg.generation.judge_config(m), "generation", f"models.{i}.path")
+    for i, m in enumerate(cfg.models):
+        model = cfg.generation.judge_config(m)
+        if model.engine == "openai":
+            check_api(model, f"models.{i}" if m.api else "generation", f"models.{i}.path")
+        name = model.tokenizer_name()
+        if m.template != "chat" or not name:
+            continue  # an API model without a tokenizer: its server applies its template
+        if not getattr(load_tokenizer(name, model.trust_remote_code), "chat_template", None):
+            cause = f"{name} has no chat template; use template: alpaca for this model"
+            raise PreflightError("model template", f"models.{i}.template", cause)
 
 
 def stop_if_over_budget(budgets: list[tuple[JudgeConfig, Any]], key: str, folder: str) -> None:
@@ -64,7 +73,7 @@ def run_evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from alpagasus_ray.core.runtime import init_ray, package_versions
     from alpagasus_ray.evaluate.report import write_eval_report
 
-    check_apis(cfg)
+    check_models(cfg)
     init_ray(cfg.ray)
     fs, root = filesystem(cfg.output.uri, cfg.storage)
     prepare_output(fs, root, cfg.output.overwrite)
