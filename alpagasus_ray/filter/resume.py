@@ -88,8 +88,6 @@ def fingerprint(cfg: FilterJobConfig, listing: Listing) -> dict[str, Any]:
     if cfg.judge.criteria:  # what judges, and apart from it what decides (DECISION_KEYS)
         extra["judge.criteria"] = {n: {"rubric": rubric_label(c.rubric), "scale": list(c.scale)}
                                    for n, c in cfg.judge.criteria.items()}  # fmt: skip
-        extra[CRITERIA_THRESHOLDS] = thresholds(cfg.judge.criteria, cfg.filter.threshold)
-        extra["filter.rule"] = cfg.filter.rule
     else:
         extra["judge.dimension" if is_paper(rubric) else "judge.rubric"] = rubric_label(rubric)
     if cfg.judge.scale != PAPER_SCALE:
@@ -101,9 +99,20 @@ def fingerprint(cfg: FilterJobConfig, listing: Listing) -> dict[str, Any]:
         **{f"judge.{k}": getattr(cfg.judge, k) for k in _JUDGE_KEYS},
         **extra,
         "prompt": prompt_identity(cfg.judge),
-        "filter.threshold": cfg.filter.threshold,
-        "filter.keep_fraction": cfg.filter.keep_fraction,
+        **decision_settings(cfg),
     }
+
+
+def decision_settings(cfg: FilterJobConfig) -> dict[str, Any]:
+    """The settings that decide the rows from their scores (DECISION_KEYS), as a run's
+    fingerprint holds them: what a re-decision may change without judging again."""
+    decided: dict[str, Any] = {}
+    if cfg.judge.criteria:
+        decided[CRITERIA_THRESHOLDS] = thresholds(cfg.judge.criteria, cfg.filter.threshold)
+        decided["filter.rule"] = cfg.filter.rule
+    decided["filter.threshold"] = cfg.filter.threshold
+    decided["filter.keep_fraction"] = cfg.filter.keep_fraction
+    return decided
 
 
 def _same(before: Any, now: Any) -> bool:

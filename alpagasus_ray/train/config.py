@@ -37,6 +37,13 @@ class TrainData(InputConfig):
         "false re-reads and re-tokenizes every epoch and needs CPUs beside the workers'.",
     )
     shuffle_buffer: int = Field(1000, ge=0, description="Rows shuffled locally; 0: no shuffle.")
+    decisions: list[Literal["kept", "rejected"]] = Field(
+        ["kept"],
+        min_length=1,
+        description="A filter output's partitions to train on: kept (the paper's model), or "
+        "kept and rejected (its baseline on every judged row); quarantined and failed rows "
+        "never.",
+    )
     allow_stand_in_judge: bool = Field(
         False,
         description="Train on a filter output judged by the hash stand-in (judge.engine: "

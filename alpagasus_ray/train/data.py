@@ -1,6 +1,6 @@
-"""Supervised fine-tuning data: read a filter output's kept rows (or canonical rows), turn
-Alpaca prompt + response into token ids with the loss on the response only, and collate
-batches padded only to their own longest row.
+"""Supervised fine-tuning data: read a filter output's kept rows (or its kept and rejected
+ones, or canonical rows), turn Alpaca prompt + response into token ids with the loss on the
+response only, and collate batches padded only to their own longest row.
 
 Reading, validation and tokenisation run as Ray Data stages before the shards reach the
 Ray Train workers, so the driver never holds the rows and the workers see ready token ids.
@@ -62,11 +62,18 @@ class EncodeStage:
     empty ids and a `skip` reason instead of failing the job; the driver counts them.
     """
 
-    def __init__(self, tokenizer_name: str, max_length: int, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        tokenizer_name: str,
+        max_length: int,
+        trust_remote_code: bool = False,
+        decisions: tuple[str, ...] = (Decision.KEPT.value,),
+    ):
         from alpagasus_ray.text.models import load_tokenizer
 
         self.tokenizer = load_tokenizer(tokenizer_name, trust_remote_code, padding_side="right")
         self.max_length = max_length
+        self.decisions = (None, *decisions)  # None: rows that are not a filter's output
 
     def __call__(self, table: pa.Table) -> pa.Table:
         n = table.num_rows
@@ -78,7 +85,7 @@ class EncodeStage:
             a: list[int] = []
             b: list[int] = []
             why = None
-            if decision and decision[i] not in (None, Decision.KEPT.value):
+            if decision and decision[i] not in self.decisions:
                 why = (reason[i] if reason else None) or str(decision[i])
             else:
                 a, b = encode_example(
@@ -153,9 +160,10 @@ def kept_input(cfg: TrainConfig) -> tuple[TrainData, Listing | None]:
                 f"data.uri {cfg.data.uri}: {STAND_IN_NOTE}; refusing to train on what it kept "
                 "(judge it with a real engine, or set data.allow_stand_in_judge=true)"
             )
-        files = listed_files(root, manifest, (Decision.KEPT.value,))
+        files = listed_files(root, manifest, tuple(cfg.data.decisions))
         if not files:
-            raise FileNotFoundError(f"data.uri {cfg.data.uri}: the filter kept no rows")
+            which = " or ".join(cfg.data.decisions)
+            raise FileNotFoundError(f"data.uri {cfg.data.uri}: the filter has no {which} rows")
         listing = Listing(fs, files, dict.fromkeys(files, FileFormat("parquet")), [])
         return cfg.data.model_copy(update={"format": "parquet"}), listing
     if fs.exists(join(root, DATA_DIR)) or fs.exists(join(root, RUN_MARKER)):
@@ -165,6 +173,35 @@ def kept_input(cfg: TrainConfig) -> tuple[TrainData, Listing | None]:
         )
     check_rows_as_they_are(cfg)
     return cfg.data, None
+
+
+def trained_on(cfg: TrainConfig) -> dict[str, Any] | None:
+    """Which committed state of a filter output a run trains on (None for other data): its
+    partitions, their rows, the settings that decided them and a digest of what its manifest
+    lists for them, so a model can be told apart from one trained before the output was
+    re-decided."""
+    import hashlib
+    import json
+
+    from alpagasus_ray.filter.manifest import committed
+    from alpagasus_ray.filter.resume import DECISION_KEYS
+
+    fs, root = filesystem(cfg.data.uri, cfg.storage)
+    if not fs.exists(join(root, MANIFEST)):
+        return None
+    manifest = committed(fs, root, f"data.uri {cfg.data.uri}")
+    entries = sorted(
+        (e.path, e.decision, e.rows) for e in manifest.files if e.decision in cfg.data.decisions
+    )
+    decided = {k: manifest.fingerprint[k] for k in DECISION_KEYS if k in manifest.fingerprint}
+    digest = hashlib.sha256(json.dumps([entries, manifest.started_at]).encode()).hexdigest()
+    return {
+        "uri": cfg.data.uri,
+        "decisions": list(cfg.data.decisions),
+        "rows": sum(rows for _, _, rows in entries),
+        "decided": decided,
+        "digest": digest[:16],
+    }
 
 
 def check_rows_as_they_are(cfg: TrainConfig) -> None:
@@ -209,6 +246,7 @@ def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
             cfg.model.tokenizer or cfg.model.name,
             cfg.train.max_length,
             cfg.model.trust_remote_code,
+            tuple(cfg.data.decisions),
         ),
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=1),  # the tokenizer loads once

@@ -27,7 +27,7 @@ from alpagasus_ray.train.config import (
     grad_accumulation,
     run_dir,
 )
-from alpagasus_ray.train.data import kept_input, training_dataset
+from alpagasus_ray.train.data import kept_input, trained_on, training_dataset
 from alpagasus_ray.train.metrics import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -330,6 +330,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         "export": export_uri(cfg),
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         **counts,
+        "trained_on": trained_on(cfg),
         "resumed_from_epoch": last.get("resumed_from_epoch", 0),
         "resumed_from_step": last.get("resumed_from_step", 0),
         **summarize(metrics),
