@@ -5,6 +5,7 @@ alpagasus-ray report OUTPUT_URI
 alpagasus-ray demo [--output DIR]
 alpagasus-ray train --config train.yaml
 alpagasus-ray pipeline --config pipeline.yaml   (filter, then train on the kept rows)
+alpagasus-ray experiment --config experiment.yaml (filter, train kept and all, judge pairwise)
 alpagasus-ray evaluate --config evaluate.yaml
 alpagasus-ray export OUTPUT_URI --format alpaca|messages|sharegpt|hf|parquet --to PATH
 """
@@ -123,11 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="output directory")
     demo.add_argument("--rows", type=int, default=200, help="synthetic examples to filter")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    demo.add_argument(
+        "--experiment",
+        action="store_true",
+        help="the paper's experiment on the demo's rows: filter, train on kept and on all "
+        "rows, judge pairwise (minutes; tiny random models, so its numbers mean nothing)",
+    )
     _add_export_args(add("export", help="write a finished output's rows for fine-tuning"))
     _add_calibrate_args(add("calibrate", help="how far the judge agrees with reference labels"))
     _add_config_args(add("evaluate", help="answer the test sets, judge pairwise"))
     _add_config_args(add("train", help="fine-tune a causal LM on the kept rows"))
     _add_config_args(add("pipeline", help="filter, then fine-tune on the kept rows"))
+    _add_config_args(
+        add("experiment", help="filter, fine-tune on the kept and on all rows, judge pairwise")
+    )
     return parser
 
 
@@ -199,9 +209,13 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def cmd_demo(args: argparse.Namespace) -> Manifest:
-    from alpagasus_ray.demo import run_demo
+def cmd_demo(args: argparse.Namespace) -> Manifest | dict[str, Any]:
+    from alpagasus_ray.demo import run_demo, run_demo_experiment
 
+    if args.experiment:
+        record = run_demo_experiment(args.output, args.rows, args.overrides)
+        _print_experiment(record)
+        return record
     manifest = run_demo(args.output, args.rows, args.overrides)
     _print_summary(manifest, manifest.config["output"]["uri"])
     return manifest
@@ -261,6 +275,28 @@ def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cmd_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    from alpagasus_ray.experiment.config import ExperimentConfig
+    from alpagasus_ray.experiment.job import run_experiment
+
+    record = run_experiment(load_config(args.config, args.overrides, model=ExperimentConfig))
+    _print_experiment(record)
+    return record
+
+
+def _print_experiment(record: dict[str, Any]) -> None:
+    from alpagasus_ray.experiment.report import REPORT_MD
+
+    rows, models = record["rows"], record["models"]
+    print(f"\nrows read {rows['read']}: model kept trained on {models['kept']['examples']}, "
+          f"model all on {models['all']['examples']}")  # fmt: skip
+    for r in record["evaluation"]["results"]:
+        score = r["test_sets"]["all"]["winning_score"]
+        shown = "n/a" if score is None else f"{score:.3f}"
+        print(f"{r['model_a']} vs {r['model_b']}: winning score {shown} over all test sets")
+    print(f"report: {record['experiment']}/{REPORT_MD}")
+
+
 def _print_train_summary(summary: dict[str, Any]) -> None:
     print(
         f"\ntrained {summary['epochs_done']} epochs, {summary['steps']} steps on "
@@ -274,6 +310,7 @@ def _print_train_summary(summary: dict[str, Any]) -> None:
 COMMANDS = {
     "calibrate": cmd_calibrate,
     "evaluate": cmd_evaluate,
+    "experiment": cmd_experiment,
     "export": cmd_export,
     "filter": cmd_filter,
     "pipeline": cmd_pipeline,
@@ -315,7 +352,8 @@ def root_cause(error: BaseException) -> BaseException:
 
 
 INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
-RESUMABLE = ("filter", "train")  # a rerun of these continues where the interrupted one was
+# A rerun of these continues where the interrupted one was.
+RESUMABLE = ("filter", "train", "experiment")
 
 
 def interrupted(args: argparse.Namespace, error: BaseException) -> int:

@@ -195,20 +195,56 @@ def demo_rows(n: int) -> list[dict[str, Any]]:
     return rows
 
 
+# Small actors, so that the demo runs on a 2-CPU machine too.
+SMALL_ENGINE = {"batch_size": 32, "num_cpus_per_replica": 0.5}
+
+
 def demo_config(root: Path, model_dir: Path, data: Path, overrides: list[str]) -> FilterJobConfig:
     base = {
         "input": {"uri": str(data)},
         "output": {"uri": str(root / "filtered"), "overwrite": True},
-        # Small actors so the demo also runs on a 2-CPU machine.
-        "judge": {
-            "model": str(model_dir),
-            "min_score_mass": 0.0,
-            "batch_size": 32,
-            "num_cpus_per_replica": 0.5,
-        },
+        "judge": {"model": str(model_dir), "min_score_mass": 0.0, **SMALL_ENGINE},
         "filter": {"threshold": DEMO_THRESHOLD},
     }
     return build_config(FilterJobConfig, apply_overrides(base, overrides))
+
+
+def demo_experiment_config(
+    root: Path, model_dir: Path, data: Path, overrides: list[str]
+) -> dict[str, Any]:
+    """The experiment on the demo's rows, small: one epoch, three questions of each set."""
+    base = {
+        "experiment": {"uri": str(root / "experiment")},
+        "input": {"uri": str(data)},
+        "judge": {"model": str(model_dir), "min_score_mass": 0.0, **SMALL_ENGINE},
+        "filter": {"threshold": DEMO_THRESHOLD},
+        "finetune": {
+            "model": {"name": str(model_dir)},
+            "train": {
+                "epochs": 1,
+                "global_batch_size": 4,
+                "per_device_batch_size": 2,
+                "max_length": 256,
+            },
+            "run": {"num_workers": 2},
+        },  # fmt: skip
+        "evaluation": {
+            "judge": {"model": str(model_dir), "max_new_tokens": 16, **SMALL_ENGINE},
+            "generation": {"max_new_tokens": 16, **SMALL_ENGINE},
+            "limit": 3,
+        },
+    }
+    return apply_overrides(base, overrides)
+
+
+def demo_inputs(root: Path, rows: int) -> tuple[Path, Path]:
+    """(judge, input): the tiny random model and the demo's rows, built under `root`."""
+    model_dir = build_tiny_model(root / "tiny-judge")
+    data = root / "input" / "examples.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r) for r in demo_rows(rows)] + ['{"instruction": "broken line"']
+    data.write_text("\n".join(lines) + "\n")
+    return model_dir, data
 
 
 def run_demo(output: str | Path, rows: int, overrides: list[str]) -> Manifest:
@@ -216,11 +252,7 @@ def run_demo(output: str | Path, rows: int, overrides: list[str]) -> Manifest:
     from alpagasus_ray.filter.job import run_filter
 
     root = Path(output).resolve()
-    model_dir = build_tiny_model(root / "tiny-judge")
-    data = root / "input" / "examples.jsonl"
-    data.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(r) for r in demo_rows(rows)] + ['{"instruction": "broken line"']
-    data.write_text("\n".join(lines) + "\n")
+    model_dir, data = demo_inputs(root, rows)
     cfg = demo_config(root, model_dir, data, overrides)
     print(
         f"demo: judge = tiny RANDOM model at {model_dir} (its scores are noise; threshold "
@@ -229,3 +261,24 @@ def run_demo(output: str | Path, rows: int, overrides: list[str]) -> Manifest:
         "--set judge.model=<instruct model id or path>"
     )
     return run_filter(cfg)
+
+
+def run_demo_experiment(output: str | Path, rows: int, overrides: list[str]) -> dict[str, Any]:
+    """The paper's experiment on the demo's rows and tiny models; its config is written
+    beside it (experiment.yaml), so that the same experiment reruns as a config of its own."""
+    import yaml
+
+    from alpagasus_ray.experiment.config import ExperimentConfig
+    from alpagasus_ray.experiment.job import run_experiment
+
+    root = Path(output).resolve()
+    model_dir, data = demo_inputs(root, rows)
+    data_cfg = demo_experiment_config(root, model_dir, data, overrides)
+    cfg = build_config(ExperimentConfig, data_cfg)
+    (root / "experiment.yaml").write_text(yaml.safe_dump(data_cfg, sort_keys=False))
+    print(
+        f"demo: the paper's experiment with tiny RANDOM models ({model_dir}) as judge, base "
+        "model and pairwise judge: it shows every step working, and its numbers mean "
+        f"nothing. Its config: {root / 'experiment.yaml'} (alpagasus-ray experiment --config)"
+    )
+    return run_experiment(cfg)

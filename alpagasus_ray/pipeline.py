@@ -9,12 +9,16 @@ filter ends, so on a cluster the same GPU nodes can then train.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import model_validator
 
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from alpagasus_ray.filter.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +63,31 @@ class PipelineConfig(FilterJobConfig):
         return self
 
 
+def check_enough_rows(
+    manifest: Manifest, cfg: PipelineConfig, decisions: Sequence[str] = ("kept",)
+) -> None:
+    """Too few rows of `decisions` for the training workers stop the job before training."""
+    rows = sum(manifest.counts.get(d, 0) for d in decisions)
+    if rows < cfg.finetune.run.num_workers:
+        said = (
+            f"kept {rows}"
+            if list(decisions) == ["kept"]
+            else f"judged {rows} (" + (" and ".join(decisions) + ")")
+        )
+        raise ValueError(
+            f"the filter {said} of {manifest.rows_read} rows, too few for "
+            f"{cfg.finetune.run.num_workers} training workers (filter.threshold is "
+            f"{cfg.filter.threshold}); see {cfg.output.uri}/report.md"
+        )
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Filter, then train on the kept partition; returns both steps' summaries."""
     from alpagasus_ray.filter.job import run_filter
     from alpagasus_ray.train.loop import run_train
 
     manifest = run_filter(cfg)
-    kept = manifest.counts["kept"]
-    if kept < cfg.finetune.run.num_workers:
-        raise ValueError(
-            f"the filter kept {kept} of {manifest.rows_read} rows, too few for "
-            f"{cfg.finetune.run.num_workers} training workers (filter.threshold is "
-            f"{cfg.filter.threshold}); see {cfg.output.uri}/report.md"
-        )
-    log.info("filter kept %d of %d rows; fine-tuning on them", kept, manifest.rows_read)
+    check_enough_rows(manifest, cfg)
+    kept, read = manifest.counts["kept"], manifest.rows_read
+    log.info("filter kept %d of %d rows; fine-tuning on them", kept, read)
     return {"filter": manifest, "finetune": run_train(cfg.finetune)}

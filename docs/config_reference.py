@@ -20,7 +20,16 @@ COMMANDS = [
     ("filter", "alpagasus_ray.filter.config", "FilterJobConfig"),
     ("train", "alpagasus_ray.train.config", "TrainConfig"),
     ("evaluate", "alpagasus_ray.evaluate.config", "EvalConfig"),
+    ("experiment", "alpagasus_ray.experiment.config", "ExperimentConfig"),
 ]
+# A command whose config is another's plus sections of its own: only those are listed.
+OWN_SECTIONS = {
+    "experiment": (
+        ("experiment", "evaluation"),
+        "The filter's sections, `finetune` (a train config without `data` and without "
+        "`run.storage_path`, `run.name` and `run.export_uri`, which the experiment sets), and:",
+    ),
+}
 
 
 def _type_name(annotation: Any) -> str:
@@ -77,9 +86,13 @@ def render() -> str:
              "be set in the YAML file or with `--set key=value`.", ""]  # fmt: skip
     for command, module, name in COMMANDS:
         model = getattr(importlib.import_module(module), name)
-        parts += [f"## `alpagasus-ray {command}` (`{name}`)", "",
-                  "| key | type | default | what it is |", "|---|---|---|---|",
-                  *rows(model), ""]  # fmt: skip
+        keys = rows(model)
+        parts += [f"## `alpagasus-ray {command}` (`{name}`)", ""]
+        if command in OWN_SECTIONS:
+            sections, note = OWN_SECTIONS[command]
+            keys = [r for r in keys if r.split("`")[1].split(".")[0] in sections]
+            parts += [note, ""]
+        parts += ["| key | type | default | what it is |", "|---|---|---|---|", *keys, ""]
     return "\n".join(parts)
 
 

@@ -106,12 +106,13 @@ def assert_readers_agree(uri: str, stand_in: str, tmp_path: Path, storage=None) 
     return True
 
 
-def killed_at(point: str, config: Path, *extra: str) -> str:
-    """Run the filter with `config` until `point`, on this session's Ray; returns its
-    stderr. Ray ends the killed driver's job, as it does on a cluster."""
-    cmd = [sys.executable, str(HERE / "crash_driver.py"), point, "filter", "--config"]
+def killed_at(point: str, config: Path | None, *extra: str, command: str = "filter") -> str:
+    """Run the filter (or `command`) with `config` (if any) and `extra` until `point`, on
+    this session's Ray; returns its stderr. Ray ends the killed driver's job, as it does on
+    a cluster."""
+    cmd = [sys.executable, str(HERE / "crash_driver.py"), point, command]
     proc = subprocess.Popen(
-        [*cmd, str(config), *extra],
+        [*cmd, *(["--config", str(config)] if config else []), *extra],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
