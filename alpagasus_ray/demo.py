@@ -209,12 +209,18 @@ def demo_config(root: Path, model_dir: Path, data: Path, overrides: list[str]) -
     return build_config(FilterJobConfig, apply_overrides(base, overrides))
 
 
+DEMO_NOTE = (
+    "The demo: tiny random models as judge, base model and pairwise judge, on synthetic rows. "
+    "It shows every step working; its numbers mean nothing."
+)
+
+
 def demo_experiment_config(
     root: Path, model_dir: Path, data: Path, overrides: list[str]
 ) -> dict[str, Any]:
     """The experiment on the demo's rows, small: one epoch, three questions of each set."""
     base = {
-        "experiment": {"uri": str(root / "experiment")},
+        "experiment": {"uri": str(root / "experiment"), "note": DEMO_NOTE},
         "input": {"uri": str(data)},
         "judge": {"model": str(model_dir), "min_score_mass": 0.0, **SMALL_ENGINE},
         "filter": {"threshold": DEMO_THRESHOLD},
@@ -276,9 +282,6 @@ def run_demo_experiment(output: str | Path, rows: int, overrides: list[str]) -> 
     data_cfg = demo_experiment_config(root, model_dir, data, overrides)
     cfg = build_config(ExperimentConfig, data_cfg)
     (root / "experiment.yaml").write_text(yaml.safe_dump(data_cfg, sort_keys=False))
-    print(
-        f"demo: the paper's experiment with tiny RANDOM models ({model_dir}) as judge, base "
-        "model and pairwise judge: it shows every step working, and its numbers mean "
-        f"nothing. Its config: {root / 'experiment.yaml'} (alpagasus-ray experiment --config)"
-    )
+    print(f"demo experiment: {DEMO_NOTE}\n      Its config: {root / 'experiment.yaml'} "
+          "(alpagasus-ray experiment --config)")  # fmt: skip
     return run_experiment(cfg)

@@ -5,6 +5,7 @@ sets shipped with the package, which the evaluation reads by default."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -178,6 +179,7 @@ def test_a_killed_experiment_goes_on_from_its_first_unfinished_step(ray_session,
     assert record["filter"]["ran"] is False and record["evaluation"]["ran"] is True
     md = (root / "experiment.md").read_text()
     assert "| kept vs all | vicuna | 3 |" in md and "The paper, for reference" in md
+    assert "its numbers mean nothing" in md.split("\n")[2]  # the demo says what it is
 
     # The same command again: every step finished, nothing run, the same record.
     again = run_experiment_cli(config)
@@ -195,3 +197,11 @@ def test_a_killed_experiment_goes_on_from_its_first_unfinished_step(ray_session,
     assert refused.returncode == 2
     assert "experiment step train/kept" in refused.stderr and "threshold" in refused.stderr
     assert (root / "filter" / "manifest.json").read_bytes() == before
+
+    # A model trained again after the evaluation (its folder removed and rerun): the
+    # evaluation compared the old one, so it is refused too, not reported as this one's.
+    evaluated = (root / "evaluation" / "manifest.json").stat().st_mtime
+    os.utime(root / "train" / "all" / "summary.json", (evaluated + 60, evaluated + 60))
+    stale = run_experiment_cli(config)
+    assert stale.returncode == 2 and "step evaluation" in stale.stderr
+    assert "trained again since" in stale.stderr

@@ -33,6 +33,7 @@ class ExperimentSpec(StrictModel):
     since the evaluation loads the trained models from their export folders."""
 
     uri: str = Field(..., description="The experiment's folder; each step writes inside it.")
+    note: str | None = Field(None, description="A line experiment.md opens with: what it is.")
 
     @field_validator("uri")
     @classmethod

@@ -41,10 +41,11 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _stale(step: str, folder: str, what: str) -> StaleStep:
+    later = "" if step == "evaluation" else " (and evaluation/, which compared it)"
     return StaleStep(
         f"experiment step {step} in {folder} finished with other {what} than this config "
-        "asks for; remove that folder to run the step again, or set experiment.uri to a new "
-        "folder"
+        f"asks for; remove that folder{later} to run the step again, or set experiment.uri "
+        "to a new folder"
     )
 
 
@@ -76,13 +77,22 @@ def train_step(cfg: ExperimentConfig, name: str) -> dict[str, Any]:
     return {**run_train(cfg.train_config(name)), "ran": True}
 
 
+def _trained_at(cfg: ExperimentConfig, name: str) -> float:
+    """When a model's run finished: its summary's time (the experiment's folder is local,
+    so the clock is this filesystem's; a model trained after an evaluation is not in it)."""
+    tcfg = cfg.train_config(name)
+    fs, path = filesystem(join(run_dir(tcfg), SUMMARY_FILE), tcfg.storage)
+    return float(fs.info(path)["mtime"])
+
+
 # What decides an evaluation's result; where it runs and its output's overwrite do not.
 _EVALUATION_KEYS = tuple(k for k in EvalConfig.model_fields if k not in ("ray", "storage"))
 
 
 def evaluate_step(cfg: ExperimentConfig) -> dict[str, Any]:
-    """A complete evaluation with these settings is taken as it is; an unfinished one (no
-    complete manifest) is this experiment's own and is run again from its start."""
+    """A complete evaluation with these settings, of the models trained now, is taken as it
+    is; an unfinished one (no complete manifest) is this experiment's own and is run again
+    from its start."""
     ecfg = cfg.eval_config()
     fs, root = filesystem(ecfg.output.uri, ecfg.storage)
     path = join(root, MANIFEST)
@@ -93,6 +103,8 @@ def evaluate_step(cfg: ExperimentConfig) -> dict[str, Any]:
         stored["output"].pop("overwrite", None)
         if not _same(stored, asked):
             raise _stale("evaluation", ecfg.output.uri, "evaluation settings or models")
+        if fs.info(path)["mtime"] < max(_trained_at(cfg, m) for m in MODELS):
+            raise _stale("evaluation", ecfg.output.uri, "models (trained again since)")
         log.info("evaluation finished before: not run again")
         return {**done, "ran": False}
     return {**run_evaluate(cfg.eval_config(overwrite=True)), "ran": True}

@@ -43,6 +43,7 @@ def experiment_record(
     return {
         "status": "complete",
         "experiment": cfg.experiment.uri,
+        "note": cfg.experiment.note,
         "rows": {
             "read": manifest.rows_read,
             **counts,
@@ -87,6 +88,7 @@ def render_experiment(record: dict[str, Any]) -> str:
     lines = [
         "# AlpaGasus experiment: trained on the kept rows against all judged rows",
         "",
+        *([f"**{record['note']}**", ""] if record["note"] else []),
         f"Rows read {rows['read']:,}: kept {rows.get('kept', 0):,}, rejected "
         f"{rows.get('rejected', 0):,}, quarantined {rows.get('quarantined', 0):,}, failed "
         f"{rows.get('failed', 0):,}. The model `kept` is trained on the kept rows, `all` on "
