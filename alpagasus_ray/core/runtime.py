@@ -9,7 +9,9 @@ import logging
 import os
 import platform
 import subprocess
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
@@ -56,6 +58,46 @@ def init_ray(cfg: RayConfig) -> None:
         global _REAPER
         _REAPER = _REAPER or start_reaper()
     ray.init(log_to_driver=cfg.verbose, logging_level=level, **kwargs)
+    if not cfg.verbose:
+        spend_restart_warning()
+
+
+@contextmanager
+def _stderr_to_devnull() -> Iterator[None]:
+    """The process's own stderr (file descriptor 2, which Ray's C++ core writes to) pointed
+    at /dev/null for the block, and back."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def spend_restart_warning() -> None:
+    """Ray's core worker logs at ERROR, once per process and to stderr as well as to its log
+    file, that an actor with restarts has constructor arguments in the object store
+    (ray-project/ray#53727: a restart fails if those are lost). Ray Data passes every actor
+    pool's arguments that way, so every run printed it; here the arguments are put by this
+    driver and live on its node, which the job cannot lose and go on. The warning is spent
+    on a probe actor, created and ended at once with stderr pointed away for that one call:
+    it stays in the driver's log file in Ray's session folder, and the console keeps every
+    other line (`--verbose` keeps this one too)."""
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=1)
+    class _Probe:
+        def __init__(self, arg: Any) -> None:
+            pass
+
+    arg = ray.put(None)
+    with _stderr_to_devnull():
+        probe = _Probe.remote(arg)
+        ray.kill(probe, no_restart=True)
 
 
 def beside_driver() -> dict[str, Any]:
