@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+# A fine-tune small enough for a test: one epoch, two workers of one row each per step.
+TINY_TRAIN = {"epochs": 1, "global_batch_size": 2, "per_device_batch_size": 1, "max_length": 256}
+
 
 def write_jsonl(path: str | Path, rows: list[Any]) -> Path:
     """One JSON object a line; a string row is written as it is (a broken line, on purpose)."""

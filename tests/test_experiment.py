@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import job_data, session_cluster_env
+from helpers import TINY_TRAIN
 from test_commit import killed_at
 
 from alpagasus_ray.core.config import ConfigError, build_config, load_config
@@ -29,14 +30,9 @@ def experiment_data(source: str, root: str, model, **evaluation) -> dict:
         "experiment": {"uri": root},
         "finetune": {
             "model": {"name": str(model)},
-            "train": {
-                "epochs": 1,
-                "global_batch_size": 2,
-                "per_device_batch_size": 1,
-                "max_length": 256,
-            },
+            "train": dict(TINY_TRAIN),
             "run": {"num_workers": 2},
-        },  # fmt: skip
+        },
         "evaluation": {
             "judge": {
                 "model": str(model),
@@ -46,7 +42,7 @@ def experiment_data(source: str, root: str, model, **evaluation) -> dict:
             },
             "generation": {"max_new_tokens": 16, "batch_size": 8, "num_cpus_per_replica": 0.5},
             **evaluation,
-        },  # fmt: skip
+        },
     }
 
 
@@ -81,6 +77,7 @@ def test_the_experiment_lays_its_steps_out_in_one_folder(tmp_path):
         (lambda d: d["evaluation"].update(models=[{"name": "kept", "path": "m"}]), "unique"),
         (lambda d: d["evaluation"].update(pairs=[["kept", "nobody"]]), "pair [kept, nobody]"),
         (lambda d: d["judge"].update(engine="hash"), "allow_stand_in_judge"),
+        (lambda d: d.update(output={"overwrite": True}), "never redoes a finished step"),
     ],
 )
 def test_a_wrong_experiment_config_is_one_line(change, refusal, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import job_data
-from helpers import write_jsonl
+from helpers import TINY_TRAIN, write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.core.config import ConfigError, build_config, load_config
@@ -24,12 +24,7 @@ def pipeline_data(input_uri: str, output_uri: str, model, runs, threshold=2.0) -
         "storage": {"region": "eu-west-1"},
         "finetune": {
             "model": {"name": str(model)},
-            "train": {
-                "epochs": 1,
-                "global_batch_size": 2,
-                "per_device_batch_size": 1,
-                "max_length": 256,
-            },
+            "train": dict(TINY_TRAIN),
             "run": {"name": "sft", "storage_path": str(runs), "num_workers": 2},
         },
     }

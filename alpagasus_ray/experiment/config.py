@@ -92,7 +92,12 @@ class ExperimentConfig(PipelineConfig):
         return data
 
     @model_validator(mode="after")
-    def _evaluation_is_valid(self) -> ExperimentConfig:
+    def _check_steps(self) -> ExperimentConfig:
+        if self.output.overwrite:
+            raise ValueError(
+                "output.overwrite: the experiment's rerun never redoes a finished step (it "
+                f"would judge every row again); remove {self.output.uri} to filter again"
+            )
         if self.input.columns.messages:
             raise ValueError(
                 "input.columns.messages: the fine-tune trains on Alpaca rows only; an "
