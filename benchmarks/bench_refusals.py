@@ -4,15 +4,21 @@
 
 Each case is the `alpagasus-ray` command in a fresh process (Python start, imports and, where
 the check needs a cluster, a local Ray), timed from launch to exit, with its exit code and
-the last line it printed on stderr. The tests assert each line and code
-(`tests/test_preflight.py`, `test_resources.py`, `test_runtime_errors.py`, `test_train.py`);
-this script shows what a user sees and how long it takes. Everything is local: inputs in a
-temporary folder, the tiny random judge, an S3 server (moto) on 127.0.0.1.
+the last line it printed on stderr (on stdout for a command that succeeds). The last cases
+are those around a run: the same command on a finished output, a second command on an output
+a live run is writing, too few labels, someone else's folder, a damaged output. The tests
+assert each line and code (`tests/test_preflight.py`, `test_resources.py`,
+`test_runtime_errors.py`, `test_train.py`, `test_heartbeat.py`, `test_calibrate.py`,
+`test_commit.py`); this script shows what a user sees and how long it takes. Everything is
+local: inputs in a temporary folder, the tiny random judge, an S3 server (moto) on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,8 +29,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path.insert(0, str(TESTS))
 from s3_server import start_s3_with_auth  # noqa: E402
+
+from alpagasus_ray.demo import synthetic_examples  # noqa: E402
 
 ROWS = [
     {"instruction": "Add 2 and 2.", "input": "", "output": "4"},
@@ -33,11 +42,13 @@ ROWS = [
 
 
 def cli(*args: str) -> tuple[int, str, float]:
-    """(exit code, last stderr line, seconds) of `alpagasus-ray ARGS` in a fresh process."""
+    """(exit code, last line, seconds) of `alpagasus-ray ARGS` in a fresh process: the last
+    line on stderr, or on stdout for a command that succeeds (a no-op says so there)."""
     cmd = [sys.executable, "-m", "alpagasus_ray.cli", *args]
     start = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    lines = done.stderr.strip().splitlines() or [""]
+    said = done.stdout if done.returncode == 0 else done.stderr
+    lines = said.strip().splitlines() or [""]
     return done.returncode, lines[-1], time.monotonic() - start
 
 
@@ -47,6 +58,8 @@ class Cases:
 
     def __init__(self, root: Path, judge: Path, s3_endpoint: str):
         self.root, self.judge, self.s3, self.outputs = root, judge, s3_endpoint, 0
+        self.held: list[subprocess.Popen] = []  # runs kept live for a case, ended at the end
+        self._done: tuple[list[str], Path] | None = None
         self.jsonl = root / "rows.jsonl"
         self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
         self.config = root / "job.yaml"
@@ -61,6 +74,22 @@ class Cases:
         for item in sets:
             args += ["--set", item]
         return args
+
+    def _small(self) -> tuple[list[str], Path]:
+        """A filter command on 30 rows with the tiny judge, and its output folder."""
+        src = self.root / f"small-{self.outputs}.jsonl"
+        src.write_text("".join(json.dumps(r) + "\n" for r in synthetic_examples(30, seed=1)))
+        args = self._filter(src, "judge.min_score_mass=0.0", "judge.num_cpus_per_replica=0.5",
+                            "filter.threshold=2.0", "ray.num_cpus=2")  # fmt: skip
+        return args, self.root / f"out-{self.outputs}"
+
+    def _finished(self) -> tuple[list[str], Path]:
+        """A finished output of `_small` (made once): its command and folder."""
+        if self._done is None:
+            self._done = self._small()
+            code, line, _ = cli(*self._done[0])
+            assert code == 0, line
+        return self._done
 
     def missing_input(self) -> list[str]:
         return self._filter(self.root / "typo.jsonl")
@@ -150,6 +179,53 @@ class Cases:
                           f"run: {{storage_path: {self.root / 'runs'}}}\n")  # fmt: skip
         return ["train", "--config", str(config)]
 
+    # Around a run: a rerun, a second command, labels, someone else's folder, a damaged output.
+
+    def the_same_filter_again_on_its_finished_output(self) -> list[str]:
+        return self._finished()[0]
+
+    def a_second_filter_on_an_output_a_run_is_writing(self) -> list[str]:
+        args, out = self._small()
+        held = [sys.executable, str(TESTS / "crash_driver.py"), "hold:filter.job.write_rows"]
+        self.held.append(
+            subprocess.Popen(
+                [*held, *args],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        deadline = time.monotonic() + 600  # fmt: skip
+        while not (out / "heartbeat.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return args
+
+    def calibrate_with_three_matched_labels(self) -> list[str]:
+        out = self._finished()[1]
+        labels = self.root / "three-labels.jsonl"
+        labels.write_text("".join(json.dumps({"index": i, "good": i == 0}) + "\n"
+                                  for i in range(3)))  # fmt: skip
+        return ["calibrate", str(out), "--labels", str(labels), "--label", "good",
+                "--to", str(self.root / "calibration")]  # fmt: skip
+
+    def train_on_someone_elses_parquet_folder(self) -> list[str]:
+        folder = self.root / "their-files"
+        folder.mkdir()
+        pq.write_table(pa.Table.from_pylist([{"user": 1, "text": "x"}]), folder / "a.parquet")
+        config = self.root / "train-theirs.yaml"
+        config.write_text(f"data: {{uri: {folder}}}\nmodel: {{name: {self.judge}}}\n"
+                          f"run: {{storage_path: {self.root / 'runs'}}}\n")  # fmt: skip
+        return ["train", "--config", str(config)]
+
+    def a_listed_data_file_removed_by_hand(self) -> list[str]:
+        damaged = self.root / "damaged"
+        shutil.copytree(self._finished()[1], damaged)
+        next((damaged / "data").rglob("*.parquet")).unlink()
+        return ["report", str(damaged)]
+
+    def threshold_not_a_number(self) -> list[str]:
+        return self._filter(self.jsonl, "filter.threshold=nan")
+
 
 def main() -> None:
     from alpagasus_ray.demo import build_tiny_model
@@ -170,6 +246,8 @@ def main() -> None:
                 line = line.replace(str(root), "<tmp>").replace("|", "\\|")
                 print(f"| {label} | {code} | {seconds:.1f} | `{line}` |", flush=True)
         finally:
+            for held in cases.held:  # the run a case kept live, by its own process group
+                os.killpg(held.pid, signal.SIGKILL)
             server.terminate()
             server.wait(timeout=10)
 
