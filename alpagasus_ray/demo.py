@@ -233,7 +233,7 @@ def demo_experiment_config(
                 "max_length": 256,
             },
             "run": {"num_workers": 2},
-        },  # fmt: skip
+        },
         "evaluation": {
             "judge": {"model": str(model_dir), "max_new_tokens": 16, **SMALL_ENGINE},
             "generation": {"max_new_tokens": 16, **SMALL_ENGINE},
@@ -249,7 +249,9 @@ def demo_inputs(root: Path, rows: int) -> tuple[Path, Path]:
     data = root / "input" / "examples.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps(r) for r in demo_rows(rows)] + ['{"instruction": "broken line"']
-    data.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    if not data.exists() or data.read_text() != text:  # the same file stays the same input
+        data.write_text(text)
     return model_dir, data
 
 

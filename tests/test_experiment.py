@@ -133,9 +133,10 @@ def test_an_installed_wheel_finds_its_test_sets(tmp_path):
     assert lines == [80, 180, 218, 252] and len(PAPER_TEST_SETS) == 4
 
 
-def run_experiment_cli(config: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "alpagasus_ray.cli", "experiment", "--config", str(config)]
-    cmd += extra
+def run_experiment_cli(config: Path | None, *extra: str) -> subprocess.CompletedProcess:
+    """`experiment --config CONFIG EXTRA...`, or without a config the command EXTRA."""
+    cmd = [sys.executable, "-m", "alpagasus_ray.cli"]
+    cmd += ["experiment", "--config", str(config), *extra] if config else list(extra)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
                           env={**session_cluster_env(), "PYTHONPATH": str(ROOT)})  # fmt: skip
 
@@ -178,7 +179,10 @@ def test_a_killed_experiment_goes_on_from_its_first_unfinished_step(ray_session,
     assert "| kept vs all | vicuna | 3 |" in md and "The paper, for reference" in md
     assert "its numbers mean nothing" in md.split("\n")[2]  # the demo says what it is
 
-    # The same command again: every step finished, nothing run, the same record.
+    # The demo again, and its config again: every step finished, nothing run, one record.
+    demo_again = run_experiment_cli(None, "demo", *demo)
+    assert demo_again.returncode == 0, demo_again.stderr[-3000:]
+    assert "train/all finished before" in demo_again.stderr
     again = run_experiment_cli(config)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "evaluation finished before" in again.stderr
