@@ -107,7 +107,9 @@ def test_the_four_test_sets_ship_with_the_package(shared_data):
 
 @pytest.mark.slow
 def test_an_installed_wheel_finds_its_test_sets(tmp_path):
-    """Built as users install it (a wheel, not the source tree), in a folder of its own."""
+    """Built as users install it: a wheel, in a fresh virtualenv of its own, not the source
+    tree (the dependencies come from this one's site-packages, which holds no copy of the
+    package: its own install here is editable, a finder pointing at the source)."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -117,19 +119,25 @@ def test_an_installed_wheel_finds_its_test_sets(tmp_path):
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w",
                     str(tmp_path / "dist"), str(src)], check=True, timeout=600)  # fmt: skip
     wheel = next((tmp_path / "dist").glob("alpagasus_ray-*.whl"))
-    site = tmp_path / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
-                   check=True, timeout=600)  # fmt: skip
+    fresh = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True,
+                   timeout=600)  # fmt: skip
+    python = fresh / "bin" / "python"
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    subprocess.run([*pip, "install", "--no-deps", "--target", site, str(wheel)], check=True,
+                   timeout=600)  # fmt: skip
+    deps = next(p for p in sys.path if p.endswith("site-packages"))
     probe = (
         "import json, pathlib, alpagasus_ray.evaluate.config as c\n"
         "sets = [pathlib.Path(c.packaged_test_sets(), t['path']) for t in c.PAPER_TEST_SETS]\n"
         "print(json.dumps([c.__file__, [len(p.read_text().splitlines()) for p in sets]]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(site)}, timeout=600)  # fmt: skip
+    proc = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": deps}, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     module, lines = json.loads(proc.stdout)
-    assert module.startswith(str(site))  # the wheel's copy, not this source tree
+    assert module.startswith(site)  # the wheel's copy in the fresh virtualenv
     assert lines == [80, 180, 218, 252] and len(PAPER_TEST_SETS) == 4
 
 
