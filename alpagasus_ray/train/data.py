@@ -8,6 +8,8 @@ Ray Train workers, so the driver never holds the rows and the workers see ready 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from typing import Any
 
@@ -180,9 +182,6 @@ def trained_on(cfg: TrainConfig) -> dict[str, Any] | None:
     partitions, their rows, the settings that decided them and a digest of what its manifest
     lists for them, so a model can be told apart from one trained before the output was
     re-decided."""
-    import hashlib
-    import json
-
     from alpagasus_ray.filter.manifest import committed
     from alpagasus_ray.filter.resume import DECISION_KEYS
 
