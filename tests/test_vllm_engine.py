@@ -254,40 +254,37 @@ def test_smollm2_structured_scores_always_parse(ray_session, smollm2, tmp_path):
 
 def test_evaluation_answers_with_vllm(ray_session, vllm_tiny, tiny_judge, tmp_path):
     """The evaluation's answer generation on the vLLM engine stage gives the HF engine's
-    answers; the pairwise judge (HF) then sees the same answers either way. A test set of
-    its own, so the lane needs nothing beside the repository."""
+    answers: one evaluation of the same weights twice, `a` answering on vLLM and `b` on the
+    HF engine (each model's own `engine`), so the pairwise judge (HF) sees both. A test set
+    of its own, so the lane needs nothing beside the repository."""
     questions = [
         {"id": i, "question": r["instruction"], "input": r["input"]}
         for i, r in enumerate(synthetic_examples(8, seed=6))
     ]
     test_set = write_jsonl(tmp_path / "questions.jsonl", questions)
-    answers = {}
-    for engine in ("hf", "vllm"):
-        out = tmp_path / engine
-        model = str(vllm_tiny)
-        cfg = {
-            "models": [{"name": "a", "path": model}, {"name": "b", "path": model}],
-            "generation": {"engine": engine, "max_new_tokens": 12, "batch_size": 8,
-                           "dtype": "float32", "max_model_len": 1024,
-                           "num_cpus_per_replica": 0.5,
-                           "vllm": {"engine_kwargs": {"enforce_eager": True}}},
-            "judge": {"model": str(tiny_judge), "max_new_tokens": 8, "batch_size": 8,
-                      "num_cpus_per_replica": 0.5},
-            "test_sets": [{"name": "mine", "path": str(test_set), "question": "question",
-                           "id": "id", "input": "input"}],
-            "output": {"uri": str(out), "overwrite": True},
-        }  # fmt: skip
-        manifest = run_evaluate(build_config(EvalConfig, cfg))
-        assert manifest["status"] == "complete" and manifest["checks"]["ok"]
-        table = pads.dataset(str(out / "answers")).to_table().to_pylist()
-        answers[engine] = {(r["test_set"], r["question_id"]): r for r in table}
-    assert answers["hf"].keys() == answers["vllm"].keys() and len(answers["vllm"]) == 8
-    for key, v in answers["vllm"].items():
-        h = answers["hf"][key]
-        for name in ("a", "b"):
-            assert v[f"answer__{name}"] is not None, key
-            assert v[f"answer_tokens__{name}"] == h[f"answer_tokens__{name}"], key
-            assert same_text(v[f"answer__{name}"], h[f"answer__{name}"]), key
+    out = tmp_path / "eval"
+    model = str(vllm_tiny)
+    cfg = {
+        "models": [{"name": "a", "path": model, "engine": "vllm"},
+                   {"name": "b", "path": model, "engine": "hf"}],
+        "generation": {"max_new_tokens": 12, "batch_size": 8, "dtype": "float32",
+                       "max_model_len": 1024, "num_cpus_per_replica": 0.5,
+                       "vllm": {"engine_kwargs": {"enforce_eager": True}}},
+        "judge": {"model": str(tiny_judge), "max_new_tokens": 8, "batch_size": 8,
+                  "num_cpus_per_replica": 0.5},
+        "test_sets": [{"name": "mine", "path": str(test_set), "question": "question",
+                       "id": "id", "input": "input"}],
+        "output": {"uri": str(out)},
+    }  # fmt: skip
+    manifest = run_evaluate(build_config(EvalConfig, cfg))
+    assert manifest["status"] == "complete" and manifest["checks"]["ok"]
+    answers = pads.dataset(str(out / "answers")).to_table().to_pylist()
+    assert len(answers) == 8
+    for row in answers:
+        key = (row["test_set"], row["question_id"])
+        assert row["answer__a"] is not None and row["answer__b"] is not None, key
+        assert row["answer_tokens__a"] == row["answer_tokens__b"], key
+        assert same_text(row["answer__a"], row["answer__b"]), key
 
 
 @pytest.mark.parametrize("layout", ["paper", "prefix"])
