@@ -46,7 +46,7 @@ if VLLM_LANE:
 # What `--quick` (`make check`) leaves out: the tests that start Ray, a model server, an S3
 # server or a cluster, or that are marked as long. The rest check configs, parsing, prompts,
 # metrics, docs and layout in a minute or two, for the inner loop; `make test` runs all.
-HEAVY_FIXTURES = {"ray_session", "fake_cluster", "tiny_server", "smol_server", "s3_endpoint"}
+HEAVY_FIXTURES = {"ray_session", "fake_cluster", "api_servers", "s3_endpoint"}
 HEAVY_MARKERS = ("slow", "vllm", "multinode")
 
 
@@ -172,25 +172,35 @@ API_KEY = "sk-alpagasus-test-" + os.urandom(6).hex()  # a key no output may ever
 
 
 @pytest.fixture(scope="session")
-def smol_server(smollm2, tmp_path_factory):
-    """vLLM's OpenAI-compatible server with SmolLM2 as `smol`, behind the key `API_KEY`."""
+def api_servers(smollm2, vllm_tiny, tmp_path_factory):
+    """vLLM's OpenAI-compatible servers of the API tests, started together: each start is
+    mostly one process importing vLLM on one core, so on this 2-core machine two side by
+    side take little longer than one (the two in turn took 100 s of the vLLM lane)."""
     from api_server import VLLMServer
 
-    log = tmp_path_factory.mktemp("servers") / "smol.log"
-    server = VLLMServer(smollm2, ["smol"], log, api_key=API_KEY).wait()
-    yield server
-    server.stop()
+    logs = tmp_path_factory.mktemp("servers")
+    servers = {}
+    try:
+        servers["smol"] = VLLMServer(smollm2, ["smol"], logs / "smol.log", api_key=API_KEY)
+        servers["tiny"] = VLLMServer(vllm_tiny, ["tiny", "tiny-b"], logs / "tiny.log")
+        for server in servers.values():
+            server.wait(timeout=900)  # a hang's guard: two starting on a loaded machine
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 @pytest.fixture(scope="session")
-def tiny_server(vllm_tiny, tmp_path_factory):
-    """The same server with the tiny random model as `tiny` and `tiny-b`, without a key."""
-    from api_server import VLLMServer
+def smol_server(api_servers):
+    """vLLM's OpenAI-compatible server with SmolLM2 as `smol`, behind the key `API_KEY`."""
+    return api_servers["smol"]
 
-    log = tmp_path_factory.mktemp("servers") / "tiny.log"
-    server = VLLMServer(vllm_tiny, ["tiny", "tiny-b"], log).wait()
-    yield server
-    server.stop()
+
+@pytest.fixture(scope="session")
+def tiny_server(api_servers):
+    """The same server with the tiny random model as `tiny` and `tiny-b`, without a key."""
+    return api_servers["tiny"]
 
 
 @pytest.fixture(scope="session")
