@@ -36,7 +36,8 @@ class ColumnMap(StrictModel):
         description="A column holding a conversation (OpenAI role/content or ShareGPT "
         "from/value turns): its last assistant turn is judged, the user turn before it as the "
         "instruction and the turns before that as the input; instruction, input and output "
-        "are then not read (docs/filtering.md).",
+        "are then not read (docs/filtering.md). Training renders it with the model's chat "
+        "template, the loss on its assistant turns (docs/training.md).",
     )
 
 

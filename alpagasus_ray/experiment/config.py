@@ -100,8 +100,9 @@ class ExperimentConfig(PipelineConfig):
             )
         if self.input.columns.messages:
             raise ValueError(
-                "input.columns.messages: the fine-tune trains on Alpaca rows only; an "
-                "experiment on conversation rows is not supported yet"
+                "input.columns.messages: an experiment on conversation rows is not "
+                "supported yet (its evaluation asks the Alpaca prompt); run filter, train "
+                "(which takes them) and evaluate (with each model's template: chat) instead"
             )
         if self.evaluation.generation.engine == "openai":
             raise ValueError(

@@ -29,12 +29,17 @@ from alpagasus_ray.data.io import (
 from alpagasus_ray.data.listing import Listing
 from alpagasus_ray.data.schema import DECISION, INPUT, INSTRUCTION, OUTPUT, REASON, Decision
 from alpagasus_ray.text.prompts import alpaca_prompt
+from alpagasus_ray.train.chat import (
+    IGNORE_INDEX,
+    NO_RESPONSE_TOKENS,
+    check_chat_tokenizer,
+    conversation_turns,
+    encode_conversation,
+)
 from alpagasus_ray.train.config import TrainConfig, TrainData
 
-IGNORE_INDEX = -100  # labels torch's cross-entropy skips: the prompt is context, not target
 INPUT_IDS, LABELS, ATTENTION_MASK = "input_ids", "labels", "attention_mask"
 SKIP = "skip"  # why a row cannot be trained on; null for trainable rows
-NO_RESPONSE_TOKENS = "no_response_tokens"
 
 
 def encode_example(
@@ -60,8 +65,11 @@ def encode_example(
 class EncodeStage:
     """Ray Data stage: validated rows -> (input_ids, labels, skip).
 
-    A row validation quarantined, or one with no response left after truncation, gets
-    empty ids and a `skip` reason instead of failing the job; the driver counts them.
+    Alpaca rows get the paper's prompt; with `messages` (the column holding each row's
+    conversation) a row gets the model's chat template and the loss on its assistant turns
+    (train/chat.py). A row validation quarantined, or one with no target left after
+    truncation, gets empty ids and a `skip` reason instead of failing the job; the driver
+    counts them.
     """
 
     def __init__(
@@ -70,34 +78,27 @@ class EncodeStage:
         max_length: int,
         trust_remote_code: bool = False,
         decisions: tuple[str, ...] = (Decision.KEPT.value,),
+        messages: str | None = None,
     ):
         from alpagasus_ray.text.models import load_tokenizer
 
         self.tokenizer = load_tokenizer(tokenizer_name, trust_remote_code, padding_side="right")
+        if messages:
+            check_chat_tokenizer(self.tokenizer, tokenizer_name)
         self.max_length = max_length
         self.decisions = (None, *decisions)  # None: rows that are not a filter's output
+        self.messages = messages
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        n = table.num_rows
-        cols = {c: table.column(c).to_pylist() for c in (INSTRUCTION, INPUT, OUTPUT)}
-        decision = table.column(DECISION).to_pylist() if DECISION in table.column_names else []
-        reason = table.column(REASON).to_pylist() if REASON in table.column_names else []
+        rows = table.select(self._read(table)).to_pylist()
         ids, labels, skip = [], [], []
-        for i in range(n):
+        for row in rows:
             a: list[int] = []
             b: list[int] = []
-            why = None
-            if decision and decision[i] not in self.decisions:
-                why = (reason[i] if reason else None) or str(decision[i])
+            if row.get(DECISION) not in self.decisions:
+                why = row.get(REASON) or str(row[DECISION])
             else:
-                a, b = encode_example(
-                    self.tokenizer,
-                    cols[INSTRUCTION][i],
-                    cols[INPUT][i],
-                    cols[OUTPUT][i],
-                    self.max_length,
-                )
-                why = None if a else NO_RESPONSE_TOKENS
+                a, b, why = self._encode(row)
             ids.append(a)
             labels.append(b)
             skip.append(why)
@@ -108,6 +109,21 @@ class EncodeStage:
                 SKIP: pa.array(skip, type=pa.string()),
             }
         )
+
+    def _read(self, table: pa.Table) -> list[str]:
+        wanted = [self.messages] if self.messages else [INSTRUCTION, INPUT, OUTPUT]
+        return [c for c in (*wanted, DECISION, REASON) if c in table.column_names]
+
+    def _encode(self, row: dict[str, Any]) -> tuple[list[int], list[int], str | None]:
+        if self.messages:
+            turns, why = conversation_turns(row.get(self.messages))
+            if why:
+                return [], [], why
+            return encode_conversation(self.tokenizer, turns, self.max_length)
+        a, b = encode_example(
+            self.tokenizer, row[INSTRUCTION], row[INPUT], row[OUTPUT], self.max_length
+        )
+        return a, b, None if a else NO_RESPONSE_TOKENS
 
 
 def tally_skips(table: pa.Table) -> pa.Table:
@@ -203,6 +219,34 @@ def trained_on(cfg: TrainConfig) -> dict[str, Any] | None:
     }
 
 
+def conversation_column(cfg: TrainConfig) -> str | None:
+    """The column holding each row's conversation, or None for Alpaca rows: for a filter
+    output, its input's conversation column as the output carries it (JSON text); for other
+    data, `data.columns.messages`."""
+    from alpagasus_ray.filter.carried import carried_name
+    from alpagasus_ray.filter.manifest import committed
+
+    fs, root = filesystem(cfg.data.uri, cfg.storage)
+    if fs.exists(join(root, MANIFEST)):
+        manifest = committed(fs, root, f"data.uri {cfg.data.uri}")
+        name = manifest.config.get("input", {}).get("columns", {}).get("messages")
+    else:
+        name = cfg.data.columns.messages
+    return carried_name(name) if name else None
+
+
+def check_conversations(cfg: TrainConfig) -> str | None:
+    """Before Ray: conversation rows need a tokenizer with a chat template (one line if
+    not); returns the conversation column."""
+    from alpagasus_ray.text.models import load_tokenizer
+
+    column = conversation_column(cfg)
+    if column:
+        name = cfg.model.tokenizer or cfg.model.name
+        check_chat_tokenizer(load_tokenizer(name, cfg.model.trust_remote_code), name)
+    return column
+
+
 def check_rows_as_they_are(cfg: TrainConfig) -> None:
     """Data that is not a filter output is trained on as it is, so it must hold the mapped
     columns: a folder of someone else's files is refused here, in seconds and before Ray,
@@ -224,7 +268,7 @@ def check_rows_as_they_are(cfg: TrainConfig) -> None:
         ) from None
 
 
-def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
+def training_dataset(cfg: TrainConfig, messages: str | None = None) -> tuple[Any, dict[str, Any]]:
     """(dataset of input_ids/labels, counts). Rows live in Ray; only counts reach the driver.
 
     Unusable rows (missing or non-string fields, broken JSON, nothing left to learn after
@@ -246,6 +290,7 @@ def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
             cfg.train.max_length,
             cfg.model.trust_remote_code,
             tuple(cfg.data.decisions),
+            messages,
         ),
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=1),  # the tokenizer loads once
@@ -262,6 +307,7 @@ def training_dataset(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
         # Also cached: a lazy step left here would need CPUs the workers already hold.
         train = train.materialize()
     counts = {
+        "template": "chat" if messages else "alpaca",
         "rows_read": examples + sum(skipped.values()),
         "examples": examples,
         "skipped_rows": sum(skipped.values()),

@@ -27,7 +27,12 @@ from alpagasus_ray.train.config import (
     grad_accumulation,
     run_dir,
 )
-from alpagasus_ray.train.data import kept_input, trained_on, training_dataset
+from alpagasus_ray.train.data import (
+    check_conversations,
+    kept_input,
+    trained_on,
+    training_dataset,
+)
 from alpagasus_ray.train.metrics import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -286,9 +291,10 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     from alpagasus_ray.core.runtime import init_ray
 
     kept_input(cfg)  # an unfinished filter output is refused before Ray starts
+    messages = check_conversations(cfg)  # and conversations for a model without a template
     init_ray(cfg.ray)
     started = time.time()
-    ds, counts = training_dataset(cfg)
+    ds, counts = training_dataset(cfg, messages)
     if counts["skipped_rows"]:
         logger.warning(
             "skipping %d of %d rows that cannot be trained on: %s",
