@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from alpagasus_ray.data.schema import TURNS
+from alpagasus_ray.data.schema import TURNS, Reason
 from alpagasus_ray.filter.conversations import conversation_fields
 from alpagasus_ray.filter.preflight import PreflightError
 
@@ -52,7 +52,7 @@ def conversation_turns(value: Any) -> tuple[list[dict[str, str]], str | None]:
         try:
             value = json.loads(value)
         except ValueError:
-            return [], "malformed_json"
+            return [], Reason.MALFORMED_JSON.value
     fields, problem = conversation_fields(value)
     if problem:
         return [], problem[0].value
