@@ -87,7 +87,7 @@ def export(
     decisions = JUDGED if by_score else () if decision == "all" else (decision,)
     files = listed_files(root, manifest, decisions)
     # A conversation row's turns are the row itself: read, whichever file has them.
-    chat = manifest.config.get("input", {}).get("columns", {}).get("messages")
+    chat = manifest.conversation_column
     every = extra_columns or bool(chat)
     source = output_dataset(fs, root, files, every_column=every) if files else None
     extras = extra_names(source.schema) if source is not None and extra_columns else []

@@ -107,6 +107,12 @@ class Manifest(_Record):
         """Its scores are the hash stand-in's (`engines/hash.py`), not ratings."""
         return self.judge.get("engine") == "hash"
 
+    @property
+    def conversation_column(self) -> str | None:
+        """The input's conversation column (`input.columns.messages`), or None for rows
+        read from their instruction, input and output columns."""
+        return self.config.get("input", {}).get("columns", {}).get("messages")
+
     def to_json(self) -> bytes:
         body = self.model_dump(exclude={"redecided"} if self.redecided is None else None)
         return (json.dumps(body, indent=2, default=str) + "\n").encode()

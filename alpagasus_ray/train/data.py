@@ -228,8 +228,7 @@ def conversation_column(cfg: TrainConfig) -> str | None:
 
     fs, root = filesystem(cfg.data.uri, cfg.storage)
     if fs.exists(join(root, MANIFEST)):
-        manifest = committed(fs, root, f"data.uri {cfg.data.uri}")
-        name = manifest.config.get("input", {}).get("columns", {}).get("messages")
+        name = committed(fs, root, f"data.uri {cfg.data.uri}").conversation_column
     else:
         name = cfg.data.columns.messages
     return carried_name(name) if name else None
