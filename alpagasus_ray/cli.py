@@ -258,7 +258,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from alpagasus_ray.train.config import TrainConfig
-    from alpagasus_ray.train.loop import run_train
+    from alpagasus_ray.train.job import run_train
 
     summary = run_train(load_config(args.config, args.overrides, model=TrainConfig))
     _print_train_summary(summary)

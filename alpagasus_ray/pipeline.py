@@ -84,7 +84,7 @@ def check_enough_rows(
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Filter, then train on the kept partition; returns both steps' summaries."""
     from alpagasus_ray.filter.job import run_filter
-    from alpagasus_ray.train.loop import run_train
+    from alpagasus_ray.train.job import run_train
 
     manifest = run_filter(cfg)
     check_enough_rows(manifest, cfg)

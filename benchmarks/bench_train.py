@@ -30,7 +30,7 @@ from alpagasus_ray.demo import build_tiny_model, synthetic_examples  # noqa: E40
 from alpagasus_ray.filter.config import FilterJobConfig  # noqa: E402
 from alpagasus_ray.filter.job import run_filter  # noqa: E402
 from alpagasus_ray.train.config import TrainConfig  # noqa: E402
-from alpagasus_ray.train.loop import run_train  # noqa: E402
+from alpagasus_ray.train.job import run_train  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_random_9k.json"
 

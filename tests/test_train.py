@@ -12,7 +12,7 @@ from alpagasus_ray.core.config import ConfigError, build_config
 from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.filter.job import run_filter
 from alpagasus_ray.train.config import TrainConfig
-from alpagasus_ray.train.loop import run_train
+from alpagasus_ray.train.job import run_train
 
 pytestmark = pytest.mark.slow
 EPOCHS = 8
@@ -94,7 +94,7 @@ def test_checkpoint_and_export_load_and_generate(trained):
     from alpagasus_ray.text.prompts import alpaca_prompt
 
     _, summary = trained
-    assert summary["checkpoint"] and Path(summary["checkpoint"], "model.pt").exists()
+    assert summary["checkpoint"] and Path(summary["checkpoint"], "model.safetensors").exists()
     model = AutoModelForCausalLM.from_pretrained(summary["export"])
     tok = AutoTokenizer.from_pretrained(summary["export"])
     ids = tok(alpaca_prompt("Add the two numbers.", "2 and 3"), return_tensors="pt")

@@ -10,7 +10,7 @@ from alpagasus_ray.core.config import build_config
 from alpagasus_ray.data.io import filesystem
 from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.train.config import TrainConfig
-from alpagasus_ray.train.loop import run_train
+from alpagasus_ray.train.job import run_train
 
 pytestmark = pytest.mark.slow
 BUCKET = "alpagasus-train"

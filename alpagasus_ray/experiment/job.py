@@ -25,7 +25,7 @@ from alpagasus_ray.filter.resume import decision_settings
 from alpagasus_ray.pipeline import check_enough_rows
 from alpagasus_ray.train.config import run_dir
 from alpagasus_ray.train.data import trained_on
-from alpagasus_ray.train.loop import run_train
+from alpagasus_ray.train.job import run_train
 from alpagasus_ray.train.metrics import SUMMARY_FILE
 
 log = logging.getLogger(__name__)

@@ -64,10 +64,22 @@ class TrainParams(StrictModel):
     max_length: int = Field(512, gt=8)
     max_grad_norm: float = Field(1.0, gt=0)
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto: bf16 autocast (fp32 master weights) on GPU, fp32 on CPU."
+        "auto",
+        description="auto: bf16 on GPU, fp32 on CPU. bf16 trains full weights in fp32 under "
+        "bf16 autocast and loads a LoRA run's frozen base in bf16.",
     )
     seed: int = 42
     log_every_steps: int = Field(10, gt=0)
+    save_every_steps: int | None = Field(
+        None,
+        gt=0,
+        description="Also checkpoint every N optimizer steps (default: each epoch's end only): "
+        "a preempted run resumes from the last one, mid-epoch, on the same rows in the same "
+        "order.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, ~30% slower."
+    )
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="fsdp shards full fine-tuning.")
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters (peft) instead.")
 
@@ -79,7 +91,7 @@ class RunSpec(StrictModel):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(0, ge=-1, description="Restarts from the latest checkpoint.")
-    keep_checkpoints: int = Field(2, gt=0)
+    keep_checkpoints: int = Field(2, gt=0, description="The newest N checkpoints are kept.")
     export_uri: str | None = Field(None, description="Default: <storage_path>/<name>/export.")
 
 
@@ -98,6 +110,17 @@ class TrainConfig(StrictModel):
         grad_accumulation(
             self.train.global_batch_size, self.run.num_workers, self.train.per_device_batch_size
         )
+        return self
+
+    @model_validator(mode="after")
+    def _step_checkpoints_need_a_fixed_order(self) -> TrainConfig:
+        """A mid-epoch resume skips the batches already trained on, so each worker must see
+        the same rows in the same order again: only the tokenized cache splits them so."""
+        if self.train.save_every_steps and not self.data.cache_tokenized:
+            raise ValueError(
+                "train.save_every_steps needs data.cache_tokenized: true (a resume mid-epoch "
+                "must see each worker's rows in the same order)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -281,6 +281,9 @@ def training_dataset(cfg: TrainConfig, messages: str | None = None) -> tuple[Any
 
     (data, listing), light = kept_input(cfg), cfg.ray.task_cpus
     ds = read_input(data, cfg.storage, light, listing=listing)
+    # The rows keep the files' order, so the tokenized cache (and each worker's fixed
+    # shard of it) is the same in every run: what a resume mid-epoch relies on.
+    ds.context.execution_options.preserve_order = data.cache_tokenized
     ds = ds.map_batches(ValidateStage(data.columns), batch_format="pyarrow", num_cpus=light)
     ds = ds.map_batches(
         EncodeStage,

@@ -24,35 +24,40 @@ def peak_memory_mib(device: Any) -> list[float]:
 
 
 class Meter:
-    """Sums over a window, all-reduced across workers so every logged number is global."""
+    """A window's batches, summed over the workers, and its steps' losses (each already the
+    mean over every worker's tokens, as `Trainer` logs it), so every row is global."""
 
-    FIELDS = ("loss_sum", "micro_batches", "tokens", "examples", "padded_tokens")
+    FIELDS = ("tokens", "examples", "padded_tokens")
 
     def __init__(self, device: Any):
         import torch
 
         self.device = device
         self.sums = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
+        self.losses: list[float] = []
         self.start = time.perf_counter()
 
-    def add(self, loss: float, tokens: int, examples: int, padded: int) -> None:
-        import torch
+    def add_batch(self, tokens: int, examples: int, padded: int) -> None:
+        self.sums[0] += tokens
+        self.sums[1] += examples
+        self.sums[2] += padded
 
-        values = [loss, 1, tokens, examples, padded]
-        self.sums += torch.tensor(values, dtype=torch.float64, device=self.device)
+    def add_loss(self, loss: float) -> None:
+        self.losses.append(loss)
 
     def row(self) -> dict[str, Any]:
+        """A collective under several workers: every worker calls it at the same points."""
         import torch
         import torch.distributed as dist
 
         peaks = torch.tensor(peak_memory_mib(self.device), dtype=torch.float64, device=self.device)
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.sums)  # every worker reaches the same log points
+            dist.all_reduce(self.sums)
             dist.all_reduce(peaks, op=dist.ReduceOp.MAX)  # the worker that needed the most
-        loss_sum, micro, tokens, examples, padded = self.sums.tolist()
+        tokens, examples, padded = self.sums.tolist()
         seconds = time.perf_counter() - self.start
         return {
-            "loss": loss_sum / max(micro, 1),
+            "loss": sum(self.losses) / len(self.losses) if self.losses else None,
             "tokens": int(tokens),
             "examples": int(examples),
             "tokens_per_s": tokens / seconds,
