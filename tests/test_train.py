@@ -1,11 +1,19 @@
 """Ray Train fine-tuning on CPU, 2 workers x 1 CPU: loss falls, checkpoints, resume, export,
 and training straight from a filter output's kept partition."""
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_refusal, job_config
+import yaml
+from conftest import cli_refusal, job_config, session_cluster_env
 from helpers import write_jsonl
 
 from alpagasus_ray.core.config import ConfigError, build_config
@@ -44,8 +52,11 @@ def trained(ray_session, tiny_judge, tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
     bad = ["{broken", {"instruction": "No output here."}, {"instruction": "x", "output": 7}]
     data = write_jsonl(root / "train.jsonl", synthetic_examples(16, seed=1) + bad)
-    cfg = train_config(str(data), tiny_judge, root / "runs")
-    return cfg, run_train(cfg)
+    cfg = train_config(str(data), tiny_judge, root / "runs", save_every_steps=3)
+    summary = run_train(cfg)
+    # The uninterrupted run's model, before a later test trains the same run on.
+    shutil.copytree(summary["export"], root / "uninterrupted")
+    return cfg, {**summary, "uninterrupted": root / "uninterrupted"}
 
 
 def test_loss_falls_clearly(trained):
@@ -94,7 +105,15 @@ def test_checkpoint_and_export_load_and_generate(trained):
     from alpagasus_ray.text.prompts import alpaca_prompt
 
     _, summary = trained
-    assert summary["checkpoint"] and Path(summary["checkpoint"], "model.safetensors").exists()
+    checkpoint = Path(summary["checkpoint"])
+    # Trainer's checkpoint, merged from both workers (each one's RNG state), and the history.
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= names
+    assert {"rng_state_0.pth", "rng_state_1.pth", "metrics.jsonl"} <= names
+    # Checkpoints at each epoch's end and every 3 steps; the newest 2 are kept.
+    kept = sorted(p for p in checkpoint.parent.glob("checkpoint_*") if p.is_dir())
+    assert len(kept) == 2 and kept[-1] == checkpoint
+    assert registered_steps(checkpoint.parent) == [15, 16]
     model = AutoModelForCausalLM.from_pretrained(summary["export"])
     tok = AutoTokenizer.from_pretrained(summary["export"])
     ids = tok(alpaca_prompt("Add the two numbers.", "2 and 3"), return_tensors="pt")
@@ -119,6 +138,77 @@ def test_rerun_resumes_from_the_checkpoint(trained):
     # The resumed model starts from the trained one, not from scratch.
     first_epoch_loss = next(m["loss"] for m in first["metrics"] if m["kind"] == "epoch")
     assert new[0]["loss"] < 0.5 * first_epoch_loss
+
+
+def registered_steps(run: Path) -> list[int]:
+    """The steps of the checkpoints Ray Train has registered for `run` (its own record)."""
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or mid-write
+        return []
+    return [r["metrics"]["step"] for r in snapshot["checkpoint_results"]]
+
+
+def weight_difference(a: Path, b: Path) -> float:
+    from safetensors.torch import load_file
+
+    left, right = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert left.keys() == right.keys()
+    return max((left[k] - right[k]).abs().max().item() for k in left)
+
+
+def test_a_driver_killed_mid_epoch_resumes_there_and_ends_as_if_never_killed(trained, tmp_path):
+    """The driver SIGKILLed after the checkpoint of step 9, mid-epoch (an epoch is 2 steps;
+    checkpoints at each epoch's end and every 3 steps: 2, 3, 4, 6, 8, 9, the sixth). The
+    workers are held right after it, so the kill lands there on a machine of any speed.
+    The rerun resumes at step 9 and ends with the same step count and the same weights:
+    each worker's rows are a fixed shard of the tokenized cache, shuffled with a seed per
+    epoch, so the resumed epoch replays the same batches and skips the one already trained
+    on; weights, optimizer, schedule and RNG states come back from the checkpoint as saved."""
+    import ray
+
+    cfg, uninterrupted = trained
+    run = cfg.run.model_copy(update={"storage_path": str(tmp_path / "runs")})
+    killed = cfg.model_copy(update={"run": run})
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(killed.model_dump(mode="json", exclude_none=True)))
+    hold = "workers-hold-after:train.reporting.RunReporter.on_save#6"
+    here, log = Path(__file__).parent, tmp_path / "killed.log"
+    proc = subprocess.Popen(
+        [sys.executable, str(here / "crash_driver.py"), hold, "train", "--config", str(config)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+        env={**session_cluster_env(), "PYTHONPATH": str(here.parent)},
+    )
+    run_folder = tmp_path / "runs" / cfg.run.name
+    try:
+        deadline = time.monotonic() + 900  # a few seconds when quiet
+        while 9 not in registered_steps(run_folder):
+            assert proc.poll() is None, f"ended before step 9: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, registered_steps(run_folder)
+            time.sleep(1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert registered_steps(run_folder) == [8, 9]
+    # Ray ends the killed driver's job and frees its workers' CPUs for the rerun.
+    deadline = time.monotonic() + 300
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(1)
+
+    resumed = run_train(killed)
+    assert (resumed["resumed_from_epoch"], resumed["resumed_from_step"]) == (4, 9)
+    assert resumed["steps"] == uninterrupted["steps"] == 2 * EPOCHS
+    # The history before the kill came back with the checkpoint; after it, the rest.
+    steps = [m["step"] for m in resumed["metrics"] if m["kind"] == "epoch"]
+    assert steps == list(range(2, 2 * EPOCHS + 1, 2))
+    difference = weight_difference(Path(resumed["export"]), uninterrupted["uninterrupted"])
+    print(f"killed at step 9, resumed from step 9, final steps {resumed['steps']}, "
+          f"largest weight difference {difference:.3g}")  # fmt: skip
+    assert difference <= 1e-6
 
 
 def test_config_rejects_a_global_batch_the_workers_cannot_split(tiny_judge, tmp_path):

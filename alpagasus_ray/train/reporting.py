@@ -103,6 +103,13 @@ class RunReporter(TrainerCallback):
         if every and state.global_step % every == 0:
             control.should_save = True
 
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """The last report carries where this run resumed from, also when a rerun of a
+        finished run had nothing left to train (and so saved nothing)."""
+        import ray.train
+
+        ray.train.report({**(self.history[-1] if self.history else {}), **self.context})
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """`Trainer` wrote this worker's part of the checkpoint (rank 0: weights, optimizer,
         scheduler, progress; every rank: its RNG state, and its shards under FSDP); Ray

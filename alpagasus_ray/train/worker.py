@@ -177,6 +177,9 @@ def train_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     set_seed(cfg.train.seed)  # LoRA's initial adapters too
+    # As many compute threads as the CPUs the worker holds, whatever imported torch first:
+    # more would crowd the other workers, and the thread count changes float sums.
+    torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     # The arguments come first: under FSDP they tell `from_pretrained` to load on rank 0 only.
     args = training_arguments(cfg, tempfile.mkdtemp(prefix="alpagasus-sft-"), world)
     tok = load_tokenizer(
