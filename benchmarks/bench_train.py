@@ -9,12 +9,22 @@ Both sets are then trained by the same Ray Train job (2 workers x 1 CPU, tiny Ll
 the paper's claim is that training time falls in proportion to the data kept. `train s`
 is the sum of the epochs' times (the loop alone); `wall s` adds Ray Train's start-up,
 tokenisation, checkpoints and export, a fixed cost that weighs more on small runs.
+
+Then the kept rows are trained three more ways, same model, rows and steps: by the
+hand-written loop this project had before transformers' `Trainer` replaced it (read from git
+at `--legacy-rev`; skipped where git or that revision is missing), by `Trainer` again, and by
+`Trainer` with a step checkpoint after every optimizer step. The last gives a step
+checkpoint's cost: (its wall time - the run's without) / checkpoints, and a checkpoint's
+size on disk.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,7 +71,9 @@ def filter_config(src: Path, out: Path, judge: Path, threshold: float) -> Filter
     )
 
 
-def train_config(data: str, model: Path, storage: Path, name: str, args: Any) -> TrainConfig:
+def train_config(
+    data: str, model: Path, storage: Path, name: str, args: Any, **train: Any
+) -> TrainConfig:
     return build_config(
         TrainConfig,
         {
@@ -74,9 +86,61 @@ def train_config(data: str, model: Path, storage: Path, name: str, args: Any) ->
                 "per_device_batch_size": 4,
                 "max_length": 512,
                 "log_every_steps": 1000,
+                **train,
             },
             "run": {"name": name, "storage_path": str(storage), "num_workers": 2},
         },
+    )
+
+
+LEGACY = "legacy_train"  # the old loop's package, written into a temporary folder
+
+
+def legacy_loop(rev: str, root: Path) -> Path | None:
+    """The hand-written loop (`train/loop.py`, `train/metrics.py`) at git revision `rev`,
+    as package `legacy_train` under `root`, or None where git or the revision is missing."""
+    repo = Path(__file__).resolve().parents[1]
+    package = root / LEGACY
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    for name in ("loop", "metrics"):
+        try:
+            text = subprocess.run(
+                ["git", "-C", str(repo), "show", f"{rev}:alpagasus_ray/train/{name}.py"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        text = text.replace("alpagasus_ray.train.metrics", f"{LEGACY}.metrics")
+        text = text.replace("alpagasus_ray.train.loop", f"{LEGACY}.loop")
+        (package / f"{name}.py").write_text(text)
+    return root
+
+
+def checkpoint_mib(run: dict[str, Any]) -> float:
+    folder = Path(run["checkpoint"])
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+def comparison(runs: dict[str, dict[str, Any]], every_step: dict[str, Any]) -> None:
+    print(
+        "\n| kept rows trained by | steps | s/step | train s | wall s | peak RSS MiB per worker "
+        "| last loss |\n|---|---:|---:|---:|---:|---:|---:|"
+    )
+    for name, r in runs.items():
+        print(
+            f"| {name} | {r['steps']} | {r['train_seconds'] / max(r['steps'], 1):.3f} "
+            f"| {r['train_seconds']:.1f} | {r['wall_seconds']:.1f} | {r['peak_rss_mib']:.0f} "
+            f"| {r['last_epoch_loss']:.4f} |"
+        )
+    base = runs["Trainer"]
+    saves = every_step["steps"]
+    cost = (every_step["wall_seconds"] - base["wall_seconds"]) / max(saves, 1)
+    print(
+        f"\nstep checkpoints: {saves} (one per optimizer step) added "
+        f"{every_step['wall_seconds'] - base['wall_seconds']:.1f} s of wall time: "
+        f"{cost:.2f} s per checkpoint; one checkpoint {checkpoint_mib(every_step):.1f} MiB "
+        f"(weights, AdamW state, scheduler, RNG, progress)"
     )
 
 
@@ -87,12 +151,19 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=3.0)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--legacy-rev", default="10d046c", help="a commit with the old loop")
     args = p.parse_args()
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    legacy = legacy_loop(args.legacy_rev, root / "legacy")
+    if legacy:  # the workers import the old loop too: Ray's workers inherit this variable
+        sys.path.insert(0, str(legacy))
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(legacy), os.environ.get("PYTHONPATH")])
+        )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     judge = build_tiny_model(root / "judge")
     student = build_tiny_model(
         root / "student", hidden_size=args.hidden_size, seed=1, initializer_range=0.02
@@ -134,6 +205,21 @@ def main() -> None:
         f"train time {kept['train_seconds'] / full['train_seconds']:.3f}, "
         f"wall time {kept['wall_seconds'] / full['wall_seconds']:.3f}"
     )
+
+    filtered = str(root / "filtered")
+    same = {"Trainer": kept}
+    if legacy:
+        old = importlib.import_module(f"{LEGACY}.loop")
+        same = {
+            f"hand-written loop ({args.legacy_rev})": old.run_train(
+                train_config(filtered, student, root / "runs", "legacy", args)
+            ),
+            **same,
+        }
+    else:
+        print(f"\n(no hand-written loop: git or revision {args.legacy_rev} is missing)")
+    every = train_config(filtered, student, root / "runs", "every-step", args, save_every_steps=1)
+    comparison(same, run_train(every))
     ray.shutdown()
 
 
