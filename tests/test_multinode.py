@@ -464,3 +464,60 @@ def test_the_job_resumes_after_losing_the_node_of_its_driver_and_helpers(
         f"{written_before} files before, {time.monotonic() - start:.0f} s; attempts {first}, "
         f"{resumed}; phases {phases}",
     )
+
+
+def train_workers(cluster: dict) -> dict[str, str]:
+    """The alive Ray Train workers of the cluster: actor id -> node id."""
+    url = f"{cluster['dashboard']}/api/v0/actors?limit=1000&detail=1"
+    try:
+        actors = get_json(url)["data"]["result"]["result"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {a["actor_id"]: a["node_id"] for a in actors
+            if a["class_name"] == "RayTrainWorker" and a["state"] == "ALIVE"}  # fmt: skip
+
+
+def test_training_survives_losing_a_workers_node_mid_epoch(
+    fake_cluster, ray_session, tiny_judge, tmp_path, capsys
+):
+    """Fine-tuning submitted as a job, its 2 workers (1 CPU each) on nodes of their own: the
+    node of one of them is lost mid-epoch, right after the checkpoint of step 9 (the workers
+    are held there, so the loss lands there on a machine of any speed); Ray Train restarts
+    the workers (`run.max_failures: 1`) on the nodes the autoscaler has, from that
+    checkpoint, and the job ends with the full run's 16 steps."""
+    from test_train import registered_steps
+
+    data = write_jsonl(tmp_path / "train.jsonl", synthetic_examples(16, seed=1))
+    cfg = {
+        "data": {"uri": str(data)},
+        "model": {"name": str(tiny_judge)},
+        "train": {"epochs": 8, "learning_rate": 5e-3, "global_batch_size": 8,
+                  "per_device_batch_size": 2, "max_length": 256, "log_every_steps": 2,
+                  "save_every_steps": 3},
+        "run": {"name": "sft", "storage_path": str(tmp_path / "runs"), "num_workers": 2,
+                "cpus_per_worker": 1, "max_failures": 1},
+        "ray": {"task_cpus": 0.25},
+    }  # fmt: skip
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    start = time.monotonic()
+    hold = "workers-hold-after:train.reporting.RunReporter.on_save#6"  # steps 2,3,4,6,8,9
+    entrypoint = f"python {ROOT}/tests/crash_driver.py {hold} train --config {config}"
+    job = python(fake_cluster, SUBMIT, fake_cluster["dashboard"], entrypoint, "{}").split()[-1]
+    run = tmp_path / "runs" / "sft"
+    head = next(n["id"] for n in nodes(fake_cluster) or [] if n["gpus"] == 0 and not n["driver"])
+    wait_until(lambda: 9 in registered_steps(run) or job_status(fake_cluster, job)[0] in ENDED,
+               900, "the step-9 checkpoint", fake_cluster)  # fmt: skip
+    assert job_status(fake_cluster, job)[0] == "RUNNING", job_status(fake_cluster, job)
+    before = train_workers(fake_cluster)
+    lost = next(node for node in before.values() if node != head)
+    raylet_of(lost, fake_cluster["temp_dir"]).kill()
+    state, logs = wait_for_the_end(fake_cluster, job)
+    assert state == "SUCCEEDED", logs[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["resumed_from_step"], summary["steps"]) == (9, 16)
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in epochs if m["kind"] == "epoch"] == list(range(2, 17, 2))
+    report(capsys, f"training: workers on {sorted(set(before.values()))}, lost {lost[-5:]} after "
+                   f"step 9's checkpoint; resumed from step {summary['resumed_from_step']}, "
+                   f"{summary['steps']} steps, {time.monotonic() - start:.0f} s")  # fmt: skip

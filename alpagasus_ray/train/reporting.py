@@ -59,7 +59,7 @@ class RunReporter(TrainerCallback):
         }
         self.elapsed = self.history[-1]["elapsed_s"] if self.history else 0.0
         self.started = time.perf_counter()
-        self.saved_step, self.lr = step, None
+        self.lr = None
         self.epoch_meter = self.step_meter = None
 
     # ------------------------------------------------------------ meters
@@ -89,7 +89,7 @@ class RunReporter(TrainerCallback):
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._record("epoch", self.epoch_meter, state.global_step)
-        control.should_save = state.global_step != self.saved_step
+        control.should_save = True
 
     def _record(self, kind: str, meter: Meter, step: int) -> None:
         row = {"kind": kind, "epoch": self.batches.epoch, "step": step, **meter.row()}
@@ -100,7 +100,10 @@ class RunReporter(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         every = self.cfg.train.save_every_steps
-        if every and state.global_step % every == 0:
+        # An epoch's last step is saved after its epoch row (`on_epoch_end`), so that the
+        # checkpoint's history has it: `state.epoch` is whole exactly there.
+        epoch_ends = state.epoch is not None and float(state.epoch).is_integer()
+        if every and state.global_step % every == 0 and not epoch_ends:
             control.should_save = True
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -117,7 +120,6 @@ class RunReporter(TrainerCallback):
         import ray.train
 
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        self.saved_step = state.global_step
         if state.is_world_process_zero:
             write_jsonl(self.local, os.path.join(folder, METRICS_FILE), self.history)
             write_run_metrics(self.cfg, self.history)
