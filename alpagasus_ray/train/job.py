@@ -23,6 +23,27 @@ from alpagasus_ray.train.metrics import SUMMARY_FILE, read_run_metrics, summariz
 logger = logging.getLogger(__name__)
 
 
+def trainer_class() -> Any:
+    """Ray Train's `TorchTrainer` without its placement-group cleaner. The cleaner, a
+    detached actor, asks Ray's state API each second whether the run's controller is alive,
+    and reads an answer it did not get in time (a busy head node) as "dead": it then
+    removes the workers' placement group, which kills a healthy run with "A worker health
+    check failed" (seen in the tests on a loaded machine: its log says "Detected that the
+    Ray Train controller actor ... is dead"). What it guards against, a controller that dies
+    while its driver lives, leaves the group until the job ends, when Ray removes it."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list[Any]:
+            callbacks = super()._create_default_callbacks()
+            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return Trainer
+
+
 def worker_datasets(cfg: TrainConfig, ds: Any) -> tuple[dict[str, Any], Any, str]:
     """(datasets, DataConfig, the worker's dataset name with `{rank}`). Tokenized rows in
     Ray's object store are split once into equal fixed shards, so a worker sees the same
@@ -42,7 +63,6 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     """Train; a rerun with the same run name and storage path resumes from its checkpoint."""
     import ray.train
     from pyarrow.fs import FSSpecHandler, PyFileSystem
-    from ray.train.torch import TorchTrainer
 
     from alpagasus_ray.core.runtime import init_ray
     from alpagasus_ray.train.worker import train_worker
@@ -65,7 +85,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     fs, storage = filesystem(cfg.run.storage_path, cfg.storage)
     remote = cfg.run.storage_path.startswith(("s3://", "s3a://"))
     resources = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
-    trainer = TorchTrainer(
+    trainer = trainer_class()(
         train_worker,
         train_loop_config={
             "cfg": cfg.model_dump(),  # SecretStr values stay secret in transit
