@@ -10,10 +10,11 @@ the paper's claim is that training time falls in proportion to the data kept. `t
 is the sum of the epochs' times (the loop alone); `wall s` adds Ray Train's start-up,
 tokenisation, checkpoints and export, a fixed cost that weighs more on small runs.
 
-Then the kept rows are trained three more ways, same model, rows and steps: by the
-hand-written loop this project had before transformers' `Trainer` replaced it (read from git
-at `--legacy-rev`; skipped where git or that revision is missing), by `Trainer` again, and by
-`Trainer` with a step checkpoint after every optimizer step. The last gives a step
+Then the kept rows are trained more ways, same model, rows and steps: by the hand-written
+loop this project had before transformers' `Trainer` replaced it (read from git at
+`--legacy-rev`; skipped where git or that revision is missing), by `Trainer` with packing
+(padding-free batches), with gradient checkpointing, and with a step checkpoint after every
+optimizer step. The last gives a step
 checkpoint's cost: (its wall time - the run's without) / checkpoints, and a checkpoint's
 size on disk.
 """
@@ -134,7 +135,7 @@ def comparison(runs: dict[str, dict[str, Any]], every_step: dict[str, Any]) -> N
             f"| {r['last_epoch_loss']:.4f} |"
         )
     base = runs["Trainer"]
-    saves = every_step["steps"]
+    saves = every_step["steps"]  # one checkpoint per optimizer step
     cost = (every_step["wall_seconds"] - base["wall_seconds"]) / max(saves, 1)
     print(
         f"\nstep checkpoints: {saves} (one per optimizer step) added "
@@ -218,6 +219,12 @@ def main() -> None:
         }
     else:
         print(f"\n(no hand-written loop: git or revision {args.legacy_rev} is missing)")
+    for label, name, option in (
+        ("Trainer, packing", "packed", "packing"),
+        ("Trainer, gradient checkpointing", "recomputed", "gradient_checkpointing"),
+    ):
+        cfg = train_config(filtered, student, root / "runs", name, args, **{option: True})
+        same[label] = run_train(cfg)
     every = train_config(filtered, student, root / "runs", "every-step", args, save_every_steps=1)
     comparison(same, run_train(every))
     ray.shutdown()

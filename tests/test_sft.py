@@ -62,6 +62,42 @@ def test_collate_pads_to_the_longest_row_only():
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
+def test_a_packed_batch_has_the_padded_batchs_loss_and_no_row_sees_another(tiny_judge, tok):
+    """Packing changes no number: the packed batch's loss equals the padded batch's (the
+    same label tokens, each row attending only to itself); the same tokens with positions
+    that do not restart (rows attending to the rows before them) give another loss."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alpagasus_ray.train.data import PackCollate
+
+    pairs = [
+        encode_example(tok, "Add the numbers.", "2 and 3", "5", max_length=512),
+        encode_example(tok, "Say hi.", "", "Hi there, how are you today?", max_length=512),
+        encode_example(tok, "Name a colour.", "", "Blue.", max_length=512),
+    ]
+    batch = {
+        "input_ids": np.array([ids for ids, _ in pairs], dtype=object),
+        "labels": np.array([labels for _, labels in pairs], dtype=object),
+    }
+    model = AutoModelForCausalLM.from_pretrained(tiny_judge).eval()
+    padded, packed = PadCollate(tok.pad_token_id)(batch), PackCollate()(batch)
+    assert packed["rows"].item() == 3 and "attention_mask" not in packed
+    assert packed["input_ids"].shape == (1, sum(len(ids) for ids, _ in pairs))
+    del packed["rows"]
+    with torch.no_grad():
+        loss_padded = model(**padded, use_cache=False).loss
+        loss_packed = model(**packed, use_cache=False).loss
+        one_row = {**packed, "position_ids": torch.arange(packed["input_ids"].shape[1])[None]}
+        loss_leaking = model(**one_row, use_cache=False).loss
+    # Same label tokens: the padded batch never scores a row's first token either.
+    assert (padded["labels"][:, 1:] != IGNORE_INDEX).sum() == (
+        packed["labels"] != IGNORE_INDEX
+    ).sum()
+    assert torch.allclose(loss_packed, loss_padded, atol=1e-5), (loss_packed, loss_padded)
+    assert abs(loss_leaking - loss_padded) > 1e-3, (loss_leaking, loss_padded)
+
+
 def test_gradient_accumulation_is_derived_from_the_global_batch():
     assert grad_accumulation(128, workers=2, per_device=4) == 16
     assert grad_accumulation(128, workers=8, per_device=16) == 1
@@ -179,3 +215,19 @@ def test_lora_checkpoint_keeps_adapters_and_export_merges_them(tiny_judge, tmp_p
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])
     assert not any("lora" in k for k in merged.state_dict())
+
+
+def test_fsdp_wraps_each_decoder_layer_and_saves_shards(tiny_judge):
+    """FSDP's settings as `Trainer` gets them (FSDP itself needs GPUs: not run here)."""
+    from alpagasus_ray.core.config import build_config
+    from alpagasus_ray.train.config import TrainConfig
+    from alpagasus_ray.train.worker import fsdp_settings
+
+    raw = {"data": {"uri": "x"}, "model": {"name": str(tiny_judge)}, "run": {"storage_path": "r"}}
+    assert fsdp_settings(build_config(TrainConfig, raw)) == {}  # ddp
+    fsdp = fsdp_settings(build_config(TrainConfig, {**raw, "train": {"strategy": "fsdp"}}))
+    assert fsdp["fsdp"] == "full_shard auto_wrap"
+    config = fsdp["fsdp_config"]
+    assert config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    assert config["state_dict_type"] == "SHARDED_STATE_DICT"  # no whole gather to rank 0
+    assert config["cpu_ram_efficient_loading"] and config["sync_module_states"]

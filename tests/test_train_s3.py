@@ -30,7 +30,13 @@ def test_train_reads_checkpoints_and_exports_on_s3(ray_session, tiny_judge, s3_e
         {
             "data": {"uri": f"s3://{BUCKET}/data/"},
             "model": {"name": str(tiny_judge)},
-            "train": {"epochs": 1, "global_batch_size": 4, "per_device_batch_size": 2},
+            "train": {
+                "epochs": 1,
+                "global_batch_size": 4,
+                "per_device_batch_size": 2,
+                "gradient_checkpointing": True,  # both run for real here
+                "packing": True,
+            },
             "run": {"name": "s3run", "storage_path": f"s3://{BUCKET}/runs", "num_workers": 2},
             "storage": storage,
         },
@@ -42,6 +48,9 @@ def test_train_reads_checkpoints_and_exports_on_s3(ray_session, tiny_judge, s3_e
 
     summary = run_train(cfg)
     assert summary["examples"] == 8 and summary["steps"] == 2
+    # Packed: every token of a batch is a row's token (no padding), 8 rows in the epoch.
+    (epoch,) = [m for m in summary["metrics"] if m["kind"] == "epoch"]
+    assert epoch["examples"] == 8 and epoch["pad_fraction"] == 0.0 and epoch["loss"] > 0
     assert summary["checkpoint"].startswith(f"{BUCKET}/runs/s3run/checkpoint")
     assert fs.exists(f"{BUCKET}/runs/s3run/metrics.jsonl")
     summary_json = json.loads(fs.cat(f"{BUCKET}/runs/s3run/summary.json"))

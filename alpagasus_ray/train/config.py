@@ -78,7 +78,14 @@ class TrainParams(StrictModel):
         "order.",
     )
     gradient_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass: less memory, ~30% slower."
+        False,
+        description="Recompute activations in the backward pass: less activation memory, "
+        "one more forward pass of compute.",
+    )
+    packing: bool = Field(
+        False,
+        description="Padding-free batches: a batch's rows in one sequence, each attending only "
+        "to itself (position ids restart per row); the same rows and steps, no pad tokens.",
     )
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="fsdp shards full fine-tuning.")
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters (peft) instead.")

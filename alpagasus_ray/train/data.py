@@ -39,6 +39,8 @@ from alpagasus_ray.train.chat import (
 from alpagasus_ray.train.config import TrainConfig, TrainData
 
 INPUT_IDS, LABELS, ATTENTION_MASK = "input_ids", "labels", "attention_mask"
+POSITION_IDS = "position_ids"
+ROWS = "rows"  # a packed batch's row count, for the metrics (not a model input)
 SKIP = "skip"  # why a row cannot be trained on; null for trainable rows
 
 
@@ -159,6 +161,29 @@ class PadCollate(NumpyBatchCollateFn):
             lab[i, : len(y)] = torch.from_numpy(y)
             mask[i, : len(r)] = 1
         return {INPUT_IDS: ids, ATTENTION_MASK: mask, LABELS: lab}
+
+
+class PackCollate(NumpyBatchCollateFn):
+    """A batch's rows as one sequence with no padding (what transformers'
+    `DataCollatorWithFlattening` builds): position ids restart at each row, which the model
+    turns into a block-diagonal causal mask (no attention mask given), so each row attends
+    only to itself; each row's first label is ignored, so no row is trained to predict the
+    next one's start. The loss is over the same label tokens as the padded batch's."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        rows = [np.asarray(r, dtype=np.int64) for r in batch[INPUT_IDS]]
+        labels = [np.asarray(r, dtype=np.int64).copy() for r in batch[LABELS]]
+        for y in labels:
+            y[0] = IGNORE_INDEX
+        positions = [np.arange(len(r), dtype=np.int64) for r in rows]
+        return {
+            INPUT_IDS: torch.from_numpy(np.concatenate(rows))[None],
+            LABELS: torch.from_numpy(np.concatenate(labels))[None],
+            POSITION_IDS: torch.from_numpy(np.concatenate(positions))[None],
+            ROWS: torch.tensor(len(rows)),
+        }
 
 
 def kept_input(cfg: TrainConfig) -> tuple[TrainData, Listing | None]:

@@ -66,7 +66,7 @@ def fsdp_settings(cfg: TrainConfig) -> dict[str, Any]:
     return {
         "fsdp": "full_shard auto_wrap",
         "fsdp_config": {
-            "transformer_layer_cls_to_wrap": _layer_classes(arch),
+            "transformer_layer_cls_to_wrap": _layer_classes(arch, cfg.model.trust_remote_code),
             "use_orig_params": True,
             "state_dict_type": "SHARDED_STATE_DICT",
             "cpu_ram_efficient_loading": True,
@@ -75,11 +75,12 @@ def fsdp_settings(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _layer_classes(arch: Any) -> list[str] | None:
+def _layer_classes(arch: Any, trust_remote_code: bool) -> list[str] | None:
+    """The decoder layer's class names, from a weightless (meta) copy of the model."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(arch)
+        model = AutoModelForCausalLM.from_config(arch, trust_remote_code=trust_remote_code)
     return list(getattr(model, "_no_split_modules", None) or []) or None
 
 
@@ -121,12 +122,12 @@ class ShardBatches(IterableDataset):
     per epoch, so an epoch's order is the same in every run."""
 
     def __init__(self, shard: Any, batches: int, cfg: TrainConfig, pad_token_id: int):
-        from alpagasus_ray.train.data import PadCollate
+        from alpagasus_ray.train.data import PackCollate, PadCollate
 
         self.shard, self.batches, self.epoch = shard, batches, 0
         self.batch_size = cfg.train.per_device_batch_size
         self.buffer, self.seed = cfg.data.shuffle_buffer, cfg.train.seed
-        self.collate = PadCollate(pad_token_id)
+        self.collate = PackCollate() if cfg.train.packing else PadCollate(pad_token_id)
 
     def __len__(self) -> int:
         return self.batches
@@ -154,10 +155,14 @@ class SftTrainer(Trainer):
         return DataLoader(self.train_dataset, batch_size=None)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        from alpagasus_ray.train.data import ATTENTION_MASK
+        from alpagasus_ray.train.data import ATTENTION_MASK, INPUT_IDS, ROWS
 
-        mask = inputs[ATTENTION_MASK]
-        self.on_batch(int(mask.sum()), len(mask), mask.numel())
+        if ROWS in inputs:  # packed: one sequence of `rows` rows, no padding
+            rows, tokens = inputs.pop(ROWS), inputs[INPUT_IDS].numel()
+            self.on_batch(tokens, int(rows), tokens)
+        else:
+            mask = inputs[ATTENTION_MASK]
+            self.on_batch(int(mask.sum()), len(mask), mask.numel())
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
