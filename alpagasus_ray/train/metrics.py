@@ -30,17 +30,13 @@ class Meter:
     FIELDS = ("tokens", "examples", "padded_tokens")
 
     def __init__(self, device: Any):
-        import torch
-
         self.device = device
-        self.sums = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
+        self.sums = [0] * len(self.FIELDS)  # plain ints: no device work per batch, only in `row`
         self.losses: list[float] = []
         self.start = time.perf_counter()
 
     def add_batch(self, tokens: int, examples: int, padded: int) -> None:
-        self.sums[0] += tokens
-        self.sums[1] += examples
-        self.sums[2] += padded
+        self.sums = [a + b for a, b in zip(self.sums, (tokens, examples, padded), strict=True)]
 
     def add_loss(self, loss: float) -> None:
         self.losses.append(loss)
@@ -50,11 +46,12 @@ class Meter:
         import torch
         import torch.distributed as dist
 
+        sums = torch.tensor(self.sums, dtype=torch.float64, device=self.device)
         peaks = torch.tensor(peak_memory_mib(self.device), dtype=torch.float64, device=self.device)
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.sums)
+            dist.all_reduce(sums)
             dist.all_reduce(peaks, op=dist.ReduceOp.MAX)  # the worker that needed the most
-        tokens, examples, padded = self.sums.tolist()
+        tokens, examples, padded = sums.tolist()
         seconds = time.perf_counter() - self.start
         return {
             "loss": sum(self.losses) / len(self.losses) if self.losses else None,
