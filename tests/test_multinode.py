@@ -45,9 +45,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GPU_NODES = 2
 # Per engine: rows, and the judge's settings beyond the model (vLLM as its tests run it).
+# The node is lost once 2 files of 64 rows are written: vLLM's 300 rows leave it more than
+# half of the input still to judge (its 600 before cost a minute more and checked the same).
 ENGINES = {
     "hf": (1200, {}),
-    "vllm": (600, {"engine": "vllm", "dtype": "float32", "max_model_len": 1024,
+    "vllm": (300, {"engine": "vllm", "dtype": "float32", "max_model_len": 1024,
                    "vllm": {"engine_kwargs": {"enforce_eager": True}}}),
     "hash": (1200, {"engine": "hash"}),  # the stand-in: where the judge is not what is tested
 }  # fmt: skip
@@ -163,7 +165,9 @@ def stop_processes_marked(temp_dir: str) -> None:
                 proc.kill()
 
 
-def python(cluster: dict, script: str, *args: str, timeout: float = 120) -> str:
+def python(cluster: dict, script: str, *args: str, timeout: float = 900) -> str:
+    """Run `script` in a Python of the cluster's environment; a hang's guard of 900 s: the
+    script imports Ray, minutes on a machine that a CPU hog and the cluster share."""
     proc = subprocess.run([str(BIN / "python"), "-c", script, *args], env=cluster["env"],
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
     if proc.returncode != 0:

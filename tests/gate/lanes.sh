@@ -3,8 +3,8 @@
 # .venv-vllm, the second even when the first failed, so that one run says all that is wrong.
 # One after the other, not side by side: on 2 cores both lanes are CPU-bound, and together
 # they ran at a load of 25-50 and took longer than in turn. Each lane's output is shown as it
-# runs and kept in .test-logs/<lane>.log (its slowest tests last); the run ends with one line
-# per lane: pytest's summary, the lane's exit code and time.
+# runs and kept in .test-logs/<lane>.log (its slowest tests, then its time by test file, last);
+# the run ends with one line per lane: pytest's summary, the lane's exit code and time.
 set -u -o pipefail
 cd "$(dirname "$0")/../.."
 logs=.test-logs
@@ -12,8 +12,11 @@ mkdir -p "$logs"
 
 run_lane() {  # name, python bin folder, marker expression
     local start=$SECONDS rc
-    "$2/pytest" -q -ra --durations=25 -m "$3" 2>&1 | tee "$logs/$1.log"
+    "$2/pytest" -q -ra --durations=25 --junitxml="$logs/$1.xml" -m "$3" 2>&1 | tee "$logs/$1.log"
     rc=${PIPESTATUS[0]}
+    if [ -s "$logs/$1.xml" ]; then
+        "$2/python" tests/gate/time_by_file.py "$logs/$1.xml" 2>&1 | tee -a "$logs/$1.log"
+    fi
     echo "$1 lane: exit $rc in $((SECONDS - start)) s" >>"$logs/$1.log"
     return "$rc"
 }
