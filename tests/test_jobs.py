@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import WORKER_NICENESS
+from conftest import SUITE_RAY_ENV
 from helpers import write_jsonl
 
 from alpagasus_ray.demo import synthetic_examples
@@ -61,7 +61,7 @@ def free_port() -> int:
 def ray_head():
     home = Path(tempfile.mkdtemp(prefix="rayhome-"))
     temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # short: Unix socket paths
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | WORKER_NICENESS
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | SUITE_RAY_ENV
     # RAY_AUTH_MODE=token: the Python client sends the token from ~/.ray/auth_token only then.
     env.update(HOME=str(home), PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="token")
     dash = free_port()
@@ -91,8 +91,8 @@ def ray_head():
         capture_output=True,
         timeout=300,
     )
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
-    try:
+    try:  # a head that failed to start may still have left processes: ended below too
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
         yield {"address": f"http://127.0.0.1:{dash}", "env": env, "home": home}
     finally:
         stop_processes_under(temp_dir)

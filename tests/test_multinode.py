@@ -32,7 +32,7 @@ import psutil
 import pyarrow.dataset as pads
 import pytest
 import yaml
-from conftest import VLLM_LANE, WORKER_NICENESS, job_config
+from conftest import SUITE_RAY_ENV, VLLM_LANE, job_config
 from helpers import write_jsonl
 from test_jobs import free_port, stop_processes_under
 
@@ -127,7 +127,7 @@ def fake_cluster(one_cluster_at_a_time, tmp_path_factory):
     port, dash = free_port(), free_port()
     config = tmp / "cluster.json"
     config.write_text(json.dumps(cluster_config(port)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | WORKER_NICENESS
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | SUITE_RAY_ENV
     env.update(HOME=str(tmp), PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="disabled",
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_FAKE_CLUSTER="1",
                AUTOSCALER_UPDATE_INTERVAL_S="1", **HEALTH_CHECKS,

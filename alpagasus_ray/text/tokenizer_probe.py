@@ -18,7 +18,10 @@ from typing import Any
 
 from alpagasus_ray.text.rubrics import PAPER_SCALE, Scale
 
-TIMEOUT_S = 300  # a hub id's tokenizer files are a few MB; a local folder takes seconds
+# A hang's guard, not a speed limit: a hub id's tokenizer files are a few MB and a local
+# folder loads in seconds, but the child imports transformers and torch, which on a loaded
+# machine took over 300 s (a CPU hog on 2 cores beside a Ray head) and refused a good job.
+TIMEOUT_S = 1800
 
 
 class TokenizerProbeError(Exception):
