@@ -26,10 +26,11 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #   `make test-under-load`'s CPU hog at nice 0), such workers get about 3% of a core each,
 #   and the suite's Ray runs take many times longer without testing anything more: here
 #   they run at the same priority as the rest of the machine.
-# - Ray's start-up waits, hang guards that a loaded machine outran (`make test-under-load`:
-#   a head's dashboard still loading its modules after 100 s failed `ray start` and the
-#   CLI's local `ray.init()`): the dashboard's start (60 s), its modules' (30 s) and the
-#   raylet's wait for its agents (30 s), here 900 s each. None decides anything a test checks.
+# - Ray's start-up waits that are settings, hang guards that a loaded machine outran
+#   (`make test-under-load`: the multi-node head's `ray start` failed with its dashboard
+#   still loading its modules after 100 s): the dashboard's start (60 s), its modules' (30 s)
+#   and the agents' registration (30 s), here 900 s each. None decides what a test checks.
+#   (A new raylet's 15 s wait for its agents' port files is a constant: docs/testing.md.)
 SUITE_RAY_ENV = {
     "RAY_worker_niceness": "0",
     "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "900",
