@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
 # A fine-tune small enough for a test: one epoch, two workers of one row each per step.
 TINY_TRAIN = {"epochs": 1, "global_batch_size": 2, "per_device_batch_size": 1, "max_length": 256}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_jsonl(path: str | Path, rows: list[Any]) -> Path:

@@ -32,10 +32,11 @@ import psutil
 import pyarrow.dataset as pads
 import pytest
 import yaml
-from conftest import SUITE_RAY_ENV, VLLM_LANE, job_config
-from helpers import write_jsonl
-from test_jobs import free_port, stop_processes_under
+from conftest import VLLM_LANE, agent_port_flags, job_config, own_ray_env
+from helpers import free_port, write_jsonl
+from test_jobs import stop_processes_under
 
+from alpagasus_ray.core.runtime import LOCAL_START_TRIES, LOST_START
 from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.filter.job import run_filter
 
@@ -127,7 +128,7 @@ def fake_cluster(one_cluster_at_a_time, tmp_path_factory):
     port, dash = free_port(), free_port()
     config = tmp / "cluster.json"
     config.write_text(json.dumps(cluster_config(port)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | SUITE_RAY_ENV
+    env = own_ray_env()
     env.update(HOME=str(tmp), PATH=f"{BIN}:{env.get('PATH', '')}", RAY_AUTH_MODE="disabled",
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_FAKE_CLUSTER="1",
                AUTOSCALER_UPDATE_INTERVAL_S="1", **HEALTH_CHECKS,
@@ -136,19 +137,28 @@ def fake_cluster(one_cluster_at_a_time, tmp_path_factory):
            f"--port={port}", f"--autoscaling-config={config}", "--num-cpus=1", "--num-gpus=0",
            f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
-           f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-           f"--runtime-env-agent-port={free_port()}", "--disable-usage-stats"]  # fmt: skip
-    log = (tmp / "head.log").open("wb")
-    head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=log)
+           *agent_port_flags(), "--disable-usage-stats"]  # fmt: skip
     cluster = {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env,
-               "temp_dir": temp_dir, "head": head, "log": tmp / "head.log"}  # fmt: skip
+               "temp_dir": temp_dir, "log": tmp / "head.log"}  # fmt: skip
     try:
-        wait_until(lambda: nodes(cluster) is not None, 300, "the head to start", cluster)
+        for start in range(1, LOCAL_START_TRIES + 1):
+            with cluster["log"].open("wb") as log:
+                cluster["head"] = subprocess.Popen(
+                    cmd, env=env, start_new_session=True, stdout=log, stderr=log
+                )
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: nodes(cluster) is not None, 300, "the head", cluster)
+                break
+            # A start that lost Ray's race with its agents (`start_local_ray`) is made again.
+            head_log = cluster["log"].read_text()
+            assert LOST_START in head_log and start < LOCAL_START_TRIES, head_log[-3000:]
+            stop_processes_under(temp_dir)
         yield cluster
     finally:
-        with contextlib.suppress(ProcessLookupError):
+        head = cluster.get("head")
+        with contextlib.suppress(ProcessLookupError, AttributeError):
             os.killpg(head.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        with contextlib.suppress(subprocess.TimeoutExpired, AttributeError):
             head.wait(timeout=10)  # then what is left is ended by pid, below
         stop_processes_under(temp_dir)  # what the head's group left, by this head's folder
         stop_processes_marked(temp_dir)  # and what outlived a killed node, by its environment

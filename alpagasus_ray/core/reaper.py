@@ -10,6 +10,9 @@ however it ended. The watcher then gives Ray a grace period to end by itself and
 their ids, the processes it saw under the command that are still running, and nothing else.
 
     python -m alpagasus_ray.core.reaper PID   (stdin: the pipe from process PID)
+
+A start of a local Ray that failed leaves its processes running too; `end_started` ends
+them, in the command's own process, before the start is made again (`core/runtime.py`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,29 @@ def watch(parent: int, pipe: int, scan_s: float = SCAN_S, grace_s: float = GRACE
         if ready and not os.read(pipe, 4096):
             break
     time.sleep(grace_s)
+    return _end(seen, sessions, since)
+
+
+def listing() -> dict[int, float]:
+    """The processes under this one, by id, with their start times."""
+    seen: dict[int, float] = {}
+    _list_under(psutil.Process(), seen, set())
+    return seen
+
+
+def end_started(before: dict[int, float], since: float) -> int:
+    """End what this process started since its `listing()` was `before` and the clock read
+    `since`: the processes under it that were not then, and any started since that names a
+    Ray session folder one of them names (an agent whose raylet has exited is no longer under
+    this process). For a failed start of a local Ray, which leaves its processes running."""
+    seen, sessions = dict(before), set()
+    _list_under(psutil.Process(), seen, sessions)
+    return _end({pid: t for pid, t in seen.items() if pid not in before}, sessions, since)
+
+
+def _end(seen: dict[int, float], sessions: set[str], since: float) -> int:
+    """Kill the processes in `seen` (id and start time both matching) and those started at or
+    after `since` whose command line names one of `sessions`; how many, once they are gone."""
     killed: list[psutil.Process] = []
     for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
         info = proc.info

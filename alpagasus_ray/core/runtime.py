@@ -10,18 +10,27 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
 from alpagasus_ray.core.config import RayConfig
-from alpagasus_ray.core.reaper import start_reaper
+from alpagasus_ray.core.reaper import end_started, listing, start_reaper
 
 BLOCK_BYTES = 16 * 2**20
 # The watcher that ends what a local Ray leaves running after this process (`reaper.py`):
 # kept for the process's lifetime, since closing its pipe tells it this process has ended.
 _REAPER: subprocess.Popen | None = None
+# Ray 2.60's raylet exits when its agents have not written their port files within a constant
+# 15 s, and `ray.init()` then fails after a constant 30 s with "The current node timed out
+# during startup" (ray-project/ray#65983): neither is a setting, and a local start on a loaded
+# machine can lose that race. A start that lost it is ended and made again, this many times
+# in all; a new start finds the agents' modules in the page cache and usually wins.
+LOCAL_START_TRIES = 3
+LOST_START = "node timed out during startup"
+logger = logging.getLogger(__name__)
 _VERSIONED = ("alpagasus-ray", "ray", "torch", "transformers", "pyarrow", "s3fs", "vllm")
 
 
@@ -51,15 +60,45 @@ def init_ray(cfg: RayConfig) -> None:
     ctx.target_max_block_size = BLOCK_BYTES
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"address": cfg.address} if cfg.address else {}
-    if cfg.num_cpus and not cfg.address:
+    kwargs: dict[str, Any] = {"log_to_driver": cfg.verbose, "logging_level": level}
+    if cfg.address:
+        kwargs["address"] = cfg.address
+    elif cfg.num_cpus:
         kwargs["num_cpus"] = cfg.num_cpus
-    if not cfg.address and not os.environ.get("RAY_ADDRESS"):  # it may start a local Ray
+    if cfg.address or os.environ.get("RAY_ADDRESS"):  # joins a running cluster
+        ray.init(**kwargs)
+    else:
         global _REAPER
         _REAPER = _REAPER or start_reaper()
-    ray.init(log_to_driver=cfg.verbose, logging_level=level, **kwargs)
+        start_local_ray(**kwargs)
     if not cfg.verbose:
         spend_restart_warning()
+
+
+def start_local_ray(**kwargs: Any) -> None:
+    """`ray.init(**kwargs)` starting a local Ray; a start that timed out waiting for its
+    raylet (`LOST_START`) has its processes ended and is made again, up to
+    `LOCAL_START_TRIES` starts in all, each retry said in one line; the last one's error is
+    raised, with nothing of it left running."""
+    import ray
+
+    for attempt in range(1, LOCAL_START_TRIES + 1):
+        # psutil's start times count from a boot time in whole seconds: a second's margin
+        before, since = listing(), time.time() - 1.0
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:
+            if LOST_START not in str(exc):
+                raise
+            ended = end_started(before, since)
+            if attempt == LOCAL_START_TRIES:
+                raise
+            logger.warning(
+                "Ray's local start timed out waiting for its raylet (start %d of %d; "
+                "ray-project/ray#65983); its %d processes ended, starting again",
+                attempt, LOCAL_START_TRIES, ended,
+            )  # fmt: skip
 
 
 @contextmanager
