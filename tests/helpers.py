@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,58 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class AgentPorts:
+    """Ports for the agents of a head a test starts with `ray start`, and the files its raylet
+    waits for them in, written for it as soon as it runs.
+
+    Ray 2.60's raylet waits a constant 15 s for its agents to write their ports to files in
+    its session folder, and exits when they are late (ray-project/ray#65983); under a CPU
+    hog an agent's imports alone take longer. An agent given its port binds it and writes the
+    same file again, so writing the files first keeps the head's start from depending on how
+    fast its agents start (a raylet whose agents are not up yet retries them)."""
+
+    FILES = {  # the `ray start` flag fixing each port: the name of its file
+        "dashboard-agent-grpc": "metrics_agent_port",
+        "dashboard-agent-listen": "dashboard_agent_listen_port",
+        "metrics-export": "metrics_export_port",
+        "runtime-env-agent": "runtime_env_agent_port",
+    }
+
+    def __init__(self) -> None:
+        self.ports = {flag: free_port() for flag in self.FILES}
+
+    def flags(self) -> list[str]:
+        return [f"--{flag}-port={port}" for flag, port in self.ports.items()]
+
+    @contextlib.contextmanager
+    def written(self, temp_dir: str) -> Iterator[None]:
+        """Around the head's start: the files, for the first raylet whose command line names
+        `temp_dir` (the head's; a fake cluster's later nodes have agents on ports of their
+        own)."""
+        done = threading.Event()
+        writer = threading.Thread(target=self._write, args=(temp_dir, done), daemon=True)
+        writer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            writer.join()
+
+    def _write(self, temp_dir: str, done: threading.Event) -> None:
+        import psutil
+        from ray._raylet import persist_port
+
+        while not done.wait(0.05):
+            for proc in psutil.process_iter(["name", "cmdline"]):
+                args = proc.info["cmdline"] or []
+                if proc.info["name"] == "raylet" and any(temp_dir in a for a in args):
+                    flags = dict(a.lstrip("-").split("=", 1) for a in args if "=" in a)
+                    for flag, name in self.FILES.items():
+                        persist_port(flags["session_dir"], flags["node_id"], name,
+                                     self.ports[flag])  # fmt: skip
+                    return
 
 
 def write_jsonl(path: str | Path, rows: list[Any]) -> Path:

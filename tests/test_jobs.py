@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import agent_port_flags, own_ray_env
-from helpers import free_port, write_jsonl
+from conftest import own_ray_env
+from helpers import AgentPorts, free_port, write_jsonl
 
-from alpagasus_ray.core.runtime import LOCAL_START_TRIES, LOST_START
 from alpagasus_ray.demo import synthetic_examples
 
 pytestmark = pytest.mark.slow  # end to end; deselect with -m 'not slow'
@@ -57,7 +57,7 @@ def ray_head():
     # RAY_AUTH_MODE=token: the Python client sends the token from ~/.ray/auth_token only then.
     env = own_ray_env(HOME=str(home), RAY_AUTH_MODE="token")
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
-    dash = free_port()
+    dash, agents = free_port(), AgentPorts()
     cmd = [
         str(BIN / "ray"),
         "start",
@@ -67,7 +67,7 @@ def ray_head():
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--ray-client-server-port={free_port()}",
-        *agent_port_flags(),
+        *agents.flags(),
         "--num-cpus=2",
         "--include-dashboard=true",
         f"--temp-dir={temp_dir}",
@@ -83,16 +83,13 @@ def ray_head():
         timeout=300,
     )
     try:  # a head that failed to start may still have left processes: ended below too
-        for start in range(1, LOCAL_START_TRIES + 1):
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-            if done.returncode == 0:
-                break
-            # A start that lost Ray's race with its agents (`start_local_ray`) is made again.
-            assert LOST_START in done.stderr and start < LOCAL_START_TRIES, done.stderr[-3000:]
-            stop_processes_under(temp_dir)
+        with agents.written(temp_dir):
+            subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
         yield {"address": f"http://127.0.0.1:{dash}", "env": env, "home": home}
     finally:
         stop_processes_under(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)  # this head's logs, a few MB a start
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def stop_processes_under(temp_dir: str) -> None:

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,11 +33,10 @@ import psutil
 import pyarrow.dataset as pads
 import pytest
 import yaml
-from conftest import VLLM_LANE, agent_port_flags, job_config, own_ray_env
-from helpers import free_port, write_jsonl
+from conftest import VLLM_LANE, job_config, own_ray_env
+from helpers import AgentPorts, free_port, write_jsonl
 from test_jobs import stop_processes_under
 
-from alpagasus_ray.core.runtime import LOCAL_START_TRIES, LOST_START
 from alpagasus_ray.demo import synthetic_examples
 from alpagasus_ray.filter.job import run_filter
 
@@ -125,7 +125,7 @@ def one_cluster_at_a_time():
 def fake_cluster(one_cluster_at_a_time, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multinode")
     temp_dir = tempfile.mkdtemp(prefix="rmn-", dir="/tmp")  # short: Unix socket paths
-    port, dash = free_port(), free_port()
+    port, dash, agents = free_port(), free_port(), AgentPorts()
     config = tmp / "cluster.json"
     config.write_text(json.dumps(cluster_config(port)))
     env = own_ray_env()
@@ -137,22 +137,17 @@ def fake_cluster(one_cluster_at_a_time, tmp_path_factory):
            f"--port={port}", f"--autoscaling-config={config}", "--num-cpus=1", "--num-gpus=0",
            f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
-           *agent_port_flags(), "--disable-usage-stats"]  # fmt: skip
+           *agents.flags(), "--disable-usage-stats"]  # fmt: skip
     cluster = {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env,
                "temp_dir": temp_dir, "log": tmp / "head.log"}  # fmt: skip
     try:
-        for start in range(1, LOCAL_START_TRIES + 1):
-            with cluster["log"].open("wb") as log:
-                cluster["head"] = subprocess.Popen(
-                    cmd, env=env, start_new_session=True, stdout=log, stderr=log
-                )
-            with contextlib.suppress(AssertionError):
-                wait_until(lambda: nodes(cluster) is not None, 300, "the head", cluster)
-                break
-            # A start that lost Ray's race with its agents (`start_local_ray`) is made again.
-            head_log = cluster["log"].read_text()
-            assert LOST_START in head_log and start < LOCAL_START_TRIES, head_log[-3000:]
-            stop_processes_under(temp_dir)
+        with agents.written(temp_dir), cluster["log"].open("wb") as log:
+            cluster["head"] = subprocess.Popen(
+                cmd, env=env, start_new_session=True, stdout=log, stderr=log
+            )
+            # Its node alive: the dashboard answers before then, and did with the raylet gone.
+            wait_until(lambda: any(n["alive"] for n in nodes(cluster) or []), 300,
+                       "the head to start", cluster)  # fmt: skip
         yield cluster
     finally:
         head = cluster.get("head")
@@ -162,6 +157,7 @@ def fake_cluster(one_cluster_at_a_time, tmp_path_factory):
             head.wait(timeout=10)  # then what is left is ended by pid, below
         stop_processes_under(temp_dir)  # what the head's group left, by this head's folder
         stop_processes_marked(temp_dir)  # and what outlived a killed node, by its environment
+        shutil.rmtree(temp_dir, ignore_errors=True)  # the cluster's logs, a few MB
 
 
 def stop_processes_marked(temp_dir: str) -> None:
