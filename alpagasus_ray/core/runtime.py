@@ -26,8 +26,8 @@ _REAPER: subprocess.Popen | None = None
 # Ray 2.60's raylet exits when its agents have not written their port files within a constant
 # 15 s, and `ray.init()` then fails after a constant 30 s with "The current node timed out
 # during startup" (ray-project/ray#65983): neither is a setting, and a local start on a loaded
-# machine can lose that race. A start that lost it is ended and made again, this many times
-# in all; a new start finds the agents' modules in the page cache and usually wins.
+# machine can lose that race to a passing burst of load. A start that lost it is ended and
+# made again, this many times in all.
 LOCAL_START_TRIES = 3
 LOST_START = "node timed out during startup"
 logger = logging.getLogger(__name__)
