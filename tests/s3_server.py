@@ -10,12 +10,12 @@ import subprocess
 import sys
 import time
 
+from helpers import free_port
+
 
 def start_s3_with_auth() -> tuple[subprocess.Popen, str]:
     """(the server process, its endpoint URL), once it accepts connections."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -138,22 +138,20 @@ def fake_cluster(one_cluster_at_a_time, tmp_path_factory):
            f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
            *agents.flags(), "--disable-usage-stats"]  # fmt: skip
+    log = (tmp / "head.log").open("wb")
+    head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=log)
     cluster = {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env,
-               "temp_dir": temp_dir, "log": tmp / "head.log"}  # fmt: skip
+               "temp_dir": temp_dir, "head": head, "log": tmp / "head.log"}  # fmt: skip
     try:
-        with agents.written(temp_dir), cluster["log"].open("wb") as log:
-            cluster["head"] = subprocess.Popen(
-                cmd, env=env, start_new_session=True, stdout=log, stderr=log
-            )
+        with agents.written(temp_dir):  # its raylet runs seconds after `ray start` does
             # Its node alive: the dashboard answers before then, and did with the raylet gone.
             wait_until(lambda: any(n["alive"] for n in nodes(cluster) or []), 300,
                        "the head to start", cluster)  # fmt: skip
         yield cluster
     finally:
-        head = cluster.get("head")
-        with contextlib.suppress(ProcessLookupError, AttributeError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired, AttributeError):
+        with contextlib.suppress(subprocess.TimeoutExpired):
             head.wait(timeout=10)  # then what is left is ended by pid, below
         stop_processes_under(temp_dir)  # what the head's group left, by this head's folder
         stop_processes_marked(temp_dir)  # and what outlived a killed node, by its environment
