@@ -23,7 +23,7 @@ from alpagasus_ray.train.config import TrainConfig
 from alpagasus_ray.train.job import run_train
 
 pytestmark = pytest.mark.slow
-EPOCHS = 9  # 18 steps: the last one is both an epoch's end and a 3-step checkpoint
+EPOCHS = 6  # 12 steps: the last one is both an epoch's end and a 3-step checkpoint
 
 
 def train_config(data_uri: str, model, storage, **train) -> TrainConfig:
@@ -123,7 +123,7 @@ def test_checkpoint_and_export_load_and_generate(trained):
     # Checkpoints at each epoch's end and every 3 steps; the newest 2 are kept.
     kept = sorted(p for p in checkpoint.parent.glob("checkpoint_*") if p.is_dir())
     assert len(kept) == 2 and kept[-1] == checkpoint
-    assert registered_steps(checkpoint.parent) == [2 * EPOCHS - 2, 2 * EPOCHS]  # 16, 18
+    assert registered_steps(checkpoint.parent) == [2 * EPOCHS - 2, 2 * EPOCHS]  # 10, 12
     model = AutoModelForCausalLM.from_pretrained(summary["export"])
     tok = AutoTokenizer.from_pretrained(summary["export"])
     ids = tok(alpaca_prompt("Add the two numbers.", "2 and 3"), return_tensors="pt")
