@@ -48,11 +48,14 @@ GPU_NODES = 2
 # Per engine: rows, and the judge's settings beyond the model (vLLM as its tests run it).
 # The node is lost once 2 files of 64 rows are written: vLLM's 300 rows leave it more than
 # half of the input still to judge (its 600 before cost a minute more and checked the same).
+# The stand-in's job is held before its commit until its node is lost: what it wrote by then
+# (182, then 384 of its 400 rows in two runs here) the resumed job must not judge again;
+# its 1200 rows before took about 25 s more and checked the same.
 ENGINES = {
     "hf": (1200, {}),
     "vllm": (300, {"engine": "vllm", "dtype": "float32", "max_model_len": 1024,
                    "vllm": {"engine_kwargs": {"enforce_eager": True}}}),
-    "hash": (1200, {"engine": "hash"}),  # the stand-in: where the judge is not what is tested
+    "hash": (400, {"engine": "hash"}),  # the stand-in: where the judge is not what is tested
 }  # fmt: skip
 SCORE_TOL = {"hf": 1e-4, "vllm": 1e-3, "hash": 0.0}  # vLLM's batches differ: float noise
 ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -148,11 +151,10 @@ def fake_cluster(one_cluster_at_a_time, tmp_path_factory):
             wait_until(lambda: any(n["alive"] for n in nodes(cluster) or []), 300,
                        "the head to start", cluster)  # fmt: skip
         yield cluster
-    finally:
+    finally:  # a throwaway cluster, nothing of it to keep: killed (a SIGTERM took 15 s)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(timeout=10)  # then what is left is ended by pid, below
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=300)
         stop_processes_under(temp_dir)  # what the head's group left, by this head's folder
         stop_processes_marked(temp_dir)  # and what outlived a killed node, by its environment
         shutil.rmtree(temp_dir, ignore_errors=True)  # the cluster's logs, a few MB
@@ -492,14 +494,14 @@ def test_training_survives_losing_a_workers_node_mid_epoch(
     node of one of them is lost mid-epoch, right after the checkpoint of step 9 (the workers
     are held there, so the loss lands there on a machine of any speed); Ray Train restarts
     the workers (`run.max_failures: 1`) on the nodes the autoscaler has, from that
-    checkpoint, and the job ends with the full run's 16 steps."""
+    checkpoint, and the job ends with the full run's 12 steps."""
     from test_train import registered_steps
 
     data = write_jsonl(tmp_path / "train.jsonl", synthetic_examples(16, seed=1))
     cfg = {
         "data": {"uri": str(data)},
         "model": {"name": str(tiny_judge)},
-        "train": {"epochs": 8, "learning_rate": 5e-3, "global_batch_size": 8,
+        "train": {"epochs": 6, "learning_rate": 5e-3, "global_batch_size": 8,
                   "per_device_batch_size": 2, "max_length": 256, "log_every_steps": 2,
                   "save_every_steps": 3},
         "run": {"name": "sft", "storage_path": str(tmp_path / "runs"), "num_workers": 2,
@@ -523,9 +525,9 @@ def test_training_survives_losing_a_workers_node_mid_epoch(
     state, logs = wait_for_the_end(fake_cluster, job)
     assert state == "SUCCEEDED", logs[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert (summary["resumed_from_step"], summary["steps"]) == (9, 16)
+    assert (summary["resumed_from_step"], summary["steps"]) == (9, 12)
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in epochs if m["kind"] == "epoch"] == list(range(2, 17, 2))
+    assert [m["step"] for m in epochs if m["kind"] == "epoch"] == list(range(2, 13, 2))
     report(capsys, f"training: workers on {sorted(set(before.values()))}, lost {lost[-5:]} after "
                    f"step 9's checkpoint; resumed from step {summary['resumed_from_step']}, "
                    f"{summary['steps']} steps, {time.monotonic() - start:.0f} s")  # fmt: skip
