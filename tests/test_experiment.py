@@ -5,14 +5,13 @@ sets shipped with the package, which the evaluation reads by default."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import job_data
+from conftest import job_data, session_cluster_env
 from helpers import TINY_TRAIN
 from test_commit import killed_at
 
@@ -142,21 +141,16 @@ def test_an_installed_wheel_finds_its_test_sets(tmp_path):
     assert lines == [80, 180, 218, 252] and len(PAPER_TEST_SETS) == 4
 
 
-def run_cli(capsys, caplog, *args: str) -> tuple[int, str]:
-    """The CLI in this process, on the session's Ray: (exit code, what it said on stderr and
-    in its log). In-process, not a subprocess each: four imports and joins of Ray fewer."""
-    from alpagasus_ray.cli import main
-
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="alpagasus_ray"):
-        code = main(list(args))
-    return code, capsys.readouterr().err + caplog.text
+def run_experiment_cli(config: Path | None, *extra: str) -> subprocess.CompletedProcess:
+    """`experiment --config CONFIG EXTRA...`, or without a config the command EXTRA."""
+    cmd = [sys.executable, "-m", "alpagasus_ray.cli"]
+    cmd += ["experiment", "--config", str(config), *extra] if config else list(extra)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
+                          env={**session_cluster_env(), "PYTHONPATH": str(ROOT)})  # fmt: skip
 
 
 @pytest.mark.slow
-def test_a_killed_experiment_goes_on_from_its_first_unfinished_step(
-    ray_session, tmp_path, capsys, caplog
-):
+def test_a_killed_experiment_goes_on_from_its_first_unfinished_step(ray_session, tmp_path):
     """The demo's experiment, killed as a lost driver would be just after its first model was
     trained, then rerun from the config it wrote: only the second model is trained."""
     out = tmp_path / "demo"
@@ -167,9 +161,9 @@ def test_a_killed_experiment_goes_on_from_its_first_unfinished_step(
     assert not (root / "train" / "all").exists() and not (root / "experiment.json").exists()
     kept_summary = (root / "train" / "kept" / "summary.json").read_bytes()
 
-    code, said = run_cli(capsys, caplog, "experiment", "--config", str(config))
-    assert code == 0, said[-3000:]
-    assert "train/kept finished before" in said
+    proc = run_experiment_cli(config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train/kept finished before" in proc.stderr
     assert (root / "train" / "kept" / "summary.json").read_bytes() == kept_summary  # not redone
     record = json.loads((root / "experiment.json").read_text())
     manifest = json.loads((root / "filter" / "manifest.json").read_text())
@@ -194,12 +188,12 @@ def test_a_killed_experiment_goes_on_from_its_first_unfinished_step(
     assert "its numbers mean nothing" in md.split("\n")[2]  # the demo says what it is
 
     # The demo again, and its config again: every step finished, nothing run, one record.
-    code, said = run_cli(capsys, caplog, "demo", *demo)
-    assert code == 0, said[-3000:]
-    assert "train/all finished before" in said
-    code, said = run_cli(capsys, caplog, "experiment", "--config", str(config))
-    assert code == 0, said[-3000:]
-    assert "evaluation finished before" in said
+    demo_again = run_experiment_cli(None, "demo", *demo)
+    assert demo_again.returncode == 0, demo_again.stderr[-3000:]
+    assert "train/all finished before" in demo_again.stderr
+    again = run_experiment_cli(config)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "evaluation finished before" in again.stderr
     assert json.loads((root / "experiment.json").read_text())["evaluation"] == {
         **record["evaluation"],
         "ran": False,
@@ -208,16 +202,15 @@ def test_a_killed_experiment_goes_on_from_its_first_unfinished_step(
     # Another threshold would re-decide the rows the models were trained on: refused before
     # the filter output changes, naming the step.
     before = (root / "filter" / "manifest.json").read_bytes()
-    code, said = run_cli(capsys, caplog, "experiment", "--config", str(config), "--set",
-                         "filter.threshold=3.0")  # fmt: skip
-    assert code == 2
-    assert "experiment step train/kept" in said and "threshold" in said
+    refused = run_experiment_cli(config, "--set", "filter.threshold=3.0")
+    assert refused.returncode == 2
+    assert "experiment step train/kept" in refused.stderr and "threshold" in refused.stderr
     assert (root / "filter" / "manifest.json").read_bytes() == before
 
     # A model trained again after the evaluation (its folder removed and rerun): the
     # evaluation compared the old one, so it is refused too, not reported as this one's.
     evaluated = (root / "evaluation" / "manifest.json").stat().st_mtime
     os.utime(root / "train" / "all" / "summary.json", (evaluated + 60, evaluated + 60))
-    code, said = run_cli(capsys, caplog, "experiment", "--config", str(config))
-    assert code == 2 and "step evaluation" in said
-    assert "trained again since" in said
+    stale = run_experiment_cli(config)
+    assert stale.returncode == 2 and "step evaluation" in stale.stderr
+    assert "trained again since" in stale.stderr
