@@ -141,8 +141,8 @@ def fake_cluster(one_cluster_at_a_time, tmp_path_factory):
            f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
            *agents.flags(), "--disable-usage-stats"]  # fmt: skip
-    log = (tmp / "head.log").open("wb")
-    head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=log)
+    with (tmp / "head.log").open("wb") as log:  # the head keeps its own copy of the file
+        head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=log)
     cluster = {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env,
                "temp_dir": temp_dir, "head": head, "log": tmp / "head.log"}  # fmt: skip
     try:
