@@ -56,15 +56,50 @@ def source(tmp_path_factory):
     return path, rows
 
 
+# Ray Data's own actors, one each per Ray session, started by its first dataset.
+RAY_DATA_SINGLETONS = {"ActorLocationTracker", "_StatsActor", "_AutoscalingCoordinatorActor"}
+
+
+def actor_classes() -> dict[str, str]:
+    """Every actor the session's Ray has had but Ray Data's own: id -> class name."""
+    from ray._private import state
+
+    every = {key: a["ActorClassName"] for key, a in state.actors().items()}
+    return {key: name for key, name in every.items() if name not in RAY_DATA_SINGLETONS}
+
+
+def started_by(run, *args) -> tuple[object, list[str]]:
+    """`run(*args)`'s result and the classes of the actors it started, sorted."""
+    before = actor_classes()
+    result = run(*args)
+    return result, sorted(c for key, c in actor_classes().items() if key not in before)
+
+
 @pytest.fixture(scope="module")
 def filtered(ray_session, tiny_judge, source, tmp_path_factory):
+    """The tiny judge's run: its output folder, manifest and the actors it started."""
     out = tmp_path_factory.mktemp("out") / "run1"
     cfg = job_config(str(source[0]), str(out), tiny_judge, filter__threshold=THRESHOLD)
-    return out, run_filter(cfg)
+    manifest, actors = started_by(run_filter, cfg)
+    return out, manifest, actors
+
+
+def test_a_run_starts_one_ledger_and_prompt_actors_only_to_load_a_tokenizer(
+    filtered, stand_in, tmp_path
+):
+    """Each actor is a Python process to start: a run has one bookkeeping actor (progress
+    and the contents seen), its judge's replicas, and prompt actors where they load a
+    tokenizer; the stand-in judge, with none, builds its prompts in tasks."""
+    replica, prompts = "MapWorker(MapBatches(ScoreStage))", "MapWorker(MapBatches(PromptStage))"
+    assert filtered[2] == sorted(["RunLedger", prompts, replica])
+    src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(8, seed=1))
+    manifest, actors = started_by(run_filter, job_config(str(src), str(tmp_path / "out"), stand_in))
+    assert manifest.invariant_ok and manifest.rows_read == 8
+    assert actors == sorted(["RunLedger", replica])
 
 
 def test_conservation_invariant(filtered, source):
-    out, manifest = filtered
+    out, manifest, _ = filtered
     n_in = len(source[1]) + len(BAD_ROWS)
     assert manifest.rows_read == n_in
     assert sum(manifest.counts.values()) == n_in
@@ -117,7 +152,7 @@ def test_every_quarantine_reason_is_recorded(filtered):
 
 
 def test_manifest_report_and_regeneration(filtered, tiny_judge, capsys):
-    out, manifest = filtered
+    out, manifest, _ = filtered
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["counts"] == manifest.counts
     assert on_disk["prompt_hash"] and on_disk["versions"]["ray"]
@@ -188,7 +223,7 @@ def test_a_finished_output_asked_for_again_is_complete_and_untouched(
     with the counts, the output as it was; a change that needs judging is still refused."""
     from alpagasus_ray.cli import main
 
-    out, manifest = filtered
+    out, manifest, _ = filtered
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     cfg = job_config(str(source[0]), str(out), tiny_judge, output__overwrite=False)
     again = run_filter(cfg)

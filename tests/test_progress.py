@@ -28,8 +28,14 @@ def test_the_line_says_rows_total_rate_eta_and_kept():
     assert progress_text(10, 10, 3, 5.0) == "filter: 10/10 rows (100.0%), 5 rows/s, kept 3"
 
 
+def remote_counter():
+    import ray
+
+    return ray.remote(num_cpus=0)(ProgressCounter).remote()
+
+
 def test_a_line_every_interval_without_a_terminal(ray_session):
-    counter = ProgressCounter.remote()
+    counter = remote_counter()
     out = io.StringIO()
     with ProgressLine(counter, lambda: 100, start=(40, 10), stream=out, interval_s=0.2):
         import time
@@ -64,7 +70,7 @@ def test_a_batch_decided_again_is_counted_once(ray_session):
     line must not pass the rows read (it once showed 1,564/1,500 after a lost node)."""
     import ray
 
-    counter = ProgressCounter.remote()
+    counter = remote_counter()
     first = batch_key(["a.jsonl"] * 8, list(range(8)))
     ray.get(counter.add.remote(8, 3, first))
     ray.get(counter.add.remote(8, 3, batch_key(["a.jsonl"] * 8, list(range(8, 16)))))
@@ -98,7 +104,7 @@ def test_the_read_tasks_say_how_far_into_each_file_they_are(ray_session, tmp_pat
 
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(5000, seed=4))
     path, size = str(src), src.stat().st_size
-    counter = ProgressCounter.remote()
+    counter = remote_counter()
     source = InputDatasource([path], rows_per_block=100, progress=counter)
     with pafs.LocalFileSystem().open_input_stream(path) as f:
         blocks = source._read_stream(f, path)

@@ -109,7 +109,9 @@ class RayConfig(StrictModel):
     address: str | None = Field(None, description="None: RAY_ADDRESS or a new local instance.")
     num_cpus: int | None = Field(None, gt=0, description="CPUs for a new local instance.")
     prompt_workers: int | tuple[int, int] = Field(
-        1, description="CPU actors that build and tokenize prompts (fixed or [min, max])."
+        1,
+        description="CPU actors that build and tokenize prompts (fixed or [min, max]). A judge "
+        "with no tokenizer (hash; openai without judge.tokenizer) builds them in light tasks.",
     )
     prompt_worker_cpus: float = Field(0.5, gt=0)
     task_cpus: float = Field(

@@ -245,3 +245,9 @@ class JudgeConfig(StrictModel):
         """The tokenizer the prompt stage counts and checks with. A judge that loads no model
         has one only where `tokenizer` is set."""
         return self.tokenizer or self.model if self.loads_model() else self.tokenizer
+
+    def prompts_on_actors(self) -> bool:
+        """Whether the prompt stage runs on actors: where it loads a tokenizer (once per
+        actor). Without one (the hash stand-in, an API judge with no `tokenizer`) it only
+        renders request texts, in light tasks: no actor process to start."""
+        return self.tokenizer_name() is not None

@@ -140,10 +140,10 @@ def spend_restart_warning() -> None:
 
 
 def beside_driver() -> dict[str, Any]:
-    """Actor options that place one of the job's helpers (progress counter, duplicate index,
-    API budget) on the driver's own node: anywhere else, the loss of a worker node would
-    take the helper's state with it and fail a job that Ray otherwise carries on (its tasks
-    retried, its replicas restarted); the driver's node going takes the job anyway."""
+    """Actor options that place one of the job's helpers (its ledger of progress and contents
+    seen, the API budget) on the driver's own node: anywhere else, the loss of a worker node
+    would take the helper's state with it and fail a job that Ray otherwise carries on (its
+    tasks retried, its replicas restarted); the driver's node going takes the job anyway."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -1,11 +1,12 @@
 """Exact duplicates are judged once: a copy takes the judgement of the row first seen with
 the same content, and points at it (`duplicate_of`).
 
-While rows stream, `DedupStage` (`stages/dedup.py`) asks one small actor (`SeenContent`) per
-batch which of its rows' content hashes were seen before: the first row with a content is
-judged; a copy is set aside in a `decision=duplicate` partition with the position of the row
-judged in its place (`<source file>:<row>`: ids cannot point, since a content id is the same
-for every copy), and no later stage touches it. Once every row is written,
+While rows stream, `DedupStage` (`stages/dedup.py`) asks one small actor (`SeenContent`; in
+the job, the run's `filter.ledger.RunLedger`) per batch which of its rows' content hashes
+were seen before: the first row with a content is judged; a copy is set aside in a
+`decision=duplicate` partition with the position of the row judged in its place
+(`<source file>:<row>`: ids cannot point, since a content id is the same for every copy),
+and no later stage touches it. Once every row is written,
 `settle_duplicates` gives each copy its original's decision, score and reasons and moves it
 to that decision's partition, so the output holds every row once, and rows read = kept +
 rejected + quarantined + failed.

@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from alpagasus_ray.core.errors import InvariantError
-from alpagasus_ray.core.runtime import beside_driver, ended_nodes, init_ray, package_versions
+from alpagasus_ray.core.runtime import ended_nodes, init_ray, package_versions
 from alpagasus_ray.data.heartbeat import Heartbeat
 from alpagasus_ray.data.io import (
     DATA_DIR,
@@ -33,8 +33,9 @@ from alpagasus_ray.engines.vllm_metrics import read_prefix_cache
 from alpagasus_ray.filter.carried import output_json_text, scan_kinds
 from alpagasus_ray.filter.config import FilterJobConfig
 from alpagasus_ray.filter.criteria import criteria_types, prompt_identity
-from alpagasus_ray.filter.duplicates import SeenContent, settle_duplicates
+from alpagasus_ray.filter.duplicates import settle_duplicates
 from alpagasus_ray.filter.judge import judge_dataset
+from alpagasus_ray.filter.ledger import start_ledger
 from alpagasus_ray.filter.manifest import (
     Manifest,
     commit,
@@ -49,7 +50,7 @@ from alpagasus_ray.filter.manifest import (
 )
 from alpagasus_ray.filter.metrics import engine_metrics, stage_metrics
 from alpagasus_ray.filter.preflight import conflicting_columns, preflight
-from alpagasus_ray.filter.progress import ProgressCounter, ProgressLine, input_rows, input_sizes
+from alpagasus_ray.filter.progress import ProgressLine, input_rows, input_sizes
 from alpagasus_ray.filter.redecide import decision_threshold, redecide, redecide_finished
 from alpagasus_ray.filter.repeated_ids import quarantine_repeated_ids
 from alpagasus_ray.filter.report import write_report
@@ -84,7 +85,8 @@ def build_dataset(
     so the job reads exactly the files it checked and counts; `done` (an object ref to row
     keys) the rows a resumed run has written already; `progress` counts decided rows; `api`
     the budget and key an API judge's replicas share (`engines.api_budget.JobAPI`); `seen`
-    the contents judged so far (a `filter.duplicates.SeenContent` actor), so that an exact
+    the contents judged so far (a `filter.duplicates.SeenContent`; the job passes its
+    `filter.ledger.RunLedger` as both `progress` and `seen`), so that an exact
     duplicate is not judged again; `kinds` those of a record input's extra keys (`carried`);
     `known` the criteria a retried row had judged already (`filter.resume.resume_state`)."""
     light = cfg.ray.task_cpus
@@ -221,7 +223,7 @@ class Run:
     listing: Listing
     state: Attempt
     ds: Any
-    counter: Any  # the progress counter actor
+    counter: Any  # the run's ledger actor (filter/ledger.py): its progress counts
     api: Any  # the API judge's shared budget, or None
     served_name: str | None  # the vLLM replicas' name, whose metrics are read back
     ended_before: dict[str, str]  # the nodes that had ended before this run
@@ -254,29 +256,26 @@ def prepare_run(cfg: FilterJobConfig, fs: Any, root: str, listing: Listing) -> R
         return redecide_finished(cfg, fs, root, now)
     init_ray(cfg.ray)
     check_resources(cfg)  # a replica the cluster cannot run fails here, not after hours
-    import ray
 
     state = start_attempt(cfg, fs, root, now, mode, previous)
     local_root = root if is_local(fs) else None
     check_nodes_see(local_root, local_sizes(listing))  # a node's own disk?
     ended_before = ended_nodes()
     served_name = served_model_name() if cfg.judge.engine == "vllm" else None
-    counter = ProgressCounter.options(**beside_driver()).remote()
+    ledger = start_ledger(state.judged_contents)  # progress, and the contents judged
     api = None
     if cfg.judge.engine == "openai":  # one rate limit and cost cap for every replica
         from alpagasus_ray.engines.api_budget import job_api
 
         api = job_api(cfg.judge, fs, root)  # its spending kept in the output
-    seen = ray.remote(num_cpus=0)(SeenContent).options(**beside_driver())
-    seen = seen.remote(state.judged_contents)
     rows = cfg.input.rows_per_block or cfg.judge.batch_size
     kinds = scan_kinds(cfg.input, cfg.storage, listing, cfg.ray.task_cpus, rows)
-    ds = build_dataset(cfg, served_name, listing, state.done, counter, api, seen, kinds,
+    ds = build_dataset(cfg, served_name, listing, state.done, ledger, api, ledger, kinds,
                        state.known)  # fmt: skip
     if local_root:  # for the nodes that join later: where each batch is written
         on_disk = OnSharedDisk(local_root)
         ds = ds.map_batches(on_disk, batch_format="pyarrow", num_cpus=cfg.ray.task_cpus)
-    return Run(cfg, fs, root, listing, state, ds, counter, api, served_name, ended_before, kinds)
+    return Run(cfg, fs, root, listing, state, ds, ledger, api, served_name, ended_before, kinds)
 
 
 def write_rows(run: Run) -> dict[str, Any]:

@@ -35,7 +35,12 @@ def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
 
 
 def prompted(ds: Any, judge: JudgeConfig, ray: RayConfig) -> Any:
-    """The prompt stage on its CPU actors: the job's, and the dry run's (`estimate.py`)."""
+    """The prompt stage, on its CPU actors where it loads a tokenizer, else in light tasks:
+    the job's, and the dry run's (`estimate.py`)."""
+    if not judge.prompts_on_actors():
+        stage = PromptStage(judge)
+        return ds.map_batches(stage, batch_format="pyarrow", batch_size=judge.batch_size,
+                              num_cpus=ray.task_cpus)  # fmt: skip
     return ds.map_batches(
         PromptStage,
         fn_constructor_kwargs={"judge": judge},

@@ -21,7 +21,6 @@ import ray
 from alpagasus_ray.data.listing import Listing
 
 
-@ray.remote(num_cpus=0)
 class ProgressCounter:
     """Rows decided and kept so far, as the decide tasks report them; and how far the read
     tasks are into each file: path -> (bytes, rows, read to its end).

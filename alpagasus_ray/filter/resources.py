@@ -115,9 +115,8 @@ def _check_cpu_plan(cfg: FilterJobConfig, cluster_cpus: float) -> None:
         return value if isinstance(value, int) else value[0]
 
     judge_cpus = 0.0 if cfg.judge.engine == "vllm" else cfg.judge.num_cpus_per_replica
-    held = low(cfg.judge.replicas) * judge_cpus + low(cfg.ray.prompt_workers) * (
-        cfg.ray.prompt_worker_cpus
-    )
+    prompt_cpus = cfg.ray.prompt_worker_cpus if cfg.judge.prompts_on_actors() else 0.0
+    held = low(cfg.judge.replicas) * judge_cpus + low(cfg.ray.prompt_workers) * prompt_cpus
     if held + cfg.ray.task_cpus > cluster_cpus + 1e-9:
         raise ResourceError(
             f"CPU plan (judge.replicas x judge.num_cpus_per_replica + ray.prompt_workers x "

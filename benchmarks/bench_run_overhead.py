@@ -1,0 +1,119 @@
+"""What a small filter run costs in processes: wall and CPU seconds of a stand-in run, with the
+actors it starts, against the layout it had before (four actors a run), in one Ray session.
+
+    python benchmarks/bench_run_overhead.py [--runs 8] [--rows 40]
+
+A small run's cost is nearly all process starts: each actor is a Python process of its own
+(Ray, Ray Data and the package imported), and it ends with its actor. A run now starts two:
+its ledger (progress and the contents seen, `filter/ledger.py`) and its judge replica; a
+judge with no tokenizer (the hash stand-in, an API judge without `judge.tokenizer`) builds
+its prompts in tasks. "before" runs the same job as it ran before: the prompt stage on an
+actor of its own (`JudgeConfig.prompts_on_actors` forced) and a second helper actor beside
+the driver for the run, as the progress counter and the duplicate index were apart. The
+variants alternate, run by run, with no pause between, as the tests run them, so a drift of
+the machine touches both alike and a run pays for the processes the one before left to end.
+CPU seconds are the whole machine's (/proc/stat), as the runs' workers are other processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path.insert(0, str(TESTS))
+from conftest import WARM_WORKERS, job_config  # noqa: E402
+from helpers import write_jsonl  # noqa: E402
+
+from alpagasus_ray.core.judge_config import JudgeConfig  # noqa: E402
+from alpagasus_ray.core.runtime import beside_driver, start_local_ray  # noqa: E402
+from alpagasus_ray.demo import synthetic_examples  # noqa: E402
+from alpagasus_ray.filter.job import run_filter  # noqa: E402
+
+SINGLETONS = {"ActorLocationTracker", "_StatsActor", "_AutoscalingCoordinatorActor"}
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def actor_ids() -> dict[str, str]:
+    from ray._private import state
+
+    every = {key: a["ActorClassName"] for key, a in state.actors().items()}
+    return {key: name for key, name in every.items() if name not in SINGLETONS}
+
+
+class Helper:
+    """The second helper actor of the layout before: alive for the run, a few bytes held."""
+
+    def ping(self) -> int:
+        return 0
+
+
+@contextlib.contextmanager
+def as_before() -> Iterator[None]:
+    """The run as before: prompts on an actor, and a second helper actor beside the driver."""
+    import ray
+
+    saved = JudgeConfig.prompts_on_actors
+    JudgeConfig.prompts_on_actors = lambda self: True  # type: ignore[method-assign]
+    helper = ray.remote(num_cpus=0)(Helper).options(**beside_driver()).remote()
+    try:
+        ray.get(helper.ping.remote())
+        yield
+    finally:
+        JudgeConfig.prompts_on_actors = saved  # type: ignore[method-assign]
+        ray.kill(helper)
+
+
+def one_run(src: Path, out: Path, before: bool) -> tuple[float, float, int]:
+    """(wall s, machine CPU s, actors started) of one stand-in run of `src`."""
+    known = actor_ids()
+    cpu, start = busy_seconds(), time.monotonic()
+    with as_before() if before else contextlib.nullcontext():
+        manifest = run_filter(job_config(str(src), str(out), "stand-in"))
+    wall, used = time.monotonic() - start, busy_seconds() - cpu
+    assert manifest.invariant_ok, manifest.counts
+    return wall, used, len(set(actor_ids()) - set(known))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=8, help="runs of each variant")
+    parser.add_argument("--rows", type=int, default=40)
+    args = parser.parse_args()
+    start_local_ray(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=WARM_WORKERS
+    )  # fmt: skip (as the tests' session Ray)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    src = write_jsonl(tmp / "in.jsonl", synthetic_examples(args.rows, seed=3))
+    one_run(src, tmp / "warm-up", before=False)  # Ray Data's own actors, the first imports
+    results: dict[bool, list[tuple[float, float, int]]] = {True: [], False: []}
+    for i in range(args.runs):
+        for before in (True, False):
+            results[before].append(one_run(src, tmp / f"out-{before}-{i}", before))
+    base_wall = statistics.median(r[0] for r in results[True])
+    base_cpu = statistics.median(r[1] for r in results[True])
+    print(f"\n{args.runs} stand-in runs of {args.rows} rows each, session Ray of 2 CPUs\n")
+    print("| layout | actors a run | wall s (median) | machine CPU s (median) | wall | CPU |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for before, name in ((True, "before: prompt actor, two helpers"), (False, "now")):
+        walls, cpus = [r[0] for r in results[before]], [r[1] for r in results[before]]
+        actors = statistics.median(r[2] for r in results[before])
+        wall, cpu = statistics.median(walls), statistics.median(cpus)
+        print(f"| {name} | {actors:g} | {wall:.2f} | {cpu:.2f} | "
+              f"{wall / base_wall:.2f}x | {cpu / base_cpu:.2f}x |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
