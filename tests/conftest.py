@@ -34,11 +34,18 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #   (A new raylet's 15 s wait for its agents' port files is a constant: a local start that
 #   lost it is made again, `start_local_ray`; a `ray start` head's files are written for it,
 #   `helpers.AgentPorts`.)
+# - Ray Train's controller asks its workers how they are every 2 s and its preemption
+#   watcher asks the GCS every 5 s: a finished training run was noticed and ended about 4 s
+#   late (a tiny run: 22 s, here 18 s). Asked every 0.5 s and 1 s instead. A worker whose
+#   answer is late is not failed for it: only one still unanswered after 600 s is (Ray
+#   Train's worker health-check timeout, unchanged), so a loaded machine decides nothing.
 SUITE_RAY_ENV = {
     "RAY_worker_niceness": "0",
     "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "900",
     "RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT": "900",
     "RAY_agent_register_timeout_ms": "900000",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
 }
 os.environ.update(SUITE_RAY_ENV)
 
