@@ -4,6 +4,7 @@ only the processes that were under the command, and only once the command has en
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,14 +35,14 @@ from alpagasus_ray.core import reaper
 
 list_under = reaper._list_under
 
-def listing(root, seen, sessions):
+def listing(root, seen, sessions, core=None):
     was = len(seen)
-    list_under(root, seen, sessions)
+    list_under(root, seen, sessions, core)
     if was < 2 <= len(seen):
         print("listed", file=sys.stderr, flush=True)
 
 reaper._list_under = listing
-print(reaper.watch({pid}, 0, scan_s=0.1, grace_s=0.5))
+print(reaper.watch({pid}, 0, scan_s=0.1, grace_s={grace}))
 """
 
 
@@ -68,7 +69,7 @@ def test_a_killed_command_leaves_nothing_it_started_and_nothing_else_is_touched(
         child, grandchild = map(int, command.stdout.readline().split())
         late = sleeper(f"{SESSION}/worker")  # started by the instance between two listings
         watcher = subprocess.Popen(
-            [sys.executable, "-c", WATCHER.format(pid=command.pid)],
+            [sys.executable, "-c", WATCHER.format(pid=command.pid, grace=0.5)],
             stdin=read, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         os.close(read)
@@ -100,3 +101,50 @@ def test_a_command_already_ended_is_not_watched():
     read, write = os.pipe()
     os.close(write)
     assert watch(int(done.stdout), read, scan_s=0.1, grace_s=0.0) == 0
+
+
+# A stand-in for a local Ray's start: a "raylet" (a copy of `sleep`, so that its process name
+# is Ray's) and an agent that outlives it, as Ray 2.60's dashboard agent does.
+RAY_START = """
+import subprocess, sys, time
+raylet = subprocess.Popen([sys.argv[1], "600"])
+agent = subprocess.Popen(["sleep", "600"])
+print(raylet.pid, agent.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_grace_ends_once_the_raylet_has(tmp_path):
+    """Ray gets up to the grace period to end its processes itself, but none once its
+    raylet and GCS server have ended: what runs then (its agents) stays for good, so the
+    watcher ends it at once. Here the grace is an hour: the watcher ends within the test's
+    time only if the raylet's end ended it."""
+    raylet_binary = shutil.copy("/bin/sleep", tmp_path / "raylet")
+    command = subprocess.Popen([sys.executable, "-c", RAY_START, str(raylet_binary)],
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    read, write = os.pipe()
+    raylet = agent = None
+    try:
+        raylet, agent = map(int, command.stdout.readline().split())
+        watcher = subprocess.Popen(
+            [sys.executable, "-c", WATCHER.format(pid=command.pid, grace=3600)],
+            stdin=read, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        os.close(read)
+        assert watcher.stderr.readline().strip() == "listed", watcher.stderr.read()
+        command.send_signal(signal.SIGKILL)
+        command.wait(timeout=300)
+        os.close(write)  # the command has ended; its raylet still runs: the grace holds
+        write = None
+        time.sleep(1)
+        assert watcher.poll() is None and not gone(agent)
+        os.kill(raylet, signal.SIGKILL)  # as a raylet ends with its driver
+        out, _ = watcher.communicate(timeout=300)  # not the hour of the grace
+        assert int(out) == 1 and gone(agent)  # the agent; the raylet had ended
+    finally:
+        command.kill()
+        for pid in (raylet, agent):
+            if pid is not None and not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        if write is not None:
+            os.close(write)

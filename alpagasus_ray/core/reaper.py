@@ -6,8 +6,10 @@ command is killed most of them end by themselves; but some do not (Ray 2.60's da
 runtime-env agents log "raylet is dead" and stay). So such a command starts this watcher,
 in a session of its own (a terminal's Ctrl-C does not reach it), holding the read end of a
 pipe whose write end only the command has: when the pipe closes, the command has ended,
-however it ended. The watcher then gives Ray a grace period to end by itself and ends, by
-their ids, the processes it saw under the command that are still running, and nothing else.
+however it ended. The watcher then gives Ray a grace period to end by itself (up to
+`GRACE_S`, and no longer than its raylet and GCS server run: what outlives them stays for
+good) and ends, by their ids, the processes it saw under the command that are still
+running, and nothing else.
 
     python -m alpagasus_ray.core.reaper PID   (stdin: the pipe from process PID)
 
@@ -28,6 +30,8 @@ import psutil
 
 SCAN_S = 0.5  # how often the processes under the command are listed while it runs
 GRACE_S = 10.0  # what Ray gets to end its processes itself before the watcher does
+# Ray's own processes whose end ends the grace: the rest end with them or not at all.
+CORE = ("raylet", "gcs_server")
 # How long the watcher waits for what it killed to be gone before it ends itself: a killed
 # process takes a moment to be torn down, longer on a loaded machine.
 EXIT_WAIT_S = 120.0
@@ -49,13 +53,24 @@ def watch(parent: int, pipe: int, scan_s: float = SCAN_S, grace_s: float = GRACE
         return 0
     seen: dict[int, float] = {}
     sessions: set[str] = set()
+    core: list[psutil.Process] = []
     while True:
-        _list_under(root, seen, sessions)
+        _list_under(root, seen, sessions, core)
         ready, _, _ = select.select([pipe], [], [], scan_s)
         if ready and not os.read(pipe, 4096):
             break
-    time.sleep(grace_s)
+    _grace(core, grace_s)
     return _end(seen, sessions, since)
+
+
+def _grace(core: list[psutil.Process], grace_s: float) -> None:
+    """Ray's time to end its processes itself: `grace_s`, or less once its raylet and GCS
+    server (`core`) have ended, since the rest end with them or not at all (Ray 2.60's
+    agents stay): a command's Ctrl-C or kill is then cleaned up in a moment."""
+    if core:
+        _wait_gone(core, grace_s)
+    else:
+        time.sleep(grace_s)
 
 
 def listing() -> dict[int, float]:
@@ -110,7 +125,14 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def _list_under(root: psutil.Process, seen: dict[int, float], sessions: set[str]) -> None:
+def _list_under(
+    root: psutil.Process,
+    seen: dict[int, float],
+    sessions: set[str],
+    core: list[psutil.Process] | None = None,
+) -> None:
+    """Add the processes under `root` to `seen`, the Ray sessions they name to `sessions`,
+    and those of them that are Ray's raylet or GCS server to `core`."""
     try:
         children = root.children(recursive=True)
     except psutil.Error:  # the command ended while it was being looked at
@@ -120,6 +142,8 @@ def _list_under(root: psutil.Process, seen: dict[int, float], sessions: set[str]
             if child.pid != os.getpid() and child.pid not in seen:
                 seen[child.pid] = child.create_time()
                 sessions.update(SESSION.findall(" ".join(child.cmdline())))
+                if core is not None and child.name() in CORE:
+                    core.append(child)
         except psutil.Error:  # ended between the listing and the look
             continue
 
