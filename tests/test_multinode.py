@@ -416,13 +416,14 @@ def test_gpu_nodes_come_from_zero_survive_a_lost_node_and_go_when_idle(
 def test_the_job_resumes_after_losing_the_node_of_its_driver_and_helpers(
     fake_cluster, ray_session, stand_in, tmp_path, capsys
 ):
-    """The driver, and beside it the job's helpers (progress counter, duplicate index), run
-    on a worker node of their own (`entrypoint_resources`): that node is lost mid-run, which
-    takes the job with it; the same job submitted again resumes the output without judging
-    again what was written, and ends with a clean run's rows. The first job's driver stalls
-    before its commit: on a fast machine it could otherwise finish before the loss (seen in
-    CI: a manifest was there). The judge is the hash stand-in: what is lost here is the
-    driver's node, and the replicas on the GPU nodes are the other test's subject."""
+    """The driver, and beside it the job's helper (its ledger of progress and contents
+    seen), run on a worker node of their own (`entrypoint_resources`): that node is lost
+    mid-run, which takes the job with it; the same job submitted again resumes the output
+    without judging again what was written, and ends with a clean run's rows. The first
+    job's driver stalls before its commit: on a fast machine it could otherwise finish
+    before the loss (seen in CI: a manifest was there). The judge is the hash stand-in: what
+    is lost here is the driver's node, and the replicas on the GPU nodes are the other
+    test's subject."""
     rows, judge = ENGINES["hash"]
     src = source(tmp_path, "hash")
     out = tmp_path / "out"
