@@ -223,7 +223,7 @@ class Run:
     listing: Listing
     state: Attempt
     ds: Any
-    counter: Any  # the run's ledger actor (filter/ledger.py): its progress counts
+    ledger: Any  # the run's ledger actor (filter/ledger.py): progress, contents seen
     api: Any  # the API judge's shared budget, or None
     served_name: str | None  # the vLLM replicas' name, whose metrics are read back
     ended_before: dict[str, str]  # the nodes that had ended before this run
@@ -284,11 +284,11 @@ def write_rows(run: Run) -> dict[str, Any]:
     import ray
     from ray.data.datasource import FilenameProvider
 
-    cfg, fs, root, state, counter = run.cfg, run.fs, run.root, run.state, run.counter
+    cfg, fs, root, state, ledger = run.cfg, run.fs, run.root, run.state, run.ledger
     kept_before = counts_of(file_entries(fs, root, sorted(state.kept_files))).get("kept", 0)
     rows_fn = partial(input_rows, cfg.input.limit, run.listing)
     sizes_fn = partial(input_sizes, run.listing)
-    with ProgressLine(counter, rows_fn, (state.before, kept_before), sizes=sizes_fn):
+    with ProgressLine(ledger, rows_fn, (state.before, kept_before), sizes=sizes_fn):
         run.ds.write_parquet(
             join(root, DATA_DIR),
             filesystem=fs,
@@ -303,12 +303,12 @@ def write_rows(run: Run) -> dict[str, Any]:
         live = run_files(fs, root, state)
         criteria = tuple(criteria_types(cfg.judge))
         settled = settle_duplicates(fs, root, state.prefix, live, cfg.ray.task_cpus, criteria)
-        counter.add.remote(0, settled.get("kept", 0))
+        ledger.add.remote(0, settled.get("kept", 0))
     if run.api is not None:
         run.api.stop_if_over_budget(cfg.judge.api)  # no manifest: a rerun judges the rows not sent
     if cfg.ray.verbose:  # Ray's per-operator figures: dozens of lines, for debugging
         log.info("pipeline stats:\n%s", run.ds.stats())
-    state.attempts[-1]["batches_decided_again"] = ray.get(counter.batches_reported_again.remote())
+    state.attempts[-1]["batches_decided_again"] = ray.get(ledger.batches_reported_again.remote())
     ended = ended_nodes()
     state.attempts[-1]["nodes_ended"] = sorted(
         v for k, v in ended.items() if k not in run.ended_before
