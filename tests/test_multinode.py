@@ -212,6 +212,7 @@ def alive_driver_nodes(cluster: dict) -> list[str]:
 
 
 def wait_until(done, timeout: float, what: str, cluster: dict, every: float = 2.0) -> None:
+    """Until `done()`, asked every `every` s (a dashboard call in this process: cheap)."""
     deadline = time.monotonic() + timeout
     while not done():
         if cluster["head"].poll() is not None:
@@ -366,8 +367,7 @@ def test_gpu_nodes_come_from_zero_survive_a_lost_node_and_go_when_idle(
     model = request.getfixturevalue("vllm_tiny" if engine == "vllm" else "tiny_judge")
     src = source(tmp_path, engine)
     out = tmp_path / "out"
-    wait_until(lambda: alive_gpu_nodes(fake_cluster) == [], 600, "an idle cluster",
-               fake_cluster, every=10.0)  # fmt: skip
+    wait_until(lambda: alive_gpu_nodes(fake_cluster) == [], 600, "an idle cluster", fake_cluster)
     start = time.monotonic()
     job = submit(fake_cluster, job_file(tmp_path, src, out, model, judge))
 
@@ -403,8 +403,7 @@ def test_gpu_nodes_come_from_zero_survive_a_lost_node_and_go_when_idle(
     last = re.findall(r"filter: .*rows.*", logs)[-1:]
 
     # Idle GPU nodes go once the job is done.
-    wait_until(lambda: alive_gpu_nodes(fake_cluster) == [], 600, "scale-down", fake_cluster,
-               every=10.0)  # fmt: skip
+    wait_until(lambda: alive_gpu_nodes(fake_cluster) == [], 600, "scale-down", fake_cluster)
     report(
         capsys,
         f"{engine}: GPU nodes 0 -> {max(counted)} (lost {lost[-5:]}) -> 0 after "
