@@ -54,6 +54,19 @@ def gone(pid: int) -> bool:
         return True
 
 
+def start_watcher(pid: int, read: int, grace_s: float) -> subprocess.Popen:
+    """The watcher of command `pid` on the pipe's read end (closed here), once it has
+    listed what runs under the command, however long a loaded machine takes to start it:
+    the command is killed only after that."""
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", WATCHER.format(pid=pid, grace=grace_s)],
+        stdin=read, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    os.close(read)
+    assert watcher.stderr.readline().strip() == "listed", watcher.stderr.read()
+    return watcher
+
+
 def sleeper(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", *args])
 
@@ -68,14 +81,7 @@ def test_a_killed_command_leaves_nothing_it_started_and_nothing_else_is_touched(
     try:
         child, grandchild = map(int, command.stdout.readline().split())
         late = sleeper(f"{SESSION}/worker")  # started by the instance between two listings
-        watcher = subprocess.Popen(
-            [sys.executable, "-c", WATCHER.format(pid=command.pid, grace=0.5)],
-            stdin=read, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        os.close(read)
-        # Killed only once the watcher has listed what runs under the command, however long
-        # a loaded machine takes to start it.
-        assert watcher.stderr.readline().strip() == "listed", watcher.stderr.read()
+        watcher = start_watcher(command.pid, read, grace_s=0.5)
         assert watcher.poll() is None  # the pipe is open: the command still runs
         command.send_signal(signal.SIGKILL)  # no clean-up of its own
         command.wait(timeout=300)
@@ -126,12 +132,7 @@ def test_the_grace_ends_once_the_raylet_has(tmp_path):
     raylet = agent = None
     try:
         raylet, agent = map(int, command.stdout.readline().split())
-        watcher = subprocess.Popen(
-            [sys.executable, "-c", WATCHER.format(pid=command.pid, grace=3600)],
-            stdin=read, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        os.close(read)
-        assert watcher.stderr.readline().strip() == "listed", watcher.stderr.read()
+        watcher = start_watcher(command.pid, read, grace_s=3600)
         command.send_signal(signal.SIGKILL)
         command.wait(timeout=300)
         os.close(write)  # the command has ended; its raylet still runs: the grace holds
