@@ -30,27 +30,18 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 from conftest import WARM_WORKERS, job_config  # noqa: E402
-from helpers import write_jsonl  # noqa: E402
+from helpers import actor_classes, write_jsonl  # noqa: E402
 
 from alpagasus_ray.core.judge_config import JudgeConfig  # noqa: E402
 from alpagasus_ray.core.runtime import beside_driver, start_local_ray  # noqa: E402
 from alpagasus_ray.demo import synthetic_examples  # noqa: E402
 from alpagasus_ray.filter.job import run_filter  # noqa: E402
 
-SINGLETONS = {"ActorLocationTracker", "_StatsActor", "_AutoscalingCoordinatorActor"}
-
 
 def busy_seconds() -> float:
     """CPU seconds the whole machine has spent busy since boot."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def actor_ids() -> dict[str, str]:
-    from ray._private import state
-
-    every = {key: a["ActorClassName"] for key, a in state.actors().items()}
-    return {key: name for key, name in every.items() if name not in SINGLETONS}
 
 
 class Helper:
@@ -78,13 +69,13 @@ def as_before() -> Iterator[None]:
 
 def one_run(src: Path, out: Path, before: bool) -> tuple[float, float, int]:
     """(wall s, machine CPU s, actors started) of one stand-in run of `src`."""
-    known = actor_ids()
+    known = actor_classes()
     cpu, start = busy_seconds(), time.monotonic()
     with as_before() if before else contextlib.nullcontext():
         manifest = run_filter(job_config(str(src), str(out), "stand-in"))
     wall, used = time.monotonic() - start, busy_seconds() - cpu
     assert manifest.invariant_ok, manifest.counts
-    return wall, used, len(set(actor_ids()) - set(known))
+    return wall, used, len(set(actor_classes()) - set(known))
 
 
 def main() -> None:

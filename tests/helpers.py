@@ -200,3 +200,16 @@ CODE_RUBRIC = (
     "Put the score alone on the first line.\n\nTask:\n{instruction}\n\nContext:\n{input}\n\n"
     "Answer:\n{output}\n\nScore (0-5), first line:"
 )
+
+
+# Ray Data's own actors, one each per Ray session, started by its first dataset.
+RAY_DATA_SINGLETONS = {"ActorLocationTracker", "_StatsActor", "_AutoscalingCoordinatorActor"}
+
+
+def actor_classes() -> dict[str, str]:
+    """Every actor this process's Ray has had but Ray Data's own: id -> class name, so
+    that what a run started is what is new after it."""
+    from ray._private import state
+
+    every = {key: a["ActorClassName"] for key, a in state.actors().items()}
+    return {key: name for key, name in every.items() if name not in RAY_DATA_SINGLETONS}

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import filter_args, job_config, write_cut_array
-from helpers import write_jsonl
+from helpers import actor_classes, write_jsonl
 
 from alpagasus_ray.cli import main
 from alpagasus_ray.demo import synthetic_examples
@@ -54,18 +54,6 @@ def source(tmp_path_factory):
         r["row_no"] = i  # an extra column that must come through untouched
     path = write_jsonl(tmp_path_factory.mktemp("in") / "shard-0.jsonl", rows + BAD_ROWS)
     return path, rows
-
-
-# Ray Data's own actors, one each per Ray session, started by its first dataset.
-RAY_DATA_SINGLETONS = {"ActorLocationTracker", "_StatsActor", "_AutoscalingCoordinatorActor"}
-
-
-def actor_classes() -> dict[str, str]:
-    """Every actor the session's Ray has had but Ray Data's own: id -> class name."""
-    from ray._private import state
-
-    every = {key: a["ActorClassName"] for key, a in state.actors().items()}
-    return {key: name for key, name in every.items() if name not in RAY_DATA_SINGLETONS}
 
 
 def started_by(run, *args) -> tuple[object, list[str]]:
