@@ -37,10 +37,21 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 address, root, config = sys.argv[1:4]
 client = JobSubmissionClient(address)
-job = client.submit_job(
-    entrypoint=f"python jobs/filter.py --config {config}",
-    runtime_env={"working_dir": root, "excludes": ["tests/", "benchmarks/"]},
-)
+# The head's job agent registers some time after `ray start` returns, later on a loaded
+# machine; until then the head answers "No available agent to submit job, please try again
+# later" (after waiting a constant 10 s for it): so tried again, as it says.
+deadline = time.time() + 900
+while True:
+    try:
+        job = client.submit_job(
+            entrypoint=f"python jobs/filter.py --config {config}",
+            runtime_env={"working_dir": root, "excludes": ["tests/", "benchmarks/"]},
+        )
+        break
+    except RuntimeError as e:
+        if "No available agent to submit job" not in str(e) or time.time() > deadline:
+            raise
+        time.sleep(2)
 deadline = time.time() + 1200
 while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
                                          JobStatus.STOPPED} and time.time() < deadline:
