@@ -46,14 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GPU_NODES = 2
 # Per engine: rows, and the judge's settings beyond the model (vLLM as its tests run it).
-# The node is lost once 2 files of 64 rows are written: the HF engine's 600 rows and vLLM's
-# 300 leave it more than half of the input still to judge, at least 10 s of work here (the
-# HF engine's 1200 before, and vLLM's 600, cost more and checked the same).
+# The node is lost once 2 files of 64 rows are written: vLLM's 300 rows leave it more than
+# half of the input still to judge (its 600 before cost a minute more and checked the same).
 # The stand-in's job is held before its commit until its node is lost: what it wrote by then
 # (182, then 384 of its 400 rows in two runs here) the resumed job must not judge again;
 # its 1200 rows before took about 25 s more and checked the same.
 ENGINES = {
-    "hf": (600, {}),
+    "hf": (1200, {}),
     "vllm": (300, {"engine": "vllm", "dtype": "float32", "max_model_len": 1024,
                    "vllm": {"engine_kwargs": {"enforce_eager": True}}}),
     "hash": (400, {"engine": "hash"}),  # the stand-in: where the judge is not what is tested
