@@ -49,7 +49,7 @@ def kind(pid: int) -> str | None:
         return named
     if first.endswith("raylet"):
         return "raylet"
-    if "pytest" in first:
+    if any("pytest" in part for part in line.split()[:2]):  # `python3 .venv/bin/pytest`
         return "pytest"
     if "alpagasus" in line:
         return "alpagasus-ray command"
@@ -64,9 +64,9 @@ class Sampler:
     def __init__(self) -> None:
         self.seen: dict[int, tuple[str | None, float]] = {}  # pid: (kind, CPU seconds)
         self.before: dict[int, float] = {}  # CPU seconds of what ran before the first look
-        self.first = True
 
     def sample(self) -> None:
+        first = not self.seen
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -86,9 +86,8 @@ class Sampler:
                     now = known
                 known = now or known
             self.seen[pid] = (known, cpu)
-            if self.first:
+            if first:
                 self.before[pid] = cpu
-        self.first = False
 
     def used(self) -> dict[int, tuple[str | None, float]]:
         """pid: (kind, CPU seconds since the first look), this process left out."""
