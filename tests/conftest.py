@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from importlib import metadata
@@ -48,6 +49,13 @@ SUITE_RAY_ENV = {
     "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
 }
 os.environ.update(SUITE_RAY_ENV)
+
+# The virtualenvs hold no bytecode (the Makefile installs with uv, which compiles nothing):
+# each module is compiled at its first import and kept. A caller's PYTHONDONTWRITEBYTECODE
+# would have every process of the suite (Ray's workers, the commands it runs) compile Ray,
+# torch and vLLM again, so the session lifts it.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def own_ray_env(**extra: str) -> dict[str, str]:
