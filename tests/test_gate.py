@@ -124,3 +124,25 @@ def test_a_model_server_interrupted_while_starting_is_stopped(tmp_path, monkeypa
         assert server.proc.poll() is not None
     finally:
         server.proc.kill()  # where the check failed: no process of the test outlives it
+
+
+def test_the_lanes_virtualenv_is_exactly_its_lock():
+    """`make setup` and `make setup-vllm` install torch with pip and the rest with uv: what
+    the lane runs in is what its lock pins, nothing more or less (the lock is this same
+    listing, written by `make lock`)."""
+    from conftest import VLLM_LANE
+
+    lock = ROOT / "requirements" / ("vllm.lock" if VLLM_LANE else "main.lock")
+    pinned = {line for line in lock.read_text().splitlines() if not line.startswith("#")}
+    freeze = [sys.executable, "-m", "pip", "freeze", "--exclude-editable"]
+    installed = set(subprocess.run(freeze, capture_output=True, text=True, check=True,
+                                   timeout=600).stdout.splitlines())  # fmt: skip
+    assert installed == pinned, (sorted(installed - pinned), sorted(pinned - installed))
+
+
+def test_the_suite_writes_the_bytecode_it_compiles():
+    """The virtualenvs hold no bytecode (uv compiles none): the first import of each module
+    writes it, however the caller's environment is set, for every process the suite starts."""
+    import os
+
+    assert not sys.dont_write_bytecode and "PYTHONDONTWRITEBYTECODE" not in os.environ
