@@ -20,6 +20,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The start of a script that submits a job to a head a test started (tests/test_jobs.py,
+# tests/test_multinode.py): `submit_job(client, **kwargs)`, `JobSubmissionClient.submit_job`
+# tried again while the head has no job agent yet. The agent registers some time after
+# `ray start` returns, later on a loaded machine; until then the head answers "No available
+# agent to submit job, please try again later" (after a constant 10 s wait for it): so tried
+# again, as it says, every 2 s within a hang's guard of 900 s.
+SUBMIT_JOB = """
+import time
+
+def submit_job(client, **kwargs):
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if "No available agent to submit job" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(2)
+"""
+
+
 class AgentPorts:
     """Ports for the agents of a head a test starts with `ray start`, and the files its raylet
     waits for them in, written for it as soon as it runs.

@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 from conftest import own_ray_env
-from helpers import AgentPorts, free_port, write_jsonl
+from helpers import SUBMIT_JOB, AgentPorts, free_port, write_jsonl
 
 from alpagasus_ray.demo import synthetic_examples
 
@@ -31,27 +31,19 @@ pytestmark = pytest.mark.slow  # end to end; deselect with -m 'not slow'
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-SUBMIT = """
-import sys, time
+SUBMIT = (
+    SUBMIT_JOB
+    + """
+import sys
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 address, root, config = sys.argv[1:4]
 client = JobSubmissionClient(address)
-# The head's job agent registers some time after `ray start` returns, later on a loaded
-# machine; until then the head answers "No available agent to submit job, please try again
-# later" (after waiting a constant 10 s for it): so tried again, as it says.
-deadline = time.time() + 900
-while True:
-    try:
-        job = client.submit_job(
-            entrypoint=f"python jobs/filter.py --config {config}",
-            runtime_env={"working_dir": root, "excludes": ["tests/", "benchmarks/"]},
-        )
-        break
-    except RuntimeError as e:
-        if "No available agent to submit job" not in str(e) or time.time() > deadline:
-            raise
-        time.sleep(2)
+job = submit_job(
+    client,
+    entrypoint=f"python jobs/filter.py --config {config}",
+    runtime_env={"working_dir": root, "excludes": ["tests/", "benchmarks/"]},
+)
 deadline = time.time() + 1200
 while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
                                          JobStatus.STOPPED} and time.time() < deadline:
@@ -59,6 +51,7 @@ while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED,
 print("STATUS", client.get_job_status(job).value)
 print(client.get_job_logs(job))
 """
+)
 
 
 @pytest.fixture(scope="module")

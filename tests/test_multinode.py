@@ -34,7 +34,7 @@ import pyarrow.dataset as pads
 import pytest
 import yaml
 from conftest import VLLM_LANE, job_config, own_ray_env
-from helpers import AgentPorts, free_port, write_jsonl
+from helpers import SUBMIT_JOB, AgentPorts, free_port, write_jsonl
 from test_jobs import stop_processes_under
 
 from alpagasus_ray.demo import synthetic_examples
@@ -61,14 +61,17 @@ SCORE_TOL = {"hf": 1e-4, "vllm": 1e-3, "hash": 0.0}  # vLLM's batches differ: fl
 ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 CLUSTER_MARK = "ALPAGASUS_TEST_CLUSTER"  # in the environment of all the test cluster runs
 
-SUBMIT = """
+SUBMIT = (
+    SUBMIT_JOB
+    + """
 import json, sys
 from ray.job_submission import JobSubmissionClient
 
 address, entrypoint, resources = sys.argv[1:4]
 client = JobSubmissionClient(address)
-print(client.submit_job(entrypoint=entrypoint, entrypoint_resources=json.loads(resources) or None))
+print(submit_job(client, entrypoint=entrypoint, entrypoint_resources=json.loads(resources) or None))
 """
+)
 
 
 # The test cluster's own clocks, shorter than Ray's defaults where only waiting is saved:
@@ -268,15 +271,7 @@ def submit(
     if hold:
         entrypoint = f"python {ROOT}/tests/crash_driver.py hold:{hold} filter --config {config}"
     args = (cluster["dashboard"], entrypoint, json.dumps(resources or {}))
-    deadline = time.monotonic() + 900  # a hang's guard, far above a loaded machine's wait
-    while True:  # the head's job agent registers after its dashboard answers: later when loaded
-        try:
-            return python(cluster, SUBMIT, *args).strip().splitlines()[-1]
-        except RuntimeError as e:
-            if "No available agent to submit job" not in str(e):
-                raise
-            assert time.monotonic() < deadline, f"the head's job agent never came up: {e}"
-        time.sleep(2)
+    return python(cluster, SUBMIT, *args, timeout=1800).strip().splitlines()[-1]
 
 
 def job_status(cluster: dict, job: str) -> tuple[str, str]:
@@ -513,7 +508,8 @@ def test_training_survives_losing_a_workers_node_mid_epoch(
     start = time.monotonic()
     hold = "workers-hold-after:train.reporting.RunReporter.on_save#6"  # steps 2,3,4,6,8,9
     entrypoint = f"python {ROOT}/tests/crash_driver.py {hold} train --config {config}"
-    job = python(fake_cluster, SUBMIT, fake_cluster["dashboard"], entrypoint, "{}").split()[-1]
+    job = python(fake_cluster, SUBMIT, fake_cluster["dashboard"], entrypoint, "{}",
+                 timeout=1800).split()[-1]  # fmt: skip
     run = tmp_path / "runs" / "sft"
     head = next(n["id"] for n in nodes(fake_cluster) or [] if n["gpus"] == 0 and not n["driver"])
     wait_until(lambda: 9 in registered_steps(run) or job_status(fake_cluster, job)[0] in ENDED,
