@@ -32,7 +32,7 @@ setup-vllm: $(VSTAMP)
 $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --no-deps --no-compile torch==2.13.0 '$(call uv_pin,$(LOCK))'
-	$(call uv_install,$(BIN)) -c $(LOCK) -e '.[dev,lora,api,export]'
+	$(call uv_install,$(BIN)) -c $(LOCK) -e '.[dev,reference,lora,api,export]'
 	# vLLM for the CPU contract tests: --no-deps, since its own pins (torch, transformers)
 	# would replace ours; then the small pure-Python modules `import vllm` needs.
 	$(call uv_install,$(BIN)) -c $(LOCK) --no-deps vllm==0.33.0
