@@ -1,18 +1,19 @@
-"""What a small filter run costs in processes: wall and CPU seconds of a stand-in run, with the
-actors it starts, against the layout it had before (four actors a run), in one Ray session.
+"""What a small filter run costs in processes: wall and CPU seconds of tiny-judge runs (the HF
+engine: a real tokenizer and model), with the actors each starts, against the layout before
+(the prompt stage on an actor of its own), in one Ray session.
 
     python benchmarks/bench_run_overhead.py [--runs 8] [--rows 40]
 
 A small run's cost is nearly all process starts: each actor is a Python process of its own
-(Ray, Ray Data and the package imported), and it ends with its actor. A run now starts two:
-its ledger (progress and the contents seen, `filter/ledger.py`) and its judge replica; a
-judge with no tokenizer (the hash stand-in, an API judge without `judge.tokenizer`) builds
-its prompts in tasks. "before" runs the same job as it ran before: the prompt stage on an
-actor of its own (`JudgeConfig.prompts_on_actors` forced) and a second helper actor beside
-the driver for the run, as the progress counter and the duplicate index were apart. The
-variants alternate, run by run, with no pause between, as the tests run them, so a drift of
-the machine touches both alike and a run pays for the processes the one before left to end.
-CPU seconds are the whole machine's (/proc/stat), as the runs' workers are other processes.
+(Ray, Ray Data and the package imported; transformers and torch too where it loads a
+tokenizer or a model), and it ends with its actor. An HF judge's run now starts two: its
+ledger (progress and the contents seen, `filter/ledger.py`) and its judge replica, which
+builds its rows' prompts itself with the tokenizer it loads anyway
+(`JudgeConfig.prompts_in_replica`). "before" runs the same job with the prompt stage on an
+actor of its own, as it ran (`prompts_in_replica` forced off). The variants alternate, run by
+run, with no pause between, as the tests run them, so a drift of the machine touches both
+alike and a run pays for the processes the one before left to end. CPU seconds are the whole
+machine's (/proc/stat), as the runs' workers are other processes.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from conftest import WARM_WORKERS, job_config  # noqa: E402
 from helpers import actor_classes, write_jsonl  # noqa: E402
 
 from alpagasus_ray.core.judge_config import JudgeConfig  # noqa: E402
-from alpagasus_ray.core.runtime import beside_driver, start_local_ray  # noqa: E402
-from alpagasus_ray.demo import synthetic_examples  # noqa: E402
+from alpagasus_ray.core.runtime import start_local_ray  # noqa: E402
+from alpagasus_ray.demo import build_tiny_model, synthetic_examples  # noqa: E402
 from alpagasus_ray.filter.job import run_filter  # noqa: E402
 
 
@@ -44,35 +45,23 @@ def busy_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-class Helper:
-    """The second helper actor of the layout before: alive for the run, a few bytes held."""
-
-    def ping(self) -> int:
-        return 0
-
-
 @contextlib.contextmanager
 def as_before() -> Iterator[None]:
-    """The run as before: prompts on an actor, and a second helper actor beside the driver."""
-    import ray
-
-    saved = JudgeConfig.prompts_on_actors
-    JudgeConfig.prompts_on_actors = lambda self: True  # type: ignore[method-assign]
-    helper = ray.remote(num_cpus=0)(Helper).options(**beside_driver()).remote()
+    """The run as before: the prompt stage on an actor of its own."""
+    saved = JudgeConfig.prompts_in_replica
+    JudgeConfig.prompts_in_replica = lambda self: False  # type: ignore[method-assign]
     try:
-        ray.get(helper.ping.remote())
         yield
     finally:
-        JudgeConfig.prompts_on_actors = saved  # type: ignore[method-assign]
-        ray.kill(helper)
+        JudgeConfig.prompts_in_replica = saved  # type: ignore[method-assign]
 
 
-def one_run(src: Path, out: Path, before: bool) -> tuple[float, float, int]:
-    """(wall s, machine CPU s, actors started) of one stand-in run of `src`."""
+def one_run(src: Path, out: Path, model: Path, before: bool) -> tuple[float, float, int]:
+    """(wall s, machine CPU s, actors started) of one tiny-judge run of `src`."""
     known = actor_classes()
     cpu, start = busy_seconds(), time.monotonic()
     with as_before() if before else contextlib.nullcontext():
-        manifest = run_filter(job_config(str(src), str(out), "stand-in"))
+        manifest = run_filter(job_config(str(src), str(out), model))
     wall, used = time.monotonic() - start, busy_seconds() - cpu
     assert manifest.invariant_ok, manifest.counts
     return wall, used, len(set(actor_classes()) - set(known))
@@ -87,18 +76,24 @@ def main() -> None:
         num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=WARM_WORKERS
     )  # fmt: skip (as the tests' session Ray)
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    model = build_tiny_model(tmp / "tiny-judge")
     src = write_jsonl(tmp / "in.jsonl", synthetic_examples(args.rows, seed=3))
-    one_run(src, tmp / "warm-up", before=False)  # Ray Data's own actors, the first imports
+    one_run(src, tmp / "warm-up", model, before=False)  # Ray Data's own actors, first imports
     results: dict[bool, list[tuple[float, float, int]]] = {True: [], False: []}
     for i in range(args.runs):
         for before in (True, False):
-            results[before].append(one_run(src, tmp / f"out-{before}-{i}", before))
+            results[before].append(one_run(src, tmp / f"out-{before}-{i}", model, before))
     base_wall = statistics.median(r[0] for r in results[True])
     base_cpu = statistics.median(r[1] for r in results[True])
-    print(f"\n{args.runs} stand-in runs of {args.rows} rows each, session Ray of 2 CPUs\n")
-    print("| layout | actors a run | wall s (median) | machine CPU s (median) | wall | CPU |")
+    print(f"\n{args.runs} tiny-judge runs of {args.rows} rows each, session Ray of 2 CPUs\n")
+    print(
+        "| prompts built | actors a run | wall s (median) | machine CPU s (median) | wall | CPU |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
-    for before, name in ((True, "before: prompt actor, two helpers"), (False, "now")):
+    for before, name in (
+        (True, "before: on an actor of their own"),
+        (False, "now: in the replica"),
+    ):
         walls, cpus = [r[0] for r in results[before]], [r[1] for r in results[before]]
         actors = statistics.median(r[2] for r in results[before])
         wall, cpu = statistics.median(walls), statistics.median(cpus)

@@ -72,14 +72,16 @@ def filtered(ray_session, tiny_judge, source, tmp_path_factory):
     return out, manifest, actors
 
 
-def test_a_run_starts_one_ledger_and_prompt_actors_only_to_load_a_tokenizer(
+def test_a_run_starts_one_ledger_and_its_replicas_and_no_prompt_actor_here(
     filtered, stand_in, tmp_path
 ):
     """Each actor is a Python process to start: a run has one bookkeeping actor (progress
-    and the contents seen), its judge's replicas, and prompt actors where they load a
-    tokenizer; the stand-in judge, with none, builds its prompts in tasks."""
-    replica, prompts = "MapWorker(MapBatches(ScoreStage))", "MapWorker(MapBatches(PromptStage))"
-    assert filtered[2] == sorted(["RunLedger", prompts, replica])
+    and the contents seen) and its judge's replicas. The HF engine's replicas build their
+    own prompts with the tokenizer they load anyway; the stand-in judge, with none, builds
+    them in tasks. (Prompt actors, for the vLLM engine and an API judge with a tokenizer:
+    the vLLM lane.)"""
+    replica = "MapWorker(MapBatches(ScoreStage))"
+    assert filtered[2] == sorted(["RunLedger", replica])
     src = write_jsonl(tmp_path / "in.jsonl", synthetic_examples(8, seed=1))
     manifest, actors = started_by(run_filter, job_config(str(src), str(tmp_path / "out"), stand_in))
     assert manifest.invariant_ok and manifest.rows_read == 8
@@ -163,12 +165,14 @@ def test_manifest_report_and_regeneration(filtered, tiny_judge, capsys):
 
 
 def test_manifest_says_each_stage_s_rows_and_speed(filtered, source):
-    """Where the time went, per Ray Data operator in pipeline order."""
+    """Where the time went, per Ray Data operator in pipeline order (the HF judge's
+    prompts built in its replicas, no operator of their own)."""
     stages = filtered[1].stages
     names = [s["stage"] for s in stages]
-    parts = ("Read", "ValidateStage", "PromptStage", "ScoreStage", "DecideStage", "Write")
+    parts = ("Read", "ValidateStage", "ScoreStage", "DecideStage", "Write")
     order = [next(i for i, n in enumerate(names) if part in n) for part in parts]
     assert order == sorted(order), names
+    assert not any("PromptStage" in n for n in names), names
     # The storage check runs in the write's own task: where each batch is written.
     assert any("MapBatches(OnSharedDisk)->Write" in n for n in names), names
     for stage in stages:

@@ -10,7 +10,7 @@ import pytest
 from conftest import cli_refusal, filter_args, job_config
 from helpers import write_jsonl
 
-from alpagasus_ray.filter.resources import replica_bundles
+from alpagasus_ray.filter.resources import ResourceError, check_cpu_plan, replica_bundles
 
 ROWS = [{"instruction": f"Add {i} and {i}.", "input": "", "output": str(2 * i)} for i in range(8)]
 
@@ -75,7 +75,18 @@ def test_actors_that_leave_no_cpu_for_reading_are_refused(
         capsys, tmp_path, tiny_judge, "judge.replicas=2", "judge.num_cpus_per_replica=0.9"
     )
     assert err.startswith("alpagasus-ray filter: CPU plan (judge.replicas x "), err
-    assert "would hold 2.3 of the cluster's 2 CPUs" in err
+    assert "would hold 1.8 of the cluster's 2 CPUs" in err  # the HF replicas prompt too
+
+
+def test_the_cpu_plan_counts_prompt_actors_where_a_run_starts_them(tiny_judge):
+    """An API judge with a tokenizer builds its prompts on an actor (its 0.5 CPU counted);
+    the HF judge's replicas build theirs, with no actor to count."""
+    sets = {"judge__replicas": 2, "judge__num_cpus_per_replica": 0.8}
+    check_cpu_plan(job_config("in.jsonl", "out", tiny_judge, **sets), 2.0)  # 1.6 + 0.25
+    api = {"judge__engine": "openai", "judge__tokenizer": str(tiny_judge),
+           "judge__api__base_url": "http://127.0.0.1:9/v1"}  # fmt: skip
+    with pytest.raises(ResourceError, match="would hold 2.1 of the cluster's 2 CPUs"):
+        check_cpu_plan(job_config("in.jsonl", "out", "served", **sets, **api), 2.0)
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,8 @@ class RayConfig(StrictModel):
     prompt_workers: int | tuple[int, int] = Field(
         1,
         description="CPU actors that build and tokenize prompts (fixed or [min, max]). A judge "
-        "with no tokenizer (hash; openai without judge.tokenizer) builds them in light tasks.",
+        "with no tokenizer (hash; openai without judge.tokenizer) builds them in light tasks, "
+        "the hf engine's replicas with their own tokenizer.",
     )
     prompt_worker_cpus: float = Field(0.5, gt=0)
     task_cpus: float = Field(

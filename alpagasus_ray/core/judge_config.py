@@ -246,8 +246,16 @@ class JudgeConfig(StrictModel):
         has one only where `tokenizer` is set."""
         return self.tokenizer or self.model if self.loads_model() else self.tokenizer
 
+    def prompts_in_replica(self) -> bool:
+        """Whether the judge's replicas build their rows' prompts themselves: the HF
+        engine's, which load the judge's tokenizer anyway (the same object, `load_tokenizer`
+        is cached) and tokenize a batch in a small part of the time their model takes on it.
+        No prompt actor to start, no second copy of the tokenizer."""
+        return self.engine == "hf"
+
     def prompts_on_actors(self) -> bool:
-        """Whether the prompt stage runs on actors: where it loads a tokenizer (once per
-        actor). Without one (the hash stand-in, an API judge with no `tokenizer`) it only
-        renders request texts, in light tasks: no actor process to start."""
-        return self.tokenizer_name() is not None
+        """Whether a job's prompt stage runs on actors of its own: where it loads a tokenizer
+        (once per actor) and the replicas do not build the prompts. Without one (the hash
+        stand-in, an API judge with no `tokenizer`) it only renders request texts, in light
+        tasks: no actor process to start."""
+        return self.tokenizer_name() is not None and not self.prompts_in_replica()

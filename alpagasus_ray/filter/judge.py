@@ -36,8 +36,8 @@ def _concurrency(value: int | tuple[int, int]) -> int | tuple[int, int]:
 
 def prompted(ds: Any, judge: JudgeConfig, ray: RayConfig) -> Any:
     """The prompt stage, on its CPU actors where it loads a tokenizer, else in light tasks:
-    the job's, and the dry run's (`estimate.py`)."""
-    if not judge.prompts_on_actors():
+    the job's where the replicas do not build the prompts, and the dry run's (`estimate.py`)."""
+    if judge.tokenizer_name() is None:
         stage = PromptStage(judge)
         return ds.map_batches(stage, batch_format="pyarrow", batch_size=judge.batch_size,
                               num_cpus=ray.task_cpus)  # fmt: skip
@@ -52,14 +52,16 @@ def prompted(ds: Any, judge: JudgeConfig, ray: RayConfig) -> Any:
 
 
 def scored(ds: Any, judge: JudgeConfig, ray: RayConfig, api: Any, served_name: str | None) -> Any:
-    """The judge's replicas: vLLM through Ray's LLM processor, the others as an actor pool."""
+    """The judge's replicas: vLLM through Ray's LLM processor, the others as an actor pool
+    (the HF engine's building their own prompts)."""
     if judge.engine == "vllm":
         from alpagasus_ray.filter.stages.vllm_score import score_with_vllm
 
         return score_with_vllm(ds, judge, ray.task_cpus, served_name)
+    own = judge.prompts_in_replica()
     return ds.map_batches(
         ScoreStage,
-        fn_constructor_kwargs={"judge": judge, "api": api},
+        fn_constructor_kwargs={"judge": judge, "api": api, "prompts": own},
         batch_format="pyarrow",
         batch_size=judge.batch_size,
         concurrency=_concurrency(judge.replicas),
@@ -118,7 +120,9 @@ def judge_dataset(
         ds = ds.map_batches(KnownScoresStage(known, own), batch_format="pyarrow", num_cpus=light)
     if seen is not None:
         ds = ds.map_batches(DedupStage(seen), batch_format="pyarrow", num_cpus=light)
-    ds = scored(prompted(ds, judge, ray), judge, ray, api, served_name)
+    if not judge.prompts_in_replica():
+        ds = prompted(ds, judge, ray)
+    ds = scored(ds, judge, ray, api, served_name)
     decide = DecideStage(threshold, progress, judge, rule)
     return ds.map_batches(decide, batch_format="pyarrow", num_cpus=light)
 

@@ -93,7 +93,7 @@ def check_resources(cfg: FilterJobConfig) -> None:
                 f"judge replica ({key}): no node can ever fit {_describe(bundles[0])} and the "
                 f"cluster has no autoscaler; its nodes have {have}"
             )
-        _check_cpu_plan(cfg, sum(n.get("CPU", 0.0) for n in nodes))
+        check_cpu_plan(cfg, sum(n.get("CPU", 0.0) for n in nodes))
     pg = placement_group(bundles, strategy=strategy, name="alpagasus-ray-startup-check")
     timeout = cfg.judge.startup_timeout_s
     try:
@@ -108,7 +108,7 @@ def check_resources(cfg: FilterJobConfig) -> None:
         )
 
 
-def _check_cpu_plan(cfg: FilterJobConfig, cluster_cpus: float) -> None:
+def check_cpu_plan(cfg: FilterJobConfig, cluster_cpus: float) -> None:
     """The fixed actor pools plus one light task must fit the cluster's CPUs."""
 
     def low(value: int | tuple[int, int]) -> int:

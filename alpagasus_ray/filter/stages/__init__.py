@@ -7,6 +7,7 @@ adds the read and the write around the chain.
     -> ValidateStage      validate.py: a missing, null, non-string or empty field quarantined
     -> DedupStage         dedup.py: an exact copy set aside, judged once (filter/duplicates.py)
     -> PromptStage        prompt.py: the paper's prompt, tokenized; too long quarantined
+                          (run by ScoreStage itself in the HF engine's replicas)
     -> ScoreStage         score.py: the hf and openai engines
        | VLLMRequestStage -> Ray's vLLM engine stage -> VLLMResultStage   vllm_score.py
          (-> TurnGather under judge.turns: each: a conversation's turn rows whole again)

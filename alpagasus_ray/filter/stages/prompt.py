@@ -2,7 +2,9 @@
 
 Runs on CPU actors ahead of the judge, so an over-long example is caught with the judge's
 own tokenizer before it reaches any engine, and engines receive token ids ready to run. The
-fixed head of the prompt is tokenized once per actor (`prompts.PromptEncoder`).
+fixed head of the prompt is tokenized once per actor (`prompts.PromptEncoder`). The HF
+engine's replicas run it themselves, with the tokenizer they load anyway
+(`JudgeConfig.prompts_in_replica`).
 """
 
 from __future__ import annotations

@@ -30,19 +30,31 @@ from alpagasus_ray.filter.stages.common import (
     stored_judgements,
     with_columns,
 )
+from alpagasus_ray.filter.stages.prompt import PromptStage
 from alpagasus_ray.filter.turns import combine
 
 
 class ScoreStage:
-    """One instance per judge replica (a Ray actor): the model loads once, then scores batches."""
+    """One instance per judge replica (a Ray actor): the model loads once, then scores batches.
+    With `prompts` (`JudgeConfig.prompts_in_replica`) it builds each batch's prompts first,
+    as the prompt stage would (`stages/prompt.py`)."""
 
-    def __init__(self, judge: JudgeConfig, engine: JudgeEngine | None = None, api: Any = None):
+    def __init__(
+        self,
+        judge: JudgeConfig,
+        engine: JudgeEngine | None = None,
+        api: Any = None,
+        prompts: bool = False,
+    ):
         self.cfg = judge
         self.engine = engine or make_engine(judge.engine_judge(), api)
         self.criteria = list(judge.criterion_judges().values())  # a row's prompts' judges
         self.types = criteria_types(judge)
+        self.prompts = PromptStage(judge) if prompts else None
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        if self.prompts is not None:
+            table = self.prompts(table)
         todo = pending_rows(table)
         prompts, requests, turned = row_prompts(table, todo)
         stored = self._stored(table, todo, prompts)
