@@ -50,11 +50,11 @@ class ScoreStage:
         self.engine = engine or make_engine(judge.engine_judge(), api)
         self.criteria = list(judge.criterion_judges().values())  # a row's prompts' judges
         self.types = criteria_types(judge)
-        self.prompts = PromptStage(judge) if prompts else None
+        self.prompt_stage = PromptStage(judge) if prompts else None
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        if self.prompts is not None:
-            table = self.prompts(table)
+        if self.prompt_stage is not None:
+            table = self.prompt_stage(table)
         todo = pending_rows(table)
         prompts, requests, turned = row_prompts(table, todo)
         stored = self._stored(table, todo, prompts)
