@@ -58,10 +58,10 @@ def scored(ds: Any, judge: JudgeConfig, ray: RayConfig, api: Any, served_name: s
         from alpagasus_ray.filter.stages.vllm_score import score_with_vllm
 
         return score_with_vllm(ds, judge, ray.task_cpus, served_name)
-    own = judge.prompts_in_replica()
+    in_replica = judge.prompts_in_replica()
     return ds.map_batches(
         ScoreStage,
-        fn_constructor_kwargs={"judge": judge, "api": api, "prompts": own},
+        fn_constructor_kwargs={"judge": judge, "api": api, "prompts": in_replica},
         batch_format="pyarrow",
         batch_size=judge.batch_size,
         concurrency=_concurrency(judge.replicas),
